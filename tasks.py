@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Set-up and everyday commands, needing nothing but Python 3.11 and pip (stdlib only).
+
+    python3 tasks.py app     # install (once) into .venv, then serve the app on http://127.0.0.1:7860
+    python3 tasks.py test    # install (once) into .venv, then run the whole test suite
+    python3 tasks.py bench   # run the benchmark scripts
+
+Both install from requirements.txt with the known-good pins of constraints.txt. The install is redone
+only when pyproject.toml, requirements.txt or constraints.txt change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("PERCHEAD_VENV", ROOT / ".venv"))
+PY = VENV / "bin" / "python"
+
+
+def _run(*cmd: str, **kwargs) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, **kwargs)
+
+
+def install() -> None:
+    """Creates .venv and installs the package with the test extras, pinned by constraints.txt."""
+    digest = hashlib.sha256(
+        b"".join((ROOT / f).read_bytes() for f in ("pyproject.toml", "requirements.txt", "constraints.txt"))
+    ).hexdigest()
+    stamp = VENV / ".perchead-installed"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PY.exists():
+        _run(sys.executable, "-m", "venv", str(VENV))
+    _run(str(PY), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    _run(str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[test]")
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> None:
+    command = argv[0] if argv else "help"
+    rest = argv[1:]
+    env = dict(os.environ)
+    if command == "app":
+        install()
+        os.execve(str(PY), [str(PY), "app.py", *rest], env)
+    elif command == "test":
+        install()
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        os.execve(str(PY), [str(PY), "-m", "pytest", *rest], env)
+    elif command == "bench":
+        install()
+        for script in sorted((ROOT / "benchmarks").glob("*.py")):
+            _run(str(PY), str(script), *rest, env=env)
+    elif command == "install":
+        install()
+    else:
+        print(__doc__)
+        sys.exit(0 if command in ("help", "-h", "--help") else 2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
