@@ -7,7 +7,6 @@ a packed ``[N, 14]`` tensor.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, fields
 from typing import Sequence
