@@ -1,0 +1,142 @@
+"""App benchmark (issue 5): photo → downloadable .ply, the turntable, and process start → first page.
+
+Targets with the bundled model on 2 CPU cores: end to end ≤ 1 s, a 60-frame 512² turntable ≤ 15 s,
+start-up ≤ 10 s. Measures exactly the app's code path (``perchead.export.photo_to_outputs``).
+
+    python benchmarks/app.py                      # bundled weights_card/ (or an untrained demo model)
+    python benchmarks/app.py --model path/or/id --runs 5 --output bench_app.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TARGETS = {"end_to_end_s": 1.0, "turntable_60x512_s": 15.0, "startup_first_page_s": 10.0}
+
+
+def load(model: str | None):
+    from perchead.config import PercHeadConfig
+    from perchead.model import PercHead
+    from perchead.pipeline import PercHeadPipeline
+
+    source = model or str(ROOT / "weights_card")
+    if Path(source, "model.safetensors").is_file() or (model and not Path(model).exists()):
+        return PercHeadPipeline.from_pretrained(source), source
+    return PercHeadPipeline(PercHead(PercHeadConfig.preset("demo"))), "untrained demo preset (no bundled checkpoint)"
+
+
+def bench_end_to_end(pipeline, photo: Path, runs: int) -> dict:
+    from perchead.export import photo_to_outputs
+
+    times, stages = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(runs + 1):  # the first run warms up
+            start = time.perf_counter()
+            out = photo_to_outputs(pipeline, photo, Path(folder) / str(i), turntable_frames=0, view_size=0, formats=("ply",))
+            elapsed = time.perf_counter() - start
+            assert out.files["ply"].stat().st_size > 0
+            if i:
+                times.append(elapsed)
+                stages.append(out.timings)
+    keys = [k for k in stages[0] if k != "total"]
+    return {
+        "end_to_end_s": statistics.median(times),
+        "end_to_end_runs_s": [round(t, 3) for t in times],
+        "stages_median_s": {k: round(statistics.median(s[k] for s in stages), 4) for k in keys},
+    }
+
+
+def bench_turntable(pipeline, photo: Path) -> dict:
+    from perchead.export import _DeviceModel, preprocess_config_for
+    from perchead.preprocess import preprocess
+    from perchead.video import TurntableConfig, make_turntable
+
+    prep = preprocess(photo, preprocess_config_for(pipeline.model))
+    gaussians = pipeline(prep.image, prep.mask).gaussians
+    app_refine = pipeline.device.type == "cuda"  # what the app does (perchead.export: refiner only on CUDA)
+    results = {"turntable_refiner_in_app": app_refine}
+    with tempfile.TemporaryDirectory() as folder:
+        for refine in (app_refine, not app_refine):
+            config = TurntableConfig(n_frames=60, size=512, refine=refine)
+            stats = make_turntable(_DeviceModel(pipeline.model), gaussians, Path(folder) / "t.mp4", config)
+            key = "turntable_60x512_s" if refine == app_refine else f"turntable_60x512_{'with' if refine else 'without'}_refiner_s"
+            results[key] = stats["seconds"]
+            results.setdefault("turntable_bytes", int(stats["bytes"]))
+    return results
+
+
+def bench_startup(model: str | None) -> dict:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [sys.executable, str(ROOT / "app.py"), "--port", str(port)] + (["--model", model] if model else [])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    start = time.perf_counter()
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+            if time.perf_counter() - start > 120:
+                raise TimeoutError("no first page within 120 s")
+        return {"startup_first_page_s": time.perf_counter() - start}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="Hub id or folder (default: bundled weights_card/)")
+    parser.add_argument("--photo", default=str(ROOT / "examples" / "head0_front.png"), help="input image")
+    parser.add_argument("--runs", type=int, default=5, help="timed end-to-end runs (after one warm-up)")
+    parser.add_argument("--skip-turntable", action="store_true")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    import torch
+
+    pipeline, source = load(args.model)
+    results: dict = {
+        "model": source,
+        "device": str(pipeline.device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "gaussians": pipeline.model.config.template.n_gaussians,
+        "input_size": pipeline.model.config.render.image_size,
+    }
+    results.update(bench_end_to_end(pipeline, Path(args.photo), args.runs))
+    if not args.skip_turntable:
+        results.update(bench_turntable(pipeline, Path(args.photo)))
+    results.update(bench_startup(args.model))
+    results["targets"] = {k: {"target_s": v, "measured_s": round(results[k], 3), "met": results[k] <= v}
+                          for k, v in TARGETS.items() if k in results}  # fmt: skip
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

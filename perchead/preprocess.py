@@ -1,0 +1,622 @@
+"""Photo preprocessing: any portrait → the square, white-background head crop PercHead was trained on.
+
+PercHead (paper §3.1, §4) feeds the lift encoder an image of the head with its background removed and a
+foreground mask (only foreground patches are encoded). Our model's input views are
+``orbit_cameras(radius=0.7 m, fov_deg=30)`` renders of a head centred at the origin, so a photo has to be
+cropped to the same framing before it goes in. Everything here works offline: face detection with
+OpenCV's bundled Haar cascades, background removal with GrabCut seeded by the head box (or the image's
+own alpha channel), and an optional 19-class face parser hook that replaces GrabCut when configured.
+
+Framing (how a face box becomes a crop), derived from the training cameras:
+
+* The frame covers ``2 · radius · tan(fov / 2)`` = 2 · 0.7 · tan 15° ≈ 0.375 m at the head centre.
+* A head is ≈ 0.23 m tall (crown to chin), so it fills 0.23 / 0.375 ≈ 61 % of the image height.
+* A Haar face box spans roughly brow-to-mouth and cheek-to-cheek, ≈ 0.15 m on a real head (≈ 65 % of
+  the head height). Hence crop side = box side × 0.375 / 0.15 = 2.5 × the box side.
+* The box centre sits near the nose, below the head centre (whose height includes the hair), by
+  ≈ 0.10 × the box side; the crop centre is moved up by that much.
+* When the image has an alpha channel, the silhouette gives the head directly: its top row is the crown,
+  and the head width is the widest row within 1.1 head widths below the crown (found by a short fixed
+  point iteration, so shoulders further down are ignored). In the training views (measured on
+  test-split synthetic heads over 7 azimuths, see tests) the head is 0.535 of the frame wide
+  (≈ 0.2 m / 0.375 m) and its crown is 0.13 of the frame below the top, so the crop side is
+  head width / 0.535 and the crop top is the crown minus 0.13 × side: renders made with the training
+  cameras map (almost) onto themselves, and a cut-out portrait with shoulders is framed like them.
+
+All the numbers live in :class:`PreprocessConfig`; :meth:`PreprocessConfig.from_model_config` takes the
+image size, radius and field of view from a model's render config.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+FaceParser = Callable[[np.ndarray], np.ndarray]  # RGB uint8 [H, W, 3] → class labels int [H, W] (0..18)
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels, x1/y1 exclusive
+
+WHITE = 255
+_CASCADES = (  # (file, flipped): tried in this order until one finds a face
+    ("haarcascade_frontalface_default.xml", False),
+    ("haarcascade_frontalface_alt2.xml", False),
+    ("haarcascade_profileface.xml", False),  # faces looking to the image's left
+    ("haarcascade_profileface.xml", True),  # the same cascade on the mirrored image: faces looking right
+)
+
+
+class PreprocessError(ValueError):
+    """An input photo that cannot be turned into a model input; the message says why and what to do."""
+
+
+@dataclass
+class PreprocessConfig:
+    """How photos become model inputs. Every value is ours (the paper does not give a crop recipe).
+
+    Attributes:
+        size: side of the square model input in pixels (the model's render image size).
+        radius: training camera distance from the head centre in metres (framing).
+        fov_deg: training camera field of view in degrees (framing).
+        head_height_m: crown-to-chin height of a typical head in metres.
+        face_box_m: physical side of a Haar face box on a typical head in metres.
+        face_center_shift: face-box centre lies this many box sides below the head centre.
+        alpha_width_fill: fraction of the frame width a head's silhouette fills in the training views.
+        alpha_top: distance of the crown below the frame top, as a fraction of the frame, in the training views.
+        remove_background: mask the background (alpha, face parser or GrabCut); off keeps the whole crop.
+        auto_crop: find the head and crop around it; off uses the whole image padded to a square.
+        use_whole_image: when no face is found, use the whole image instead of raising.
+        max_side: working resolution: larger images are downscaled (early, while decoding) to this side.
+        max_pixels: larger images are refused as decompression bombs (PIL's own default limit).
+        min_side: smaller images are refused.
+        grabcut_size: side of the crop GrabCut runs on (speed), the mask is resized to ``size`` after.
+        grabcut_iters: GrabCut iterations.
+        parser: optional 19-class face parser; labels ``!= 0`` (background) become the mask.
+    """
+
+    size: int = 256
+    radius: float = 0.7
+    fov_deg: float = 30.0
+    head_height_m: float = 0.23
+    face_box_m: float = 0.15
+    face_center_shift: float = 0.10
+    alpha_width_fill: float = 0.535  # measured on test-split synthetic renders (median over 70 views)
+    alpha_top: float = 0.13  # likewise
+    remove_background: bool = True
+    auto_crop: bool = True
+    use_whole_image: bool = False
+    max_side: int = 2048
+    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+    min_side: int = 32
+    grabcut_size: int = 192
+    grabcut_iters: int = 3
+    parser: FaceParser | None = None
+
+    @property
+    def frame_m(self) -> float:
+        """Height of the training frame at the head centre in metres (≈ 0.375 m)."""
+        return 2.0 * self.radius * math.tan(math.radians(self.fov_deg) / 2.0)
+
+    @property
+    def head_fill(self) -> float:
+        """Fraction of the image height a head fills in the training views (≈ 0.61)."""
+        return self.head_height_m / self.frame_m
+
+    @classmethod
+    def from_model_config(cls, render_config, **overrides) -> "PreprocessConfig":
+        """Takes ``size`` / ``radius`` / ``fov_deg`` from a model render config (any object with such attributes)."""
+        values: dict = {}
+        for ours, theirs, cast in (
+            ("size", ("image_size", "size", "input_size"), int),
+            ("radius", ("radius",), float),
+            ("fov_deg", ("fov_deg",), float),
+        ):
+            for name in theirs:
+                if getattr(render_config, name, None) is not None:
+                    values[ours] = cast(getattr(render_config, name))
+                    break
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Preprocessed:
+    """A model-ready input and how it was made.
+
+    Attributes:
+        image: the crop composited over white. ``[1, 3, S, S]`` float32 in [0, 1]
+        mask: foreground mask. ``[1, 1, S, S]`` float32 in [0, 1]
+        crop_box: the square crop in the (EXIF-rotated, downscaled) working image, may reach outside it.
+        head_box: the box the crop was derived from (face box, alpha bounding box or whole image).
+        head_source: "alpha" | "face" | "whole".
+        mask_source: "alpha" | "parser" | "grabcut" | "none".
+        working_size: (width, height) of the working image the boxes refer to.
+        original_size: (width, height) of the file as stored.
+        notes: human-readable remarks (downscaling, fallbacks) for the UI.
+    """
+
+    image: Tensor  # [1, 3, S, S]
+    mask: Tensor  # [1, 1, S, S]
+    crop_box: Box
+    head_box: Box
+    head_source: str
+    mask_source: str
+    working_size: tuple[int, int]
+    original_size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+    def preview(self) -> Image.Image:
+        """The model input (over white) beside its mask, as one RGB image ``[S, 2S]``."""
+        rgb = (self.image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # [S, S, 3]
+        mask = (self.mask[0, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # [S, S]
+        return Image.fromarray(np.concatenate([rgb, np.repeat(mask[..., None], 3, axis=-1)], axis=1))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_image(source: ImageSource, config: PreprocessConfig | None = None) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], list[str]]:
+    """Opens any supported image, refusing bad ones with a clear :class:`PreprocessError`.
+
+    Handles RGB, RGBA/LA/PA (alpha kept), grayscale, palette (P, with transparency), 1-bit, 16-bit and
+    32-bit integer (I;16, I), float (F), CMYK, YCbCr and LAB; applies the EXIF orientation; downscales
+    huge images while decoding (JPEG draft mode) so a 50-megapixel photo never needs full-size buffers.
+
+    Args:
+        source: a path, raw file bytes, a PIL image or an ``[H, W]`` / ``[H, W, 3|4]`` uint8 array.
+        config: limits (``max_side``, ``max_pixels``, ``min_side``); default :class:`PreprocessConfig`.
+
+    Returns:
+        (rgb ``[H, W, 3]`` uint8, alpha ``[H, W]`` uint8 or None when the image is opaque,
+        original (width, height), notes).
+
+    Raises:
+        PreprocessError: empty, corrupt or non-image data, decompression bombs, too small or fully
+            transparent images.
+    """
+    config = config or PreprocessConfig()
+    notes: list[str] = []
+    if isinstance(source, np.ndarray):
+        image = _array_to_pil(source)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        image = _open(source, config)
+    original = image.size
+    _check_size(*original, config)
+    try:
+        if image.format == "JPEG" and max(image.size) > config.max_side:
+            image.draft("RGB", (config.max_side, config.max_side))  # decode at 1/2, 1/4 or 1/8 scale
+        image = ImageOps.exif_transpose(image)
+        rgb, alpha = _to_rgb_alpha(image)
+    except PreprocessError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise PreprocessError(f"the image file is corrupt or truncated and cannot be decoded ({error})") from error
+    if max(rgb.shape[:2]) > config.max_side:
+        scale = config.max_side / max(rgb.shape[:2])
+        new_size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+        if alpha is not None:
+            alpha = np.asarray(Image.fromarray(alpha).resize(new_size, Image.Resampling.BILINEAR))
+    if rgb.shape[1] != original[0] or rgb.shape[0] != original[1]:
+        notes.append(f"downscaled from {original[0]}×{original[1]} to {rgb.shape[1]}×{rgb.shape[0]}")
+    if alpha is not None:
+        if alpha.max() < 8:
+            raise PreprocessError("the image is fully transparent: there is nothing to reconstruct")
+        if alpha.min() > 247:
+            alpha = None  # an opaque alpha channel carries no mask
+    return rgb, alpha, original, notes
+
+
+def check_file(path: str | os.PathLike, config: PreprocessConfig | None = None) -> tuple[int, int]:
+    """Cheap check of an image file's header (no decoding): readable, not a bomb, not too small.
+
+    Returns:
+        (width, height) as stored.
+
+    Raises:
+        PreprocessError: as :func:`load_image` for empty, non-image, bomb and tiny files.
+    """
+    config = config or PreprocessConfig()
+    image = _open(path, config)
+    try:
+        width, height = image.size
+    finally:
+        image.close()
+    _check_size(width, height, config)
+    return width, height
+
+
+def _check_size(width: int, height: int, config: PreprocessConfig) -> None:
+    if width * height > config.max_pixels:
+        raise PreprocessError(
+            f"image is {width}×{height} = {width * height / 1e6:.0f} megapixels, above the "
+            f"{config.max_pixels / 1e6:.0f}-megapixel limit (a possible decompression bomb); please resize it"
+        )
+    if min(width, height) < config.min_side:
+        raise PreprocessError(
+            f"image is only {width}×{height} pixels; at least {config.min_side}×{config.min_side} is needed "
+            "(a head photo of 256×256 or more works best)"
+        )
+
+
+def _open(source: str | os.PathLike | bytes, config: PreprocessConfig) -> Image.Image:
+    """Opens (lazily, header only) a file path or bytes, mapping every failure to a PreprocessError."""
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise PreprocessError("the file is empty (0 bytes)")
+        stream = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise PreprocessError(f"no such file: {path}")
+        if path.stat().st_size == 0:
+            raise PreprocessError("the file is empty (0 bytes)")
+        stream = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(stream)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise PreprocessError(
+            f"refusing a decompression bomb: the image declares more than {config.max_pixels / 1e6:.0f} megapixels ({error})"
+        ) from error
+    except UnidentifiedImageError as error:
+        raise PreprocessError("the file is not an image PIL can read (expected PNG, JPEG, WebP, ...)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise PreprocessError(f"the image file is corrupt and cannot be opened ({error})") from error
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+        if array.dtype != np.uint8:
+            scale = 255.0 if array.dtype.kind == "f" and array.max() <= 1.0 else 1.0
+            array = np.clip(array.astype(np.float32) * scale, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+    raise PreprocessError(f"an image array must be [H, W], [H, W, 3] or [H, W, 4], got shape {array.shape}")
+
+
+def _to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL mode → (rgb ``[H, W, 3]`` uint8, alpha ``[H, W]`` uint8 or None)."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # high bit depth grayscale: rescale, don't clip
+        values = np.asarray(image, dtype=np.float32)  # [H, W]
+        top = 65535.0 if mode.startswith("I;16") else max(float(values.max()), 1.0)
+        if mode == "I" and values.max() <= 65535 and values.max() > 255:
+            top = 65535.0
+        if mode == "F" and values.max() <= 1.0:
+            top = 1.0
+        gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1), None
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+    elif mode == "RGBA":
+        pass
+    elif mode != "RGB":  # L, 1, CMYK, YCbCr, LAB, HSV
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise PreprocessError(f"unsupported image layout: mode {mode}, array shape {array.shape}")
+    if array.shape[-1] == 4:
+        return np.ascontiguousarray(array[..., :3]), np.ascontiguousarray(array[..., 3])
+    return np.ascontiguousarray(array), None
+
+
+# ------------------------------------------------------------------------------------------- detection
+def detect_face(rgb: np.ndarray, detect_side: int = 640) -> Box | None:
+    """Finds the largest face with OpenCV's bundled Haar cascades (frontal, then both profiles).
+
+    Args:
+        rgb: ``[H, W, 3]`` uint8.
+        detect_side: the image is downscaled to this longest side for detection (speed).
+
+    Returns:
+        The face box ``(x0, y0, x1, y1)`` in ``rgb`` pixels, or None.
+    """
+    import cv2  # heavy import kept local
+
+    height, width = rgb.shape[:2]
+    scale = min(1.0, detect_side / max(height, width))
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        gray = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    gray = cv2.equalizeHist(gray)
+    min_face = max(20, round(0.08 * min(gray.shape)))
+    for name, flipped in _CASCADES:
+        cascade = _cascade(name)
+        view = gray[:, ::-1].copy() if flipped else gray
+        faces = cascade.detectMultiScale(view, scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face))
+        if len(faces) == 0:
+            continue
+        x, y, w, h = max(faces, key=lambda f: f[2] * f[3])  # the largest face is the subject
+        if flipped:
+            x = view.shape[1] - x - w
+        return (x / scale, y / scale, (x + w) / scale, (y + h) / scale)
+    return None
+
+
+_CASCADE_CACHE: dict[str, object] = {}
+
+
+def _cascade(name: str):
+    import cv2
+
+    if name not in _CASCADE_CACHE:
+        path = os.path.join(cv2.data.haarcascades, name)
+        classifier = cv2.CascadeClassifier(path)
+        if classifier.empty():
+            raise RuntimeError(f"OpenCV's Haar cascade {path} is missing (opencv-python-headless < 5 ships it)")
+        _CASCADE_CACHE[name] = classifier
+    return _CASCADE_CACHE[name]
+
+
+def silhouette_head_box(alpha: np.ndarray, threshold: int = 128) -> Box:
+    """The head inside a silhouette: a square box from the crown down, as wide as the head.
+
+    The head width is the widest row within 1.1 widths below the crown (fixed point iteration from the
+    crown's rows), so a neck and shoulders further down do not count.
+
+    Args:
+        alpha: ``[H, W]`` uint8.
+        threshold: opacity above which a pixel is the head.
+
+    Returns:
+        ``(x0, top, x1, top + width)`` where x0/x1 bound the head rows.
+    """
+    inside = alpha >= threshold  # [H, W]
+    rows = np.nonzero(inside.any(axis=1))[0]
+    if len(rows) == 0:
+        raise PreprocessError("the image's alpha channel has no opaque pixels: there is nothing to reconstruct")
+    columns = np.arange(inside.shape[1])
+    left = np.where(inside, columns, inside.shape[1]).min(axis=1)  # [H]
+    right = np.where(inside, columns + 1, 0).max(axis=1)  # [H]
+    widths = np.maximum(right - left, 0)  # [H]
+    top = int(rows[0])
+    width = int(widths[top : top + max(2, len(rows) // 20)].max())
+    for _ in range(16):
+        end = min(inside.shape[0], top + round(1.1 * width) + 1)
+        grown = int(widths[top:end].max())
+        if grown == width:
+            break
+        width = grown
+    end = min(inside.shape[0], top + round(1.1 * width) + 1)
+    x0 = int(left[top:end][widths[top:end] > 0].min())
+    x1 = int(right[top:end][widths[top:end] > 0].max())
+    return (float(x0), float(top), float(x1), float(top + width))
+
+
+def face_to_crop(face: Box, config: PreprocessConfig) -> Box:
+    """Square crop around a head from its face box, matching the training framing (module docstring)."""
+    x0, y0, x1, y1 = face
+    side = max(x1 - x0, y1 - y0)
+    crop = side * config.frame_m / config.face_box_m  # ≈ 2.5 × the box side
+    cx = (x0 + x1) / 2
+    cy = (y0 + y1) / 2 - config.face_center_shift * side  # move up from the nose to the head centre
+    return (cx - crop / 2, cy - crop / 2, cx + crop / 2, cy + crop / 2)
+
+
+def silhouette_to_crop(head: Box, config: PreprocessConfig) -> Box:
+    """Square crop from a silhouette head box (:func:`silhouette_head_box`) with the training framing."""
+    x0, top, x1, bottom = head
+    side = (bottom - top) / config.alpha_width_fill
+    cx = (x0 + x1) / 2
+    y0 = top - config.alpha_top * side
+    return (cx - side / 2, y0, cx + side / 2, y0 + side)
+
+
+def whole_image_crop(width: int, height: int) -> Box:
+    """The smallest square containing the whole image, centred on it (the rest is padded white)."""
+    side = max(width, height)
+    cx, cy = width / 2, height / 2
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+def crop_resize(array: np.ndarray, box: Box, size: int, fill: int) -> np.ndarray:
+    """Crops a square ``box`` (may reach outside the image; padded with ``fill``) and resizes it to ``size``².
+
+    Only the part inside the image is resampled (area interpolation when shrinking), so the cost does not
+    depend on how far the box reaches outside.
+
+    Args:
+        array: ``[H, W]`` or ``[H, W, C]`` uint8.
+        box: ``(x0, y0, x1, y1)`` square in pixels.
+        size: output side.
+        fill: padding value.
+
+    Returns:
+        ``[size, size]`` or ``[size, size, C]`` uint8.
+    """
+    import cv2
+
+    height, width = array.shape[:2]
+    x0, y0, x1, y1 = box
+    scale = size / (x1 - x0)  # output pixels per input pixel
+    out = np.full((size, size) + array.shape[2:], fill, dtype=np.uint8)
+    ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+    ix1, iy1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
+    if ix1 <= ix0 or iy1 <= iy0:
+        return out
+    ox0, oy0 = round((ix0 - x0) * scale), round((iy0 - y0) * scale)
+    ox1, oy1 = min(size, round((ix1 - x0) * scale)), min(size, round((iy1 - y0) * scale))
+    if ox1 <= ox0 or oy1 <= oy0:
+        return out
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    patch = cv2.resize(np.ascontiguousarray(array[iy0:iy1, ix0:ix1]), (ox1 - ox0, oy1 - oy0), interpolation=interpolation)
+    out[oy0:oy1, ox0:ox1] = patch.reshape(out[oy0:oy1, ox0:ox1].shape)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+def grabcut_mask(rgb: np.ndarray, head: Box, valid: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """Foreground mask by GrabCut, seeded by the head box (no network weights needed).
+
+    Seeds: outside the image (padding) and a thin frame border are certain background; an ellipse inside
+    the head box is probable foreground, its inner core certain foreground; everything else probable
+    background.
+
+    Args:
+        rgb: the square crop. ``[S, S, 3]`` uint8
+        head: the head box in crop pixels.
+        valid: True where the crop shows the image (not padding). ``[S, S]`` bool
+        iterations: GrabCut iterations.
+
+    Returns:
+        mask in [0, 1]. ``[S, S]`` float32
+    """
+    import cv2
+
+    size = rgb.shape[0]
+    seeds = np.full((size, size), cv2.GC_PR_BGD, dtype=np.uint8)  # [S, S]
+    x0, y0, x1, y1 = head
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    ax, ay = max(2.0, (x1 - x0) / 2), max(2.0, (y1 - y0) / 2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    radius = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2  # [S, S], 1 on the ellipse
+    seeds[radius <= 1.0] = cv2.GC_PR_FGD
+    seeds[radius <= 0.25] = cv2.GC_FGD
+    border = max(1, size // 64)
+    seeds[:border, :] = seeds[-border:, :] = cv2.GC_BGD
+    seeds[:, :border] = seeds[:, -border:] = cv2.GC_BGD
+    seeds[~valid] = cv2.GC_BGD
+    background_model = np.zeros((1, 65), np.float64)
+    foreground_model = np.zeros((1, 65), np.float64)
+    cv2.grabCut(rgb, seeds, None, background_model, foreground_model, iterations, cv2.GC_INIT_WITH_MASK)
+    mask = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count > 2:  # keep the component holding the head centre (or the largest one)
+        centre = labels[min(size - 1, int(cy)), min(size - 1, int(cx))]
+        keep = centre if centre != 0 else 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        mask = (labels == keep).astype(np.uint8)
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=max(0.5, size / 256))  # soft edge
+
+
+def parser_mask(parser: FaceParser, rgb: np.ndarray) -> np.ndarray:
+    """Foreground mask from a 19-class face parser (every class but 0 = background). ``[S, S]`` float32"""
+    labels = np.asarray(parser(rgb))
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"face parser returned labels of shape {labels.shape}, expected {rgb.shape[:2]}")
+    if labels.min() < 0 or labels.max() > 18:
+        raise ValueError(f"face parser labels must lie in 0..18, got {labels.min()}..{labels.max()}")
+    return (labels != 0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------- main
+def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **overrides) -> Preprocessed:
+    """Turns a portrait into the model input: square head crop over white, foreground mask, model size.
+
+    Steps: 1. load (modes, EXIF, downscale, refusals); 2. find the head: alpha bounding box, else a Haar
+    face box, else the whole image (only if allowed); 3. square crop with the training framing, resized to
+    ``config.size``; 4. mask: alpha, else the face parser, else GrabCut (or none when background removal
+    is off); 5. composite over white.
+
+    Args:
+        source: path, bytes, PIL image or uint8 array.
+        config: settings; default :class:`PreprocessConfig`.
+        **overrides: fields of the config to replace for this call (e.g. ``use_whole_image=True``).
+
+    Returns:
+        :class:`Preprocessed`.
+
+    Raises:
+        PreprocessError: bad files, and "no face found" (suggesting ``use_whole_image=True``).
+    """
+    config = config or PreprocessConfig()
+    if overrides:
+        config = PreprocessConfig(**{**config.__dict__, **overrides})
+    if config.size < 16:
+        raise ValueError(f"config.size must be at least 16, got {config.size}")
+    # 1. load
+    rgb, alpha, original, notes = load_image(source, config)
+    height, width = rgb.shape[:2]
+    # 2. head box
+    if not config.auto_crop:
+        head_source, head_box = "whole", (0.0, 0.0, float(width), float(height))
+        crop_box = whole_image_crop(width, height)
+    elif alpha is not None:
+        head_source, head_box = "alpha", silhouette_head_box(alpha)
+        crop_box = silhouette_to_crop(head_box, config)
+    else:
+        face = detect_face(rgb)
+        if face is not None:
+            head_source, head_box = "face", face
+            crop_box = face_to_crop(face, config)
+        elif config.use_whole_image:
+            head_source, head_box = "whole", (0.0, 0.0, float(width), float(height))
+            crop_box = whole_image_crop(width, height)
+            notes.append("no face found: used the whole image")
+        else:
+            raise PreprocessError(
+                "no face was found in the image; use a clearer, roughly frontal head photo, give the image a "
+                "transparent background (the alpha channel then marks the head), or enable 'use the whole image'"
+            )
+    # 3. crop (padding is white in the image, 0 in the masks)
+    size = config.size
+    crop_rgb = crop_resize(rgb, crop_box, size, fill=WHITE)  # [S, S, 3]
+    valid = crop_resize(np.full((height, width), 255, np.uint8), crop_box, size, fill=0) > 127  # [S, S]
+    # 4. mask
+    mask_source = "none"
+    if alpha is not None:
+        mask = crop_resize(alpha, crop_box, size, fill=0).astype(np.float32) / 255.0
+        mask_source = "alpha"
+    elif not config.remove_background:
+        mask = valid.astype(np.float32)
+    else:
+        mask = None
+        if config.parser is not None:
+            try:
+                mask, mask_source = parser_mask(config.parser, crop_rgb), "parser"
+            except Exception as error:  # a configured but failing parser falls back to GrabCut, visibly
+                notes.append(f"face parser failed ({error}); used GrabCut")
+        if mask is None:
+            mask, mask_source = _grabcut_at(crop_rgb, _box_in_crop(head_box, crop_box, size), valid, config), "grabcut"
+    if mask.max() <= 0.01:
+        raise PreprocessError("background removal left nothing of the head; try turning background removal off")
+    # 5. composite over white
+    image = torch.from_numpy(crop_rgb).permute(2, 0, 1).float().div(255.0)  # [3, S, S]
+    mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]  # [1, S, S]
+    image = image * mask_t + (1.0 - mask_t)  # over white
+    return Preprocessed(
+        image=image[None].contiguous(),  # [1, 3, S, S]
+        mask=mask_t[None].contiguous(),  # [1, 1, S, S]
+        crop_box=tuple(float(v) for v in crop_box),
+        head_box=tuple(float(v) for v in head_box),
+        head_source=head_source,
+        mask_source=mask_source,
+        working_size=(width, height),
+        original_size=original,
+        notes=notes,
+    )
+
+
+def _box_in_crop(box: Box, crop: Box, size: int) -> Box:
+    scale = size / (crop[2] - crop[0])
+    return ((box[0] - crop[0]) * scale, (box[1] - crop[1]) * scale, (box[2] - crop[0]) * scale, (box[3] - crop[1]) * scale)
+
+
+def _grabcut_at(crop_rgb: np.ndarray, head: Box, valid: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """GrabCut on a ``grabcut_size`` copy of the crop (speed), mask resized back to the crop size."""
+    import cv2
+
+    size = crop_rgb.shape[0]
+    work = min(size, config.grabcut_size)
+    scale = work / size
+    # The face box covers brow to mouth; the head (hair, chin, ears) is larger: grow it for the seed ellipse.
+    x0, y0, x1, y1 = head
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / 2
+    grown = (cx - 1.1 * half, cy - 1.35 * half, cx + 1.1 * half, cy + 1.2 * half)
+    small = cv2.resize(crop_rgb, (work, work), interpolation=cv2.INTER_AREA) if work != size else crop_rgb
+    small_valid = cv2.resize(valid.astype(np.uint8), (work, work), interpolation=cv2.INTER_NEAREST) > 0
+    mask = grabcut_mask(small, tuple(v * scale for v in grown), small_valid, config.grabcut_iters)
+    if work != size:
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.clip(mask, 0.0, 1.0)
