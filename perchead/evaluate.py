@@ -1,0 +1,411 @@
+"""Evaluation with the paper's protocol (PercHead §4.1–4.2, Tables 1–2) on held-out synthetic test heads.
+
+    python -m perchead.evaluate --model weights_card --subjects 100 --output results.json \
+        --contact-sheet docs/contact_sheet.png
+
+Protocol (on the ``test`` seeds of :mod:`perchead.data.synthetic`, disjoint from training):
+
+- *Novel views*: one input per subject from a near-frontal view (azimuth ~ U(−30°, 30°), elevation ~
+  U(−10°, 15°)), :attr:`EvalConfig.novel_targets` target views spread around the head (azimuths evenly
+  spaced over 360° from a random offset, elevations ~ U(−15°, 30°)). The paper uses 5 (Ava-256) or 16
+  (NeRSemble) target views; we default to 8 (ours).
+- *Extreme views*: the most challenging input/target pairs — left↔right profile flips (input at
+  azimuth +90° → target −90°, and −90° → +90°) and top↔bottom (input at elevation +60° → target −60°,
+  and −60° → +60°, azimuth 0°). The paper uses left–right flips (Ava-256) plus vertical extremes
+  (NeRSemble); ±60° elevation is our choice.
+
+Methods: ``ours`` (the model), ``template`` (the same architecture with freshly initialised weights —
+its Gaussians sit at the template's vertices, i.e. the untrained template head) and ``billboard`` (the
+input image on a camera-facing plane through the head centre, rendered to the target camera by ray/plane
+intersection; one-sided — invisible from behind — unless ``--billboard-two-sided``, see :func:`billboard`). Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (white
+background, as in the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
+are absent. Output: a Markdown table shaped like Tables 1–2 on stdout, and JSON
+``{"novel": {"ours": {"psnr", "ssim", "lpips", "dreamsim", "arcface"}, "template": …, "billboard": …},
+"extreme": {…}, "meta": {…}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from perchead.cameras import Cameras, orbit_cameras
+from perchead.metrics import finite_mean, network_metrics, psnr, ssim
+
+METHODS = ("ours", "template", "billboard")
+PROTOCOLS = ("novel", "extreme")
+METRICS = ("psnr", "ssim", "lpips", "dreamsim", "arcface")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings.
+
+    Attributes:
+        subjects: number of held-out heads (the first ``subjects`` seeds of the split).
+        split: seed split of :mod:`perchead.data.synthetic` ("test" for the reported table).
+        novel_targets: target views per input in the novel-view protocol (ours: 8).
+        eval_size: size of rendered / ground-truth target views (None = the model's render_size).
+        extreme_elevation: |elevation| of the top↔bottom extreme pair in degrees (ours: 60).
+        seed: seed of the random input / target view draws.
+        billboard_two_sided: show the billboard's picture (mirrored) from behind too (default: one-sided).
+    """
+
+    subjects: int = 100
+    split: str = "test"
+    novel_targets: int = 8
+    eval_size: int | None = None
+    extreme_elevation: float = 60.0
+    seed: int = 0
+    billboard_two_sided: bool = False
+
+    def __post_init__(self) -> None:
+        if self.subjects < 1:
+            raise ValueError(f"subjects must be >= 1, got {self.subjects}")
+        if self.novel_targets < 1:
+            raise ValueError(f"novel_targets must be >= 1, got {self.novel_targets}")
+        if not 0 < self.extreme_elevation <= 90:
+            raise ValueError(f"extreme_elevation must lie in (0, 90], got {self.extreme_elevation}")
+
+
+# --------------------------------------------------------------------------------------------- protocol
+def novel_views(subject_index: int, n_targets: int, seed: int = 0) -> tuple[tuple[float, float], list[tuple[float, float]]]:
+    """The novel-view protocol's (azimuth, elevation) pairs for one subject: (input, [targets]), degrees."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + subject_index)
+    u = torch.rand(3 + n_targets, generator=g).tolist()
+    input_view = (-30 + 60 * u[0], -10 + 25 * u[1])
+    offset = 360 * u[2]
+    targets = [
+        (((offset + 360 * k / n_targets + 180) % 360) - 180, -15 + 45 * u[3 + k]) for k in range(n_targets)
+    ]
+    return input_view, targets
+
+
+def extreme_pairs(elevation: float = 60.0) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The extreme-view protocol's (input, target) (azimuth, elevation) pairs, degrees."""
+    return [
+        ((90.0, 0.0), (-90.0, 0.0)),  # head's left profile → right profile
+        ((-90.0, 0.0), (90.0, 0.0)),  # right → left
+        ((0.0, elevation), (0.0, -elevation)),  # top → bottom
+        ((0.0, -elevation), (0.0, elevation)),  # bottom → top
+    ]
+
+
+def _cameras(views: list[tuple[float, float]], model: nn.Module, size: int) -> Cameras:
+    r = model.config.render
+    az = [v[0] for v in views]
+    el = [v[1] for v in views]
+    return orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=size)
+
+
+# --------------------------------------------------------------------------------------------- methods
+def render_per_input(model: nn.Module, gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine: bool = True):
+    """Renders batched Gaussians, subject ``b`` at its own cameras ``viewmats[b]`` (white background).
+
+    Args:
+        model: a PercHead (its render backend and refiner are used).
+        gaussians: batched Gaussians ``[B, N, …]``.
+        viewmats: ``[B, V, 4, 4]``
+        Ks: ``[B, V, 3, 3]`` for ``size``×``size`` images.
+        size: image size.
+        refine: apply the model's CNN refiner.
+
+    Returns:
+        (rgb ``[B, V, 3, S, S]``, alpha ``[B, V, 1, S, S]``)
+    """
+    from perchead.render import render
+
+    out = render(gaussians.float(), viewmats.to(gaussians.means.device), Ks.to(gaussians.means.device), size, size,
+                 background=1.0, backend=model.config.render.backend)
+    rgb = model.refine(out.rgb, out.alpha) if refine else out.rgb
+    return rgb, out.alpha
+
+
+def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, two_sided: bool = False) -> Tensor:
+    """The billboard baseline: each input image on a plane through the origin facing its camera.
+
+    Target pixels whose rays miss the plane (or hit it behind the camera) and points that project outside
+    the input image are white. By default the card is one-sided like a textured quad with back-face
+    culling: seen from behind it is invisible (white). ``two_sided=True`` shows the mirrored picture from
+    behind instead — for near-symmetric heads that mirror is almost exactly the opposite profile, so the
+    two-sided card scores ~22–29 dB on left↔right profile flips of synthetic heads.
+
+    Args:
+        image: input views over white. ``[B, 3, h, w]``
+        input_cameras: B input cameras (at the input image's size).
+        target_cameras: V target cameras per input, flattened as ``B * V`` (shared size).
+        two_sided: also show the picture on the back of the card (mirrored).
+
+    Returns:
+        ``[B, V, 3, H, W]`` with V = len(target_cameras) // B.
+    """
+    B = image.shape[0]
+    if len(input_cameras) != B or len(target_cameras) % B:
+        raise ValueError(f"billboard: {B} images need {B} input cameras and B·V target cameras, "
+                         f"got {len(input_cameras)} and {len(target_cameras)}")
+    V = len(target_cameras) // B
+    H, W = target_cameras.height, target_cameras.width
+    dtype, device = image.dtype, image.device
+    # 1. target rays in world space
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype, device=device) + 0.5,
+                            torch.arange(W, dtype=dtype, device=device) + 0.5, indexing="ij")  # [H, W]
+    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # [HW, 3]
+    vm_t = target_cameras.viewmats.to(device, dtype).reshape(B, V, 4, 4)
+    K_t = target_cameras.Ks.to(device, dtype).reshape(B, V, 3, 3)
+    R_t = vm_t[..., :3, :3]  # [B, V, 3, 3]
+    dirs_cam = pix @ torch.linalg.inv(K_t).transpose(-1, -2)  # [B, V, HW, 3]
+    dirs = dirs_cam @ R_t  # [B, V, HW, 3]  (R^T d for row vectors)
+    origins = (-(R_t.transpose(-1, -2) @ vm_t[..., :3, 3:])[..., 0])[:, :, None, :]  # [B, V, 1, 3]
+    # 2. plane through the origin with its normal toward the input camera
+    normal = input_cameras.centers.to(device, dtype)  # [B, 3]
+    normal = (normal / normal.norm(dim=-1, keepdim=True))[:, None, None, :]  # [B, 1, 1, 3]
+    denom = (dirs * normal).sum(-1)  # [B, V, HW]
+    t = -(origins * normal).sum(-1) / torch.where(denom.abs() < 1e-8, torch.full_like(denom, 1e-8), denom)
+    hit = (t > 0) & (denom.abs() >= 1e-8)  # [B, V, HW]
+    if not two_sided:
+        hit = hit & (denom < 0)  # the ray meets the front face (it travels against the normal)
+    points = origins + t[..., None] * dirs  # [B, V, HW, 3]
+    # 3. project into the input camera and sample the input image
+    vm_i = input_cameras.viewmats.to(device, dtype)[:, None]  # [B, 1, 4, 4]
+    K_i = input_cameras.Ks.to(device, dtype)[:, None]  # [B, 1, 3, 3]
+    cam = points @ vm_i[..., :3, :3].transpose(-1, -2) + vm_i[..., None, :3, 3]  # [B, V, HW, 3]
+    uv = cam @ K_i.transpose(-1, -2)  # [B, V, HW, 3]
+    uv = uv[..., :2] / uv[..., 2:].clamp_min(1e-8)  # [B, V, HW, 2] pixels
+    grid = torch.stack([uv[..., 0] / input_cameras.width * 2 - 1, uv[..., 1] / input_cameras.height * 2 - 1], -1)
+    grid = grid.reshape(B, V * H * W, 1, 2)  # [B, VHW, 1, 2]
+    fg = torch.nn.functional.grid_sample(1.0 - image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    fg = fg.reshape(B, 3, V, H, W).permute(0, 2, 1, 3, 4)  # [B, V, 3, H, W]  (1 - rgb), zero = white
+    fg = fg * hit.reshape(B, V, 1, H, W)
+    return (1.0 - fg).clamp(0, 1)
+
+
+def template_model(model: nn.Module) -> nn.Module:
+    """The untrained template head: the model's architecture with freshly initialised weights (seed 0)."""
+    from perchead.model import PercHead
+
+    dino = None
+    if getattr(model.encoder, "dino", None) is not None:
+        dino = model.encoder.dino.model  # reuse the frozen foundation model (never trained)
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        fresh = PercHead(model.config, dino=dino) if dino is not None else PercHead(model.config)
+    finally:
+        torch.set_rng_state(state)
+    return fresh.to(next(model.parameters()).device).eval()
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def _ground_truth(head, cameras: Cameras) -> tuple[Tensor, Tensor]:
+    from perchead.data.synthetic import render_head
+
+    out = render_head(head, cameras)
+    return out["rgb"].float(), out["alpha"].float()  # [V, 3, H, W], [V, 1, H, W]
+
+
+@torch.no_grad()
+def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Tensor, input_cams: Cameras,
+             target_cams: Cameras, size: int, two_sided: bool = False) -> Tensor:
+    """Predicted target views ``[B, V, 3, S, S]`` of one method for B inputs with V targets each."""
+    B = image.shape[0]
+    V = len(target_cams) // B
+    if method == "billboard":
+        return billboard(image, input_cams, target_cams, two_sided)
+    model = models[method]
+    device = next(model.parameters()).device
+    gaussians = model(image.to(device), mask.to(device))
+    rgb, _ = render_per_input(model, gaussians, target_cams.viewmats.reshape(B, V, 4, 4),
+                              target_cams.Ks.reshape(B, V, 3, 3), size)
+    return rgb.float().cpu().clamp(0, 1)
+
+
+def _score(pred: Tensor, target: Tensor, nets: dict) -> dict[str, list[float]]:
+    """Per-view metric values of ``[N, 3, S, S]`` predictions."""
+    out = {"psnr": psnr(pred, target).tolist(), "ssim": ssim(pred, target).tolist()}
+    for name, metric in nets.items():
+        if metric.fn is not None:
+            out[name] = metric.fn(pred, target).tolist()
+    return out
+
+
+def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Runs both protocols for the three methods.
+
+    Args:
+        model: a trained PercHead (any device).
+        config: evaluation settings.
+        contact_sheet_path: optional PNG path for :func:`contact_sheet` (first 4 subjects).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{"novel": {method: {metric: value or None}}, "extreme": {...}, "meta": {...}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from perchead.data.synthetic import make_head, split_seeds
+
+    model = model.eval()
+    size = config.eval_size or model.config.render.render_size
+    in_size = model.config.render.image_size
+    models = {"ours": model, "template": template_model(model)}
+    nets = network_metrics()
+    seeds = split_seeds(config.split)
+    if config.subjects > len(seeds):
+        raise ValueError(f"split {config.split!r} has only {len(seeds)} subjects, asked for {config.subjects}")
+    values = {p: {m: {k: [] for k in METRICS} for m in METHODS} for p in PROTOCOLS}
+    for i in tqdm(range(config.subjects), disable=not progress, desc="evaluate", dynamic_ncols=True):
+        head = make_head(seeds[i])
+        # novel views: one input, several targets
+        inp, targets = novel_views(i, config.novel_targets, config.seed)
+        extremes = extreme_pairs(config.extreme_elevation)
+        for protocol, inputs, target_views in (
+            ("novel", [inp], [targets]),
+            ("extreme", [p[0] for p in extremes], [[p[1]] for p in extremes]),
+        ):
+            input_cams = _cameras(inputs, model, in_size)
+            image, mask = _ground_truth(head, input_cams)  # [B, 3, s, s], [B, 1, s, s]
+            flat_targets = [v for views in target_views for v in views]
+            target_cams = _cameras(flat_targets, model, size)
+            gt, _ = _ground_truth(head, target_cams)  # [B·V, 3, S, S]
+            for method in METHODS:
+                pred = _predict(method, models, image, mask, input_cams, target_cams, size,
+                                config.billboard_two_sided).flatten(0, 1)
+                for name, vals in _score(pred, gt, nets).items():
+                    values[protocol][method][name].extend(vals)
+    results: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        results[protocol] = {}
+        for method in METHODS:
+            v = values[protocol][method]
+            results[protocol][method] = {
+                name: (finite_mean(v[name]) if v[name] else None) for name in METRICS
+            }
+    results["meta"] = {
+        "config": asdict(config),
+        "eval_size": size,
+        "input_size": in_size,
+        "n_views": {p: len(values[p]["ours"]["psnr"]) for p in PROTOCOLS},
+        "unavailable": {name: m.reason for name, m in nets.items() if m.fn is None},
+        "psnr_cap_db": 100.0,
+        "billboard": "two-sided (mirrored from behind)" if config.billboard_two_sided else "one-sided (back-face culled)",
+    }
+    if contact_sheet_path:
+        contact_sheet(model, contact_sheet_path, subjects=min(4, config.subjects), split=config.split)
+    return results
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Tables 1–2 layout: one table per protocol, methods as rows, PSNR↑ SSIM↑ LPIPS↓ DS↓ ArcFace↓."""
+    names = {"billboard": "Billboard", "template": "Template (untrained)", "ours": "Ours"}
+    lines = []
+    for protocol, title in (("novel", "Novel views"), ("extreme", "Extreme views")):
+        lines += [f"| {title} | PSNR ↑ | SSIM ↑ | LPIPS ↓ | DS ↓ | ArcFace ↓ |", "|---|---|---|---|---|---|"]
+        for method in ("billboard", "template", "ours"):
+            r = results[protocol][method]
+            cells = [
+                "n/a" if r[k] is None else (f"{r[k]:.2f}" if k == "psnr" else f"{r[k]:.4f}") for k in METRICS
+            ]
+            lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    unavailable = results.get("meta", {}).get("unavailable", {})
+    if unavailable:
+        lines.append("n/a: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- contact sheet
+CONTACT_VIEWS = (("front", 0.0, 0.0), ("side", 90.0, 0.0), ("back", 180.0, 0.0), ("top", 0.0, 75.0))
+
+
+@torch.no_grad()
+def contact_sheet(model: nn.Module, path: str | Path, subjects: int = 4, split: str = "test",
+                  input_view: tuple[float, float] = (20.0, 5.0)) -> Path:
+    """Writes a PNG: per subject a row of input, then front / side / back / top as (ground truth, ours).
+
+    Args:
+        model: a PercHead.
+        path: output PNG.
+        subjects: rows (first seeds of ``split``).
+        split: seed split.
+        input_view: (azimuth, elevation) of the input, degrees.
+
+    Returns:
+        The path.
+    """
+    from PIL import Image, ImageDraw
+
+    from perchead.data.synthetic import make_head, split_seeds
+
+    size = model.config.render.render_size
+    in_size = model.config.render.image_size
+    device = next(model.parameters()).device
+    rows = []
+    for i in range(subjects):
+        head = make_head(split_seeds(split)[i])
+        in_cams = _cameras([input_view], model, in_size)
+        image, mask = _ground_truth(head, in_cams)
+        cams = _cameras([(a, e) for _, a, e in CONTACT_VIEWS], model, size)
+        gt, _ = _ground_truth(head, cams)  # [4, 3, S, S]
+        gaussians = model(image.to(device), mask.to(device))
+        pred, _ = render_per_input(model, gaussians, cams.viewmats[None], cams.Ks[None], size)
+        pred = pred[0].float().cpu().clamp(0, 1)
+        inp = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)[0]
+        tiles = [inp] + [t for k in range(len(CONTACT_VIEWS)) for t in (gt[k], pred[k])]
+        rows.append(torch.cat(tiles, dim=-1))  # [3, S, 9S]
+    grid = torch.cat(rows, dim=-2)  # [3, subjects·S, 9S]
+    header = 14
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    canvas = Image.new("RGB", (array.shape[1], array.shape[0] + header), "white")
+    canvas.paste(Image.fromarray(array), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    labels = ["input"] + [f"{n} {w}" for n, _, _ in CONTACT_VIEWS for w in ("GT", "ours")]
+    for k, label in enumerate(labels):
+        draw.text((k * size + 3, 1), label, fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from perchead.model import PercHead
+
+    p = argparse.ArgumentParser(prog="python -m perchead.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id")
+    p.add_argument("--subjects", type=int, default=100, help="held-out test heads")
+    p.add_argument("--output", default="results.json", help="JSON results path")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--novel-targets", type=int, default=8)
+    p.add_argument("--eval-size", type=int, default=None, help="target view size (default: model render_size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--contact-sheet", default=None, help="also write a contact-sheet PNG here")
+    p.add_argument("--billboard-two-sided", action="store_true",
+                   help="billboard baseline also visible (mirrored) from behind; default one-sided")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    model = PercHead.from_pretrained(args.model).to(args.device)
+    config = EvalConfig(subjects=args.subjects, split=args.split, novel_targets=args.novel_targets,
+                        eval_size=args.eval_size, seed=args.seed, billboard_two_sided=args.billboard_two_sided)
+    results = evaluate(model, config, contact_sheet_path=args.contact_sheet, progress=not args.no_progress)
+    results["meta"]["model"] = str(args.model)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown_table(results))
+    print(f"\nwrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,571 @@
+"""Training loop (PercHead §3.4): phase 1 trains the base model without the CNN, phase 2 the CNN only.
+
+    python -m perchead.train --preset demo --data synthetic --output runs/demo
+    accelerate launch -m perchead.train --preset paper --data /data/nersemble_multiview --output runs/paper
+
+One command runs on one CPU, one GPU, or many GPUs/nodes (Hugging Face Accelerate; bf16 on GPU). Each
+step takes a batch of subjects — an input view (random, including extreme views: profiles, back-ish,
+high and low elevation — chosen by the dataset) and several target views — reconstructs Gaussians from
+the input, renders them at the target cameras and applies the phase's loss (:mod:`perchead.losses`).
+
+Phase 1 (steps ``[0, phase1_steps)``): all trainable parameters except the refiner CNN; renders are not
+refined. Phase 2 (steps ``[phase1_steps, phase1_steps + phase2_steps)``): the base is frozen and only
+the refiner CNN trains, on refined renders (paper: "we freeze the 3D reconstruction pipeline and train
+the CNN module separately"). Each phase has its own AdamW with linear warm-up + cosine decay
+(``diffusers.optimization.get_cosine_schedule_with_warmup``), gradient-norm clipping, and stops with a
+``FloatingPointError`` naming the step on a non-finite loss (as MAE's ``engine_pretrain.py`` does).
+
+Checkpoints (``OUTPUT/checkpoint/``) hold the model (``save_pretrained``: config.json +
+model.safetensors), the optimizer tensors (``optimizer.safetensors``), and JSON state (step, phase,
+scheduler, param groups); never pickle. ``--resume`` continues from there. The final weights go to
+``OUTPUT/config.json`` + ``OUTPUT/model.safetensors``; ``OUTPUT/metrics.jsonl`` logs every step's losses.
+
+Tasks: :data:`TASKS` maps a task name to a :class:`Task` (model builder, loss builder). ``reconstruct``
+is the base lifting model; the editing fine-tune (paper §3.5) registers its own entry with
+:func:`register_task` (an EditEncoder-based model builder and a loss over segmentation-map batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from perchead.evaluate import render_per_input
+from perchead.losses import LossConfig, ReconstructionLoss
+
+LossFn = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, float]]]
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the model config. Per-preset defaults: :meth:`preset`.
+
+    Attributes:
+        preset: model preset ("paper" | "demo" | "tiny"), see :class:`perchead.config.PercHeadConfig`.
+        data: "synthetic" (on-the-fly synthetic heads) or the folder of an on-disk multi-view dataset.
+        output: run folder (checkpoint, metrics.jsonl, final weights).
+        task: key of :data:`TASKS`.
+        phase1_steps: steps of phase 1 (base without CNN).
+        phase2_steps: steps of phase 2 (CNN only, base frozen).
+        batch_size: subjects per step (per process).
+        n_targets: target views per subject per step.
+        lr: phase-1 peak learning rate.
+        lr_phase2: phase-2 peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps at the start of each phase.
+        grad_clip: max gradient L2 norm (0 = off).
+        render_size: size of the rendered / target views the loss sees (None = the model's render_size).
+        num_workers: data loader worker processes.
+        log_every: steps between progress-bar / log flushes.
+        save_every: steps between checkpoints.
+        eval_every: steps between evaluation renders (0 = off).
+        seed: random seed.
+        init_from: optional folder / repo id of weights to start from (fine-tuning).
+        loss_overrides: LossConfig fields overriding the preset's, per phase: {"1": {...}, "2": {...}}.
+    """
+
+    preset: str = "demo"
+    data: str = "synthetic"
+    output: str = "runs/demo"
+    task: str = "reconstruct"
+    phase1_steps: int = 3000
+    phase2_steps: int = 300
+    batch_size: int = 4
+    n_targets: int = 4
+    lr: float = 1e-3
+    lr_phase2: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    render_size: int | None = None
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int = 250
+    eval_every: int = 0
+    seed: int = 0
+    init_from: str | None = None
+    loss_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("phase1_steps", "phase2_steps", "warmup_steps", "num_workers", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "n_targets", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.phase1_steps + self.phase2_steps == 0:
+            raise ValueError("phase1_steps + phase2_steps must be positive")
+        if self.lr <= 0 or self.lr_phase2 <= 0:
+            raise ValueError("learning rates must be positive")
+
+    @property
+    def total_steps(self) -> int:
+        return self.phase1_steps + self.phase2_steps
+
+    def phase_at(self, step: int) -> int:
+        """The phase (1 or 2) that global step ``step`` belongs to."""
+        return 1 if step < self.phase1_steps else 2
+
+    @classmethod
+    def preset_defaults(cls, preset: str, **overrides) -> "TrainConfig":
+        """Per-preset defaults (all ours; the paper trains 70 h + 24 h on one RTX 3090).
+
+        - ``paper``: 300k + 100k steps, batch 8 × 4 targets at 512², lr 1e-4 / 1e-4, 2k warm-up.
+        - ``demo``: sized for ~1–1.5 h on a 2-core CPU (see the README's training section).
+        - ``tiny``: a handful of steps for tests.
+        """
+        table: dict[str, dict[str, Any]] = {
+            "paper": dict(phase1_steps=300_000, phase2_steps=100_000, batch_size=8, n_targets=4, lr=1e-4,
+                          lr_phase2=1e-4, warmup_steps=2000, save_every=2000, log_every=50, num_workers=8),
+            # ~2.5–4 s/step on 2 free CPU cores (data generation overlapped by one loader worker): ~1.3 h
+            "demo": dict(phase1_steps=1500, phase2_steps=150, batch_size=4, n_targets=3, lr=1e-3,
+                         lr_phase2=5e-4, warmup_steps=100, save_every=100, log_every=10, num_workers=1),
+            "tiny": dict(phase1_steps=4, phase2_steps=2, batch_size=2, n_targets=2, lr=1e-3, lr_phase2=1e-3,
+                         warmup_steps=1, save_every=2, log_every=1),
+        }
+        if preset not in table:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(table)}")
+        values = dict(table[preset], preset=preset, output=f"runs/{preset}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- tasks
+@dataclass
+class Task:
+    """A trainable task: how to build its model and its per-phase loss.
+
+    Attributes:
+        build_model: ``(model_config, init_from) -> nn.Module``; ``init_from`` is a folder / repo id or None.
+        build_loss: ``(train_config, phase) -> loss_fn`` where ``loss_fn(model, batch) -> (loss, logs)``.
+        trainable: ``(model, phase) -> list of parameters`` the phase optimises.
+    """
+
+    build_model: Callable[[Any, str | None], nn.Module]
+    build_loss: Callable[[TrainConfig, int], LossFn]
+    trainable: Callable[[nn.Module, int], list[nn.Parameter]]
+
+
+def build_reconstruct_model(model_config, init_from: str | None = None) -> nn.Module:
+    """The base lifting model (§3.1–3.3), fresh or from ``init_from``."""
+    from perchead.model import PercHead
+
+    if init_from:
+        return PercHead.from_pretrained(init_from)
+    return PercHead(model_config)
+
+
+def _refiner_params(model: nn.Module) -> set[int]:
+    refiner = getattr(model, "refiner", None)
+    return {id(p) for p in refiner.parameters()} if refiner is not None else set()
+
+
+def reconstruct_trainable(model: nn.Module, phase: int) -> list[nn.Parameter]:
+    """Phase 1: every parameter except the refiner CNN's. Phase 2: the refiner's only.
+
+    Frozen-by-design parameters (the DINOv2 branch, ``requires_grad=False`` when the model is built) are
+    removed by :func:`train`, which only optimises parameters that were trainable at construction.
+    """
+    refiner_ids = _refiner_params(model)
+    if phase == 2 and not refiner_ids:
+        raise ValueError("phase 2 trains the refiner CNN, but this model has none (refiner.enabled is False)")
+    return [p for p in model.parameters() if (id(p) in refiner_ids) == (phase == 2)]
+
+
+def target_cameras(batch: dict[str, Any], size: int):
+    """The batch's target cameras rescaled to ``size``: viewmats ``[B, V, 4, 4]``, Ks ``[B, V, 3, 3]``."""
+    h = batch["target_images"].shape[-2]
+    Ks = batch["target_Ks"].clone()  # [B, V, 3, 3]
+    Ks[..., :2, :] *= size / h
+    return batch["target_viewmats"], Ks
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    """``[B, V, C, H, W]`` → ``[B, V, C, size, size]`` (area/bilinear)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    b, v = x.shape[:2]
+    y = torch.nn.functional.interpolate(x.flatten(0, 1).float(), size=(size, size), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return y.reshape(b, v, *y.shape[1:])
+
+
+def build_reconstruct_loss(config: TrainConfig, phase: int) -> LossFn:
+    """Reconstruction loss of one phase: render the predicted Gaussians at the targets, compare."""
+    overrides = config.loss_overrides.get(str(phase), {})
+    criterion = ReconstructionLoss(LossConfig.preset(config.preset, phase, **overrides))
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        size = config.render_size or model.config.render.render_size
+        if phase == 2:  # base frozen: no graph through the reconstruction
+            with torch.no_grad():
+                gaussians = model(batch["image"], batch["mask"])
+        else:
+            gaussians = model(batch["image"], batch["mask"])
+        viewmats, Ks = target_cameras(batch, size)
+        rgb, alpha = render_per_input(model, gaussians, viewmats, Ks, size, refine=(phase == 2))
+        target = _resize(batch["target_images"], size)  # [B, V, 3, S, S]
+        target_mask = _resize(batch["target_masks"], size)  # [B, V, 1, S, S]
+        criterion.to(rgb.device)
+        return criterion(rgb.flatten(0, 1), target.flatten(0, 1), alpha.flatten(0, 1), target_mask.flatten(0, 1))
+
+    return loss_fn
+
+
+TASKS: dict[str, Task] = {
+    "reconstruct": Task(build_reconstruct_model, build_reconstruct_loss, reconstruct_trainable),
+}
+
+
+def register_task(name: str, task: Task) -> None:
+    """Adds a task (e.g. the editing fine-tune of §3.5) to :data:`TASKS`."""
+    if not isinstance(task, Task):
+        raise ValueError(f"register_task expects a Task, got {type(task).__name__}")
+    TASKS[name] = task
+
+
+# --------------------------------------------------------------------------------------------- data
+def build_dataset(config: TrainConfig, render_config, split: str = "train"):
+    """The training dataset: synthetic heads on the fly, or an on-disk multi-view folder.
+
+    Args:
+        config: run settings (``data``, ``n_targets``, ``seed``).
+        render_config: the model's :class:`perchead.config.RenderConfig` (input size and framing).
+        split: synthetic seed split.
+    """
+    if config.data == "synthetic":
+        from perchead.data.synthetic import SyntheticHeads
+
+        # views are a function of (seed, subject): reproducible, and every subject is new for ~100k samples
+        return SyntheticHeads(split=split, image_size=render_config.image_size, n_targets=config.n_targets,
+                              radius=render_config.radius, fov_deg=render_config.fov_deg, view_seed=config.seed)
+    if not Path(config.data).is_dir():
+        raise ValueError(f"--data must be 'synthetic' or an existing dataset folder, got {config.data!r}")
+    from perchead.data.multiview import MultiViewDataset
+
+    return MultiViewDataset(config.data, n_targets=config.n_targets, image_size=render_config.image_size)
+
+
+def index_stream(n: int, seed: int, start: int, rank: int = 0, world: int = 1) -> Iterator[int]:
+    """An endless, reproducible shuffled stream of dataset indices, starting at position ``start``.
+
+    Epoch ``e`` is a permutation drawn from ``seed + e``; process ``rank`` of ``world`` takes every
+    ``world``-th index, so resuming at a global position needs no data to be read.
+    """
+    if n <= 0:
+        raise ValueError("the dataset is empty")
+    pos = start * world + rank
+    epoch, perm = -1, None
+    while True:
+        e, offset = divmod(pos, n)
+        if e != epoch:
+            epoch, perm = e, torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))
+        yield int(perm[offset])
+        pos += world
+
+
+def batches(dataset, config: TrainConfig, start_step: int, rank: int, world: int) -> Iterator[dict[str, Any]]:
+    """Batches of ``config.batch_size`` samples from position ``start_step * batch_size`` on."""
+    from torch.utils.data import DataLoader
+
+    stream = index_stream(len(dataset), config.seed, start_step * config.batch_size, rank, world)
+
+    class _Sampler(torch.utils.data.Sampler):
+        def __iter__(self):
+            return stream
+
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=_Sampler(), num_workers=config.num_workers,
+                        persistent_workers=False)
+    yield from loader
+
+
+def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Optimizer state as safetensors (tensors) + JSON (scalars, param groups); no pickle."""
+    state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, entry in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, step: int, config: TrainConfig) -> None:
+    """Writes a resumable checkpoint atomically (into ``folder.tmp``, then renamed)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    (tmp / "model").mkdir(parents=True)
+    model.save_pretrained(str(tmp / "model"))
+    save_optimizer(optimizer, tmp)
+    save_file({"cpu_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    state = {"step": step, "phase": config.phase_at(step - 1) if step > 0 else 1,  # phase of the optimizer
+             "scheduler": scheduler.state_dict(), "train_config": config.to_dict()}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    if folder.exists():
+        _rmtree(folder)
+    tmp.rename(folder)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------------------------- loop
+def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
+    """Data parallelism: averages gradients over processes (a no-op on one process).
+
+    The model is not wrapped in DistributedDataParallel because the trainable set changes between the
+    phases and the loss calls model methods other than ``forward``; an explicit all-reduce is simplest.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+
+
+def _make_optimizer(params: list[nn.Parameter], lr: float, config: TrainConfig, phase_steps: int):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    warmup = min(config.warmup_steps, max(phase_steps - 1, 0))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, max(phase_steps, 1))
+    return optimizer, scheduler
+
+
+def train(config: TrainConfig, model_config=None, resume: bool = False, progress: bool = True, dataset=None) -> Path:
+    """Runs (or resumes) a training run.
+
+    Args:
+        config: the run settings.
+        model_config: a PercHeadConfig (default: ``PercHeadConfig.preset(config.preset)``).
+        resume: continue from ``OUTPUT/checkpoint`` if it exists.
+        progress: show a tqdm progress bar.
+        dataset: a map-style dataset of SAMPLE dicts to use instead of :func:`build_dataset`.
+
+    Returns:
+        The output folder, holding config.json + model.safetensors of the final weights.
+
+    Raises:
+        FloatingPointError: on a non-finite loss, naming the step.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from perchead.config import PercHeadConfig
+
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; registered: {sorted(TASKS)}")
+    task = TASKS[config.task]
+    out = Path(config.output)
+    ckpt = out / "checkpoint"
+    use_cuda = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if use_cuda else "no", cpu=not use_cuda)
+    torch.manual_seed(config.seed + accelerator.process_index)
+
+    # 1. model, from the checkpoint when resuming
+    step = 0
+    state: dict[str, Any] = {}
+    if resume and (ckpt / "state.json").exists():
+        state = json.loads((ckpt / "state.json").read_text())
+        step = int(state["step"])
+        model = task.build_model(None, str(ckpt / "model"))
+        if accelerator.is_main_process:
+            print(f"[perchead.train] resuming from {ckpt} at step {step}", flush=True)
+    else:
+        if model_config is None:
+            model_config = PercHeadConfig.preset(config.preset)
+        model = task.build_model(model_config, config.init_from)
+    model.train()
+    model.to(accelerator.device)
+    # Parameters frozen by design (e.g. the DINOv2 branch) stay frozen in every phase.
+    trainable_ids = {id(p) for p in model.parameters() if p.requires_grad}
+
+    # 2. data: per-process shards of an endless shuffled index stream
+    if dataset is None:
+        dataset = build_dataset(config, model.config.render)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    log_file = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
+
+    data_iter = None
+    phase = None
+    optimizer = scheduler = loss_fn = None
+    bar = tqdm(total=config.total_steps, initial=step, disable=not (progress and accelerator.is_main_process),
+               desc="train", dynamic_ncols=True)
+    t_last = time.perf_counter()
+    try:
+        while step < config.total_steps:
+            # 3. (re)build the phase's optimizer, scheduler and loss at the phase boundary
+            if config.phase_at(step) != phase:
+                phase = config.phase_at(step)
+                phase_steps = config.phase1_steps if phase == 1 else config.phase2_steps
+                params = [p for p in task.trainable(model, phase) if id(p) in trainable_ids]
+                if not params:
+                    raise ValueError(f"phase {phase} has no trainable parameters")
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                for p in params:
+                    p.requires_grad_(True)
+                optimizer, scheduler = _make_optimizer(params, config.lr if phase == 1 else config.lr_phase2,
+                                                       config, phase_steps)
+                if state and state.get("phase") == phase and (ckpt / "optimizer.json").exists():
+                    load_optimizer(optimizer, ckpt)
+                    scheduler.load_state_dict(state["scheduler"])
+                    torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["cpu_rng"])
+                state = {}
+                loss_fn = task.build_loss(config, phase)
+                if data_iter is None:
+                    data_iter = batches(dataset, config, step, accelerator.process_index, accelerator.num_processes)
+                if accelerator.is_main_process:
+                    n = sum(p.numel() for p in params)
+                    print(f"[perchead.train] phase {phase}: {n:,} trainable parameters, {phase_steps} steps",
+                          flush=True)
+
+            # 4. one optimisation step
+            batch = to_device(next(data_iter), accelerator.device)
+            with accelerator.autocast():
+                loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss.detach()).all():
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (phase {phase}): {logs}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _average_gradients(params, accelerator)
+            grad_norm = None
+            if config.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise FloatingPointError(f"non-finite gradient norm at step {step} (phase {phase})")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+            # 5. logging and checkpoints
+            now = time.perf_counter()
+            record = {"step": step, "phase": phase, "lr": scheduler.get_last_lr()[0], "time_s": now - t_last, **logs}
+            t_last = now
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            if log_file is not None:
+                log_file.write(json.dumps(record) + "\n")
+                if step % config.log_every == 0:
+                    log_file.flush()
+            bar.update(1)
+            if step % config.log_every == 0:
+                bar.set_postfix(loss=f"{logs['total']:.4f}", phase=phase)
+            if step % config.save_every == 0 or step == config.total_steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(ckpt, model, optimizer, scheduler, step, config)
+            if config.eval_every and step % config.eval_every == 0 and accelerator.is_main_process:
+                _eval_renders(model, out, step)
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+
+    # 6. final weights
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save_pretrained(str(out))
+        print(f"[perchead.train] done: {step} steps; weights in {out}", flush=True)
+    return out
+
+
+def _eval_renders(model: nn.Module, out: Path, step: int) -> None:
+    """Writes a small contact sheet of held-out validation heads (periodic evaluation renders)."""
+    from perchead.evaluate import contact_sheet
+
+    was_training = model.training
+    model.eval()
+    try:
+        contact_sheet(model, out / "eval" / f"step_{step:07d}.png", subjects=2, split="val")
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
+    """Parses the command line into (TrainConfig, resume, no_progress)."""
+    p = argparse.ArgumentParser(prog="python -m perchead.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="demo", choices=["paper", "demo", "tiny"])
+    p.add_argument("--data", default="synthetic", help="'synthetic' or an on-disk multi-view dataset folder")
+    p.add_argument("--output", default=None, help="run folder (default runs/<preset>)")
+    p.add_argument("--task", default="reconstruct", help=f"registered task ({', '.join(sorted(TASKS))})")
+    p.add_argument("--phase1-steps", type=int, default=None)
+    p.add_argument("--phase2-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--n-targets", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-phase2", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--render-size", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--init-from", default=None, help="folder or repo id of weights to start from")
+    p.add_argument("--loss", default=None,
+                   help='JSON loss-weight overrides per phase, e.g. \'{"1": {"mask": 1.0}, "2": {"l1": 1.0}}\'')
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    args = p.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in (
+        "data", "output", "task", "phase1_steps", "phase2_steps", "batch_size", "n_targets", "lr", "lr_phase2",
+        "warmup_steps", "grad_clip", "render_size", "num_workers", "save_every", "log_every", "eval_every",
+        "seed", "init_from")}
+    if args.loss:
+        overrides["loss_overrides"] = json.loads(args.loss)
+    config = TrainConfig.preset_defaults(args.preset, **overrides)
+    return config, args.resume, args.no_progress
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, resume, no_progress = parse_args(argv)
+    train(config, resume=resume, progress=not no_progress)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

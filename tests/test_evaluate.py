@@ -1,0 +1,74 @@
+"""Tests for perchead/evaluate.py: the protocol, the billboard baseline and a 2-subject smoke evaluation."""
+
+import json
+
+import pytest
+import torch
+
+from perchead.cameras import orbit_cameras
+from perchead.evaluate import (
+    METHODS,
+    PROTOCOLS,
+    EvalConfig,
+    billboard,
+    extreme_pairs,
+    main,
+    markdown_table,
+    novel_views,
+)
+
+
+def test_protocol_views():
+    inp, targets = novel_views(3, 8, seed=0)
+    assert -30 <= inp[0] <= 30 and -10 <= inp[1] <= 15
+    assert len(targets) == 8 and all(-180 <= a < 180 and -15 <= e <= 30 for a, e in targets)
+    assert (inp, targets) == novel_views(3, 8, seed=0)  # deterministic
+    pairs = extreme_pairs(60.0)
+    assert ((90.0, 0.0), (-90.0, 0.0)) in pairs and ((0.0, 60.0), (0.0, -60.0)) in pairs
+    for (a_in, e_in), (a_t, e_t) in pairs:  # every pair is a flip
+        assert (a_in, e_in) == (-a_t, -e_t) or (a_in == -a_t and e_in == e_t)
+    with pytest.raises(ValueError, match="subjects"):
+        EvalConfig(subjects=0)
+
+
+def test_billboard_reproduces_input_at_input_camera_and_is_white_edge_on():
+    image = torch.rand(1, 3, 32, 32)
+    cams = orbit_cameras([30.0], [10.0], size=32)
+    out = billboard(image, cams, cams)  # [1, 1, 3, 32, 32]
+    torch.testing.assert_close(out[0, 0], image[0], atol=1e-4, rtol=0)
+    side = billboard(image, cams, orbit_cameras([120.0], [0.0], size=32))  # nearly edge-on: mostly white
+    assert side.mean() > 0.9
+    left, right = orbit_cameras([90.0], [0.0], size=32), orbit_cameras([-90.0], [0.0], size=32)
+    torch.testing.assert_close(billboard(image, left, right), torch.ones(1, 1, 3, 32, 32))  # one-sided: unseen
+    back = billboard(image, left, right, two_sided=True)
+    torch.testing.assert_close(back[0, 0], image[0].flip(-1), atol=1e-4, rtol=0)  # two-sided: mirrored
+
+
+def test_smoke_evaluation_writes_json(tmp_path, capsys):
+    from perchead.config import PercHeadConfig
+    from perchead.model import PercHead
+
+    torch.manual_seed(0)
+    PercHead(PercHeadConfig.preset("tiny")).save_pretrained(tmp_path / "model")
+    out = tmp_path / "results.json"
+    sheet = tmp_path / "sheet.png"
+    main(["--model", str(tmp_path / "model"), "--subjects", "2", "--novel-targets", "3", "--output", str(out),
+          "--contact-sheet", str(sheet), "--no-progress"])
+    results = json.loads(out.read_text())
+    for protocol in PROTOCOLS:
+        assert set(results[protocol]) == set(METHODS)
+        for method in METHODS:
+            r = results[protocol][method]
+            assert 0 < r["psnr"] < 100 and 0 < r["ssim"] <= 1
+            assert r["lpips"] is None or r["lpips"] >= 0
+            assert r["dreamsim"] is None and r["arcface"] is None
+    assert results["meta"]["n_views"] == {"novel": 6, "extreme": 8}
+    assert "dreamsim" in results["meta"]["unavailable"]
+    assert results["meta"]["billboard"].startswith("one-sided")
+    printed = capsys.readouterr().out
+    assert "| Extreme views | PSNR ↑" in printed and "| Ours |" in printed
+    assert markdown_table(results).count("| Billboard |") == 2
+    from PIL import Image
+
+    w, h = Image.open(sheet).size
+    assert w == 9 * 64 and h == 2 * 64 + 14
