@@ -17,7 +17,9 @@ Protocol (on the ``test`` seeds of :mod:`perchead.data.synthetic`, disjoint from
 Methods: ``ours`` (the model), ``template`` (the same architecture with freshly initialised weights —
 its Gaussians sit at the template's vertices, i.e. the untrained template head) and ``billboard`` (the
 input image on a camera-facing plane through the head centre, rendered to the target camera by ray/plane
-intersection; one-sided — invisible from behind — unless ``--billboard-two-sided``, see :func:`billboard`). Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (white
+intersection; seen from behind it shows its picture mirrored, as a plane of splats does — on left↔right
+flips of a near-symmetric head that is a strong baseline) and ``billboard_one_sided`` (the same card,
+invisible from behind), see :func:`billboard`. Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (white
 background, as in the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
 are absent. Output: a Markdown table shaped like Tables 1–2 on stdout, and JSON
 ``{"novel": {"ours": {"psnr", "ssim", "lpips", "dreamsim", "arcface"}, "template": …, "billboard": …},
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from perchead.cameras import Cameras, orbit_cameras
 from perchead.metrics import finite_mean, network_metrics, psnr, ssim
 
-METHODS = ("ours", "template", "billboard")
+METHODS = ("ours", "template", "billboard", "billboard_one_sided")
 PROTOCOLS = ("novel", "extreme")
 METRICS = ("psnr", "ssim", "lpips", "dreamsim", "arcface")
 
@@ -56,7 +58,6 @@ class EvalConfig:
         eval_size: size of rendered / ground-truth target views (None = the model's render_size).
         extreme_elevation: |elevation| of the top↔bottom extreme pair in degrees (ours: 60).
         seed: seed of the random input / target view draws.
-        billboard_two_sided: show the billboard's picture (mirrored) from behind too (default: one-sided).
     """
 
     subjects: int = 100
@@ -65,7 +66,6 @@ class EvalConfig:
     eval_size: int | None = None
     extreme_elevation: float = 60.0
     seed: int = 0
-    billboard_two_sided: bool = False
 
     def __post_init__(self) -> None:
         if self.subjects < 1:
@@ -213,12 +213,12 @@ def _ground_truth(head, cameras: Cameras) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Tensor, input_cams: Cameras,
-             target_cams: Cameras, size: int, two_sided: bool = False) -> Tensor:
+             target_cams: Cameras, size: int) -> Tensor:
     """Predicted target views ``[B, V, 3, S, S]`` of one method for B inputs with V targets each."""
     B = image.shape[0]
     V = len(target_cams) // B
-    if method == "billboard":
-        return billboard(image, input_cams, target_cams, two_sided)
+    if method.startswith("billboard"):
+        return billboard(image, input_cams, target_cams, two_sided=method == "billboard")
     model = models[method]
     device = next(model.parameters()).device
     gaussians = model(image.to(device), mask.to(device))
@@ -277,8 +277,7 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
             target_cams = _cameras(flat_targets, model, size)
             gt, _ = _ground_truth(head, target_cams)  # [B·V, 3, S, S]
             for method in METHODS:
-                pred = _predict(method, models, image, mask, input_cams, target_cams, size,
-                                config.billboard_two_sided).flatten(0, 1)
+                pred = _predict(method, models, image, mask, input_cams, target_cams, size).flatten(0, 1)
                 for name, vals in _score(pred, gt, nets).items():
                     values[protocol][method][name].extend(vals)
     results: dict[str, Any] = {}
@@ -296,7 +295,7 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
         "n_views": {p: len(values[p]["ours"]["psnr"]) for p in PROTOCOLS},
         "unavailable": {name: m.reason for name, m in nets.items() if m.fn is None},
         "psnr_cap_db": 100.0,
-        "billboard": "two-sided (mirrored from behind)" if config.billboard_two_sided else "one-sided (back-face culled)",
+        "billboard": "two-sided (mirrored from behind); billboard_one_sided: back-face culled",
     }
     if contact_sheet_path:
         contact_sheet(model, contact_sheet_path, subjects=min(4, config.subjects), split=config.split)
@@ -305,11 +304,12 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
 
 def markdown_table(results: dict[str, Any]) -> str:
     """Tables 1–2 layout: one table per protocol, methods as rows, PSNR↑ SSIM↑ LPIPS↓ DS↓ ArcFace↓."""
-    names = {"billboard": "Billboard", "template": "Template (untrained)", "ours": "Ours"}
+    names = {"billboard": "Billboard (two-sided)", "billboard_one_sided": "Billboard (one-sided)",
+             "template": "Template (untrained)", "ours": "Ours"}
     lines = []
     for protocol, title in (("novel", "Novel views"), ("extreme", "Extreme views")):
         lines += [f"| {title} | PSNR ↑ | SSIM ↑ | LPIPS ↓ | DS ↓ | ArcFace ↓ |", "|---|---|---|---|---|---|"]
-        for method in ("billboard", "template", "ours"):
+        for method in ("billboard_one_sided", "billboard", "template", "ours"):
             r = results[protocol][method]
             cells = [
                 "n/a" if r[k] is None else (f"{r[k]:.2f}" if k == "psnr" else f"{r[k]:.4f}") for k in METRICS
@@ -389,14 +389,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eval-size", type=int, default=None, help="target view size (default: model render_size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--contact-sheet", default=None, help="also write a contact-sheet PNG here")
-    p.add_argument("--billboard-two-sided", action="store_true",
-                   help="billboard baseline also visible (mirrored) from behind; default one-sided")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     model = PercHead.from_pretrained(args.model).to(args.device)
     config = EvalConfig(subjects=args.subjects, split=args.split, novel_targets=args.novel_targets,
-                        eval_size=args.eval_size, seed=args.seed, billboard_two_sided=args.billboard_two_sided)
+                        eval_size=args.eval_size, seed=args.seed)
     results = evaluate(model, config, contact_sheet_path=args.contact_sheet, progress=not args.no_progress)
     results["meta"]["model"] = str(args.model)
     out = Path(args.output)

@@ -64,7 +64,7 @@ def test_smoke_evaluation_writes_json(tmp_path, capsys):
             assert r["dreamsim"] is None and r["arcface"] is None
     assert results["meta"]["n_views"] == {"novel": 6, "extreme": 8}
     assert "dreamsim" in results["meta"]["unavailable"]
-    assert results["meta"]["billboard"].startswith("one-sided")
+    assert results["meta"]["billboard"].startswith("two-sided")
     printed = capsys.readouterr().out
     assert "| Extreme views | PSNR ↑" in printed and "| Ours |" in printed
     assert markdown_table(results).count("| Billboard |") == 2
