@@ -67,7 +67,7 @@ def test_smoke_evaluation_writes_json(tmp_path, capsys):
     assert results["meta"]["billboard"].startswith("two-sided")
     printed = capsys.readouterr().out
     assert "| Extreme views | PSNR ↑" in printed and "| Ours |" in printed
-    assert markdown_table(results).count("| Billboard |") == 2
+    assert markdown_table(results).count("| Billboard (two-sided) |") == 2
     from PIL import Image
 
     w, h = Image.open(sheet).size
