@@ -54,6 +54,10 @@ class TrainConfig:
     Attributes:
         preset: model preset ("paper" | "demo" | "tiny"), see :class:`perchead.config.PercHeadConfig`.
         data: "synthetic" (on-the-fly synthetic heads) or the folder of an on-disk multi-view dataset.
+        synthetic_subjects: with a folder ``data``, first pre-render the first N heads of the synthetic
+            train split into it (skipping subjects already there), so one command both makes the data
+            and trains; 0 = use the folder as it is.
+        synthetic_views: views per pre-rendered subject (the first 16 are fixed key views).
         output: run folder (checkpoint, metrics.jsonl, final weights).
         task: key of :data:`TASKS`.
         phase1_steps: steps of phase 1 (base without CNN).
@@ -77,6 +81,8 @@ class TrainConfig:
 
     preset: str = "demo"
     data: str = "synthetic"
+    synthetic_subjects: int = 0
+    synthetic_views: int = 16
     output: str = "runs/demo"
     task: str = "reconstruct"
     phase1_steps: int = 3000
@@ -98,7 +104,8 @@ class TrainConfig:
     loss_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("phase1_steps", "phase2_steps", "warmup_steps", "num_workers", "eval_every"):
+        for name in ("phase1_steps", "phase2_steps", "warmup_steps", "num_workers", "eval_every",
+                     "synthetic_subjects"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "n_targets", "log_every", "save_every"):
@@ -253,9 +260,20 @@ def build_dataset(config: TrainConfig, render_config, split: str = "train"):
         # views are a function of (seed, subject): reproducible, and every subject is new for ~100k samples
         return SyntheticHeads(split=split, image_size=render_config.image_size, n_targets=config.n_targets,
                               radius=render_config.radius, fov_deg=render_config.fov_deg, view_seed=config.seed)
+    from perchead.data.multiview import CAMERAS_FILE, MultiViewDataset, export_synthetic
+
+    if config.synthetic_subjects:
+        from perchead.data.synthetic import split_seeds
+
+        seeds = split_seeds("train")[: config.synthetic_subjects]
+        todo = [s for s in seeds if not (Path(config.data) / f"synthetic-{s}" / CAMERAS_FILE).is_file()]
+        if todo:
+            print(f"[perchead.train] pre-rendering {len(todo)} synthetic heads into {config.data}", flush=True)
+            export_synthetic(config.data, todo, views_per_subject=config.synthetic_views,
+                             image_size=render_config.image_size, radius=render_config.radius,
+                             fov_deg=render_config.fov_deg, progress=True)
     if not Path(config.data).is_dir():
         raise ValueError(f"--data must be 'synthetic' or an existing dataset folder, got {config.data!r}")
-    from perchead.data.multiview import MultiViewDataset
 
     return MultiViewDataset(config.data, n_targets=config.n_targets, image_size=render_config.image_size)
 
@@ -530,6 +548,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p = argparse.ArgumentParser(prog="python -m perchead.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="demo", choices=["paper", "demo", "tiny"])
     p.add_argument("--data", default="synthetic", help="'synthetic' or an on-disk multi-view dataset folder")
+    p.add_argument("--synthetic-subjects", type=int, default=None,
+                   help="pre-render the first N synthetic train heads into the --data folder first (resumable)")
+    p.add_argument("--synthetic-views", type=int, default=None, help="views per pre-rendered head (default 16)")
     p.add_argument("--output", default=None, help="run folder (default runs/<preset>)")
     p.add_argument("--task", default="reconstruct", help=f"registered task ({', '.join(sorted(TASKS))})")
     p.add_argument("--phase1-steps", type=int, default=None)
@@ -553,7 +574,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     args = p.parse_args(argv)
     overrides = {k: getattr(args, k) for k in (
-        "data", "output", "task", "phase1_steps", "phase2_steps", "batch_size", "n_targets", "lr", "lr_phase2",
+        "data", "synthetic_subjects", "synthetic_views", "output", "task", "phase1_steps", "phase2_steps", "batch_size", "n_targets", "lr", "lr_phase2",
         "warmup_steps", "grad_clip", "render_size", "num_workers", "save_every", "log_every", "eval_every",
         "seed", "init_from")}
     if args.loss:
