@@ -3,7 +3,7 @@
 
     python3 tasks.py app     # install (once) into .venv, then serve the app on http://127.0.0.1:7860
     python3 tasks.py test    # install (once) into .venv, then run the whole test suite
-    python3 tasks.py bench   # run the benchmark scripts
+    python3 tasks.py bench [render model app]   # run the benchmark scripts (default: all)
 
 Both install from requirements.txt with the known-good pins of constraints.txt. The install is redone
 only when pyproject.toml, requirements.txt or constraints.txt change.
@@ -55,8 +55,9 @@ def main(argv: list[str]) -> None:
         os.execve(str(PY), [str(PY), "-m", "pytest", *rest], env)
     elif command == "bench":
         install()
-        for script in sorted((ROOT / "benchmarks").glob("*.py")):
-            _run(str(PY), str(script), *rest, env=env)
+        names = rest or sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
+        for name in names:
+            _run(str(PY), str(ROOT / "benchmarks" / f"{name}.py"), env=env)
     elif command == "install":
         install()
     else:
