@@ -135,8 +135,8 @@ class TrainConfig:
         table: dict[str, dict[str, Any]] = {
             "paper": dict(phase1_steps=300_000, phase2_steps=100_000, batch_size=8, n_targets=4, lr=1e-4,
                           lr_phase2=1e-4, warmup_steps=2000, save_every=2000, log_every=50, num_workers=8),
-            # the bundled checkpoint: ~1.2 s/step on a busy 2-core CPU from pre-rendered heads: ~1.3 h
-            "demo": dict(phase1_steps=3500, phase2_steps=200, batch_size=4, n_targets=3, lr=1e-3,
+            # the bundled checkpoint: ~0.6–0.8 s/step on a 2-core CPU from pre-rendered heads: ~1.2 h
+            "demo": dict(phase1_steps=6000, phase2_steps=300, batch_size=4, n_targets=3, lr=1e-3,
                          lr_phase2=5e-4, warmup_steps=100, save_every=100, log_every=10, num_workers=1),
             "tiny": dict(phase1_steps=4, phase2_steps=2, batch_size=2, n_targets=2, lr=1e-3, lr_phase2=1e-3,
                          warmup_steps=1, save_every=2, log_every=1),
