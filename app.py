@@ -100,11 +100,9 @@ def load_pipeline(requested: str | None, device: str | None = None):
     Returns:
         (pipeline, description, notice) — the notice is empty unless something fell back.
     """
-    import torch
+    from perchead.pipeline import PercHeadPipeline, default_device
 
-    from perchead.pipeline import PercHeadPipeline
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or str(default_device())
     notices = []
     if requested:
         try:

@@ -59,18 +59,18 @@ def bench_end_to_end(pipeline, photo: Path, runs: int) -> dict:
 
 
 def bench_turntable(pipeline, photo: Path) -> dict:
-    from perchead.export import _DeviceModel, preprocess_config_for
-    from perchead.preprocess import preprocess
+    from perchead.preprocess import PreprocessConfig, preprocess
     from perchead.video import TurntableConfig, make_turntable
 
-    prep = preprocess(photo, preprocess_config_for(pipeline.model))
+    prep = preprocess(photo, PreprocessConfig.from_model_config(pipeline.model.config.render))
     gaussians = pipeline(prep.image, prep.mask).gaussians
     app_refine = pipeline.device.type == "cuda"  # what the app does (perchead.export: refiner only on CUDA)
     results = {"turntable_refiner_in_app": app_refine}
     with tempfile.TemporaryDirectory() as folder:
         for refine in (app_refine, not app_refine):
-            config = TurntableConfig(n_frames=60, size=512, refine=refine)
-            stats = make_turntable(_DeviceModel(pipeline.model), gaussians, Path(folder) / "t.mp4", config)
+            r = pipeline.model.config.render  # the app's framing (perchead.export)
+            config = TurntableConfig(n_frames=60, size=512, refine=refine, radius=r.radius, fov_deg=r.fov_deg)
+            stats = make_turntable(pipeline.model, gaussians, Path(folder) / "t.mp4", config)
             key = "turntable_60x512_s" if refine == app_refine else f"turntable_60x512_{'with' if refine else 'without'}_refiner_s"
             results[key] = stats["seconds"]
             results.setdefault("turntable_bytes", int(stats["bytes"]))

@@ -50,6 +50,7 @@ def worker(preset: str) -> dict:
     from perchead.config import PercHeadConfig
     from perchead.encoder import count_foreground_patches
     from perchead.model import PercHead
+    from perchead.preprocess import over_white
 
     cfg = PercHeadConfig.preset(preset)
     if cfg.encoder.dino is not None:
@@ -77,7 +78,7 @@ def worker(preset: str) -> dict:
 
     S = cfg.render.image_size
     mask = _silhouette_mask(model, torch)
-    image = torch.rand(1, 3, S, S) * mask + (1 - mask)
+    image = over_white(torch.rand(1, 3, S, S), mask)
     warm, runs = RUNS[preset]
     times = []
     with torch.no_grad():

@@ -35,12 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perchead.cameras import Cameras, orbit_cameras
+from perchead.cameras import Cameras
 from perchead.metrics import finite_mean, network_metrics, psnr, ssim
+from perchead.preprocess import to_uint8
 
 METHODS = ("ours", "template", "billboard", "billboard_one_sided")
 PROTOCOLS = ("novel", "extreme")
@@ -100,10 +100,8 @@ def extreme_pairs(elevation: float = 60.0) -> list[tuple[tuple[float, float], tu
 
 
 def _cameras(views: list[tuple[float, float]], model: nn.Module, size: int) -> Cameras:
-    r = model.config.render
-    az = [v[0] for v in views]
-    el = [v[1] for v in views]
-    return orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=size)
+    """The model's orbit cameras (its ``config.render`` framing) at (azimuth, elevation) ``views``."""
+    return model.default_cameras([v[0] for v in views], [v[1] for v in views], size=size)
 
 
 # --------------------------------------------------------------------------------------------- methods
@@ -191,13 +189,12 @@ def template_model(model: nn.Module) -> nn.Module:
     """The untrained template head: the model's architecture with freshly initialised weights (seed 0)."""
     from perchead.model import PercHead
 
-    dino = None
-    if getattr(model.encoder, "dino", None) is not None:
-        dino = model.encoder.dino.model  # reuse the frozen foundation model (never trained)
+    # reuse the frozen foundation model (never trained)
+    dino = model.encoder.dino.model if model.encoder.dino is not None else None
     state = torch.get_rng_state()
     torch.manual_seed(0)
     try:
-        fresh = PercHead(model.config, dino=dino) if dino is not None else PercHead(model.config)
+        fresh = PercHead(model.config, dino=dino)
     finally:
         torch.set_rng_state(state)
     return fresh.to(next(model.parameters()).device).eval()
@@ -363,7 +360,7 @@ def contact_sheet(model: nn.Module, path: str | Path, subjects: int = 4, split: 
         rows.append(torch.cat(tiles, dim=-1))  # [3, S, 9S]
     grid = torch.cat(rows, dim=-2)  # [3, subjects·S, 9S]
     header = 14
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    array = to_uint8(grid)  # [subjects·S, 9S, 3]
     canvas = Image.new("RGB", (array.shape[1], array.shape[0] + header), "white")
     canvas.paste(Image.fromarray(array), (0, header))
     draw = ImageDraw.Draw(canvas)

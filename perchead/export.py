@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
-from perchead.cameras import orbit_cameras
-from perchead.gaussians import Gaussians
-from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
+from perchead.gaussians import Gaussians, save_ply, save_splat
+from perchead.model import PercHead
+from perchead.pipeline import PercHeadPipeline
+from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess, to_uint8
 
 # (caption, azimuth°, elevation°): azimuth +90 is the head's own LEFT side (perchead.cameras).
 NOVEL_VIEWS: tuple[tuple[str, float, float], ...] = (
@@ -61,40 +61,22 @@ class Outputs:
     notes: list[str] = field(default_factory=list)
 
 
-def model_of(pipeline):
-    """The :class:`perchead.model.PercHead` behind a pipeline (or the argument itself if it is the model)."""
-    for name in ("model", "perchead", "net"):
-        if hasattr(pipeline, name) and hasattr(getattr(pipeline, name), "render_views"):
-            return getattr(pipeline, name)
-    if hasattr(pipeline, "render_views"):
-        return pipeline
-    raise ValueError(f"cannot find a model with render_views on {type(pipeline).__name__}")
-
-
-def preprocess_config_for(model, **overrides) -> PreprocessConfig:
-    """Preprocessing that matches the model's input framing and size (its render config)."""
-    render_config = getattr(getattr(model, "config", None), "render", None)
-    if render_config is None:
-        return PreprocessConfig(**overrides)
-    return PreprocessConfig.from_model_config(render_config, **overrides)
-
-
-def render_novel_views(model, gaussians: Gaussians, size: int = 256, refine: bool = True) -> list[tuple[str, Image.Image]]:
+def render_novel_views(model: PercHead, gaussians: Gaussians, size: int = 256, refine: bool = True) -> list[tuple[str, Image.Image]]:
     """Renders :data:`NOVEL_VIEWS` with the model's renderer (+ refiner) in one batch.
+
+    Args:
+        model: the PercHead whose framing (``config.render`` radius and fov) and refiner are used.
+        gaussians: one head, on the model's device.
+        size: image side in pixels.
+        refine: apply the CNN refiner.
 
     Returns:
         (caption, RGB image ``size``²) per view.
     """
-    render_config = getattr(getattr(model, "config", None), "render", None)
-    radius = float(getattr(render_config, "radius", 0.7))
-    fov_deg = float(getattr(render_config, "fov_deg", 30.0))
-    cameras = orbit_cameras(
-        [v[1] for v in NOVEL_VIEWS], [v[2] for v in NOVEL_VIEWS], radius=radius, fov_deg=fov_deg, size=size
-    )
-    device = _device_of(model)
+    cameras = model.default_cameras([v[1] for v in NOVEL_VIEWS], [v[2] for v in NOVEL_VIEWS], size=size)
     with torch.no_grad():
-        rgb = model.render_views(gaussians.batched().to(device), cameras.to(device), refine=refine).rgb  # [1, V, 3, S, S]
-    frames = (rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [V, S, S, 3]
+        rgb = model.render_views(gaussians, cameras, refine=refine).rgb  # [1, V, 3, S, S]
+    frames = to_uint8(rgb[0])  # [V, S, S, 3]
     return [(caption, Image.fromarray(frame)) for (caption, _, _), frame in zip(NOVEL_VIEWS, frames)]
 
 
@@ -111,8 +93,6 @@ def export_files(gaussians: Gaussians, folder: str | Path, template=None, format
     Returns:
         (format → path, format → seconds, notes about formats that could not be written).
     """
-    from perchead import gaussians as gaussians_io
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -122,9 +102,9 @@ def export_files(gaussians: Gaussians, folder: str | Path, template=None, format
         start = time.perf_counter()
         path = folder / f"{stem}.{fmt}"
         if fmt == "ply":
-            gaussians_io.save_ply(gaussians, path)
+            save_ply(gaussians, path)
         elif fmt == "splat":
-            gaussians_io.save_splat(gaussians, path)
+            save_splat(gaussians, path)
         elif fmt == "glb":
             if template is None:
                 notes.append("no template: .glb mesh not written")
@@ -140,7 +120,7 @@ def export_files(gaussians: Gaussians, folder: str | Path, template=None, format
 
 
 def photo_to_outputs(
-    pipeline,
+    pipeline: PercHeadPipeline,
     photo: ImageSource,
     folder: str | Path,
     *,
@@ -182,14 +162,14 @@ def photo_to_outputs(
     report = progress or (lambda fraction, stage: None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = model_of(pipeline)
+    model, device = pipeline.model, pipeline.device
     timings: dict[str, float] = {}
     # 1. preprocess
     report(0.0, "preprocessing (crop + background removal)")
     start = time.perf_counter()
-    config = preprocess_config_for(
-        model, remove_background=remove_background, auto_crop=auto_crop, use_whole_image=use_whole_image,
-        parser=face_parser,
+    config = PreprocessConfig.from_model_config(
+        model.config.render, remove_background=remove_background, auto_crop=auto_crop,
+        use_whole_image=use_whole_image, parser=face_parser,
     )  # fmt: skip
     prep = preprocess(photo, config)
     timings["preprocess"] = time.perf_counter() - start
@@ -197,16 +177,14 @@ def photo_to_outputs(
     # 2. reconstruct
     report(0.1, "reconstructing the 3D head")
     start = time.perf_counter()
-    device = _device_of(model)
-    result = pipeline(prep.image.to(device), prep.mask.to(device))
+    result = pipeline(prep.image, prep.mask)
     timings["reconstruct"] = time.perf_counter() - start
-    for stage, seconds in (getattr(result, "timings", None) or {}).items():
+    for stage, seconds in result.timings.items():
         timings[f"reconstruct/{stage}"] = float(seconds)
-    gaussians = result.gaussians
-    gaussians = (gaussians[0] if gaussians.is_batched else gaussians).detach().float().to("cpu")
+    gaussians = result.gaussians.to("cpu")  # one image: unbatched, float32
     # 3. files
     report(0.3, "writing .ply / .splat / .glb")
-    files, export_timings, export_notes = export_files(gaussians, folder, getattr(model, "template", None), formats)
+    files, export_timings, export_notes = export_files(gaussians, folder, model.template, formats)
     timings.update(export_timings)
     notes += export_notes
     # 4. novel views
@@ -214,7 +192,7 @@ def photo_to_outputs(
     if view_size > 0:
         report(0.4, "rendering novel views")
         start = time.perf_counter()
-        views = render_novel_views(model, gaussians, size=view_size)
+        views = render_novel_views(model, gaussians.to(device), size=view_size)
         timings["novel_views"] = time.perf_counter() - start
     # 5. turntable
     video = None
@@ -222,15 +200,15 @@ def photo_to_outputs(
         from perchead.video import TurntableConfig, make_turntable
 
         report(0.5, f"rendering a {turntable_frames}-frame turntable")
-        render_config = getattr(getattr(model, "config", None), "render", None)
+        render_config = model.config.render
         config_video = TurntableConfig(
             n_frames=int(turntable_frames), size=int(turntable_size),
             refine=(device.type == "cuda") if turntable_refine is None else bool(turntable_refine),
-            radius=float(getattr(render_config, "radius", 0.7)), fov_deg=float(getattr(render_config, "fov_deg", 30.0)),
+            radius=render_config.radius, fov_deg=render_config.fov_deg,
         )  # fmt: skip
         video = folder / "turntable.mp4"
         stats = make_turntable(
-            _DeviceModel(model), gaussians, video, config_video,
+            model, gaussians.to(device), video, config_video,
             progress=lambda done, total: report(0.5 + 0.5 * done / total, f"turntable {done}/{total} frames"),
         )  # fmt: skip
         timings["turntable"] = stats["seconds"]
@@ -239,26 +217,3 @@ def photo_to_outputs(
     report(1.0, "done")
     timings["total"] = sum(v for k, v in timings.items() if "/" not in k)
     return Outputs(files, video, views, prep, gaussians, timings, notes)
-
-
-class _DeviceModel:
-    """Moves Gaussians and cameras to the model's device before ``render_views``."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.device = _device_of(model)
-
-    def render_views(self, gaussians, cameras, refine: bool = True):
-        return self.model.render_views(gaussians.batched().to(self.device), cameras.to(self.device), refine=refine)
-
-
-def _device_of(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
-def preview_array(prep: Preprocessed) -> np.ndarray:
-    """The preprocessed input beside its mask as an ``[S, 2S, 3]`` uint8 array."""
-    return np.asarray(prep.preview())

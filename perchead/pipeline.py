@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from torch import Tensor
 from perchead.cameras import Cameras
 from perchead.gaussians import Gaussians
 from perchead.model import PercHead
+
+if TYPE_CHECKING:
+    from perchead.render import RenderOutput
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Reconstruction:
     """
 
     gaussians: Gaussians
-    views: object | None = None
+    views: RenderOutput | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 

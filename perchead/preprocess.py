@@ -113,17 +113,15 @@ class PreprocessConfig:
 
     @classmethod
     def from_model_config(cls, render_config, **overrides) -> "PreprocessConfig":
-        """Takes ``size`` / ``radius`` / ``fov_deg`` from a model render config (any object with such attributes)."""
-        values: dict = {}
-        for ours, theirs, cast in (
-            ("size", ("image_size", "size", "input_size"), int),
-            ("radius", ("radius",), float),
-            ("fov_deg", ("fov_deg",), float),
-        ):
-            for name in theirs:
-                if getattr(render_config, name, None) is not None:
-                    values[ours] = cast(getattr(render_config, name))
-                    break
+        """Takes ``size`` / ``radius`` / ``fov_deg`` from a model's :class:`perchead.config.RenderConfig`.
+
+        Args:
+            render_config: ``model.config.render`` (its ``image_size``, ``radius`` and ``fov_deg``).
+            **overrides: other fields of this config.
+        """
+        values = dict(
+            size=int(render_config.image_size), radius=float(render_config.radius), fov_deg=float(render_config.fov_deg)
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -156,9 +154,31 @@ class Preprocessed:
 
     def preview(self) -> Image.Image:
         """The model input (over white) beside its mask, as one RGB image ``[S, 2S]``."""
-        rgb = (self.image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # [S, S, 3]
-        mask = (self.mask[0, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)  # [S, S]
-        return Image.fromarray(np.concatenate([rgb, np.repeat(mask[..., None], 3, axis=-1)], axis=1))
+        rgb = to_uint8(self.image[0])  # [S, S, 3]
+        mask = to_uint8(self.mask[0].expand(3, -1, -1))  # [S, S, 3]
+        return Image.fromarray(np.concatenate([rgb, mask], axis=1))
+
+
+# ------------------------------------------------------------------------------------ image conversions
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Float images in [0, 1] → uint8 arrays with channels last (clamped, rounded).
+
+    Args:
+        images: ``[..., C, H, W]`` (any device, gradients ignored).
+
+    Returns:
+        ``[..., H, W, C]`` uint8.
+    """
+    return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def over_white(rgb, mask):
+    """Composites colour over a white background: ``rgb · mask + (1 − mask)``.
+
+    Works on tensors and numpy arrays alike; ``mask`` broadcasts against ``rgb`` (``[1, H, W]`` with
+    ``[3, H, W]``, or ``[H, W, 1]`` with ``[H, W, 3]``), both in [0, 1].
+    """
+    return rgb * mask + (1.0 - mask)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -584,7 +604,7 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
     # 5. composite over white
     image = torch.from_numpy(crop_rgb).permute(2, 0, 1).float().div(255.0)  # [3, S, S]
     mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]  # [1, S, S]
-    image = image * mask_t + (1.0 - mask_t)  # over white
+    image = over_white(image, mask_t)
     return Preprocessed(
         image=image[None].contiguous(),  # [1, 3, S, S]
         mask=mask_t[None].contiguous(),  # [1, 1, S, S]

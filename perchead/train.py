@@ -398,7 +398,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
         model_config: a PercHeadConfig (default: ``PercHeadConfig.preset(config.preset)``).
         resume: continue from ``OUTPUT/checkpoint`` if it exists.
         progress: show a tqdm progress bar.
-        dataset: a map-style dataset of SAMPLE dicts to use instead of :func:`build_dataset`.
+        dataset: a map-style dataset of sample dicts (see :mod:`perchead.data`) to use instead of :func:`build_dataset`.
 
     Returns:
         The output folder, holding config.json + model.safetensors of the final weights.

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from perchead.cameras import Cameras, orbit_cameras
 from perchead.gaussians import Gaussians
+from perchead.preprocess import to_uint8
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 
@@ -126,9 +127,7 @@ def render_frames(
             rgb = rgb[0]  # [V, 3, H, W]
         if rgb.dim() != 4 or rgb.shape[1] != 3:
             raise ValueError(f"renderer must return [B, V, 3, H, W] or [V, 3, H, W], got {tuple(rgb.shape)}")
-        frames = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [V, H, W, 3]
-        for frame in frames:
-            yield frame
+        yield from to_uint8(rgb)  # [H, W, 3] each
         if progress is not None:
             progress(min(start + batch_size, total), total)
 

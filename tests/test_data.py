@@ -1,7 +1,6 @@
 """Tests for perchead.data: synthetic heads, the multi-view format, image folders and mixing."""
 
 import json
-import os
 
 import numpy as np
 import pytest

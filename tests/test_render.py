@@ -1,7 +1,5 @@
 """Tests for perchead.render: the CPU splatter against a dense brute-force twin, gradients, edge cases, shapes."""
 
-import math
-
 import pytest
 import torch
 

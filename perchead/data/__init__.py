@@ -1,6 +1,6 @@
 """Data: synthetic multi-view heads, the on-disk multi-view format, image folders and mixing (paper §3.4).
 
-Every dataset yields the same SAMPLE dict (see TEAM / DESIGN notes): ``image [3,H,W]``, ``mask [1,H,W]``,
+Every dataset yields the same sample dict: ``image [3,H,W]``, ``mask [1,H,W]``,
 ``input_viewmat [4,4]``, ``input_K [3,3]``, ``target_images [V,3,H,W]``, ``target_masks [V,1,H,W]``,
 ``target_viewmats [V,4,4]``, ``target_Ks [V,3,3]``, ``target_labels [V,H,W]`` (long, -1 = unknown),
 ``caption`` and ``subject`` strings. Images are over white.

@@ -26,7 +26,30 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from perchead.cameras import orbit_cameras
+from perchead.preprocess import over_white
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_image(path: str, what: str = "image") -> Image.Image:
+    """Opens and decodes an image file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the error message ("image", "mask", "label map").
+
+    Raises:
+        ValueError: if the file is missing or unreadable.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{what} {path!r} cannot be read: {e}") from None
+    return img
 
 
 def load_rgb_mask(image_path: str, mask_path: str | None = None, composite: bool = True) -> tuple[Tensor, Tensor]:
@@ -43,34 +66,21 @@ def load_rgb_mask(image_path: str, mask_path: str | None = None, composite: bool
     Raises:
         ValueError: if a file is missing or unreadable, or the mask size differs from the image's.
     """
-    if not os.path.isfile(image_path):
-        raise ValueError(f"image {image_path!r} does not exist")
-    try:
-        img = Image.open(image_path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image {image_path!r} cannot be read: {e}") from None
+    img = read_image(image_path)
     has_alpha = img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)
     if has_alpha:
         arr = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0  # [H, W, 4]
-        rgb, mask = arr[..., :3], arr[..., 3:]
-        rgb = rgb * mask + (1.0 - mask)
+        rgb, mask = over_white(arr[..., :3], arr[..., 3:]), arr[..., 3:]
     else:
         rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
         if mask_path is not None:
-            if not os.path.isfile(mask_path):
-                raise ValueError(f"mask {mask_path!r} does not exist")
-            try:
-                m = Image.open(mask_path)
-                m.load()
-            except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"mask {mask_path!r} cannot be read: {e}") from None
-            mask = np.asarray(m.convert("L"), dtype=np.float32)[..., None] / 255.0  # [H, W, 1]
+            mask = np.asarray(read_image(mask_path, "mask").convert("L"), dtype=np.float32)[..., None]  # [H, W, 1]
+            mask = mask / 255.0
             if mask.shape[:2] != rgb.shape[:2]:
                 raise ValueError(f"mask {mask_path!r} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                                  f"{rgb.shape[1]}x{rgb.shape[0]}")
             if composite:
-                rgb = rgb * mask + (1.0 - mask)
+                rgb = over_white(rgb, mask)
         else:
             mask = np.ones(rgb.shape[:2] + (1,), dtype=np.float32)
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3, H, W]
@@ -124,8 +134,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str, image_size: int = 128, n_targets: int = 1, radius: float = 0.7, fov_deg: float = 30.0):
-        from perchead.cameras import orbit_cameras
-
         if not os.path.isdir(root):
             raise ValueError(f"image folder {root!r} does not exist or is not a folder")
         if n_targets < 1:

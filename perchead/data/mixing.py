@@ -3,7 +3,7 @@
 Two equivalent tools: :class:`MixedDataset`, a map-style dataset whose item ``i`` comes from source ``k``
 with probability ``weight_k / sum(weights)`` (deterministic per index and seed), and
 :func:`weighted_sampler`, a :class:`~torch.utils.data.WeightedRandomSampler` over a ``ConcatDataset``.
-All sources must produce the same SAMPLE shapes (same ``image_size`` and ``n_targets``) to be batched.
+All sources must produce the same sample shapes (same ``image_size`` and ``n_targets``) to be batched.
 """
 
 from __future__ import annotations

@@ -76,8 +76,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from perchead.data.imagefolder import load_rgb_mask, square_resize_camera
-from perchead.data.views import sample_input_view, sample_target_views
+from perchead.cameras import camera_centers, orbit_cameras
+from perchead.data.imagefolder import load_rgb_mask, read_image, square_resize_camera
+from perchead.data.views import sample_input_view
 
 CAMERAS_FILE = "cameras.json"
 
@@ -233,7 +234,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
                              f"{meta['width']}x{meta['height']}")
         labels = None
         if os.path.isfile(label_file):
-            lab = np.asarray(Image.open(label_file))
+            lab = np.asarray(read_image(label_file, "label map"))
             if lab.ndim != 2:
                 raise ValueError(f"{label_file}: label maps must be single-channel class ids")
             labels = torch.from_numpy(lab.astype(np.int64))
@@ -251,7 +252,6 @@ class MultiViewDataset(torch.utils.data.Dataset):
         allowed = [f for f in allowed if f < n_frames] or list(range(n_frames))
         src = int(rng.choice(allowed))
         # view directions (camera centre directions from the origin) to rank how "extreme" each frame is
-        from perchead.cameras import camera_centers
         dirs = camera_centers(meta["viewmats"])  # [F, 3]
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         others = [f for f in range(n_frames) if f != src] or [src]
@@ -310,7 +310,6 @@ def export_synthetic(out_root: str, seeds: Sequence[int], views_per_subject: int
     Returns:
         timing summary: ``{"subjects", "seconds", "seconds_per_subject", "make_head_s", "render_s", "write_s"}``.
     """
-    from perchead.cameras import orbit_cameras
     from perchead.data.synthetic import make_head, render_head
 
     if views_per_subject < 1:

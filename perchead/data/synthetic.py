@@ -28,14 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perchead.cameras import Cameras
+from perchead.cameras import Cameras, orbit_cameras
+from perchead.data.views import sample_input_view, sample_target_views
 from perchead.gaussians import Gaussians
+from perchead.segmentation import CLASSES, NUM_CLASSES
 
-CLASS_NAMES = (
-    "background", "skin", "nose", "eyeglasses", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
-    "mouth", "u_lip", "l_lip", "hair", "hat", "earring", "necklace", "neck", "cloth",
-)  # the 19 CelebAMask-HQ classes, in their standard order
-NUM_CLASSES = len(CLASS_NAMES)
+CLASS_NAMES = CLASSES  # the 19 CelebAMask-HQ classes, in their standard order (perchead.segmentation)
 C = {name: i for i, name in enumerate(CLASS_NAMES)}  # class name -> id
 
 SPLITS: dict[str, range] = {
@@ -849,7 +847,7 @@ def render_head(head: SyntheticHead, cameras: Cameras, background: float = 1.0, 
 
 # ------------------------------------------------------------------------------------ on-the-fly data
 class SyntheticHeads(torch.utils.data.Dataset):
-    """On-the-fly multi-view samples of synthetic heads, in the SAMPLE dict format of the data contract.
+    """On-the-fly multi-view samples of synthetic heads, in the sample dict format of :mod:`perchead.data`.
 
     Every item builds the head of one seed, draws an input view (including extreme ones, see
     :func:`perchead.data.views.sample_input_view`) and ``n_targets`` target views (always starting with
@@ -891,9 +889,6 @@ class SyntheticHeads(torch.utils.data.Dataset):
         return len(self.seeds)
 
     def __getitem__(self, index: int) -> dict:
-        from perchead.cameras import orbit_cameras
-        from perchead.data.views import sample_input_view, sample_target_views
-
         seed = self.seeds[index]
         rng = np.random.default_rng(None if self.view_seed is None else [self.view_seed, seed])
         head = make_head(seed, density=self.density)
