@@ -21,8 +21,16 @@ scheduler, param groups); never pickle. ``--resume`` continues from there. The f
 ``OUTPUT/config.json`` + ``OUTPUT/model.safetensors``; ``OUTPUT/metrics.jsonl`` logs every step's losses.
 
 Tasks: :data:`TASKS` maps a task name to a :class:`Task` (model builder, loss builder). ``reconstruct``
-is the base lifting model; the editing fine-tune (paper §3.5) registers its own entry with
-:func:`register_task` (an EditEncoder-based model builder and a loss over segmentation-map batches).
+is the base lifting model; ``edit`` is the editing fine-tune (paper §3.5)::
+
+    python -m perchead.train --task edit --preset demo --init-from weights_card --style weights_card/style \
+        --data runs/synthetic128 --output runs/edit
+
+It builds :class:`perchead.edit.PercHeadEditor` from the base checkpoint (``--init-from``; decoder,
+Gaussian head and refiner copied, a fresh editing encoder) and trains it on the input view's label map
+(``sample["labels"]``) plus one style token: the frozen style encoder's (``--style``,
+:class:`perchead.style.StyleEncoder`) image embedding of another view of the same subject (a random
+target view). Targets, losses and phases are those of reconstruction.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class TrainConfig:
         eval_every: steps between evaluation renders (0 = off).
         seed: random seed.
         init_from: optional folder / repo id of weights to start from (fine-tuning).
+        style: folder / id of the frozen style encoder (:class:`perchead.style.StyleEncoder`) of the ``edit`` task.
         loss_overrides: LossConfig fields overriding the preset's, per phase: {"1": {...}, "2": {...}}.
     """
 
@@ -101,6 +110,7 @@ class TrainConfig:
     eval_every: int = 0
     seed: int = 0
     init_from: str | None = None
+    style: str | None = None
     loss_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,11 +170,14 @@ class Task:
         build_model: ``(model_config, init_from) -> nn.Module``; ``init_from`` is a folder / repo id or None.
         build_loss: ``(train_config, phase) -> loss_fn`` where ``loss_fn(model, batch) -> (loss, logs)``.
         trainable: ``(model, phase) -> list of parameters`` the phase optimises.
+        model_config: optional ``(train_config) -> model_config`` giving the config :func:`train` passes to
+            ``build_model`` when none is given (default: ``PercHeadConfig.preset(train_config.preset)``).
     """
 
     build_model: Callable[[Any, str | None], nn.Module]
     build_loss: Callable[[TrainConfig, int], LossFn]
     trainable: Callable[[nn.Module, int], list[nn.Parameter]]
+    model_config: Callable[[TrainConfig], Any] | None = None
 
 
 def build_reconstruct_model(model_config, init_from: str | None = None) -> nn.Module:
@@ -211,18 +224,31 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return y.reshape(b, v, *y.shape[1:])
 
 
-def build_reconstruct_loss(config: TrainConfig, phase: int) -> LossFn:
-    """Reconstruction loss of one phase: render the predicted Gaussians at the targets, compare."""
+def predict_from_image(model: nn.Module, batch: dict[str, Any]):
+    """The reconstruction task's prediction: Gaussians from the input image and mask."""
+    return model(batch["image"], batch["mask"])
+
+
+def build_reconstruct_loss(config: TrainConfig, phase: int, predict: Callable | None = None) -> LossFn:
+    """Reconstruction loss of one phase: render the predicted Gaussians at the targets, compare.
+
+    Args:
+        config: run settings.
+        phase: 1 or 2.
+        predict: ``(model, batch) -> Gaussians`` (default :func:`predict_from_image`; the ``edit`` task
+            predicts from label maps and style embeddings instead).
+    """
     overrides = config.loss_overrides.get(str(phase), {})
     criterion = ReconstructionLoss(LossConfig.preset(config.preset, phase, **overrides))
+    predict = predict or predict_from_image
 
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         size = config.render_size or model.config.render.render_size
         if phase == 2:  # base frozen: no graph through the reconstruction
             with torch.no_grad():
-                gaussians = model(batch["image"], batch["mask"])
+                gaussians = predict(model, batch)
         else:
-            gaussians = model(batch["image"], batch["mask"])
+            gaussians = predict(model, batch)
         viewmats, Ks = target_cameras(batch, size)
         rgb, alpha = render_per_input(model, gaussians, viewmats, Ks, size, refine=(phase == 2))
         target = _resize(batch["target_images"], size)  # [B, V, 3, S, S]
@@ -243,6 +269,98 @@ def register_task(name: str, task: Task) -> None:
     if not isinstance(task, Task):
         raise ValueError(f"register_task expects a Task, got {type(task).__name__}")
     TASKS[name] = task
+
+
+# --------------------------------------------------------------------------------------------- edit task (§3.5)
+_STYLE_ENCODERS: dict[str, nn.Module] = {}
+
+
+def load_style_encoder(path: str | None) -> nn.Module:
+    """The frozen style encoder of the ``edit`` task (cached per path, eval mode, no gradients)."""
+    if not path:
+        raise ValueError("--task edit needs --style <style encoder folder or id> (perchead.style.StyleEncoder)")
+    if path not in _STYLE_ENCODERS:
+        from perchead.style import StyleEncoder
+
+        encoder = StyleEncoder.from_pretrained(path)
+        encoder.requires_grad_(False)
+        _STYLE_ENCODERS[path] = encoder.eval()
+    return _STYLE_ENCODERS[path]
+
+
+def edit_model_config(config: TrainConfig):
+    """The ``edit`` task's default model config: an EditConfig sized like the base checkpoint's task ViT,
+    with the style encoder's embedding size."""
+    from perchead.edit import EditConfig, checkpoint_model_type, load_editor_config
+    from perchead.model import load_config, resolve_checkpoint
+
+    if not config.init_from:
+        raise ValueError("--task edit needs --init-from <base PercHead checkpoint> (paper §3.5: decoder, Gaussian "
+                         "head and refiner start from the base model)")
+    config_path, _ = resolve_checkpoint(config.init_from)
+    style_dim = int(load_style_encoder(config.style).embed_dim)
+    if checkpoint_model_type(config_path) != "perchead":  # an editor checkpoint: continue fine-tuning it
+        edit_config = load_editor_config(config_path)[1]
+        if edit_config.style_dim != style_dim:
+            raise ValueError(f"{config.init_from} expects {edit_config.style_dim}-d style embeddings, but the style "
+                             f"encoder {config.style} gives {style_dim}-d ones")
+        return edit_config
+    return EditConfig.for_base(load_config(config_path), style_dim)
+
+
+def build_edit_model(model_config, init_from: str | None = None) -> nn.Module:
+    """The editing model: from a base checkpoint (``PercHeadEditor.from_base``) or an editor checkpoint.
+
+    Args:
+        model_config: an :class:`perchead.edit.EditConfig` (used with a base checkpoint; None when resuming).
+        init_from: a base PercHead or PercHeadEditor checkpoint folder / repo id.
+    """
+    from perchead.edit import EditConfig, PercHeadEditor, checkpoint_model_type
+    from perchead.model import PercHead, resolve_checkpoint
+
+    if not init_from:
+        raise ValueError("--task edit needs --init-from <base PercHead checkpoint>")
+    config_path, _ = resolve_checkpoint(init_from)
+    if checkpoint_model_type(config_path) != "perchead":
+        editor = PercHeadEditor.from_pretrained(init_from)
+        if model_config is not None and model_config != editor.edit_config:
+            raise ValueError(f"{init_from} is an editor with {editor.edit_config}, which differs from {model_config}")
+        return editor
+    if not isinstance(model_config, EditConfig):
+        raise ValueError("the edit task builds from a base checkpoint with an EditConfig, "
+                         f"got {type(model_config).__name__}")
+    return PercHeadEditor.from_base(PercHead.from_pretrained(init_from), model_config)
+
+
+def style_reference_views(batch: dict[str, Any]) -> Tensor:
+    """One random target view per subject: the style reference image (another view of the same subject).
+    ``[B, 3, H, W]``"""
+    images = batch["target_images"]  # [B, V, 3, H, W]
+    pick = torch.randint(images.shape[1], (images.shape[0],))  # [B]
+    return images[torch.arange(images.shape[0]), pick.to(images.device)]  # [B, 3, H, W]
+
+
+def build_edit_loss(config: TrainConfig, phase: int) -> LossFn:
+    """The ``edit`` task's loss: reconstruction of the target views from (input label map, style embedding)."""
+    if config.eval_every:
+        raise ValueError("--eval-every renders reconstructions from images; set it to 0 for --task edit")
+    style_encoder = load_style_encoder(config.style)
+
+    def predict(model: nn.Module, batch: dict[str, Any]):
+        labels = batch.get("labels")  # [B, H, W]
+        if labels is None or not (labels > 0).flatten(1).any(dim=1).all():
+            raise ValueError("the edit task needs the input view's label map (sample['labels'], classes 1..18 "
+                             "somewhere in every sample): use a dataset with labels/, e.g. runs/synthetic128")
+        device = labels.device
+        style_encoder.to(device)
+        with torch.no_grad():
+            style = style_encoder.encode_image(style_reference_views(batch).float())  # [B, E]
+        return model(labels, style.float())
+
+    return build_reconstruct_loss(config, phase, predict)
+
+
+register_task("edit", Task(build_edit_model, build_edit_loss, reconstruct_trainable, model_config=edit_model_config))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -431,7 +549,8 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
             print(f"[perchead.train] resuming from {ckpt} at step {step}", flush=True)
     else:
         if model_config is None:
-            model_config = PercHeadConfig.preset(config.preset)
+            model_config = (task.model_config(config) if task.model_config is not None
+                            else PercHeadConfig.preset(config.preset))
         model = task.build_model(model_config, config.init_from)
     model.train()
     model.to(accelerator.device)
@@ -568,6 +687,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--init-from", default=None, help="folder or repo id of weights to start from")
+    p.add_argument("--style", default=None, help="style encoder folder or id (--task edit; perchead.style)")
     p.add_argument("--loss", default=None,
                    help='JSON loss-weight overrides per phase, e.g. \'{"1": {"mask": 1.0}, "2": {"l1": 1.0}}\'')
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
@@ -576,7 +696,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     overrides = {k: getattr(args, k) for k in (
         "data", "synthetic_subjects", "synthetic_views", "output", "task", "phase1_steps", "phase2_steps", "batch_size", "n_targets", "lr", "lr_phase2",
         "warmup_steps", "grad_clip", "render_size", "num_workers", "save_every", "log_every", "eval_every",
-        "seed", "init_from")}
+        "seed", "init_from", "style")}
     if args.loss:
         overrides["loss_overrides"] = json.loads(args.loss)
     config = TrainConfig.preset_defaults(args.preset, **overrides)

@@ -14,7 +14,7 @@ from perchead.data.multiview import align_cameras, opengl_to_opencv, read_camera
 from perchead.data.synthetic import C, split_seeds
 
 SAMPLE_KEYS = {"image", "mask", "input_viewmat", "input_K", "target_images", "target_masks", "target_viewmats",
-               "target_Ks", "target_labels", "caption", "subject"}
+               "target_Ks", "target_labels", "labels", "caption", "subject"}
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def check_sample(s, V, S):
     assert s["target_images"].shape == (V, 3, S, S) and s["target_masks"].shape == (V, 1, S, S)
     assert s["target_viewmats"].shape == (V, 4, 4) and s["target_Ks"].shape == (V, 3, 3)
     assert s["target_labels"].shape == (V, S, S) and s["target_labels"].dtype == torch.long
+    assert s["labels"].shape == (S, S) and s["labels"].dtype == torch.long
     assert isinstance(s["caption"], str) and isinstance(s["subject"], str)
     for k in ("image", "mask", "target_images", "target_masks"):
         assert 0 <= s[k].min() and s[k].max() <= 1
@@ -143,6 +144,7 @@ def test_export_load_round_trip(tmp_path):
     torch.testing.assert_close(torch.cat([s["image"][None], s["target_images"]]), ref["rgb"], atol=1 / 255 + 1e-6, rtol=0)
     torch.testing.assert_close(torch.cat([s["mask"][None], s["target_masks"]]), ref["alpha"], atol=1 / 255 + 1e-6, rtol=0)
     assert torch.equal(s["target_labels"], ref["labels"][1:])
+    assert torch.equal(s["labels"], ref["labels"][0])
     assert s["caption"] == head.caption
     # the most opposite frame is the first target
     assert idx[1] != idx[0]

@@ -111,4 +111,52 @@ def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="unknown task"):
-        train(TrainConfig.preset_defaults("tiny", task="edit"), progress=False)
+        train(TrainConfig.preset_defaults("tiny", task="no_such_task"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------ edit task (§3.5)
+def test_edit_task_registered_with_cli_flags(tmp_path):
+    from perchead.train import build_edit_model, parse_args, reconstruct_trainable
+
+    assert TASKS["edit"].trainable is reconstruct_trainable and TASKS["edit"].model_config is not None
+    assert TASKS["reconstruct"].model_config is None  # reconstruction keeps PercHeadConfig.preset(preset)
+    config, _, _ = parse_args(["--task", "edit", "--init-from", "base", "--style", "style_dir", "--preset", "tiny"])
+    assert (config.task, config.init_from, config.style) == ("edit", "base", "style_dir")
+    assert parse_args([])[0].style is None
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="--init-from"):
+        train(TrainConfig.preset_defaults("tiny", task="edit", output=out), progress=False)
+    from perchead.config import PercHeadConfig
+    from perchead.model import PercHead
+
+    PercHead(PercHeadConfig.preset("tiny")).save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="--style"):
+        train(TrainConfig.preset_defaults("tiny", task="edit", output=out, init_from=str(tmp_path / "base")),
+              progress=False)
+    with pytest.raises(ValueError, match="EditConfig"):
+        build_edit_model(PercHeadConfig.preset("tiny"), str(tmp_path / "base"))
+
+
+def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
+    from types import SimpleNamespace
+
+    from perchead import train as train_module
+    from perchead.config import PercHeadConfig
+    from perchead.train import build_edit_loss, style_reference_views
+
+    images = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 3, 4, 4)  # [B, V, 3, H, W]
+    picked = style_reference_views({"target_images": images})
+    assert picked.shape == (2, 3, 4, 4)
+    for b in range(2):  # view v of subject b has value 3b + v
+        assert 3 * b <= picked[b, 0, 0, 0] < 3 * b + 3
+
+    class FakeStyle(torch.nn.Module):
+        embed_dim = 4
+
+    monkeypatch.setitem(train_module._STYLE_ENCODERS, "fake", FakeStyle())
+    loss_fn = build_edit_loss(TrainConfig.preset_defaults("tiny", task="edit", style="fake"), 1)
+    with pytest.raises(ValueError, match="label map"):
+        background_only = {"labels": torch.zeros(1, 8, 8, dtype=torch.long), "target_images": images[:1]}
+        loss_fn(SimpleNamespace(config=PercHeadConfig.preset("tiny")), background_only)
+    with pytest.raises(ValueError, match="eval-every"):
+        build_edit_loss(TrainConfig.preset_defaults("tiny", task="edit", style="fake", eval_every=5), 1)

@@ -161,6 +161,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         V, S = self.n_targets, self.image_size
         return {
             "image": image, "mask": mask,  # [3, S, S], [1, S, S]
+            "labels": torch.full((S, S), -1, dtype=torch.long),  # [S, S] unknown (no label maps here)
             "input_viewmat": self.viewmat.clone(), "input_K": self.K.clone(),
             "target_images": image[None].expand(V, -1, -1, -1).clone(),  # [V, 3, S, S]
             "target_masks": mask[None].expand(V, -1, -1, -1).clone(),  # [V, 1, S, S]

@@ -269,6 +269,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
         caption = open(caption_file).read().strip() if os.path.isfile(caption_file) else ""
         return {
             "image": inp["image"], "mask": inp["mask"],  # [3, S, S], [1, S, S]
+            "labels": inp["labels"],  # [S, S] input view's class ids, -1 = unknown (editing input, §3.5)
             "input_viewmat": inp["viewmat"], "input_K": inp["K"],  # [4, 4], [3, 3]
             "target_images": torch.stack([t["image"] for t in tg]),  # [V, 3, S, S]
             "target_masks": torch.stack([t["mask"] for t in tg]),  # [V, 1, S, S]

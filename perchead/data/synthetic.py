@@ -899,6 +899,7 @@ class SyntheticHeads(torch.utils.data.Dataset):
         out = render_head(head, cams, backend=self.backend)
         return {
             "image": out["rgb"][0], "mask": out["alpha"][0],  # [3, H, W], [1, H, W]
+            "labels": out["labels"][0],  # [H, W] input view's class ids (editing input, §3.5)
             "input_viewmat": cams.viewmats[0], "input_K": cams.Ks[0],  # [4, 4], [3, 3]
             "target_images": out["rgb"][1:], "target_masks": out["alpha"][1:],  # [V, 3, H, W], [V, 1, H, W]
             "target_viewmats": cams.viewmats[1:], "target_Ks": cams.Ks[1:],  # [V, 4, 4], [V, 3, 3]
