@@ -1,0 +1,799 @@
+"""Style encoder: a CLIP model through open_clip that turns a reference image or a text prompt into one style
+embedding (paper §3.5 and supplement §8: the editing model's global style token).
+
+The paper injects a frozen CLIP image embedding of a reference view at training time and swaps in the CLIP
+*text* embedding at inference, zero-shot. Real CLIP weights cannot be downloaded on the machines that build
+this project, so two sources share ONE code path (``open_clip.model.CLIP``, its BPE tokenizer, its
+``open_clip_config.json`` folder format):
+
+* the offline default (bundled in ``weights_card/style``): a small CLIP (:func:`style_config`, all sizes
+  ours) that :func:`train_style` trains contrastively on synthetic head renders and their attribute captions
+  (``"long red hair, dark skin, glasses, navy shirt"``), so short prompts such as ``"blonde"``, ``"red hair"``
+  or ``"bald with glasses"`` and reference images work offline on synthetic-style heads;
+* a real CLIP by open_clip name and pretrained tag (``"ViT-B-32:openai"`` or ``from_pretrained("ViT-B-32",
+  pretrained="laion2b_s34b_b79k")``) or by ``"hf-hub:laion/..."`` id, when reachable: text then works
+  zero-shot as in the paper.
+
+A saved folder is exactly open_clip's ``local-dir:`` layout (``open_clip_config.json`` with ``model_cfg`` and
+``preprocess_cfg``, plus ``model.safetensors``), so ``open_clip.create_model("local-dir:weights_card/style")``
+loads it too. Weights are stored as float16 by default (a CLIP token table alone is 49,408 rows).
+
+Training (:func:`train_style`): image-caption pairs from a pre-rendered multi-view folder
+(``perchead.data.multiview`` layout: ``<subject>/images/XXXX.png`` + ``caption.txt``) or rendered on the fly
+from :func:`perchead.data.synthetic.make_head`; captions are augmented into random subsets / orders / partial
+phrases of their attributes (users type short prompts); images get random crops and horizontal flips (the
+captions have no left/right words) but NO colour jitter (it would break colour attributes). The loss is the
+symmetric InfoNCE of CLIP with a learnable logit scale, with multi-positive targets: a caption is a positive
+for every image in the batch whose attributes entail it (``"blonde"`` matches every blonde head), which
+reduces to standard InfoNCE when all captions are distinct full captions.
+
+CLI: ``python -m perchead.style --output weights_card/style --steps N [--data runs/synthetic128]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_STYLE_FOLDER = "weights_card/style"  # the bundled offline style model (trained by `python -m perchead.style`)
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "open_clip_config.json"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP image normalisation (open_clip.constants)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HAIR_COLOR_WORDS = ("black", "dark brown", "brown", "blonde", "red", "grey", "white", "blue", "pink", "green",
+                    "purple")  # every hair colour of perchead.data.synthetic.HAIR_COLORS
+HAIR_STYLE_PHRASES = {"buzz": "buzz-cut hair", "short": "short hair", "fringe": "hair with a fringe",
+                      "long": "long hair", "bun": "hair in a bun", "curly": "curly hair"}  # colour-free phrases
+PROMPT_TEMPLATES = ("{}", "{}", "{}", "{}", "a person with {}", "a head with {}", "a rendering of a head with {}")
+
+
+# ------------------------------------------------------------------------------------------- configuration
+@dataclass
+class StyleConfig:
+    """Architecture of the project's own small CLIP (every value ours; the paper uses a pretrained CLIP).
+
+    The text tower's token table has one row per BPE token of CLIP's vocabulary (49,408), which dominates
+    the size: ``text_width`` 64 keeps the float16 checkpoint under ~10 MB.
+    """
+
+    embed_dim: int = 128  # joint image/text embedding size (the style vector E)
+    image_size: int = 64  # input side in pixels (renders are resized to it; hair, skin, clothes stay legible)
+    patch_size: int = 8  # ViT patch side: 64 / 8 = 8 x 8 tokens
+    vision_width: int = 128  # ViT token width
+    vision_layers: int = 4  # ViT depth
+    vision_head_width: int = 32  # channels per attention head (128 / 32 = 4 heads)
+    context_length: int = 32  # text tokens incl. start/end (captions are at most ~28)
+    text_width: int = 64  # text transformer width = token-embedding size
+    text_heads: int = 4  # text attention heads
+    text_layers: int = 4  # text transformer depth
+
+    def model_cfg(self) -> dict:
+        """The open_clip ``model_cfg`` dict (``CLIP(**model_cfg)``, also stored in ``open_clip_config.json``)."""
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
+                           "layers": self.vision_layers, "head_width": self.vision_head_width},
+            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
+                         "heads": self.text_heads, "layers": self.text_layers},
+        }
+
+
+def style_config(preset: str = "demo") -> StyleConfig:
+    """The style-model presets: ``"demo"`` (bundled, 4.2 M parameters, 8.4 MB in float16) or ``"tiny"`` (tests)."""
+    presets = {
+        "demo": StyleConfig(),
+        "tiny": StyleConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1,
+                            vision_head_width=16, context_length=32, text_width=16, text_heads=1, text_layers=1),
+    }
+    if preset not in presets:
+        raise ValueError(f"unknown style preset {preset!r}; expected one of {sorted(presets)}")
+    return presets[preset]
+
+
+def _preprocess_cfg(image_size: int) -> dict:
+    """open_clip ``preprocess_cfg`` of our own models (CLIP normalisation; renders are square)."""
+    return {"size": image_size, "mode": "RGB", "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bilinear",
+            "resize_mode": "shortest", "fill_color": 0}
+
+
+# ------------------------------------------------------------------------------------------------ encoder
+class StyleEncoder(nn.Module):
+    """An open_clip CLIP with image preprocessing in torch and its tokenizer: images / prompts -> style vectors.
+
+    Args:
+        model: an ``open_clip.model.CLIP`` (or ``CustomTextCLIP``) whose ``visual.preprocess_cfg`` is set.
+        tokenizer: the open_clip tokenizer of that model (callable ``list[str] -> [B, L]`` long).
+        model_cfg: the open_clip ``model_cfg`` dict (saved with the weights); None for models from a Hub id.
+        name: where the model came from (for messages).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, model_cfg: dict | None = None, name: str = "style"):
+        super().__init__()
+        cfg = getattr(model.visual, "preprocess_cfg", None)
+        if cfg is None:
+            raise ValueError("the open_clip model has no visual.preprocess_cfg; build it with open_clip's factory "
+                             "or StyleEncoder.from_config")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
+        self.name = name
+        size = cfg["size"]
+        self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.interpolation = "bilinear" if cfg.get("interpolation", "bicubic") == "bilinear" else "bicubic"
+        self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    # ----------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, config: StyleConfig | str = "demo") -> "StyleEncoder":
+        """A randomly initialised project CLIP (for training or tests).
+
+        Args:
+            config: a :class:`StyleConfig` or a preset name for :func:`style_config`.
+
+        Returns:
+            the encoder (trainable).
+        """
+        import open_clip
+        from open_clip.model import CLIP, set_model_preprocess_cfg
+
+        if isinstance(config, str):
+            config = style_config(config)
+        model_cfg = config.model_cfg()
+        model = CLIP(**model_cfg)
+        set_model_preprocess_cfg(model, _preprocess_cfg(config.image_size))
+        tokenizer = open_clip.SimpleTokenizer(context_length=config.context_length)
+        return cls(model, tokenizer, model_cfg, name="untrained")
+
+    @classmethod
+    def from_pretrained(cls, id_or_folder: str | os.PathLike = DEFAULT_STYLE_FOLDER, pretrained: str | None = None,
+                        device: str | torch.device = "cpu", frozen: bool = True) -> "StyleEncoder":
+        """Loads a saved style model folder, or a real CLIP through open_clip.
+
+        Args:
+            id_or_folder: a folder written by :meth:`save_pretrained` (or any open_clip ``local-dir``
+                folder); an open_clip model name with its pretrained tag as ``"ViT-B-32:openai"`` (or the
+                tag in ``pretrained``); or a Hub id ``"hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"``.
+            pretrained: pretrained tag for an open_clip model name (see ``open_clip.list_pretrained()``).
+            device: where the model runs.
+            frozen: put the model in eval mode with ``requires_grad=False`` (its use in the editing model).
+
+        Returns:
+            the encoder.
+
+        Raises:
+            FileNotFoundError: a folder that does not exist, or weights that cannot be loaded (offline, not in
+                the cache, unknown Hub repo); the message names the id.
+            ValueError: an unknown open_clip model name, or a model name without a pretrained tag.
+        """
+        import open_clip
+
+        name = str(id_or_folder)
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not (path / CONFIG_NAME).is_file():
+                raise FileNotFoundError(f"style model folder {name!r} has no {CONFIG_NAME}; write one with "
+                                        f"`python -m perchead.style --output {name}`")
+            model_id, tag = f"local-dir:{path}", None
+        elif name.startswith("hf-hub:"):
+            model_id, tag = name, None
+        elif name.startswith((".", "/", "~")) or name.count("/") > 1 or (
+                name.count("/") == 1 and Path(name.split("/")[0]).is_dir()):  # e.g. a missing "weights_card/style"
+            raise FileNotFoundError(f"style model folder {name!r} does not exist; train one with "
+                                    f"`python -m perchead.style --output {name}` or pass an open_clip model such as "
+                                    f"'ViT-B-32:openai' or 'hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'")
+        elif name.count("/") == 1:  # "org/repo" without the schema: an open_clip Hub repo
+            model_id, tag = f"hf-hub:{name}", None
+        else:
+            model_name, _, tag_in_name = name.partition(":")
+            tag = pretrained or tag_in_name or None
+            if model_name not in open_clip.list_models():
+                raise ValueError(f"{name!r} is neither a style model folder, an 'hf-hub:' id nor an open_clip model "
+                                 f"name (see open_clip.list_models())")
+            if tag is None:
+                tags = open_clip.list_pretrained_tags_by_model(model_name)
+                raise ValueError(f"open_clip model {model_name!r} needs a pretrained tag (without one its weights "
+                                 f"would be random), e.g. '{model_name}:{tags[0] if tags else 'TAG'}'; tags: {tags}")
+            model_id = model_name
+        try:
+            model = open_clip.create_model(model_id, pretrained=tag, device=device)
+            tokenizer = open_clip.get_tokenizer(model_id)
+        except (OSError, RuntimeError, ValueError) as error:
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise FileNotFoundError(
+                f"cannot load the CLIP style model {name!r}" + (f" (pretrained {tag!r})" if tag else "")
+                + (" (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline and not path.is_dir() else "")
+                + f": {error.__class__.__name__}: {first[:300]}. Offline, use the bundled style folder "
+                f"{DEFAULT_STYLE_FOLDER!r} (reproduce it with `python -m perchead.style`)") from error
+        model_cfg = None
+        if path.is_dir():
+            model_cfg = json.loads((path / CONFIG_NAME).read_text())["model_cfg"]
+        encoder = cls(model, tokenizer, model_cfg, name=name).to(device)
+        return encoder.freeze() if frozen else encoder.eval()
+
+    def freeze(self) -> "StyleEncoder":
+        """Eval mode and ``requires_grad=False`` on every weight (CLIP is frozen in the paper). Returns self."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float16,
+                        extra: dict | None = None) -> None:
+        """Writes ``open_clip_config.json`` + ``model.safetensors`` (open_clip's ``local-dir`` layout).
+
+        Args:
+            folder: output folder (created).
+            dtype: storage dtype of floating-point weights (float16 halves the size; loading casts back).
+            extra: optional JSON-able dict stored under ``"perchead"`` in the config (e.g. training facts).
+        """
+        from safetensors.torch import save_file
+
+        if self.model_cfg is None:
+            raise ValueError(f"{self.name!r} came from open_clip by id; it has no model_cfg to save (use the id)")
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in self.model.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        pp = dict(self.model.visual.preprocess_cfg)
+        pp["mean"], pp["std"] = list(pp["mean"]), list(pp["std"])
+        config = {"model_cfg": self.model_cfg, "preprocess_cfg": pp}
+        if extra:
+            config["perchead"] = extra
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    # ----------------------------------------------------------------------------------------- inference
+    @property
+    def embed_dim(self) -> int:
+        """Size E of the style embedding."""
+        proj = self.model.text_projection
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if proj is not None:
+            return proj.shape[1]
+        return int(self.model_cfg["embed_dim"])  # pragma: no cover - models without a text projection
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """Resizes (shortest side, centre crop) and normalises images as CLIP expects.
+
+        Args:
+            images: ``[B, 3, H, W]`` float in [0, 1] (over white, like every image in the project).
+
+        Returns:
+            ``[B, 3, S, S]`` normalised model input.
+        """
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a [B, 3, H, W] tensor, got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+        x = images.to(self.mean.device, torch.float32)
+        h, w = x.shape[-2:]
+        th, tw = self.image_size
+        scale = max(th / h, tw / w)
+        rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
+        if (rh, rw) != (h, w):
+            x = F.interpolate(x, size=(rh, rw), mode=self.interpolation, align_corners=False, antialias=True)
+        top, left = (rh - th) // 2, (rw - tw) // 2
+        x = x[:, :, top:top + th, left:left + tw].clamp(0.0, 1.0)  # [B, 3, S, S]
+        return (x - self.mean) / self.std
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """BPE token ids ``[B, L]`` of prompts (open_clip tokenizer; lower-cased, truncated to the context)."""
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, not one string (wrap it: [text])")
+        texts = list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a non-empty list of strings")
+        return self.tokenizer(texts).to(self.device)  # [B, L]
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Style embeddings of images.
+
+        Args:
+            images: ``[B, 3, H, W]`` float in [0, 1], any size (resized to the model's input).
+
+        Returns:
+            ``[B, E]`` l2-normalised.
+        """
+        return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)  # [B, E]
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Style embeddings of text prompts (e.g. ``["long red hair", "bald with glasses"]``).
+
+        Returns:
+            ``[B, E]`` l2-normalised.
+        """
+        return F.normalize(self.model.encode_text(self.tokenize(texts)).float(), dim=-1)  # [B, E]
+
+    def forward(self, images: Tensor, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Both embeddings and the logit scale (training): ``([B, E], [T, E], scalar)``."""
+        return self.encode_image(images), self.encode_text(texts), self.model.logit_scale.exp()
+
+
+# ---------------------------------------------------------------------------------------------- captions
+def caption_atoms(text: str) -> frozenset:
+    """The attribute facts a (possibly partial) caption states, as ``(key, value)`` pairs.
+
+    Understands the phrases of :func:`perchead.data.synthetic._caption` and of :func:`augment_caption`:
+    ``"long red hair"`` -> hair style long + hair colour red; ``"blonde"`` -> hair colour blonde; ``"bald"``;
+    ``"dark skin"``; ``"navy striped shirt"``; flags (``"glasses"``, ``"beard"``, ``"smiling"`` ...).
+    Prompt templates ("a person with ...") and joiners (", ", " and ", " with ") are ignored.
+
+    Args:
+        text: a caption or an augmented prompt.
+
+    Returns:
+        frozenset of ``(key, value)`` string pairs.
+    """
+    t = text.lower().strip()
+    for template in sorted(PROMPT_TEMPLATES, key=len, reverse=True):
+        prefix = template.replace("{}", "")
+        if prefix and t.startswith(prefix):
+            t = t[len(prefix):]
+            break
+    atoms = set()
+    for part in re.split(r",\s*| and (?!a )| with (?!a fringe)", t):
+        part = part.strip()
+        if not part:
+            continue
+        if part == "bald":
+            atoms.add(("hair_style", "bald"))
+        elif part.endswith(" skin"):
+            atoms.add(("skin", part[: -len(" skin")]))
+        elif part.endswith(("shirt", "turtleneck")):
+            atoms.add(("cloth", part))
+        elif "hair" in part or part in HAIR_COLOR_WORDS:
+            colour = next((c for c in sorted(HAIR_COLOR_WORDS, key=len, reverse=True)
+                           if re.search(rf"(^|\s){c}(\s|$)", part)), None)
+            if colour:
+                atoms.add(("hair_color", colour))
+            for style, keyword in (("buzz", "buzz-cut"), ("short", "short"), ("fringe", "fringe"), ("long", "long"),
+                                   ("bun", "bun"), ("curly", "curly")):
+                if keyword in part:
+                    atoms.add(("hair_style", style))
+        else:
+            atoms.add(("flag", part))
+    return frozenset(atoms)
+
+
+def _hair_variants(part: str) -> list[str]:
+    """Shorter phrases a user might type for a hair phrase of a caption (``"long red hair"`` -> ``"red hair"``...)."""
+    atoms = dict(caption_atoms(part))
+    out = [part]
+    colour, style = atoms.get("hair_color"), atoms.get("hair_style")
+    if colour:
+        out += [f"{colour} hair", colour]
+    if style in HAIR_STYLE_PHRASES:
+        out.append(HAIR_STYLE_PHRASES[style])
+    return out
+
+
+def augment_caption(caption: str, rng: np.random.Generator, p_full: float = 0.25) -> str:
+    """A random prompt that the caption entails: a subset of its attributes, shuffled, maybe shortened.
+
+    Args:
+        caption: a full attribute caption (comma-separated phrases).
+        rng: random generator.
+        p_full: probability of keeping every phrase (still shuffled).
+
+    Returns:
+        e.g. ``"glasses, red hair"``, ``"blonde"``, ``"a person with curly hair and a beard"``.
+    """
+    parts = [p.strip() for p in caption.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"empty caption {caption!r}")
+    if rng.random() < p_full:
+        chosen = list(rng.permutation(len(parts)))
+    else:
+        k = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
+        chosen = list(rng.choice(len(parts), size=min(k, len(parts)), replace=False))
+    phrases = []
+    for i in chosen:
+        part = parts[i]
+        if "hair" in part and rng.random() < 0.5:
+            variants = _hair_variants(part)
+            if len(chosen) > 1:  # a bare colour word ("blonde") only as a whole prompt, never beside other phrases
+                variants = [v for v in variants if v not in HAIR_COLOR_WORDS]
+            part = variants[int(rng.integers(len(variants)))]
+        phrases.append(part)
+    if len(phrases) == 1 and phrases[0] in HAIR_COLOR_WORDS:
+        return phrases[0]  # "blonde"
+    hair_first = "hair" in phrases[0] or phrases[0] == "bald"
+    joiner = str(rng.choice([", ", ", ", " and "] + ([" with "] if hair_first else []))) if len(phrases) > 1 else ", "
+    text = joiner.join(phrases) if joiner != " with " else phrases[0] + " with " + " and ".join(phrases[1:])
+    template = PROMPT_TEMPLATES[int(rng.integers(len(PROMPT_TEMPLATES)))]
+    return template.format(text)
+
+
+def entailment(image_atoms: Sequence[frozenset], text_atoms: Sequence[frozenset]) -> Tensor:
+    """``[I, T]`` bool: image i's attributes entail text j (text atoms are a subset of image atoms)."""
+    return torch.tensor([[t <= a for t in text_atoms] for a in image_atoms], dtype=torch.bool)
+
+
+def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, positives: Tensor) -> Tensor:
+    """Symmetric InfoNCE (CLIP) with multi-positive targets.
+
+    Args:
+        image_emb: ``[B, E]`` l2-normalised image embeddings.
+        text_emb: ``[B, E]`` l2-normalised text embeddings; text i was made from image i.
+        logit_scale: scalar temperature multiplier (``exp`` of the learnable log scale).
+        positives: ``[B, B]`` bool, ``positives[i, j]`` = text j describes image i; the diagonal must be True.
+
+    Returns:
+        scalar loss: the mean of image->text and text->image cross-entropies against targets spread
+        uniformly over the positives (exactly CLIP's loss when ``positives`` is the identity).
+    """
+    if not bool(positives.diagonal().all()):
+        raise ValueError("positives must include every matching pair (its diagonal must be all True)")
+    logits = logit_scale * image_emb @ text_emb.T  # [B, B] image x text
+    pos = positives.to(logits.dtype)
+    loss_i = -(F.log_softmax(logits, dim=1) * pos / pos.sum(1, keepdim=True)).sum(1).mean()
+    loss_t = -(F.log_softmax(logits, dim=0) * pos / pos.sum(0, keepdim=True)).sum(0).mean()
+    return 0.5 * (loss_i + loss_t)
+
+
+# -------------------------------------------------------------------------------------------------- data
+@dataclass
+class StylePairs:
+    """Image-caption training pairs: every view of a subject shares the subject's caption."""
+
+    images: Tensor  # [N, 3, S, S] uint8 over white
+    subject: Tensor  # [N] long index into captions
+    captions: list[str]  # one full attribute caption per subject
+    attributes: list[dict] | None = None  # per subject, when rendered from make_head (hair_color, hair_style...)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def load_style_pairs(folder: str | os.PathLike, subjects: int | None = None,
+                     image_size: int | None = None) -> StylePairs:
+    """Reads a pre-rendered multi-view folder (``<subject>/images/*.png`` + ``caption.txt``) into memory.
+
+    Args:
+        folder: root with one sub-folder per subject (e.g. ``runs/synthetic128``).
+        subjects: use only the first this many subjects (sorted by name); None = all.
+        image_size: resize the stored images to this side (None keeps them).
+
+    Returns:
+        :class:`StylePairs` with every view of every subject that has a caption.
+    """
+    from PIL import Image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"style data folder {str(root)!r} does not exist")
+    dirs = sorted((d for d in root.iterdir() if (d / "caption.txt").is_file() and (d / "images").is_dir()),
+                  key=lambda d: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", d.name)])
+    if subjects is not None:
+        dirs = dirs[:subjects]
+    if not dirs:
+        raise ValueError(f"{str(root)!r} has no subject folder with caption.txt and images/")
+    images, subject, captions = [], [], []
+    for i, d in enumerate(dirs):
+        captions.append((d / "caption.txt").read_text().strip())
+        for f in sorted((d / "images").glob("*.png")):
+            im = Image.open(f).convert("RGB")
+            if image_size is not None and im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))  # [3, S, S]
+            subject.append(i)
+    return StylePairs(torch.stack(images), torch.tensor(subject), captions)
+
+
+def render_style_pairs(seeds: Sequence[int], views_per_head: int, image_size: int = 128, seed: int = 0,
+                       density: float = 1.0, views: Sequence[tuple[float, float]] | None = None) -> StylePairs:
+    """Renders synthetic heads from several views with their captions and attributes.
+
+    Views (ours): 60% near-frontal (azimuth ~ N(0, 45°)), 40% anywhere around the head; elevation in
+    [-30°, 40°]; the model's input framing (orbit radius 0.7 m, 30° field of view).
+
+    Args:
+        seeds: head seeds (e.g. from ``perchead.data.synthetic.split_seeds("val")``).
+        views_per_head: random views per head (ignored when ``views`` is given).
+        image_size: square side in pixels.
+        seed: seed of the view sampling.
+        density: Gaussian budget multiplier of ``make_head``.
+        views: fixed ``(azimuth, elevation)`` degrees used for every head instead of random ones.
+
+    Returns:
+        :class:`StylePairs` with ``attributes``.
+    """
+    from perchead.cameras import orbit_cameras
+    from perchead.data.synthetic import make_head, render_head
+
+    rng = np.random.default_rng(seed)
+    images, subject, captions, attributes = [], [], [], []
+    for i, s in enumerate(seeds):
+        head = make_head(int(s), density=density)
+        if views is None:
+            frontal = rng.random(views_per_head) < 0.6
+            az = np.where(frontal, np.clip(rng.normal(0.0, 45.0, views_per_head), -150, 150),
+                          rng.uniform(-180.0, 180.0, views_per_head)).tolist()
+            el = rng.uniform(-30.0, 40.0, views_per_head).tolist()
+        else:
+            az, el = [float(v[0]) for v in views], [float(v[1]) for v in views]
+        cams = orbit_cameras(az, el, radius=0.7, fov_deg=30.0, size=image_size)
+        rgb = render_head(head, cams)["rgb"]  # [V, 3, S, S]
+        images.append((rgb * 255).round().to(torch.uint8))
+        subject += [i] * rgb.shape[0]
+        captions.append(head.caption)
+        attributes.append(head.attributes)
+    return StylePairs(torch.cat(images), torch.tensor(subject), captions, attributes)
+
+
+def augment_images(images: Tensor, size: int, generator: torch.Generator, min_scale: float = 0.8) -> Tensor:
+    """Random square crops (80-100% of the side, anywhere) resized to ``size``, and horizontal flips.
+
+    No colour jitter: hair, skin and clothes colours are what the captions describe.
+
+    Args:
+        images: ``[B, 3, H, W]`` uint8 or float in [0, 1].
+        size: output side.
+        generator: torch random generator.
+        min_scale: smallest crop side as a fraction of the image side.
+
+    Returns:
+        ``[B, 3, size, size]`` float in [0, 1].
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    b, _, h, w = x.shape
+    side = (min_scale + (1 - min_scale) * torch.rand(b, generator=generator))  # [B] crop side / image side
+    cx = side / 2 + (1 - side) * torch.rand(b, generator=generator)  # [B] crop centre in [0, 1]
+    cy = side / 2 + (1 - side) * torch.rand(b, generator=generator)
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)  # [B]
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = side * flip
+    theta[:, 1, 1] = side
+    theta[:, 0, 2] = cx * 2 - 1
+    theta[:, 1, 2] = cy * 2 - 1
+    if size < min(h, w) * float(side.min()):  # downsampling: pre-blur by resizing first to avoid aliasing
+        x = F.interpolate(x, size=(round(size / min_scale),) * 2, mode="bilinear", antialias=True, align_corners=False)
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)  # [B, S, S, 2]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_style(encoder: StyleEncoder, pairs: StylePairs, batch_size: int = 64) -> dict[str, float]:
+    """Retrieval and attribute-probe accuracy on held-out heads.
+
+    * text->image retrieval: for each view index, the full captions of all heads query the images of that
+      view (a batch of ``min(batch_size, heads)`` heads); a hit is an image whose caption equals the query.
+    * hair-colour probe: prompts ``"<colour> hair"`` for the 11 hair colours of the synthetic heads; each
+      non-bald head image's nearest prompt must be its true hair colour.
+
+    Args:
+        encoder: the style encoder.
+        pairs: from :func:`render_style_pairs` (needs ``attributes``), every head with the same views.
+        batch_size: heads per retrieval batch.
+
+    Returns:
+        dict with ``text_to_image_top1``, ``text_to_image_top5``, ``hair_color_accuracy``,
+        ``hair_color_chance`` (frequency of the most common colour) and ``n_images``.
+    """
+    if pairs.attributes is None:
+        raise ValueError("evaluate_style needs pairs with attributes (use render_style_pairs)")
+    was_training = encoder.training
+    encoder.eval()
+    n_heads = len(pairs.captions)
+    views = len(pairs) // n_heads
+    img = torch.cat([encoder.encode_image(pairs.images[i:i + 256].float() / 255.0)
+                     for i in range(0, len(pairs), 256)])  # [N, E]
+    img = img.view(n_heads, views, -1)  # [H, V, E] (render_style_pairs orders views within a head)
+    txt = encoder.encode_text(pairs.captions)  # [H, E]
+    top1, top5, count = 0.0, 0.0, 0
+    for start in range(0, n_heads, batch_size):
+        sl = slice(start, min(start + batch_size, n_heads))
+        caps = pairs.captions[sl]
+        same = torch.tensor([[a == b for b in caps] for a in caps])  # [b, b] identical captions
+        for v in range(views):
+            sim = txt[sl] @ img[sl, v].T  # [b, b] text x image
+            rank = sim.argsort(dim=1, descending=True)  # [b, b]
+            hits = torch.gather(same, 1, rank)  # [b, b] is the k-th retrieved image a match
+            top1 += hits[:, 0].float().sum().item()
+            top5 += hits[:, :5].any(1).float().sum().item()
+            count += len(caps)
+    colours = list(HAIR_COLOR_WORDS)
+    prompts = encoder.encode_text([f"{c} hair" for c in colours])  # [K, E]
+    truth = [colours.index(a["hair_color"]) if a["hair_style"] != "bald" else -1 for a in pairs.attributes]
+    keep = [i for i, t in enumerate(truth) if t >= 0]
+    pred = (img[keep] @ prompts.T).argmax(-1)  # [H', V]
+    target = torch.tensor([truth[i] for i in keep])[:, None].expand_as(pred)
+    counts = np.bincount([truth[i] for i in keep], minlength=len(colours))
+    encoder.train(was_training)
+    return {"text_to_image_top1": top1 / count, "text_to_image_top5": top5 / count,
+            "hair_color_accuracy": (pred == target).float().mean().item(),
+            "hair_color_chance": float(counts.max() / max(1, counts.sum())), "n_images": int(n_heads * views)}
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class StyleTrainResult:
+    """What :func:`train_style` measured."""
+
+    losses: list[float] = field(default_factory=list)  # training loss per step
+    val: dict = field(default_factory=dict)  # evaluate_style metrics of the final model on val heads
+    val_initial: dict = field(default_factory=dict)  # the same before training (random weights)
+    data_seconds: float = 0.0  # loading / rendering the pairs
+    train_seconds: float = 0.0  # optimisation steps only
+    seconds_per_step: float = 0.0
+    parameters: int = 0
+    checkpoint_bytes: int = 0
+
+
+CROP_MIN_SCALE = 0.8  # smallest random crop side during training, as a fraction of the image side (ours)
+VAL_VIEWS = ((0.0, 0.0), (35.0, 10.0), (-35.0, 10.0), (120.0, 0.0))  # (azimuth, elevation) of the val renders
+
+
+def train_style(output_dir: str | os.PathLike | None, steps: int = 4000, preset: str | StyleConfig = "demo",
+                data: str | os.PathLike | None = None, subjects: int | None = None, n_heads: int = 256,
+                views_per_head: int = 8, render_size: int = 128, batch_size: int = 64, lr: float = 1e-3,
+                weight_decay: float = 0.1, warmup: int | None = None, val_heads: int = 64, seed: int = 0,
+                density: float = 1.0, log_every: int = 100, progress: bool = True,
+                device: str | torch.device = "cpu") -> tuple[StyleEncoder, StyleTrainResult]:
+    """Trains the project's small CLIP contrastively on synthetic renders and their attribute captions.
+
+    Each step draws ``batch_size`` random (subject, view) images, augments them (crops, flips) and their
+    captions (:func:`augment_caption`), and minimises :func:`contrastive_loss` with AdamW (no weight decay
+    on gains, biases, embeddings' positions and the logit scale) and a cosine schedule with warm-up. The
+    logit scale is clamped at 100 as in CLIP. Stops with an error on a non-finite loss. Validation renders
+    ``val_heads`` heads of the disjoint val split from :data:`VAL_VIEWS`.
+
+    Args:
+        output_dir: where ``open_clip_config.json`` + ``model.safetensors`` + ``training.json`` go; None skips.
+        steps: optimisation steps.
+        preset: :func:`style_config` preset or a :class:`StyleConfig`.
+        data: pre-rendered multi-view folder (e.g. ``runs/synthetic128``); None renders ``n_heads`` train
+            heads x ``views_per_head`` views on the fly (up front).
+        subjects: use only the first this many subjects of ``data``.
+        n_heads, views_per_head: size of the on-the-fly data.
+        render_size: image side of the on-the-fly renders (and of the val renders without ``data``).
+        batch_size: pairs per step (the contrastive batch).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay of matrices.
+        warmup: warm-up steps (default: min(200, steps // 10)).
+        val_heads: held-out heads for the metrics (0 skips validation).
+        seed: seed of initialisation, data order and augmentation.
+        density: Gaussian budget multiplier of rendered heads.
+        log_every: write the loss every this many steps (0: never).
+        progress: show a tqdm bar.
+        device: training device.
+
+    Returns:
+        the trained encoder (frozen, eval mode) and a :class:`StyleTrainResult`.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from perchead.data.synthetic import split_seeds
+
+    if steps < 1 or batch_size < 2:
+        raise ValueError(f"steps must be >= 1 and batch_size >= 2 (contrastive), got {steps}, {batch_size}")
+    config = style_config(preset) if isinstance(preset, str) else preset
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    result = StyleTrainResult()
+
+    # 1. data: image-caption pairs (pre-rendered folder or on the fly), val heads from the val split
+    t0 = time.perf_counter()
+    if data is not None:  # stored at the largest side a crop needs (64 / 0.8 = 80 px for demo): 4x less memory
+        pairs = load_style_pairs(data, subjects, image_size=math.ceil(config.image_size / CROP_MIN_SCALE))
+    else:
+        train_seeds = split_seeds("train")
+        pairs = render_style_pairs(train_seeds[seed * n_heads:(seed + 1) * n_heads], views_per_head,
+                                   image_size=render_size, seed=seed, density=density)
+    full_atoms = [caption_atoms(c) for c in pairs.captions]
+    val = render_style_pairs(split_seeds("val")[:val_heads], 0, image_size=pairs.images.shape[-1], seed=seed + 1,
+                             density=density, views=VAL_VIEWS) if val_heads > 0 else None
+    result.data_seconds = time.perf_counter() - t0
+
+    # 2. model and optimiser
+    encoder = StyleEncoder.from_config(config).to(device)
+    model = encoder.model
+    result.parameters = sum(p.numel() for p in model.parameters())
+    if val is not None:
+        result.val_initial = evaluate_style(encoder, val)
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
+    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = get_cosine_schedule_with_warmup(optimizer, min(200, steps // 10) if warmup is None else warmup, steps)
+
+    # 3. optimisation
+    encoder.train()
+    bar = tqdm(range(steps), disable=not progress, desc="style", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in bar:
+        idx = torch.randint(len(pairs), (batch_size,), generator=generator)  # [B]
+        subj = pairs.subject[idx].tolist()
+        texts = [augment_caption(pairs.captions[s], rng) for s in subj]
+        positives = entailment([full_atoms[s] for s in subj], [caption_atoms(t) for t in texts])  # [B, B]
+        images = augment_images(pairs.images[idx], config.image_size, generator, CROP_MIN_SCALE)  # [B, 3, S, S]
+        images = images.to(device)
+        image_emb, text_emb, scale = encoder(images, texts)
+        loss = contrastive_loss(image_emb, text_emb, scale, positives.to(device))
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite style loss {loss.item()} at step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        result.losses.append(loss.item())
+        if progress:
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            tqdm.write(f"step {step:5d}  loss {loss.item():.4f}  logit scale {scale.item():.1f}  "
+                       f"lr {schedule.get_last_lr()[0]:.2e}")
+    result.train_seconds = time.perf_counter() - t0
+    result.seconds_per_step = result.train_seconds / steps
+    encoder.freeze()
+
+    # 4. validation on held-out heads, then save
+    if val is not None:
+        result.val = evaluate_style(encoder, val)
+    if output_dir is not None:
+        out = Path(output_dir)
+        summary = {k: v for k, v in asdict(result).items() if k not in ("losses", "checkpoint_bytes")}
+        summary.update(steps=steps, preset=preset if isinstance(preset, str) else "custom", batch_size=batch_size,
+                       lr=lr, weight_decay=weight_decay, seed=seed, data=str(data) if data else "on-the-fly",
+                       pairs=len(pairs), subjects=len(pairs.captions), val_heads=val_heads,
+                       initial_loss=float(np.mean(result.losses[:10])), final_loss=float(np.mean(result.losses[-50:])))
+        encoder.save_pretrained(out, extra={"trained_by": "perchead.style.train_style", "steps": steps,
+                                            "data": summary["data"]})
+        result.checkpoint_bytes = (out / WEIGHTS_NAME).stat().st_size
+        summary["checkpoint_bytes"] = result.checkpoint_bytes
+        (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    return encoder, result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m perchead.style --output weights_card/style --steps N`` trains and saves the style model."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--output", default=DEFAULT_STYLE_FOLDER, help="output folder")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--preset", default="demo", choices=["demo", "tiny"])
+    ap.add_argument("--data", default=None, help="pre-rendered multi-view folder (default: render on the fly)")
+    ap.add_argument("--subjects", type=int, default=None, help="use only the first N subjects of --data")
+    ap.add_argument("--heads", type=int, default=256, help="on-the-fly training heads (without --data)")
+    ap.add_argument("--views", type=int, default=8, help="on-the-fly views per head (without --data)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--val-heads", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    _, result = train_style(args.output, steps=args.steps, preset=args.preset, data=args.data,
+                            subjects=args.subjects, n_heads=args.heads, views_per_head=args.views,
+                            batch_size=args.batch_size, lr=args.lr, val_heads=args.val_heads, seed=args.seed,
+                            log_every=args.log_every, device=args.device)
+    print(json.dumps({"output": args.output, "parameters": result.parameters,
+                      "checkpoint_bytes": result.checkpoint_bytes, "seconds_per_step": result.seconds_per_step,
+                      "val_initial": result.val_initial, "val": result.val}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
