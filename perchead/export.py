@@ -5,7 +5,8 @@ One function, :func:`photo_to_outputs`, runs preprocessing (crop + mask), the Pe
 3DGS ``.ply`` and a ``.splat``, a ``.glb`` mesh (template faces), a gallery of fixed novel views
 (front, ¾ left/right, both profiles, back, top — the paper's novel and extreme views, §4) and a
 turntable ``.mp4``. ``app.py`` and ``benchmarks/app.py`` both call it, so the benchmark measures exactly
-what the app does.
+what the app does. Its output half, :func:`gaussians_to_outputs` (Gaussians → files, views, turntable), is
+shared with the editing path (:func:`perchead.edit_pipeline.edit_to_outputs`, paper §3.5).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Outputs:
         files: format ("ply", "splat", "glb") → written path.
         video: the turntable .mp4, or None when not requested.
         views: (caption, image) of the fixed novel views.
-        preprocessed: what the model saw (see :class:`perchead.preprocess.Preprocessed`).
+        preprocessed: what the model saw (see :class:`perchead.preprocess.Preprocessed`); None for heads
+            not made from a photo (editing).
         gaussians: the reconstructed head (unbatched, CPU).
         timings: stage → seconds (ours plus the pipeline's own stages).
         notes: remarks for the user (downscaling, fallbacks, export problems).
@@ -55,7 +57,7 @@ class Outputs:
     files: dict[str, Path]
     video: Path | None
     views: list[tuple[str, Image.Image]]
-    preprocessed: Preprocessed
+    preprocessed: Preprocessed | None
     gaussians: Gaussians
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
@@ -182,6 +184,55 @@ def photo_to_outputs(
     for stage, seconds in result.timings.items():
         timings[f"reconstruct/{stage}"] = float(seconds)
     gaussians = result.gaussians.to("cpu")  # one image: unbatched, float32
+    # 3.–5. files, novel views, turntable
+    out = gaussians_to_outputs(
+        model, gaussians, folder, device=device, turntable_frames=turntable_frames, turntable_size=turntable_size,
+        turntable_refine=turntable_refine, view_size=view_size, formats=formats, progress=report,
+        timings=timings, notes=notes,
+    )  # fmt: skip
+    out.preprocessed = prep
+    return out
+
+
+def gaussians_to_outputs(
+    model,
+    gaussians: Gaussians,
+    folder: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    turntable_frames: int = 60,
+    turntable_size: int = 512,
+    turntable_refine: bool | None = None,
+    view_size: int = 256,
+    formats=FORMATS,
+    progress: StageProgress | None = None,
+    timings: dict[str, float] | None = None,
+    notes: list[str] | None = None,
+) -> Outputs:
+    """Gaussians → files, novel views and turntable: the output half shared by reconstruction and editing.
+
+    Args:
+        model: the model whose framing, renderer + refiner and template are used (a
+            :class:`~perchead.model.PercHead` or a :class:`~perchead.edit.PercHeadEditor`).
+        gaussians: one head, unbatched (any device).
+        folder: where the files go (created).
+        device: where to render (default: the model's device).
+        turntable_frames, turntable_size, turntable_refine, view_size, formats: as :func:`photo_to_outputs`.
+        progress: called with (fraction, stage); this half reports fractions 0.3 .. 1.0.
+        timings: stage → seconds measured before (e.g. preprocess, reconstruct); extended in place, and
+            ``total`` becomes the sum of all stages without a "/" in their name.
+        notes: remarks gathered before; extended.
+
+    Returns:
+        :class:`Outputs` with ``preprocessed`` None (callers with a photo set it).
+    """
+    report = progress or (lambda fraction, stage: None)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    timings = {} if timings is None else timings
+    notes = [] if notes is None else notes
+    gaussians = gaussians.detach().to("cpu")
     # 3. files
     report(0.3, "writing .ply / .splat / .glb")
     files, export_timings, export_notes = export_files(gaussians, folder, model.template, formats)
@@ -215,5 +266,5 @@ def photo_to_outputs(
         if not config_video.refine:
             notes.append("turntable rendered without the CNN refiner (CPU speed); the novel views are refined")
     report(1.0, "done")
-    timings["total"] = sum(v for k, v in timings.items() if "/" not in k)
-    return Outputs(files, video, views, prep, gaussians, timings, notes)
+    timings["total"] = sum(v for k, v in timings.items() if "/" not in k and k != "total")
+    return Outputs(files, video, views, None, gaussians, timings, notes)

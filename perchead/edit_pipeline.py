@@ -1,0 +1,437 @@
+"""Editing inference pipeline: photo → segmentation map, and map + style → 3D head (paper §3.5, supplement §8).
+
+The paper's editing app parses an uploaded photo into a 19-class segmentation map (geometry), lets the
+user correct it, and lifts the map to 3D Gaussians with a global CLIP style token taken from a text
+prompt (zero-shot) or a reference image. :class:`EditPipeline` is that app's single inference entry
+point (``app.py`` and ``benchmarks/edit.py`` only call it). It holds three models:
+
+- the editing model :class:`perchead.edit.PercHeadEditor` (edit encoder + the base decoder, Gaussian head
+  and refiner),
+- the style encoder :class:`perchead.style.StyleEncoder` (an open_clip CLIP; frozen),
+- the face parser :class:`perchead.parser.FaceParser` (a transformers SegFormer, 19 classes).
+
+Example::
+
+    pipe = EditPipeline.from_pretrained("weights_card")      # reads weights_card/{edit,style,parser}
+    labels = pipe.segment("examples/head0_front.png")        # [S, S] long
+    labels[:20][labels[:20] == 0] = 13                       # paint hair on top
+    result = pipe(labels, style_text="blonde")
+    result.gaussians, result.timings
+
+A photo is cropped exactly like the reconstruction path (:func:`perchead.preprocess.preprocess` with the
+model's framing) before parsing; so is a style reference image before CLIP sees it. :func:`edit_to_outputs`
+adds the files, novel views and turntable (the output half shared with reconstruction), and
+:func:`render_and_parse`, :func:`label_iou` and :func:`class_mean_color` are the probes for the
+disentanglement figures (same map + other style keeps geometry; a hair-colour prompt moves the hair colour).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from perchead.cameras import Cameras
+from perchead.edit import PercHeadEditor
+from perchead.gaussians import Gaussians
+from perchead.pipeline import default_device
+from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
+from perchead.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
+
+if TYPE_CHECKING:
+    from perchead.parser import FaceParser
+    from perchead.render import RenderOutput
+    from perchead.style import StyleEncoder
+
+# Sub-folders of an editing checkpoint folder (the bundled layout is weights_card/{edit,style,parser}):
+# name → (file that must exist, the command that trains it).
+PARTS: dict[str, tuple[str, str]] = {
+    "edit": ("config.json", "python -m perchead.train --task edit --init-from weights_card --style weights_card/style "
+                            "--data runs/synthetic128 --output weights_card/edit"),
+    "style": ("open_clip_config.json", "python -m perchead.style --output weights_card/style"),
+    "parser": ("config.json", "python -m perchead.parser --output weights_card/parser"),
+}
+WEIGHTS_NAME = "model.safetensors"
+MAX_MAP_SIDE = 1024  # painted maps above this side are downscaled (nearest) before colour → labels (speed)
+
+
+@dataclass
+class Edit:
+    """What :meth:`EditPipeline.__call__` returns (like :class:`perchead.pipeline.Reconstruction`).
+
+    Attributes:
+        gaussians: the edited head, unbatched ``[N, …]``, on the pipeline device.
+        labels: the label map the model saw. ``[S, S]`` long
+        style: the style embedding used. ``[E]`` (l2-normalised)
+        style_source: ``"text"`` or ``"image"``.
+        views: renders of the given cameras (``[1, V, …]``), or None.
+        style_input: the cropped style reference image (``Preprocessed``) for image styles, else None.
+        timings: seconds per stage: ``labels``, ``style_preprocess`` (image style only), ``style``,
+            ``encode``, ``decode``, ``gaussians``, ``render`` (with cameras) and ``total``.
+    """
+
+    gaussians: Gaussians
+    labels: Tensor
+    style: Tensor
+    style_source: str
+    views: RenderOutput | None = None
+    style_input: Preprocessed | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def missing_parts(folder: str | os.PathLike) -> dict[str, str]:
+    """Which parts of an editing checkpoint folder are absent (cheap: only looks at files).
+
+    Args:
+        folder: a folder expected to hold ``edit/``, ``style/`` and ``parser/``.
+
+    Returns:
+        part name → a message naming the missing folder and the command that trains it (empty if complete).
+    """
+    root = Path(folder)
+    missing = {}
+    for name, (config_name, command) in PARTS.items():
+        part = root / name
+        if not (part / config_name).is_file() or not (part / WEIGHTS_NAME).is_file():
+            missing[name] = f"{part} (needs {config_name} + {WEIGHTS_NAME}; train it with `{command}`)"
+    return missing
+
+
+class EditPipeline:
+    """Photo → label map (:meth:`segment`); label map + text or image style → Gaussians (:meth:`__call__`).
+
+    Args:
+        editor: the editing model.
+        style_encoder: the CLIP style encoder; its ``embed_dim`` must equal ``editor.edit_config.style_dim``.
+        parser: the face parser.
+        device: where to run (default: CUDA if available, else CPU).
+    """
+
+    def __init__(self, editor: PercHeadEditor, style_encoder: StyleEncoder, parser: FaceParser,
+                 device: str | torch.device | None = None):
+        if style_encoder.embed_dim != editor.edit_config.style_dim:
+            raise ValueError(f"the style encoder embeds into {style_encoder.embed_dim} dimensions but the editing "
+                             f"model expects {editor.edit_config.style_dim} (edit_config.style_dim): they were not "
+                             "trained together")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.editor = editor.to(self.device).eval()
+        self.style_encoder = style_encoder.to(self.device).freeze()
+        self.parser = parser
+        parser.model.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "EditPipeline":
+        """Loads ``folder/edit`` (editor), ``folder/style`` (style encoder) and ``folder/parser`` (face parser).
+
+        Args:
+            folder: e.g. ``weights_card`` (the bundled layout ``weights_card/{edit,style,parser}``).
+            device: where to run.
+
+        Raises:
+            FileNotFoundError: a part is missing; the message names the folder and the command that trains it.
+            ValueError: the parts do not fit together (style embedding size).
+        """
+        from perchead.parser import FaceParser
+        from perchead.style import StyleEncoder
+
+        missing = missing_parts(folder)
+        if missing:
+            raise FileNotFoundError(f"editing checkpoint {str(folder)!r} is incomplete: missing "
+                                    + "; ".join(missing.values()))
+        device = torch.device(device) if device is not None else default_device()
+        root = Path(folder)
+        editor = PercHeadEditor.from_pretrained(root / "edit")
+        style_encoder = StyleEncoder.from_pretrained(str(root / "style"), device=device)
+        parser = FaceParser.from_pretrained(str(root / "parser"), device=device)
+        return cls(editor, style_encoder, parser, device=device)
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the label maps the editing model takes."""
+        return self.editor.config.render.image_size
+
+    def preprocess_config(self, **overrides) -> PreprocessConfig:
+        """The photo crop of the reconstruction path with this model's framing (size, radius, fov)."""
+        return PreprocessConfig.from_model_config(self.editor.config.render, **overrides)
+
+    # ------------------------------------------------------------------------------------------ parsing
+    @torch.no_grad()
+    def segment(self, photo: ImageSource, remove_background: bool = True, auto_crop: bool = True,
+                use_whole_image: bool = False, return_preprocessed: bool = False):
+        """Parses a photo into the 19-class map the editing model takes.
+
+        Steps: 1. crop + mask exactly as for reconstruction; 2. parse the crop with the face parser;
+        3. pixels outside the mask become background.
+
+        Args:
+            photo: path, bytes, PIL image or uint8 array (see :func:`perchead.preprocess.preprocess`).
+            remove_background: mask the background (alpha, else GrabCut) before parsing.
+            auto_crop: find the head and crop to the model's framing.
+            use_whole_image: when no face is found, use the whole image instead of failing.
+            return_preprocessed: also return the :class:`Preprocessed` crop.
+
+        Returns:
+            labels ``[S, S]`` long in 0..18 (S = :attr:`image_size`), or (labels, preprocessed).
+
+        Raises:
+            perchead.preprocess.PreprocessError: an unusable photo (message says why).
+        """
+        prep = preprocess(photo, self.preprocess_config(remove_background=remove_background, auto_crop=auto_crop,
+                                                        use_whole_image=use_whole_image))
+        labels = self.parser.parse(prep.image[0], mask=prep.mask[0])  # [S, S]
+        labels = labels.long().cpu()
+        return (labels, prep) if return_preprocessed else labels
+
+    def labels_from_color(self, image: Any, snap: bool = False, max_side: int = MAX_MAP_SIDE) -> Tensor:
+        """A painted / parsed colour map (palette colours) → the model's label map.
+
+        Args:
+            image: anything :func:`perchead.segmentation.color_to_labels` reads (PIL, array, tensor, a
+                ``gr.ImageEditor`` value dict; for such a dict without ``composite`` the ``background`` is used).
+            snap: map colours that are neither palette colours nor blends of neighbouring ones to the nearest
+                palette colour instead of raising.
+            max_side: larger maps are first downscaled with nearest neighbour (no new colours) to this side.
+
+        Returns:
+            long ``[S, S]`` class ids (nearest-neighbour resized to the model size).
+
+        Raises:
+            ValueError: foreign colours (without ``snap``), or no image at all.
+        """
+        from PIL import Image
+
+        from perchead.segmentation import color_to_labels
+
+        if isinstance(image, dict):
+            image = image.get("composite") if image.get("composite") is not None else image.get("background")
+        if image is None:
+            raise ValueError("no segmentation map: parse a photo, pick an example map or paint one")
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as opened:
+                image = opened.copy()
+        if isinstance(image, Image.Image) and max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.NEAREST)
+        return color_to_labels(image, snap=snap, size=self.image_size)  # [S, S]
+
+    # ------------------------------------------------------------------------------------------ style
+    def _style_image(self, image: Any) -> tuple[Tensor, Preprocessed | None]:
+        """A style reference → ``[1, 3, H, W]`` in [0, 1]; photos and files are cropped like reconstruction inputs."""
+        if isinstance(image, Tensor):  # already a model-framed image
+            x = image[None] if image.dim() == 3 else image
+            if x.dim() != 4 or x.shape[:2] != (1, 3) or not x.is_floating_point():
+                raise ValueError(f"a style image tensor must be float [3, H, W] or [1, 3, H, W] in [0, 1], "
+                                 f"got {x.dtype} {tuple(image.shape)}")
+            return x, None
+        prep = preprocess(image, self.preprocess_config())
+        return prep.image, prep  # [1, 3, S, S]
+
+    @staticmethod
+    def check_style(style_text: str | None, style_image: Any) -> str:
+        """Which style input to use: ``"text"`` or ``"image"``; exactly one must be given.
+
+        Raises:
+            ValueError: both or neither (an empty or whitespace-only prompt counts as none).
+        """
+        has_text = style_text is not None and bool(str(style_text).strip())
+        has_image = style_image is not None
+        if has_text and has_image:
+            raise ValueError("give either a style prompt or a style reference image, not both")
+        if not has_text and not has_image:
+            raise ValueError("no style: type a prompt (e.g. 'long blonde hair') or give a reference image")
+        return "text" if has_text else "image"
+
+    def labels_for_model(self, labels: Tensor) -> Tensor:
+        """Checks a label map and resizes it (nearest) to the model size. ``[H, W]`` / ``[1, H, W]`` → ``[1, S, S]``.
+
+        Raises:
+            ValueError: not an integer ``[H, W]`` map, classes outside 0..18, or only background.
+        """
+        if not isinstance(labels, Tensor):
+            labels = torch.as_tensor(labels)
+        if labels.dim() == 3 and labels.shape[0] == 1:
+            labels = labels[0]
+        if labels.dim() != 2 or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer [H, W] class map, got {labels.dtype} {tuple(labels.shape)}")
+        labels = labels.long().cpu()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {int(labels.min())}..{int(labels.max())}")
+        if not (labels != BACKGROUND).any():
+            raise ValueError("the segmentation map is empty (all background): paint or parse a head first")
+        S = self.image_size
+        if tuple(labels.shape) != (S, S):
+            labels = resize_labels(labels, S)  # [S, S]
+        return labels[None].to(self.device)  # [1, S, S]
+
+    # ------------------------------------------------------------------------------------------ edit
+    @torch.no_grad()
+    def __call__(self, labels: Tensor, style_text: str | None = None, style_image: Any = None,
+                 cameras: Cameras | None = None, refine: bool = True) -> Edit:
+        """Lifts a label map to a 3D head styled by a prompt or a reference image (§3.5).
+
+        Args:
+            labels: class ids ``[H, W]`` (or ``[1, H, W]``), any size (resized to S with nearest neighbour).
+            style_text: a prompt such as ``"long red hair"`` (CLIP text embedding, zero-shot as in the paper).
+            style_image: a reference image (path, bytes, PIL, uint8 array: cropped like a portrait), or a
+                float tensor ``[(1,) 3, H, W]`` already framed like the model's inputs.
+            cameras: views to render (e.g. ``pipe.editor.default_cameras([0, 90])``); None renders nothing.
+            refine: apply the CNN refiner to the renders.
+
+        Returns:
+            :class:`Edit`.
+
+        Raises:
+            ValueError: bad or empty maps, both or neither style input.
+            perchead.preprocess.PreprocessError: an unusable style image.
+        """
+        source = self.check_style(style_text, style_image)
+        timings: dict[str, float] = {}
+        cuda = self.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else (
+            torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext())
+
+        def tick(name: str, start: float) -> float:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            timings[name] = now - start
+            return now
+
+        t0 = t = time.perf_counter()
+        # 1. label map to the model size
+        model_labels = self.labels_for_model(labels)  # [1, S, S]
+        t = tick("labels", t)
+        # 2. style embedding: CLIP text (zero-shot) or image embedding of the cropped reference
+        style_input = None
+        if source == "text":
+            style = self.style_encoder.encode_text([str(style_text).strip()])  # [1, E]
+        else:
+            image, style_input = self._style_image(style_image)  # [1, 3, H, W]
+            t = tick("style_preprocess", t)
+            style = self.style_encoder.encode_image(image.to(self.device))  # [1, E]
+        t = tick("style", t)
+        with autocast:
+            # 3. edit encoder: non-background patches + the style token
+            tokens2d = self.editor.encode(model_labels, style)
+            t = tick("encode", t)
+            # 4. the base model's 3D decoder
+            tokens3d = self.editor.decode(tokens2d)
+            t = tick("decode", t)
+        # 5. Gaussian head (float32)
+        gaussians = self.editor.to_gaussians(tokens3d.float()).float()
+        t = tick("gaussians", t)
+        # 6. optional renders + refiner
+        views = None
+        if cameras is not None:
+            views = self.editor.render_views(gaussians, cameras, refine=refine)
+            t = tick("render", t)
+        timings["total"] = t - t0
+        return Edit(gaussians=gaussians[0], labels=model_labels[0].cpu(), style=style[0].float().cpu(),
+                    style_source=source, views=views, style_input=style_input, timings=timings)
+
+
+# --------------------------------------------------------------------------------- disentanglement probes
+@torch.no_grad()
+def render_and_parse(pipeline: EditPipeline, gaussians: Gaussians, azimuths_deg, elevations_deg=0.0,
+                     size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Renders a head from several views and parses each render with the pipeline's face parser.
+
+    The editing model's Gaussians carry no classes, so the geometry of an edit is compared through the
+    parsed label maps of its renders (issue 6: "the same map with different styles keeps geometry").
+
+    Args:
+        pipeline: supplies the editor (renderer + refiner, framing) and the face parser.
+        gaussians: one head, unbatched.
+        azimuths_deg, elevations_deg: the views (see :func:`perchead.cameras.orbit_cameras`).
+        size: render side (default: the model size).
+
+    Returns:
+        (rgb ``[V, 3, H, W]`` in [0, 1] over white, labels ``[V, H, W]`` long; outside the alpha is background).
+    """
+    cameras = pipeline.editor.default_cameras(azimuths_deg, elevations_deg, size=size or pipeline.image_size)
+    out = pipeline.editor.render_views(gaussians.to(pipeline.device), cameras)
+    rgb, alpha = out.rgb[0].float().clamp(0, 1), out.alpha[0].float()  # [V, 3, H, W], [V, 1, H, W]
+    labels = pipeline.parser.parse(rgb, mask=alpha)  # [V, H, W]
+    return rgb.cpu(), labels.long().cpu()
+
+
+def label_iou(a: Tensor, b: Tensor, classes=None) -> float:
+    """Mean IoU over classes of two label maps (views stacked), ignoring classes absent from both.
+
+    Args:
+        a, b: ``[..., H, W]`` long class ids of the same shape.
+        classes: class ids to score (default: every class but background).
+
+    Returns:
+        mean IoU in [0, 1] (1.0 when no scored class appears in either map).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"label maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ious = []
+    for c in classes if classes is not None else range(1, NUM_CLASSES):
+        x, y = a == c, b == c
+        union = int((x | y).sum())
+        if union:
+            ious.append(int((x & y).sum()) / union)
+    return float(sum(ious) / len(ious)) if ious else 1.0
+
+
+def class_mean_color(rgb: Tensor, labels: Tensor, class_id: int) -> Tensor | None:
+    """Mean colour of the pixels of one class (e.g. hair = 13) across views.
+
+    Args:
+        rgb: ``[V, 3, H, W]`` in [0, 1].
+        labels: ``[V, H, W]`` class ids.
+        class_id: the class.
+
+    Returns:
+        ``[3]`` mean RGB, or None when no pixel has that class.
+    """
+    mask = labels == class_id  # [V, H, W]
+    if not mask.any():
+        return None
+    return rgb.permute(1, 0, 2, 3)[:, mask].mean(dim=1)  # [3]
+
+
+def edit_to_outputs(pipeline: EditPipeline, labels: Tensor, folder: str | os.PathLike, *,
+                    style_text: str | None = None, style_image: Any = None, turntable_frames: int = 60,
+                    turntable_size: int = 512, turntable_refine: bool | None = None, view_size: int = 256,
+                    formats=None, progress=None):
+    """Label map + style → Gaussians → files, novel views and turntable (the app's edit action).
+
+    The output half is :func:`perchead.export.gaussians_to_outputs`, the same as for reconstruction.
+
+    Args:
+        pipeline: an :class:`EditPipeline`.
+        labels: class ids ``[H, W]``.
+        folder: where the files go (created).
+        style_text, style_image: exactly one style input (see :meth:`EditPipeline.__call__`).
+        turntable_frames, turntable_size, turntable_refine, view_size, formats: as
+            :func:`perchead.export.photo_to_outputs` (``formats`` None = all).
+        progress: called with (fraction, stage).
+
+    Returns:
+        (:class:`perchead.export.Outputs` with timings ``edit`` and ``edit/<stage>``, the :class:`Edit`).
+    """
+    from perchead.export import FORMATS, gaussians_to_outputs
+
+    report = progress or (lambda fraction, stage: None)
+    report(0.0, "building the 3D head from the map and the style")
+    start = time.perf_counter()
+    result = pipeline(labels, style_text=style_text, style_image=style_image)
+    timings = {"edit": time.perf_counter() - start}
+    for stage, seconds in result.timings.items():
+        timings[f"edit/{stage}"] = float(seconds)
+    notes = list(result.style_input.notes) if result.style_input is not None else []
+    out = gaussians_to_outputs(
+        pipeline.editor, result.gaussians, folder, device=pipeline.device, turntable_frames=turntable_frames,
+        turntable_size=turntable_size, turntable_refine=turntable_refine, view_size=view_size,
+        formats=formats or FORMATS, progress=report, timings=timings, notes=notes)
+    return out, result
