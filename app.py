@@ -42,7 +42,8 @@ BUNDLED = ROOT / "weights_card"
 EXAMPLES = ROOT / "examples"
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "perchead-app"
 MAX_FILE_SIZE = "32mb"  # uploads above this are refused by the server
-CONCURRENCY = 1  # reconstructions at a time (the model is shared; CPUs are few)
+CONCURRENCY = 1  # model jobs at a time (the models share the device; CPUs are few)
+MODEL_QUEUE = "model"  # one concurrency group for /segment, /edit and /reconstruct
 MODEL_TIMEOUT_S = 300  # how long a request waits for the start-up model load
 GPU_DURATION_S = 120  # ZeroGPU time slot per reconstruction
 log = logging.getLogger("perchead.app")
@@ -494,11 +495,12 @@ def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
     segment_button.click(
         segment, inputs=[photo, seg_remove_background, seg_auto_crop, seg_whole_image],
         outputs=[parsed, editor, segment_notes], api_name="segment", concurrency_limit=CONCURRENCY,
+        concurrency_id=MODEL_QUEUE,
     )  # fmt: skip
     edit_button.click(
         edit, inputs=[editor, style_prompt, style_image, snap, edit_frames],
         outputs=[viewer, video, views, edit_input, downloads, timings, notes], api_name="edit",
-        concurrency_limit=CONCURRENCY,
+        concurrency_limit=CONCURRENCY, concurrency_id=MODEL_QUEUE,
     )  # fmt: skip
     return tab
 
@@ -606,6 +608,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None) -> gr
             outputs=[viewer, video, views, model_input, downloads, timings, notes],
             api_name="reconstruct",
             concurrency_limit=CONCURRENCY,
+            concurrency_id=MODEL_QUEUE,
         )
         edit_tab = None
         if edit_holder is not None and edit_holder.available:
