@@ -338,8 +338,6 @@ def contact_sheet(model: nn.Module, path: str | Path, subjects: int = 4, split: 
     Returns:
         The path.
     """
-    from PIL import Image, ImageDraw
-
     from perchead.data.synthetic import make_head, split_seeds
 
     size = model.config.render.render_size
@@ -359,12 +357,19 @@ def contact_sheet(model: nn.Module, path: str | Path, subjects: int = 4, split: 
         tiles = [inp] + [t for k in range(len(CONTACT_VIEWS)) for t in (gt[k], pred[k])]
         rows.append(torch.cat(tiles, dim=-1))  # [3, S, 9S]
     grid = torch.cat(rows, dim=-2)  # [3, subjects·S, 9S]
+    labels = ["input"] + [f"{n} {w}" for n, _, _ in CONTACT_VIEWS for w in ("GT", "ours")]
+    return save_labelled_grid(grid, labels, size, path)
+
+
+def save_labelled_grid(grid: Tensor, labels: list[str], size: int, path: str | Path) -> Path:
+    """Writes an image grid ``[3, R·S, C·S]`` as a PNG with one label above each ``size``-wide column."""
+    from PIL import Image, ImageDraw
+
     header = 14
-    array = to_uint8(grid)  # [subjects·S, 9S, 3]
+    array = to_uint8(grid)  # [R·S, C·S, 3]
     canvas = Image.new("RGB", (array.shape[1], array.shape[0] + header), "white")
     canvas.paste(Image.fromarray(array), (0, header))
     draw = ImageDraw.Draw(canvas)
-    labels = ["input"] + [f"{n} {w}" for n, _, _ in CONTACT_VIEWS for w in ("GT", "ours")]
     for k, label in enumerate(labels):
         draw.text((k * size + 3, 1), label, fill=(0, 0, 0))
     path = Path(path)

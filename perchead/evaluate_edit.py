@@ -528,9 +528,7 @@ def editing_figure(rows: Sequence[tuple[Tensor, Sequence[Tensor]]], styles: Sequ
     Returns:
         The path.
     """
-    from PIL import Image, ImageDraw
-
-    from perchead.preprocess import to_uint8
+    from perchead.evaluate import save_labelled_grid
     from perchead.segmentation import labels_to_color
 
     if not rows:
@@ -550,17 +548,7 @@ def editing_figure(rows: Sequence[tuple[Tensor, Sequence[Tensor]]], styles: Sequ
             tiles += [ref, renders[ref_idx[0]]]
         tiles_rows.append(torch.cat(tiles, dim=-1))  # [3, S, C·S]
     grid = torch.cat(tiles_rows, dim=-2)  # [3, R·S, C·S]
-    top = 14
-    array = to_uint8(grid)  # [R·S, C·S, 3]
-    canvas = Image.new("RGB", (array.shape[1], array.shape[0] + top), "white")
-    canvas.paste(Image.fromarray(array), (0, top))
-    draw = ImageDraw.Draw(canvas)
-    for k, label in enumerate(header):
-        draw.text((k * size + 3, 1), label, fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_labelled_grid(grid, header, size, path)
 
 
 # --------------------------------------------------------------------------------------------- CLI
