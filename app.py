@@ -205,56 +205,51 @@ def load_edit_holder(requested: str | None, device: str | None = None) -> EditHo
 
 
 # --------------------------------------------------------------------------------------------- handlers
-def guard_uploads(component: gr.Image) -> gr.Image:
-    """Makes an image input refuse unreadable uploads (empty, corrupt, non-image, bomb) with a clear gr.Error.
+def _guard(component, files_of, what: str):
+    """Makes an input component refuse unreadable uploads (empty, corrupt, non-image, bomb) with a clear gr.Error.
 
     Wraps the instance's ``preprocess`` (a subclass would make Gradio write an ``app.pyi`` stub next to
-    this file): our header check runs first, then Gradio's own (which only opens the file for filepaths).
+    this file): our header check of every file in the payload runs first, then Gradio's own (which only
+    opens the file for filepaths).
+
+    Args:
+        component: the Gradio input.
+        files_of: payload → the uploaded file objects (with ``.path``) to check.
+        what: how the error message names the input.
     """
-    gradio_preprocess = component.preprocess
-
-    def preprocess(payload):
-        path = getattr(payload, "path", None)
-        if path:
-            from perchead.preprocess import PreprocessError, check_file
-
-            try:
-                check_file(path)
-            except PreprocessError as error:
-                raise gr.Error(f"Bad input: {error}", title="Unusable image") from error
-        try:
-            return gradio_preprocess(payload)
-        except Exception as error:  # anything PIL could not open
-            raise gr.Error(f"Bad input: the file cannot be read as an image ({error})", title="Unusable image") from error
-
-    component.preprocess = preprocess
-    return component
-
-
-def guard_editor(component: gr.ImageEditor) -> gr.ImageEditor:
-    """Like :func:`guard_uploads` for a ``gr.ImageEditor``: unreadable background / layer / composite files
-    (empty, corrupt, non-image, bomb) give a clear gr.Error instead of a server-side exception."""
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
         from perchead.preprocess import PreprocessError, check_file
 
-        files = [] if payload is None else [payload.background, payload.composite, *(payload.layers or [])]
-        for file in files:
+        for file in files_of(payload):
             path = getattr(file, "path", None)
             if path:
                 try:
                     check_file(path)
                 except PreprocessError as error:
-                    raise gr.Error(f"Bad segmentation map: {error}", title="Unusable image") from error
+                    raise gr.Error(f"{what}: {error}", title="Unusable image") from error
         try:
             return gradio_preprocess(payload)
         except Exception as error:  # anything PIL could not open
-            raise gr.Error(f"Bad segmentation map: the file cannot be read as an image ({error})",
-                           title="Unusable image") from error
+            raise gr.Error(f"{what}: the file cannot be read as an image ({error})", title="Unusable image") from error
 
     component.preprocess = preprocess
     return component
+
+
+def guard_uploads(component: gr.Image) -> gr.Image:
+    """:func:`_guard` for an image input."""
+    return _guard(component, lambda payload: [payload], "Bad input")
+
+
+def guard_editor(component: gr.ImageEditor) -> gr.ImageEditor:
+    """:func:`_guard` for a ``gr.ImageEditor``: its background, composite and layer files."""
+    return _guard(
+        component,
+        lambda payload: [] if payload is None else [payload.background, payload.composite, *(payload.layers or [])],
+        "Bad segmentation map",
+    )
 
 
 def _session_folder(request: gr.Request | None) -> Path:
