@@ -16,11 +16,14 @@ Protocol (on the ``test`` seeds of :mod:`perchead.data.synthetic`, disjoint from
 
 Methods: ``ours`` (the model), ``template`` (the same architecture with freshly initialised weights —
 its Gaussians sit at the template's vertices, i.e. the untrained template head) and ``billboard`` (the
-input image on a camera-facing plane through the head centre, rendered to the target camera by ray/plane
-intersection; seen from behind it shows its picture mirrored, as a plane of splats does — on left↔right
-flips of a near-symmetric head that is a strong baseline) and ``billboard_one_sided`` (the same card,
-invisible from behind), see :func:`billboard`. Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (white
-background, as in the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
+input image on a camera-facing plane through the head centre: as in computer graphics, the plane turns to
+face every target camera, so each target view shows the input picture as taken — the no-3D baseline).
+Two fixed-card variants are reported beside them for context: ``card_two_sided`` (the plane faces the
+*input* camera and stays put; seen from behind it shows its picture mirrored, as a plane of splats does —
+on left↔right flips of a near-symmetric head that mirror is almost the opposite profile, a very strong
+baseline there) and ``card_one_sided`` (the same card, invisible from behind), see :func:`billboard`.
+Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (white background, as in
+the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
 are absent. Output: a Markdown table shaped like Tables 1–2 on stdout, and JSON
 ``{"novel": {"ours": {"psnr", "ssim", "lpips", "dreamsim", "arcface"}, "template": …, "billboard": …},
 "extreme": {…}, "meta": {…}}``.
@@ -42,7 +45,12 @@ from perchead.cameras import Cameras
 from perchead.metrics import finite_mean, network_metrics, psnr, ssim
 from perchead.preprocess import to_uint8
 
-METHODS = ("ours", "template", "billboard", "billboard_one_sided")
+METHODS = ("ours", "template", "billboard", "card_two_sided", "card_one_sided")
+BASELINE_CARDS = {  # flat-picture baselines: method → billboard() options
+    "billboard": {"facing": "viewer"},
+    "card_two_sided": {"facing": "input", "two_sided": True},
+    "card_one_sided": {"facing": "input", "two_sided": False},
+}
 PROTOCOLS = ("novel", "extreme")
 METRICS = ("psnr", "ssim", "lpips", "dreamsim", "arcface")
 
@@ -127,20 +135,27 @@ def render_per_input(model: nn.Module, gaussians, viewmats: Tensor, Ks: Tensor, 
     return rgb, out.alpha
 
 
-def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, two_sided: bool = False) -> Tensor:
-    """The billboard baseline: each input image on a plane through the origin facing its camera.
+def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, facing: str = "viewer",
+              two_sided: bool = False) -> Tensor:
+    """Flat-picture baselines: each input image on a plane through the head centre, seen from the targets.
+
+    ``facing="viewer"`` is the billboard of computer graphics: the plane turns to face every target camera
+    and the input camera turns with it, so each target sees the input picture as the input camera saw it
+    (unmirrored, upright in the target's own frame) — what a viewer gets with no 3D at all.
+    ``facing="input"`` is a fixed card facing the input camera: seen from an angle it is foreshortened;
+    from behind it is invisible (back-face culled) unless ``two_sided``, which shows the picture mirrored,
+    as a plane of splats would — for near-symmetric heads that mirror is almost exactly the opposite
+    profile, so the two-sided card scores ~22–29 dB on left↔right profile flips of synthetic heads.
 
     Target pixels whose rays miss the plane (or hit it behind the camera) and points that project outside
-    the input image are white. By default the card is one-sided like a textured quad with back-face
-    culling: seen from behind it is invisible (white). ``two_sided=True`` shows the mirrored picture from
-    behind instead — for near-symmetric heads that mirror is almost exactly the opposite profile, so the
-    two-sided card scores ~22–29 dB on left↔right profile flips of synthetic heads.
+    the input image are white.
 
     Args:
         image: input views over white. ``[B, 3, h, w]``
         input_cameras: B input cameras (at the input image's size).
         target_cameras: V target cameras per input, flattened as ``B * V`` (shared size).
-        two_sided: also show the picture on the back of the card (mirrored).
+        facing: "viewer" (billboard) or "input" (fixed card).
+        two_sided: with ``facing="input"``, also show the picture on the back of the card (mirrored).
 
     Returns:
         ``[B, V, 3, H, W]`` with V = len(target_cameras) // B.
@@ -149,6 +164,8 @@ def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, tw
     if len(input_cameras) != B or len(target_cameras) % B:
         raise ValueError(f"billboard: {B} images need {B} input cameras and B·V target cameras, "
                          f"got {len(input_cameras)} and {len(target_cameras)}")
+    if facing not in ("viewer", "input"):
+        raise ValueError(f"billboard: facing must be 'viewer' or 'input', got {facing!r}")
     V = len(target_cameras) // B
     H, W = target_cameras.height, target_cameras.width
     dtype, device = image.dtype, image.device
@@ -162,9 +179,12 @@ def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, tw
     dirs_cam = pix @ torch.linalg.inv(K_t).transpose(-1, -2)  # [B, V, HW, 3]
     dirs = dirs_cam @ R_t  # [B, V, HW, 3]  (R^T d for row vectors)
     origins = (-(R_t.transpose(-1, -2) @ vm_t[..., :3, 3:])[..., 0])[:, :, None, :]  # [B, V, 1, 3]
-    # 2. plane through the origin with its normal toward the input camera
-    normal = input_cameras.centers.to(device, dtype)  # [B, 3]
-    normal = (normal / normal.norm(dim=-1, keepdim=True))[:, None, None, :]  # [B, 1, 1, 3]
+    # 2. the (possibly target-turned) input camera, and the plane through the origin facing it
+    vm_i = input_cameras.viewmats.to(device, dtype)[:, None].expand(B, V, 4, 4).clone()  # [B, V, 4, 4]
+    if facing == "viewer":
+        vm_i[..., :3, :3] = R_t  # the input camera's offset to the head, carried round to face each target
+    centers = -(vm_i[..., :3, :3].transpose(-1, -2) @ vm_i[..., :3, 3:])[..., 0]  # [B, V, 3]
+    normal = (centers / centers.norm(dim=-1, keepdim=True))[:, :, None, :]  # [B, V, 1, 3]
     denom = (dirs * normal).sum(-1)  # [B, V, HW]
     t = -(origins * normal).sum(-1) / torch.where(denom.abs() < 1e-8, torch.full_like(denom, 1e-8), denom)
     hit = (t > 0) & (denom.abs() >= 1e-8)  # [B, V, HW]
@@ -172,7 +192,6 @@ def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, tw
         hit = hit & (denom < 0)  # the ray meets the front face (it travels against the normal)
     points = origins + t[..., None] * dirs  # [B, V, HW, 3]
     # 3. project into the input camera and sample the input image
-    vm_i = input_cameras.viewmats.to(device, dtype)[:, None]  # [B, 1, 4, 4]
     K_i = input_cameras.Ks.to(device, dtype)[:, None]  # [B, 1, 3, 3]
     cam = points @ vm_i[..., :3, :3].transpose(-1, -2) + vm_i[..., None, :3, 3]  # [B, V, HW, 3]
     uv = cam @ K_i.transpose(-1, -2)  # [B, V, HW, 3]
@@ -214,8 +233,8 @@ def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Ten
     """Predicted target views ``[B, V, 3, S, S]`` of one method for B inputs with V targets each."""
     B = image.shape[0]
     V = len(target_cams) // B
-    if method.startswith("billboard"):
-        return billboard(image, input_cams, target_cams, two_sided=method == "billboard")
+    if method in BASELINE_CARDS:
+        return billboard(image, input_cams, target_cams, **BASELINE_CARDS[method])
     model = models[method]
     device = next(model.parameters()).device
     gaussians = model(image.to(device), mask.to(device))
@@ -292,7 +311,9 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
         "n_views": {p: len(values[p]["ours"]["psnr"]) for p in PROTOCOLS},
         "unavailable": {name: m.reason for name, m in nets.items() if m.fn is None},
         "psnr_cap_db": 100.0,
-        "billboard": "two-sided (mirrored from behind); billboard_one_sided: back-face culled",
+        "billboard": "faces each target camera (the input picture, unmirrored, from every view); "
+                     "card_two_sided / card_one_sided: a fixed card facing the input camera, mirrored from "
+                     "behind / back-face culled",
     }
     if contact_sheet_path:
         contact_sheet(model, contact_sheet_path, subjects=min(4, config.subjects), split=config.split)
@@ -301,12 +322,12 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
 
 def markdown_table(results: dict[str, Any]) -> str:
     """Tables 1–2 layout: one table per protocol, methods as rows, PSNR↑ SSIM↑ LPIPS↓ DS↓ ArcFace↓."""
-    names = {"billboard": "Billboard (two-sided)", "billboard_one_sided": "Billboard (one-sided)",
-             "template": "Template (untrained)", "ours": "Ours"}
+    names = {"billboard": "Billboard (faces the viewer)", "card_one_sided": "Fixed card (one-sided)",
+             "card_two_sided": "Fixed card (two-sided, mirrored)", "template": "Template (untrained)", "ours": "Ours"}
     lines = []
     for protocol, title in (("novel", "Novel views"), ("extreme", "Extreme views")):
         lines += [f"| {title} | PSNR ↑ | SSIM ↑ | LPIPS ↓ | DS ↓ | ArcFace ↓ |", "|---|---|---|---|---|---|"]
-        for method in ("billboard_one_sided", "billboard", "template", "ours"):
+        for method in ("card_one_sided", "card_two_sided", "billboard", "template", "ours"):
             r = results[protocol][method]
             cells = [
                 "n/a" if r[k] is None else (f"{r[k]:.2f}" if k == "psnr" else f"{r[k]:.4f}") for k in METRICS

@@ -31,17 +31,36 @@ def test_protocol_views():
         EvalConfig(subjects=0)
 
 
-def test_billboard_reproduces_input_at_input_camera_and_is_white_edge_on():
+def test_fixed_card_reproduces_input_at_input_camera_and_is_white_edge_on():
     image = torch.rand(1, 3, 32, 32)
     cams = orbit_cameras([30.0], [10.0], size=32)
-    out = billboard(image, cams, cams)  # [1, 1, 3, 32, 32]
+    out = billboard(image, cams, cams, facing="input")  # [1, 1, 3, 32, 32]
     torch.testing.assert_close(out[0, 0], image[0], atol=1e-4, rtol=0)
-    side = billboard(image, cams, orbit_cameras([120.0], [0.0], size=32))  # nearly edge-on: mostly white
+    side = billboard(image, cams, orbit_cameras([120.0], [0.0], size=32), facing="input")  # nearly edge-on
     assert side.mean() > 0.9
     left, right = orbit_cameras([90.0], [0.0], size=32), orbit_cameras([-90.0], [0.0], size=32)
-    torch.testing.assert_close(billboard(image, left, right), torch.ones(1, 1, 3, 32, 32))  # one-sided: unseen
-    back = billboard(image, left, right, two_sided=True)
+    unseen = billboard(image, left, right, facing="input")  # one-sided: invisible from behind
+    torch.testing.assert_close(unseen, torch.ones(1, 1, 3, 32, 32))
+    back = billboard(image, left, right, facing="input", two_sided=True)
     torch.testing.assert_close(back[0, 0], image[0].flip(-1), atol=1e-4, rtol=0)  # two-sided: mirrored
+
+
+def test_billboard_faces_every_viewer():
+    image = torch.rand(2, 3, 32, 32)
+    inputs = orbit_cameras([90.0, 0.0], [0.0, 60.0], size=32)
+    targets = orbit_cameras([-90.0, 170.0, 0.0, 45.0], [0.0, 20.0, -60.0, 5.0], size=32)  # 2 per input
+    out = billboard(image, inputs, targets)  # [2, 2, 3, 32, 32]: the input picture, unmirrored, everywhere
+    for b in range(2):
+        for v in range(2):
+            torch.testing.assert_close(out[b, v], image[b], atol=1e-4, rtol=0)
+    far = orbit_cameras([-90.0], [0.0], size=32, radius=1.4)  # twice as far: the picture at half size
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4), size=(32, 32), mode="bilinear")
+    small = billboard(smooth, inputs[:1], far)[0, 0]  # [3, 32, 32]
+    half = torch.nn.functional.interpolate(smooth, size=(16, 16), mode="bilinear", antialias=True)[0]
+    torch.testing.assert_close(small[:, 8:24, 8:24], half, atol=0.03, rtol=0)
+    assert (small[:, :4] == 1).all() and (small[:, :, -4:] == 1).all()  # white around it
+    with pytest.raises(ValueError, match="facing"):
+        billboard(image, inputs, targets, facing="sideways")
 
 
 def test_smoke_evaluation_writes_json(tmp_path, capsys):
@@ -64,10 +83,11 @@ def test_smoke_evaluation_writes_json(tmp_path, capsys):
             assert r["dreamsim"] is None and r["arcface"] is None
     assert results["meta"]["n_views"] == {"novel": 6, "extreme": 8}
     assert "dreamsim" in results["meta"]["unavailable"]
-    assert results["meta"]["billboard"].startswith("two-sided")
+    assert results["meta"]["billboard"].startswith("faces each target camera")
     printed = capsys.readouterr().out
     assert "| Extreme views | PSNR ↑" in printed and "| Ours |" in printed
-    assert markdown_table(results).count("| Billboard (two-sided) |") == 2
+    table = markdown_table(results)
+    assert table.count("| Billboard (faces the viewer) |") == 2 and table.count("| Fixed card (two-sided") == 2
     from PIL import Image
 
     w, h = Image.open(sheet).size
