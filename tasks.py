@@ -4,6 +4,7 @@
     python3 tasks.py app     # install (once) into .venv, then serve the app on http://127.0.0.1:7860
     python3 tasks.py test    # install (once) into .venv, then run the whole test suite
     python3 tasks.py bench [render model app]   # run the benchmark scripts (default: all)
+    python3 tasks.py weights # retrain every bundled checkpoint in weights_card/ (hours on a CPU)
 
 Both install from requirements.txt with the known-good pins of constraints.txt. The install is redone
 only when pyproject.toml, requirements.txt or constraints.txt change.
@@ -42,6 +43,41 @@ def install() -> None:
     stamp.write_text(digest)
 
 
+# The recipe of the bundled checkpoints, in order: (run folder, command, weights_card sub-folder or None).
+# The editing model is fine-tuned from the first base stage, so it comes before the second.
+DATA = "runs/synthetic128"
+WEIGHTS_RECIPE: tuple[tuple[str, list[str], str | None], ...] = (
+    ("runs/demo", ["-m", "perchead.train", "--preset", "demo", "--data", DATA, "--synthetic-subjects", "800",
+                   "--output", "runs/demo"], ""),
+    ("runs/style", ["-m", "perchead.style", "--output", "runs/style", "--data", DATA, "--steps", "4000",
+                    "--batch-size", "64", "--lr", "1e-3", "--val-heads", "128"], "style"),
+    ("runs/parser", ["-m", "perchead.parser", "--output", "runs/parser", "--data", DATA, "--steps", "8000",
+                     "--batch-size", "16", "--crop-size", "64", "--lr", "2e-3"], "parser"),
+    ("runs/edit", ["-m", "perchead.train", "--task", "edit", "--preset", "demo", "--init-from", "runs/demo",
+                   "--style", "runs/style", "--data", DATA, "--output", "runs/edit", "--phase1-steps", "2000",
+                   "--phase2-steps", "0", "--lr", "5e-4", "--warmup-steps", "100"], "edit"),
+    ("runs/demo2", ["-m", "perchead.train", "--preset", "demo", "--init-from", "runs/demo", "--data", DATA,
+                    "--output", "runs/demo2", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
+                    "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "1"], ""),
+)
+
+
+def weights() -> None:
+    """Runs :data:`WEIGHTS_RECIPE`, skipping finished stages, and copies each result into weights_card/."""
+    import shutil
+
+    for folder, args, target in WEIGHTS_RECIPE:
+        out = ROOT / folder
+        if not (out / "model.safetensors").exists():
+            _run(str(PY), *args)
+        if target is not None:
+            dest = ROOT / "weights_card" / target
+            dest.mkdir(parents=True, exist_ok=True)
+            for item in out.iterdir():
+                if item.is_file() and item.suffix in (".json", ".safetensors") and item.name != "train_config.json":
+                    shutil.copy2(item, dest / item.name)
+
+
 def main(argv: list[str]) -> None:
     command = argv[0] if argv else "help"
     rest = argv[1:]
@@ -60,6 +96,9 @@ def main(argv: list[str]) -> None:
             _run(str(PY), str(ROOT / "benchmarks" / f"{name}.py"), env=env)
     elif command == "install":
         install()
+    elif command == "weights":
+        install()
+        weights()
     else:
         print(__doc__)
         sys.exit(0 if command in ("help", "-h", "--help") else 2)
