@@ -26,7 +26,7 @@ Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (wh
 the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
 are absent. Output: a Markdown table shaped like Tables 1–2 on stdout, and JSON
 ``{"novel": {"ours": {"psnr", "ssim", "lpips", "dreamsim", "arcface"}, "template": …, "billboard": …},
-"extreme": {…}, "meta": {…}}``.
+"extreme": {…}, "extreme_by_pair": {"left_right": {…}, "top_bottom": {…}}, "meta": {…}}``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ BASELINE_CARDS = {  # flat-picture baselines: method → billboard() options
     "card_one_sided": {"facing": "input", "two_sided": False},
 }
 PROTOCOLS = ("novel", "extreme")
+TABLE_ORDER = ("card_one_sided", "card_two_sided", "billboard", "template", "ours")  # rows of the Markdown tables
 METRICS = ("psnr", "ssim", "lpips", "dreamsim", "arcface")
 
 
@@ -105,6 +106,12 @@ def extreme_pairs(elevation: float = 60.0) -> list[tuple[tuple[float, float], tu
         ((0.0, elevation), (0.0, -elevation)),  # top → bottom
         ((0.0, -elevation), (0.0, elevation)),  # bottom → top
     ]
+
+
+def pair_group(pair: tuple[tuple[float, float], tuple[float, float]]) -> str:
+    """``"left_right"`` for a profile flip (same elevation), ``"top_bottom"`` for a vertical one."""
+    (_, e_in), (_, e_t) = pair
+    return "left_right" if e_in == e_t else "top_bottom"
 
 
 def _cameras(views: list[tuple[float, float]], model: nn.Module, size: int) -> Cameras:
@@ -263,7 +270,8 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
         progress: show a tqdm bar.
 
     Returns:
-        ``{"novel": {method: {metric: value or None}}, "extreme": {...}, "meta": {...}}``.
+        ``{"novel": {method: {metric: value or None}}, "extreme": {...}, "extreme_by_pair":
+        {"left_right": {...}, "top_bottom": {...}}, "meta": {...}}``.
     """
     from tqdm.auto import tqdm
 
@@ -296,14 +304,16 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
                 pred = _predict(method, models, image, mask, input_cams, target_cams, size).flatten(0, 1)
                 for name, vals in _score(pred, gt, nets).items():
                     values[protocol][method][name].extend(vals)
-    results: dict[str, Any] = {}
-    for protocol in PROTOCOLS:
-        results[protocol] = {}
-        for method in METHODS:
-            v = values[protocol][method]
-            results[protocol][method] = {
-                name: (finite_mean(v[name]) if v[name] else None) for name in METRICS
-            }
+    def means(v: dict[str, list[float]], keep=lambda j: True) -> dict[str, float | None]:
+        kept = {name: [x for j, x in enumerate(v[name]) if keep(j)] for name in METRICS}
+        return {name: (finite_mean(kept[name]) if kept[name] else None) for name in METRICS}
+
+    results: dict[str, Any] = {p: {m: means(values[p][m]) for m in METHODS} for p in PROTOCOLS}
+    groups = [pair_group(pair) for pair in extreme_pairs(config.extreme_elevation)]  # one view per pair
+    results["extreme_by_pair"] = {
+        g: {m: means(values["extreme"][m], lambda j, g=g: groups[j % len(groups)] == g) for m in METHODS}
+        for g in dict.fromkeys(groups)
+    }
     results["meta"] = {
         "config": asdict(config),
         "eval_size": size,
@@ -327,11 +337,20 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = []
     for protocol, title in (("novel", "Novel views"), ("extreme", "Extreme views")):
         lines += [f"| {title} | PSNR ↑ | SSIM ↑ | LPIPS ↓ | DS ↓ | ArcFace ↓ |", "|---|---|---|---|---|---|"]
-        for method in ("card_one_sided", "card_two_sided", "billboard", "template", "ours"):
+        for method in TABLE_ORDER:
             r = results[protocol][method]
             cells = [
                 "n/a" if r[k] is None else (f"{r[k]:.2f}" if k == "psnr" else f"{r[k]:.4f}") for k in METRICS
             ]
+            lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    by_pair = results.get("extreme_by_pair", {})
+    if by_pair:
+        titles = {"left_right": "left↔right", "top_bottom": "top↔bottom"}
+        head = " | ".join(f"{titles.get(g, g)} {k}" for g in by_pair for k in ("PSNR ↑", "SSIM ↑"))
+        lines += [f"| Extreme views by pair | {head} |", "|---|" + "---|" * (2 * len(by_pair))]
+        for method in TABLE_ORDER:
+            cells = [f"{by_pair[g][method]['psnr']:.2f} | {by_pair[g][method]['ssim']:.4f}" for g in by_pair]
             lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
         lines.append("")
     unavailable = results.get("meta", {}).get("unavailable", {})

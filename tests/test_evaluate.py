@@ -82,12 +82,18 @@ def test_smoke_evaluation_writes_json(tmp_path, capsys):
             assert r["lpips"] is None or r["lpips"] >= 0
             assert r["dreamsim"] is None and r["arcface"] is None
     assert results["meta"]["n_views"] == {"novel": 6, "extreme": 8}
+    by_pair = results["extreme_by_pair"]
+    assert set(by_pair) == {"left_right", "top_bottom"} and set(by_pair["left_right"]) == set(METHODS)
+    for method in METHODS:  # 2 profile + 2 vertical views per subject: the halves average to the whole
+        halves = (by_pair["left_right"][method]["psnr"] + by_pair["top_bottom"][method]["psnr"]) / 2
+        assert halves == pytest.approx(results["extreme"][method]["psnr"], rel=1e-6)
     assert "dreamsim" in results["meta"]["unavailable"]
     assert results["meta"]["billboard"].startswith("faces each target camera")
     printed = capsys.readouterr().out
     assert "| Extreme views | PSNR ↑" in printed and "| Ours |" in printed
     table = markdown_table(results)
-    assert table.count("| Billboard (faces the viewer) |") == 2 and table.count("| Fixed card (two-sided") == 2
+    assert table.count("| Billboard (faces the viewer) |") == 3 and table.count("| Fixed card (two-sided") == 3
+    assert "| Extreme views by pair | left↔right PSNR ↑" in table
     from PIL import Image
 
     w, h = Image.open(sheet).size
