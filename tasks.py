@@ -59,6 +59,9 @@ WEIGHTS_RECIPE: tuple[tuple[str, list[str], str | None], ...] = (
     ("runs/demo2", ["-m", "perchead.train", "--preset", "demo", "--init-from", "runs/demo", "--data", DATA,
                     "--output", "runs/demo2", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
                     "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "1"], ""),
+    ("runs/demo3", ["-m", "perchead.train", "--preset", "demo", "--init-from", "runs/demo2", "--data", DATA,
+                    "--output", "runs/demo3", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
+                    "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "2"], ""),
 )
 
 
