@@ -43,10 +43,10 @@ def install() -> None:
     stamp.write_text(digest)
 
 
-# The recipe of the bundled checkpoints, in order: (run folder, command, weights_card sub-folder or None).
-# The editing model is fine-tuned from the first base stage, so it comes before the second.
+# The recipe of the bundled checkpoints, in order: (run folder, command, weights_card sub-folder; "" = the
+# base). The editing model is fine-tuned from the first base stage, so it comes before the second.
 DATA = "runs/synthetic128"
-WEIGHTS_RECIPE: tuple[tuple[str, list[str], str | None], ...] = (
+WEIGHTS_RECIPE: tuple[tuple[str, list[str], str], ...] = (
     ("runs/demo", ["-m", "perchead.train", "--preset", "demo", "--data", DATA, "--synthetic-subjects", "800",
                    "--output", "runs/demo"], ""),
     ("runs/style", ["-m", "perchead.style", "--output", "runs/style", "--data", DATA, "--steps", "4000",
@@ -66,19 +66,20 @@ WEIGHTS_RECIPE: tuple[tuple[str, list[str], str | None], ...] = (
 
 
 def weights() -> None:
-    """Runs :data:`WEIGHTS_RECIPE`, skipping finished stages, and copies each result into weights_card/."""
+    """Runs :data:`WEIGHTS_RECIPE`, skipping finished stages and resuming stopped training runs, and copies
+    each result into weights_card/."""
     import shutil
 
     for folder, args, target in WEIGHTS_RECIPE:
         out = ROOT / folder
         if not (out / "model.safetensors").exists():
-            _run(str(PY), *args)
-        if target is not None:
-            dest = ROOT / "weights_card" / target
-            dest.mkdir(parents=True, exist_ok=True)
-            for item in out.iterdir():
-                if item.is_file() and item.suffix in (".json", ".safetensors") and item.name != "train_config.json":
-                    shutil.copy2(item, dest / item.name)
+            resume = ["--resume"] if args[1] == "perchead.train" else []  # no-op without a checkpoint
+            _run(str(PY), *args, *resume)
+        dest = ROOT / "weights_card" / target
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in out.iterdir():
+            if item.is_file() and item.suffix in (".json", ".safetensors") and item.name != "train_config.json":
+                shutil.copy2(item, dest / item.name)
 
 
 def main(argv: list[str]) -> None:
