@@ -28,7 +28,9 @@ import tempfile
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import gradio as gr
 
@@ -259,6 +261,29 @@ def _session_folder(request: gr.Request | None) -> Path:
     return folder
 
 
+@contextmanager
+def job_errors(folder: Path, action: str, bad_input: type | tuple[type, ...], title: str) -> Iterator[None]:
+    """Turns a model job's failures into messages for the user; the job's folder is removed on failure.
+
+    Args:
+        folder: the job's output folder.
+        action: what the job does, for the message ("Reconstruction", "Editing").
+        bad_input: exception types that mean the user's input cannot be used ("Bad input: …").
+        title: the title of the bad-input message.
+    """
+    try:
+        yield
+    except bad_input as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise gr.Error(f"Bad input: {error}", title=title) from error
+    except gr.Error:
+        raise
+    except Exception as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.error("%s failed:\n%s", action.lower(), traceback.format_exc())
+        raise gr.Error(f"{action} failed ({type(error).__name__}: {error})") from error
+
+
 def _cleanup_session(request: gr.Request) -> None:
     """Deletes a session's output files when its browser tab closes."""
     session = getattr(request, "session_hash", None)
@@ -408,21 +433,12 @@ def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
             hint = "" if snap_colors else " — or tick 'Snap foreign colours to the nearest class colour'"
             raise gr.Error(f"Bad segmentation map: {error}{hint}", title="Unusable segmentation map") from error
         folder = _session_folder(request)
-        try:
+        with job_errors(folder, "Editing", (PreprocessError, ValueError), "Unusable input"):
             out, result = edit_to_outputs(
                 pipeline, labels, folder, style_text=style_prompt or None, style_image=style_image or None,
                 turntable_frames=int(turntable_frames or 0),
                 progress=lambda fraction, stage: progress(fraction, desc=stage),
             )  # fmt: skip
-        except (PreprocessError, ValueError) as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise gr.Error(f"Bad input: {error}", title="Unusable input") from error
-        except gr.Error:
-            raise
-        except Exception as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            log.error("editing failed:\n%s", traceback.format_exc())
-            raise gr.Error(f"Editing failed ({type(error).__name__}: {error})") from error
         seen = labels_to_color(result.labels)  # [S, S, 3]
         if result.style_input is not None:
             seen = np.concatenate([seen, to_uint8(result.style_input.image[0])], axis=1)  # [S, 2S, 3]
@@ -539,22 +555,13 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None) -> gr
             raise gr.Error("Please upload a portrait (or pick an example) first.", title="No image")
         pipeline = holder.get()
         folder = _session_folder(request)
-        try:
+        with job_errors(folder, "Reconstruction", PreprocessError, "Unusable image"):
             out = photo_to_outputs(
                 pipeline, image, folder,
                 remove_background=bool(remove_background), auto_crop=bool(auto_crop),
                 use_whole_image=bool(use_whole_image), turntable_frames=int(turntable_frames or 0),
                 progress=lambda fraction, stage: progress(fraction, desc=stage),
             )  # fmt: skip
-        except PreprocessError as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise gr.Error(f"Bad input: {error}", title="Unusable image") from error
-        except gr.Error:
-            raise
-        except Exception as error:
-            shutil.rmtree(folder, ignore_errors=True)
-            log.error("reconstruction failed:\n%s", traceback.format_exc())
-            raise gr.Error(f"Reconstruction failed ({type(error).__name__}: {error})") from error
         notes = ([holder.notice] if holder.notice else []) + out.notes
         return result_tuple(out, out.preprocessed.preview(), notes)
 

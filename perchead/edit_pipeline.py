@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +39,7 @@ from torch import Tensor
 from perchead.cameras import Cameras
 from perchead.edit import PercHeadEditor
 from perchead.gaussians import Gaussians
-from perchead.pipeline import default_device
+from perchead.pipeline import StageTimer, default_device, gaussians_and_views, inference_autocast
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 from perchead.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
 
@@ -292,47 +291,29 @@ class EditPipeline:
             perchead.preprocess.PreprocessError: an unusable style image.
         """
         source = self.check_style(style_text, style_image)
-        timings: dict[str, float] = {}
-        cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else (
-            torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext())
-
-        def tick(name: str, start: float) -> float:
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings[name] = now - start
-            return now
-
-        t0 = t = time.perf_counter()
+        timer = StageTimer(self.device)
         # 1. label map to the model size
         model_labels = self.labels_for_model(labels)  # [1, S, S]
-        t = tick("labels", t)
+        timer("labels")
         # 2. style embedding: CLIP text (zero-shot) or image embedding of the cropped reference
         style_input = None
         if source == "text":
             style = self.style_encoder.encode_text([str(style_text).strip()])  # [1, E]
         else:
             image, style_input = self._style_image(style_image)  # [1, 3, H, W]
-            t = tick("style_preprocess", t)
+            timer("style_preprocess")
             style = self.style_encoder.encode_image(image.to(self.device))  # [1, E]
-        t = tick("style", t)
-        with autocast:
+        timer("style")
+        with inference_autocast(self.device):
             # 3. edit encoder: non-background patches + the style token
             tokens2d = self.editor.encode(model_labels, style)
-            t = tick("encode", t)
+            timer("encode")
             # 4. the base model's 3D decoder
             tokens3d = self.editor.decode(tokens2d)
-            t = tick("decode", t)
-        # 5. Gaussian head (float32)
-        gaussians = self.editor.to_gaussians(tokens3d.float()).float()
-        t = tick("gaussians", t)
-        # 6. optional renders + refiner
-        views = None
-        if cameras is not None:
-            views = self.editor.render_views(gaussians, cameras, refine=refine)
-            t = tick("render", t)
-        timings["total"] = t - t0
+            timer("decode")
+        # 5.–6. Gaussian head (float32), optional renders + refiner
+        gaussians, views = gaussians_and_views(self.editor, tokens3d, cameras, refine, timer)
+        timings = timer.total()
         return Edit(gaussians=gaussians[0], labels=model_labels[0].cpu(), style=style[0].float().cpu(),
                     style_source=source, views=views, style_input=style_input, timings=timings)
 

@@ -419,6 +419,17 @@ def save_labelled_grid(grid: Tensor, labels: list[str], size: int, path: str | P
 
 
 # --------------------------------------------------------------------------------------------- CLI
+def write_results(results: dict[str, Any], model: str, path: str | Path, table: str) -> Path:
+    """Records the evaluated model in ``results["meta"]``, writes the JSON and prints the table."""
+    results["meta"]["model"] = str(model)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table)
+    print(f"\nwrote {out}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perchead.model import PercHead
 
@@ -438,12 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = EvalConfig(subjects=args.subjects, split=args.split, novel_targets=args.novel_targets,
                         eval_size=args.eval_size, seed=args.seed)
     results = evaluate(model, config, contact_sheet_path=args.contact_sheet, progress=not args.no_progress)
-    results["meta"]["model"] = str(args.model)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown_table(results))
-    print(f"\nwrote {out}")
+    write_results(results, args.model, args.output, markdown_table(results))
     return results
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perchead.edit_pipeline import class_mean_color, label_iou
+from perchead.evaluate import save_labelled_grid, write_results
 from perchead.segmentation import BACKGROUND, resize_labels
 
 if TYPE_CHECKING:
@@ -528,7 +528,6 @@ def editing_figure(rows: Sequence[tuple[Tensor, Sequence[Tensor]]], styles: Sequ
     Returns:
         The path.
     """
-    from perchead.evaluate import save_labelled_grid
     from perchead.segmentation import labels_to_color
 
     if not rows:
@@ -574,12 +573,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             eval_size=args.eval_size, erode=args.erode)
     pipeline = EditPipeline.from_pretrained(args.model, device=args.device)
     results = evaluate_edit(pipeline, config, figure_path=args.figure, progress=not args.no_progress)
-    results["meta"]["model"] = str(args.model)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown_summary(results))
-    print(f"\nwrote {out}")
+    write_results(results, args.model, args.output, markdown_summary(results))
     return results
 
 

@@ -52,6 +52,57 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def inference_autocast(device: torch.device):
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); nothing elsewhere."""
+    if device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+class StageTimer:
+    """Seconds per stage of one call; on CUDA it synchronises, so each stage's GPU work counts in it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.timings: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        """Ends stage ``name``: the time since the previous stage ended (or the timer started)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[name] = now - self._last
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        """The timings with ``"total"`` (start to the last stage) added."""
+        self.timings["total"] = self._last - self._start
+        return self.timings
+
+
+def gaussians_and_views(model, tokens3d: Tensor, cameras: Cameras | None, refine: bool, timer: StageTimer):
+    """The shared tail of reconstruction and editing: Gaussian head (float32), then optional renders.
+
+    Args:
+        model: a :class:`PercHead` or :class:`perchead.edit.PercHeadEditor`.
+        tokens3d: decoder output. ``[B, P, D]``
+        cameras: views to render, or None.
+        refine: apply the CNN refiner to the renders.
+        timer: records the "gaussians" and "render" stages.
+
+    Returns:
+        (batched Gaussians, RenderOutput or None).
+    """
+    gaussians = model.to_gaussians(tokens3d.float()).float()
+    timer("gaussians")
+    views = None
+    if cameras is not None:
+        views = model.render_views(gaussians, cameras, refine=refine)
+        timer("render")
+    return gaussians, views
+
+
 class PercHeadPipeline:
     """Image + mask → :class:`Reconstruction`.
 
@@ -130,39 +181,20 @@ class PercHeadPipeline:
         Returns:
             :class:`Reconstruction`.
         """
-        timings: dict[str, float] = {}
-        cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and torch.cuda.is_bf16_supported() else (
-            torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
-        )
-
-        def tick(name: str, start: float) -> float:
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings[name] = now - start
-            return now
-
-        t0 = t = time.perf_counter()
+        timer = StageTimer(self.device)
         # 1. inputs to the model size and device
         image, mask = self.prepare(image, mask)
-        t = tick("preprocess", t)
-        with autocast:
+        timer("preprocess")
+        with inference_autocast(self.device):
             # 2. dual-branch lift encoder: foreground patch tokens
             tokens2d = self.model.encode(image, mask)
-            t = tick("encode", t)
+            timer("encode")
             # 3. 3D decoder: one token per template patch
             tokens3d = self.model.decode(tokens2d, cross_attn_until=cross_attn_until)
-            t = tick("decode", t)
-        # 4. Gaussian head (float32)
-        gaussians = self.model.to_gaussians(tokens3d.float()).float()
-        t = tick("gaussians", t)
-        # 5. optional renders + refiner
-        views = None
-        if cameras is not None:
-            views = self.model.render_views(gaussians, cameras, refine=refine)
-            t = tick("render", t)
-        timings["total"] = t - t0
+            timer("decode")
+        # 4.–5. Gaussian head (float32), optional renders + refiner
+        gaussians, views = gaussians_and_views(self.model, tokens3d, cameras, refine, timer)
+        timings = timer.total()
         if gaussians.batch_size == 1:
             gaussians = gaussians[0]
         return Reconstruction(gaussians=gaussians, views=views, timings=timings)
