@@ -1,5 +1,7 @@
 """Tests for perchead.render: the CPU splatter against a dense brute-force twin, gradients, edge cases, shapes."""
 
+import os
+
 import pytest
 import torch
 
@@ -65,10 +67,10 @@ def test_pure_and_native_binning_agree(monkeypatch):
     g = random_scene(50, seed=3).batched()
     vm, K = CAMS.viewmats[None].double(), CAMS.Ks[None].double()
     proj = R.project_gaussians(g.means, g.quats, g.scales, g.opacities, vm, K, 40, 28)
-    if R._native_lib() is None:
+    if R._native.library() is None:
         pytest.skip("C compiler unavailable: only the pure-PyTorch path exists")
     off_c, ids_c = R.bin_tiles(proj, 40, 28)
-    monkeypatch.setattr(R, "_native_lib", lambda: None)
+    monkeypatch.setattr(R._native, "library", lambda: None)
     off_p, ids_p = R.bin_tiles(proj, 40, 28)
     assert torch.equal(off_c, off_p) and torch.equal(ids_c, ids_p)
     assert ids_c.numel() > 50
@@ -76,7 +78,7 @@ def test_pure_and_native_binning_agree(monkeypatch):
 
 def test_native_projection_matches_pytorch_twin():
     """The C projection equals project_gaussians (values, radii, gradients), culled entries included."""
-    if R._native_lib() is None:
+    if R._native.library() is None:
         pytest.skip("C compiler unavailable")
     g = Gaussians.stack([random_scene(50, seed=s) for s in (1, 2)])
     g.quats = g.quats * 1.3  # unnormalised quaternions are normalised by both
@@ -110,7 +112,7 @@ def test_fallbacks_without_compiler_and_with_camera_gradients(monkeypatch):
     out.rgb.sum().backward()
     assert vm.grad is not None and vm.grad.abs().sum() > 0
     torch.testing.assert_close(out.rgb, native.rgb, atol=1e-5, rtol=0)
-    monkeypatch.setattr(R, "_native_lib", lambda: None)  # no C compiler on this machine
+    monkeypatch.setattr(R._native, "library", lambda: None)  # no C compiler on this machine
     fallback = R.render(g, CAMS.viewmats, CAMS.Ks, 40, 28, background=1.0)
     torch.testing.assert_close(fallback.rgb, native.rgb, atol=1e-5, rtol=0)
 
@@ -142,7 +144,7 @@ def test_finite_difference_gradients(backend):
 def test_native_backward_matches_autograd():
     """The C kernel's hand-written backward equals autograd through the pure-PyTorch compositor,
     for one image (per-thread gradient buffers) and for B × V images (per-image work units)."""
-    if R._native_lib() is None:
+    if R._native.library() is None:
         pytest.skip("C compiler unavailable")
     g = Gaussians.stack([random_scene(60, seed=s, size=0.03) for s in (4, 5)])
     feats = torch.rand(2, 60, 3, dtype=torch.float64)
@@ -323,3 +325,48 @@ def test_gsplat_parity():
         err = (a - b).abs().mean().item()
         assert err < 1e-3, f"{name}: mean abs error {err}"
     assert float(cpu.alpha.mean()) > 0.05
+
+
+def test_c_sources_are_package_data(tmp_path):
+    """The kernels are real C files found through importlib.resources, and a wheel built from the repo ships them."""
+    import importlib.resources
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    from setuptools import build_meta
+
+    csrc = importlib.resources.files("perchead.render") / "csrc"
+    names = sorted(f.name for f in csrc.iterdir() if f.suffix in (".c", ".h"))
+    assert names == ["project.h", "rasterize.h", "render.c"]
+    assert R._native.csrc_dir() == Path(str(csrc))
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(repo / "perchead", src / "perchead", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+        shutil.copy(repo / name, src / name)
+    cwd = os.getcwd()
+    try:
+        os.chdir(src)
+        wheel = build_meta.build_wheel(str(tmp_path / "dist"))
+    finally:
+        os.chdir(cwd)
+    shipped = zipfile.ZipFile(tmp_path / "dist" / wheel).namelist()
+    assert {f"perchead/render/csrc/{n}" for n in names} <= set(shipped)
+
+
+def test_compiler_errors_name_the_c_file_line(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    shutil.copytree(R._native.csrc_dir(), tmp_path / "csrc")
+    rasterize_h = tmp_path / "csrc" / "rasterize.h"
+    lines = rasterize_h.read_text().splitlines()
+    lines.insert(5, "this is not C;")
+    rasterize_h.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(R._native, "csrc_dir", lambda: tmp_path / "csrc")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        R._native._compile(["-shared", "-fPIC", "-std=c99"], str(tmp_path / "out" / "render.so"))
+    assert "rasterize.h:6:" in err.value.stderr.decode()
