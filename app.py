@@ -329,7 +329,7 @@ STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
 def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
     """The Editing tab (paper §3.5, supplement §8), built inside the current Blocks; hidden until the editing
     models have loaded. Endpoints ``/segment`` and ``/edit``."""
-    from perchead.segmentation import PALETTE_HEX, labels_to_color, legend_html
+    from perchead.geometry.segmentation import PALETTE_HEX, labels_to_color, legend_html
 
     @gpu(GPU_DURATION_S)
     def segment(
@@ -353,7 +353,7 @@ def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
             notes: remarks (timings, preprocessing notes).
         """
         from perchead.preprocess import PreprocessError
-        from perchead.segmentation import resize_labels
+        from perchead.geometry.segmentation import resize_labels
 
         if not photo:
             raise gr.Error("Please upload a photo to parse first.", title="No image")

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from perchead.cameras import orbit_cameras  # noqa: E402
-from perchead.gaussians import Gaussians  # noqa: E402
+from perchead.geometry.cameras import orbit_cameras  # noqa: E402
+from perchead.geometry.gaussians import Gaussians  # noqa: E402
 from perchead.render import render  # noqa: E402
 
 

@@ -7,7 +7,7 @@ framing (orbit radius 0.7 m, 30° field of view):
 - ``examples/*.png``: RGBA renders (the alpha is the head mask, so the app needs no face detector for
   them) from a range of angles: front, three-quarter, profile, a back-ish view and one from above;
 - ``examples/maps/*.png``: the 19-class label maps of other heads for the Editing tab, coloured with the
-  app's palette (:func:`perchead.segmentation.labels_to_color`: exact palette colours, white
+  app's palette (:func:`perchead.geometry.segmentation.labels_to_color`: exact palette colours, white
   background) and saved losslessly, so ``color_to_labels`` reads them back exactly.
 
     python examples/make_examples.py            # writes both (≈ 256², < 1 MB in total)
@@ -42,7 +42,7 @@ MAPS = (
 
 def render_test_view(index: int, azimuth: float, elevation: float, size: int):
     """(head, ``render_head`` output) of test-split head ``index`` seen from one orbit camera."""
-    from perchead.cameras import orbit_cameras
+    from perchead.geometry.cameras import orbit_cameras
     from perchead.data.synthetic import make_head, render_head, split_seeds
 
     head = make_head(split_seeds("test")[index])
@@ -69,7 +69,7 @@ def make_examples(out: str | Path = HERE, size: int = 256) -> list[Path]:
 
 def make_maps(out: str | Path = HERE / "maps", size: int = 256) -> list[tuple[Path, str]]:
     """Renders the label maps of :data:`MAPS` as palette PNGs; returns (path, the head's caption) per map."""
-    from perchead.segmentation import labels_to_color
+    from perchead.geometry.segmentation import labels_to_color
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from perchead.cameras import Cameras, look_at, orbit_cameras
-from perchead.gaussians import Gaussians
+from perchead.geometry.cameras import Cameras, look_at, orbit_cameras
+from perchead.geometry.gaussians import Gaussians
 
 __version__ = "0.1.0"
 __all__ = ["Cameras", "Gaussians", "look_at", "orbit_cameras", "__version__"]

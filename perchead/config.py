@@ -157,7 +157,7 @@ class RefinerConfig:
 
 @dataclass
 class RenderConfig:
-    """Image sizes and the framing of the model's input views (matches perchead.cameras.orbit_cameras)."""
+    """Image sizes and the framing of the model's input views (matches perchead.geometry.cameras.orbit_cameras)."""
 
     image_size: int = 518  # ours: input resolution (37 × 14-pixel patches, DINOv2's native 518)
     render_size: int = 512  # ours: default size of rendered views

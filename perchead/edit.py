@@ -2,7 +2,7 @@
 
 The editing model is the base lifting model with its lift encoder replaced by an **editing encoder**:
 
-- a ViT over the 19-channel one-hot segmentation map (CelebAMask-HQ classes, :mod:`perchead.segmentation`),
+- a ViT over the 19-channel one-hot segmentation map (CelebAMask-HQ classes, :mod:`perchead.geometry.segmentation`),
   with the lift encoder's patch size; as in the lift encoder only **non-background** patches are kept
   (a patch counts when any of its pixels has a class other than background), padded per batch with a
   key padding mask (:class:`perchead.encoder.Tokens2D`);
@@ -40,11 +40,11 @@ from perchead.config import EncoderConfig, PercHeadConfig
 from perchead.decoder import Decoder3D
 from perchead.encoder import MLP, TaskViT, Tokens2D, foreground_patches, pack_indices
 from perchead.gaussian_head import GaussianHead
-from perchead.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians
 from perchead.model import CONFIG_NAME, WEIGHTS_NAME, PercHead, resolve_checkpoint
 from perchead.refiner import Refiner
-from perchead.segmentation import BACKGROUND, NUM_CLASSES, one_hot
-from perchead.template import Template, build_template
+from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, one_hot
+from perchead.geometry.template import Template, build_template
 
 MODEL_TYPE = "perchead-editor"
 STYLE_INDEX = -2  # patch_index of the style token
@@ -205,7 +205,7 @@ class PercHeadEditor(nn.Module):
     Attributes:
         config: the base :class:`PercHeadConfig` (so rendering and training code treat the editor like PercHead).
         edit_config: the :class:`EditConfig`.
-        template: the canonical head :class:`~perchead.template.Template`.
+        template: the canonical head :class:`~perchead.geometry.template.Template`.
     """
 
     def __init__(self, config: PercHeadConfig, edit_config: EditConfig):
@@ -255,7 +255,7 @@ class PercHeadEditor(nn.Module):
 
         Args:
             labels: class ids ``[B, S, S]`` long, S = ``config.render.image_size``
-                (resize maps with :func:`perchead.segmentation.resize_labels`).
+                (resize maps with :func:`perchead.geometry.segmentation.resize_labels`).
             style: CLIP embeddings ``[B, E]`` (or ``[1, E]``), or None for the learned "no style" token.
 
         Returns:
@@ -264,7 +264,7 @@ class PercHeadEditor(nn.Module):
         size = self.config.render.image_size
         if labels.dim() != 3 or tuple(labels.shape[-2:]) != (size, size):
             raise ValueError(f"labels must be [B, {size}, {size}] (config.render.image_size), "
-                             f"got {tuple(labels.shape)}; resize with perchead.segmentation.resize_labels")
+                             f"got {tuple(labels.shape)}; resize with perchead.geometry.segmentation.resize_labels")
         return self.edit_encoder(labels, style)
 
     decode = PercHead.decode  # the base model's 3D decoder stage (§3.2)

@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from perchead.cameras import Cameras
+from perchead.geometry.cameras import Cameras
 from perchead.edit import PercHeadEditor
-from perchead.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians
 from perchead.pipeline import StageTimer, default_device, gaussians_and_views, inference_autocast
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
-from perchead.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
+from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
 
 if TYPE_CHECKING:
     from perchead.parser import FaceParser
@@ -205,7 +205,7 @@ class EditPipeline:
         """
         from PIL import Image
 
-        from perchead.segmentation import color_to_labels
+        from perchead.geometry.segmentation import color_to_labels
 
         if isinstance(image, dict):
             image = image.get("composite") if image.get("composite") is not None else image.get("background")

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perchead.cameras import Cameras
+from perchead.geometry.cameras import Cameras
 from perchead.metrics import finite_mean, network_metrics, psnr, ssim
 from perchead.preprocess import to_uint8
 

@@ -59,13 +59,13 @@ from torch import Tensor
 
 from perchead.edit_pipeline import class_mean_color, label_iou
 from perchead.evaluate import save_labelled_grid, write_results
-from perchead.segmentation import BACKGROUND, resize_labels
+from perchead.geometry.segmentation import BACKGROUND, resize_labels
 
 if TYPE_CHECKING:
     from perchead.data.synthetic import SyntheticHead
     from perchead.edit_pipeline import EditPipeline
 
-HAIR, SKIN = 13, 1  # CelebAMask-HQ class ids (perchead.segmentation.CLASSES)
+HAIR, SKIN = 13, 1  # CelebAMask-HQ class ids (perchead.geometry.segmentation.CLASSES)
 COLOR_CLASSES = {"hair": HAIR, "skin": SKIN}
 DEFAULT_COLORS = ("black", "blonde", "red", "white", "blue")  # hair colours of the prompts "<c> hair"
 DEFAULT_VIEWS = (("front", 0.0, 0.0), ("three_quarter", 45.0, 0.0), ("profile", 90.0, 0.0))  # (name, az, el)
@@ -528,7 +528,7 @@ def editing_figure(rows: Sequence[tuple[Tensor, Sequence[Tensor]]], styles: Sequ
     Returns:
         The path.
     """
-    from perchead.segmentation import labels_to_color
+    from perchead.geometry.segmentation import labels_to_color
 
     if not rows:
         raise ValueError("the editing figure needs at least one row")

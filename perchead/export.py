@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from perchead.gaussians import Gaussians, save_ply, save_splat
+from perchead.geometry.gaussians import Gaussians, save_ply, save_splat
 from perchead.model import PercHead
 from perchead.pipeline import PercHeadPipeline
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess, to_uint8

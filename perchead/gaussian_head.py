@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from perchead.config import PATCH_GAUSSIANS, HeadConfig
 from perchead.encoder import gelu
-from perchead.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians
 
 
 # ------------------------------------------------------------------------------------------ activations

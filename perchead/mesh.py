@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perchead.gaussians import Gaussians
-from perchead.template import Template
+from perchead.geometry.gaussians import Gaussians
+from perchead.geometry.template import Template
 
 
 def gaussians_to_mesh(gaussians: Gaussians, template: Template | Tensor):

@@ -4,7 +4,7 @@ Stages are methods, as in MAE:
 
 - :meth:`PercHead.encode`      image + mask → foreground 2D tokens (:class:`~perchead.encoder.Tokens2D`)
 - :meth:`PercHead.decode`      2D tokens → one token per template patch ``[B, P, D]``
-- :meth:`PercHead.to_gaussians` patch tokens → batched :class:`~perchead.gaussians.Gaussians` (N = 16·P)
+- :meth:`PercHead.to_gaussians` patch tokens → batched :class:`~perchead.geometry.gaussians.Gaussians` (N = 16·P)
 - :meth:`PercHead.forward`     all three
 - :meth:`PercHead.render_views` Gaussians + cameras → :class:`~perchead.render.RenderOutput` (white
   background), refined by the CNN unless ``refine=False``.
@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from perchead.cameras import Cameras, orbit_cameras
+from perchead.geometry.cameras import Cameras, orbit_cameras
 from perchead.config import PercHeadConfig
 from perchead.decoder import Decoder3D
 from perchead.encoder import LiftEncoder, Tokens2D
 from perchead.gaussian_head import GaussianHead
-from perchead.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians
 from perchead.refiner import Refiner
-from perchead.template import Template, build_template
+from perchead.geometry.template import Template, build_template
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -51,7 +51,7 @@ class PercHead(nn.Module):
 
     Attributes:
         config: the config.
-        template: the canonical head :class:`~perchead.template.Template` (rebuilt from the config).
+        template: the canonical head :class:`~perchead.geometry.template.Template` (rebuilt from the config).
     """
 
     def __init__(self, config: PercHeadConfig, dino: nn.Module | None = None):

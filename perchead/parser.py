@@ -7,7 +7,7 @@ The paper's editing app parses an uploaded photo with FaRL into the 19-class map
   19-class CelebAMask-HQ SegFormer. Its class ORDER matches ours but three NAMES differ (``eye_g``,
   ``ear_r``, ``neck_l`` for eyeglasses, earring, necklace), and an older revision of the same repo used
   another order with ``.png`` suffixes, so model classes are always remapped to
-  :data:`perchead.segmentation.CLASSES` by name (:func:`label_mapping`), never by index. The left/right
+  :data:`perchead.geometry.segmentation.CLASSES` by name (:func:`label_mapping`), never by index. The left/right
   classes keep the checkpoint's own convention.
 * from a local folder (the offline default): a small SegFormer that this project trains on its synthetic
   head renders, whose labels come free (:func:`train_parser`, ``python -m perchead.parser``). Its
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perchead.segmentation import BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES
+from perchead.geometry.segmentation import BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES
 
 HUB_FACE_PARSER = "jonathandinu/face-parsing"  # 19-class CelebAMask-HQ SegFormer (MiT-b5) on the Hub
 DEFAULT_PARSER_FOLDER = "weights_card/parser"  # the bundled offline parser (trained by `python -m perchead.parser`)
@@ -91,7 +91,7 @@ def segformer_config(preset: str = "demo", image_size: int = 128):
 
 
 def label_mapping(id2label: dict) -> Tensor:
-    """Maps a checkpoint's class ids onto :data:`perchead.segmentation.CLASSES` by class NAME.
+    """Maps a checkpoint's class ids onto :data:`perchead.geometry.segmentation.CLASSES` by class NAME.
 
     Names are lower-cased, a ``.png`` suffix is dropped and CelebAMask-HQ aliases are resolved
     (``eye_g`` -> eyeglasses, ``ear_r`` -> earring, ``neck_l`` -> necklace).
@@ -309,7 +309,7 @@ def render_parser_data(seeds, views_per_head: int, image_size: int, seed: int = 
     Returns:
         images ``[N, 3, S, S]`` uint8 over white and labels ``[N, S, S]`` uint8 class ids, N = heads x views.
     """
-    from perchead.cameras import orbit_cameras
+    from perchead.geometry.cameras import orbit_cameras
     from perchead.data.synthetic import make_head, render_head
 
     rng = np.random.default_rng(seed)
@@ -480,7 +480,7 @@ def _random_crops(images: Tensor, labels: Tensor, size: int, generator: torch.Ge
 
 def _augment(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Label-consistent augmentation (ours): horizontal flips that swap the left/right classes
-    (:data:`perchead.segmentation.FLIP_PERMUTATION`), and colour jitter of the foreground only.
+    (:data:`perchead.geometry.segmentation.FLIP_PERMUTATION`), and colour jitter of the foreground only.
 
     Args:
         images: ``[B, 3, H, W]`` float in [0, 1] over white.

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perchead.cameras import Cameras
-from perchead.gaussians import Gaussians
+from perchead.geometry.cameras import Cameras
+from perchead.geometry.gaussians import Gaussians
 from perchead.model import PercHead
 
 if TYPE_CHECKING:

@@ -518,7 +518,7 @@ def render_style_pairs(seeds: Sequence[int], views_per_head: int, image_size: in
     Returns:
         :class:`StylePairs` with ``attributes``.
     """
-    from perchead.cameras import orbit_cameras
+    from perchead.geometry.cameras import orbit_cameras
     from perchead.data.synthetic import make_head, render_head
 
     rng = np.random.default_rng(seed)

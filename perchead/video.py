@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perchead.cameras import Cameras, orbit_cameras
-from perchead.gaussians import Gaussians
+from perchead.geometry.cameras import Cameras, orbit_cameras
+from perchead.geometry.gaussians import Gaussians
 from perchead.preprocess import to_uint8
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)

@@ -141,7 +141,7 @@ def test_api_is_named_and_documented(client, server):
 def test_reconstruct_example_returns_a_parsable_ply(client, tiny_model):
     import imageio
 
-    from perchead.gaussians import load_ply
+    from perchead.geometry.gaussians import load_ply
 
     ply, video, views, model_input, downloads, timings, notes = reconstruct(client, EXAMPLE, frames=12)
     assert ply.endswith(".ply")
@@ -228,7 +228,7 @@ def test_oversized_upload_is_refused_by_the_server(server):
 
 
 def test_server_still_serves_after_bad_inputs(client, server, tiny_model):
-    from perchead.gaussians import load_ply
+    from perchead.geometry.gaussians import load_ply
 
     ply, *_ = reconstruct(client, EXAMPLE)
     assert load_ply(ply).num_gaussians == tiny_model[1]

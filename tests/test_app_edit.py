@@ -86,8 +86,8 @@ def test_api_has_documented_segment_and_edit(client, server):
 def test_segment_then_edit_with_text_style(client, folders):
     from gradio_client import handle_file
 
-    from perchead.gaussians import load_ply
-    from perchead.segmentation import PALETTE
+    from perchead.geometry.gaussians import load_ply
+    from perchead.geometry.segmentation import PALETTE
 
     map_path, editor, notes = client.predict(handle_file(str(PHOTO)), True, True, False, api_name="/segment")
     colours = np.unique(np.asarray(Image.open(map_path).convert("RGB")).reshape(-1, 3), axis=0)
@@ -106,7 +106,7 @@ def test_segment_then_edit_with_text_style(client, folders):
 
 
 def test_edit_example_map_with_image_style(client, folders):
-    from perchead.gaussians import load_ply
+    from perchead.geometry.gaussians import load_ply
 
     ply, _, _, model_input, _, timings, notes = edit(client, MAP, image=PHOTO)
     assert load_ply(ply).num_gaussians == folders[1]["n_gaussians"]

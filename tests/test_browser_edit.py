@@ -43,7 +43,7 @@ def decode(png: bytes) -> np.ndarray:
 
 def hair_fraction(image: np.ndarray) -> float:
     """Share of hair pixels, by nearest palette colour (displayed images may be lossy WebP)."""
-    from perchead.segmentation import color_to_labels
+    from perchead.geometry.segmentation import color_to_labels
 
     return float((color_to_labels(image, snap=True) == HAIR).float().mean())
 
@@ -65,7 +65,7 @@ def file_url(base: str, file: dict) -> str:
 
 
 def test_segment_paint_blonde_edit_and_orbit(chromium, bundled_app_url, tmp_path):  # noqa: F811
-    from perchead.segmentation import PALETTE
+    from perchead.geometry.segmentation import PALETTE
 
     url = bundled_app_url
     shots = Path(os.environ.get("PERCHEAD_SCREENSHOTS", tmp_path))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from perchead.cameras import camera_centers, intrinsics, look_at, orbit_cameras, project_points
+from perchead.geometry.cameras import camera_centers, intrinsics, look_at, orbit_cameras, project_points
 
 ORIGIN = torch.zeros(1, 3)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.cameras import orbit_cameras
+from perchead.geometry.cameras import orbit_cameras
 from perchead.data import (CLASS_NAMES, SPLITS, ImageFolderDataset, MixedDataset, MultiViewDataset, SyntheticHeads,
                            export_synthetic, make_head, render_head, weighted_sampler)
 from perchead.data.multiview import align_cameras, opengl_to_opencv, read_cameras
@@ -120,7 +120,7 @@ def test_synthetic_dataset_sample():
     s2 = ds[0]
     torch.testing.assert_close(s["target_images"], s2["target_images"])
     # the input is an orbit camera at 0.7 m and the first target mirrors it (an extreme view)
-    from perchead.cameras import camera_centers
+    from perchead.geometry.cameras import camera_centers
     c_in = camera_centers(s["input_viewmat"][None])[0]
     assert abs(c_in.norm().item() - 0.7) < 1e-4
     with pytest.raises(ValueError, match="n_targets"):
@@ -139,7 +139,7 @@ def test_export_load_round_trip(tmp_path):
     meta = read_cameras(ds.subjects[0])
     frames = torch.cat([s["input_viewmat"][None], s["target_viewmats"]])
     idx = [int(((meta["viewmats"] - vm).abs().amax((1, 2)) < 1e-6).nonzero()[0]) for vm in frames]
-    from perchead.cameras import Cameras
+    from perchead.geometry.cameras import Cameras
     ref = render_head(head, Cameras(meta["viewmats"][idx], meta["Ks"][idx], 48, 48))
     torch.testing.assert_close(torch.cat([s["image"][None], s["target_images"]]), ref["rgb"], atol=1 / 255 + 1e-6, rtol=0)
     torch.testing.assert_close(torch.cat([s["mask"][None], s["target_masks"]]), ref["alpha"], atol=1 / 255 + 1e-6, rtol=0)
@@ -208,7 +208,7 @@ def test_align_and_opengl_conversion():
     M[:3, :3], M[:3, 3] = s * R, t
     vm_world = torch.diag(torch.tensor([1 / s, 1 / s, 1 / s, 1.0])) @ cams.viewmats @ M  # a capture-frame camera
     vm = align_cameras(vm_world, s, R, t)
-    from perchead.cameras import project_points
+    from perchead.geometry.cameras import project_points
     uv_c, _ = project_points(pts, vm, cams.Ks)
     uv_ref, _ = project_points(pts, cams.viewmats, cams.Ks)
     torch.testing.assert_close(uv_c, uv_ref, atol=1e-3, rtol=0)

@@ -5,7 +5,7 @@ import torch
 
 from perchead.config import PercHeadConfig
 from perchead.decoder import Decoder3D, fourier_features
-from perchead.template import build_template
+from perchead.geometry.template import build_template
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,7 @@ def test_bad_style_image(pipe, tmp_path):
 
 
 def test_edit_to_outputs_writes_the_reconstruction_outputs(pipe, edit_folder, tmp_path):
-    from perchead.gaussians import load_ply
+    from perchead.geometry.gaussians import load_ply
 
     out, result = edit_to_outputs(pipe, head_map(64), tmp_path, style_text="short black hair",
                                   turntable_frames=4, turntable_size=64, view_size=32)
@@ -192,7 +192,7 @@ def test_edit_to_outputs_writes_the_reconstruction_outputs(pipe, edit_folder, tm
 
 
 def test_labels_from_color_reads_palette_maps_and_refuses_foreign_colours(pipe, edit_folder):
-    from perchead.segmentation import labels_to_color
+    from perchead.geometry.segmentation import labels_to_color
 
     size = edit_folder[1]["image_size"]
     labels = head_map(256)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from perchead.cameras import orbit_cameras
+from perchead.geometry.cameras import orbit_cameras
 from perchead.evaluate import (
     METHODS,
     PROTOCOLS,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from plyfile import PlyData
 
-from perchead.gaussians import (
+from perchead.geometry.gaussians import (
     PLY_PROPERTIES,
     SH_C0,
     Gaussians,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from perchead.segmentation import CLASSES, FLIP_PERMUTATION, NUM_CLASSES
+from perchead.geometry.segmentation import CLASSES, FLIP_PERMUTATION, NUM_CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from perchead import render as R
-from perchead.cameras import orbit_cameras
-from perchead.gaussians import Gaussians
+from perchead.geometry.cameras import orbit_cameras
+from perchead.geometry.gaussians import Gaussians
 
 CPU_BACKENDS = ["torch", "torch-pure"]
 

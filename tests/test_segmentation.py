@@ -1,4 +1,4 @@
-"""Tests of perchead.segmentation (palette, label map <-> colour image) and perchead.parser (SegFormer)."""
+"""Tests of perchead.geometry.segmentation (palette, label map <-> colour image) and perchead.parser (SegFormer)."""
 
 import io
 import itertools
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from perchead.segmentation import (
+from perchead.geometry.segmentation import (
     BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES, PALETTE, PALETTE_HEX, color_to_labels, labels_to_color,
     legend, legend_html, legend_markdown, one_hot, resize_labels,
 )

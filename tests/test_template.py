@@ -5,7 +5,7 @@ import pytest
 import torch
 import trimesh
 
-from perchead.template import CROWN_Y, Template, _build_arrays, build_template, patch_radii, template_labels
+from perchead.geometry.template import CROWN_Y, Template, _build_arrays, build_template, patch_radii, template_labels
 
 
 @pytest.fixture(scope="module")

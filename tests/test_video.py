@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from perchead.cameras import camera_centers
+from perchead.geometry.cameras import camera_centers
 from perchead.video import TurntableConfig, make_turntable, render_frames, turntable_cameras, write_mp4
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from perchead.cameras import orbit_cameras
+from perchead.geometry.cameras import orbit_cameras
 from perchead.preprocess import over_white
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -76,7 +76,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from perchead.cameras import camera_centers, orbit_cameras
+from perchead.geometry.cameras import camera_centers, orbit_cameras
 from perchead.data.imagefolder import load_rgb_mask, read_image, square_resize_camera
 from perchead.data.views import sample_input_view
 

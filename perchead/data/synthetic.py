@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perchead.cameras import Cameras, orbit_cameras
+from perchead.geometry.cameras import Cameras, orbit_cameras
 from perchead.data.views import sample_input_view, sample_target_views
-from perchead.gaussians import Gaussians
-from perchead.segmentation import CLASSES, NUM_CLASSES
+from perchead.geometry.gaussians import Gaussians
+from perchead.geometry.segmentation import CLASSES, NUM_CLASSES
 
-CLASS_NAMES = CLASSES  # the 19 CelebAMask-HQ classes, in their standard order (perchead.segmentation)
+CLASS_NAMES = CLASSES  # the 19 CelebAMask-HQ classes, in their standard order (perchead.geometry.segmentation)
 C = {name: i for i, name in enumerate(CLASS_NAMES)}  # class name -> id
 
 SPLITS: dict[str, range] = {
@@ -834,7 +834,7 @@ def render_head(head: SyntheticHead, cameras: Cameras, background: float = 1.0, 
     from perchead.render import render
 
     if not isinstance(cameras, Cameras):
-        raise ValueError(f"cameras must be a perchead.cameras.Cameras, got {type(cameras).__name__}")
+        raise ValueError(f"cameras must be a perchead.geometry.cameras.Cameras, got {type(cameras).__name__}")
     onehot = torch.nn.functional.one_hot(head.labels, NUM_CLASSES).float()  # [N, 19]
     with torch.no_grad():
         out = render(head.gaussians, cameras.viewmats, cameras.Ks, cameras.width, cameras.height,

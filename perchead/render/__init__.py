@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from perchead.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians
 from perchead.render import _native, _torch_impl
 from perchead.render._torch_impl import (ALPHA_MAX, ALPHA_MIN, EPS2D, EXTEND, FAR_PLANE, NEAR_PLANE, T_MIN, TILE_SIZE,
                                          Projected, project_gaussians, render_reference)

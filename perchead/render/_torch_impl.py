@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from perchead.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians
 
 TILE_SIZE = 16  # pixels per tile side, as gsplat
 ALPHA_MIN = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD: contributions below are skipped

@@ -450,7 +450,7 @@ def color_to_labels(image: Any, snap: bool = False, size: int | Sequence[int] | 
             raise ValueError(
                 f"{n} of {h * w} pixels ({100.0 * n / (h * w):.1f}%) are not segmentation-palette colours nor "
                 f"anti-aliased blends of neighbouring palette colours, e.g. RGB {example} at (y={i // w}, "
-                f"x={i % w}); paint only with the palette colours (see perchead.segmentation.legend()), parse a "
+                f"x={i % w}); paint only with the palette colours (see perchead.geometry.segmentation.legend()), parse a "
                 "photo with perchead.parser.FaceParser, or pass snap=True to map each to its nearest palette colour")
         labels[foreign] = nearest[foreign]
     labels = labels.reshape(h, w)  # [H, W]
