@@ -23,192 +23,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
-import threading
 import time
-import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
-try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
-    import spaces
-except ImportError:  # pragma: no cover - spaces is in requirements.txt
-    spaces = None
+from serving import (
+    BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, load_edit_holder, session_key,
+    visitor_error,
+)  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
-BUNDLED = ROOT / "weights_card"
 EXAMPLES = ROOT / "examples"
-OUTPUT_ROOT = Path(tempfile.gettempdir()) / "perchead-app"
 MAX_FILE_SIZE = "32mb"  # uploads above this are refused by the server
+QUEUE_SIZE = 32  # requests waiting at once; more are refused with "queue is full"
 CONCURRENCY = 1  # model jobs at a time (the models share the device; CPUs are few)
 MODEL_QUEUE = "model"  # one concurrency group for /segment, /edit and /reconstruct
-MODEL_TIMEOUT_S = 300  # how long a request waits for the start-up model load
-GPU_DURATION_S = 120  # ZeroGPU time slot per reconstruction
+MAX_FRAMES = 120  # longest turntable
 log = logging.getLogger("perchead.app")
-
-
-def gpu(duration: int):
-    """``spaces.GPU(duration=...)`` when the package is importable, else the identity."""
-    if spaces is None:
-        return lambda fn: fn
-    return spaces.GPU(duration=duration)
-
-
-# ------------------------------------------------------------------------------------------------ model
-class ModelHolder:
-    """Loads the pipeline once, in a background thread, and hands it to requests when ready."""
-
-    what = "model"  # for messages
-
-    def __init__(self, requested: str | None, device: str | None = None) -> None:
-        self.requested = requested
-        self.device = device
-        self.pipeline = None
-        self.notice = ""
-        self.error: str | None = None
-        self.description = ""
-        self.seconds = 0.0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._load, name="perchead-model-load", daemon=True)
-
-    def start(self) -> "ModelHolder":
-        self._thread.start()
-        return self
-
-    def _load(self) -> None:
-        start = time.perf_counter()
-        try:
-            self.pipeline, self.description, self.notice = self.load()
-        except Exception as error:  # the UI shows it; requests get a clear gr.Error
-            log.exception("model loading failed")
-            self.error = f"{type(error).__name__}: {error}"
-        self.seconds = time.perf_counter() - start
-        self._ready.set()
-
-    def load(self):
-        """Returns (pipeline, description, notice); runs in the background thread."""
-        return load_pipeline(self.requested, self.device)
-
-    def get(self, timeout: float = MODEL_TIMEOUT_S):
-        if not self._ready.wait(timeout):
-            raise gr.Error(f"the {self.what} is still loading after {timeout:.0f} s; please retry in a moment")
-        if self.pipeline is None:
-            raise gr.Error(f"the {self.what} could not be loaded: {self.error}")
-        return self.pipeline
-
-    def status_markdown(self) -> str:
-        self._ready.wait(MODEL_TIMEOUT_S)
-        if self.pipeline is None:
-            return f"⚠️ **Model not loaded**: {self.error}"
-        text = f"Model: **{self.description}** (loaded in {self.seconds:.1f} s)."
-        return f"⚠️ {self.notice}\n\n{text}" if self.notice else text
-
-
-def load_pipeline(requested: str | None, device: str | None = None):
-    """The pipeline for ``requested`` (Hub id or folder), else the bundled checkpoint, else a fresh demo model.
-
-    Returns:
-        (pipeline, description, notice) — the notice is empty unless something fell back.
-    """
-    from perchead.pipeline import PercHeadPipeline, default_device
-
-    device = device or str(default_device())
-    notices = []
-    if requested:
-        try:
-            pipeline = PercHeadPipeline.from_pretrained(requested, device=device)
-            return pipeline, f"`{requested}` on {device}", ""
-        except Exception as error:
-            notices.append(
-                f"Could not load the requested model `{requested}` ({type(error).__name__}: {error}); "
-                "using the bundled one instead."
-            )
-    if (BUNDLED / "model.safetensors").is_file():
-        pipeline = PercHeadPipeline.from_pretrained(str(BUNDLED), device=device)
-        return pipeline, f"bundled weights_card/ on {device}", " ".join(notices)
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
-
-    notices.append(
-        "No trained checkpoint is bundled yet (weights_card/model.safetensors is missing): this is a freshly "
-        "initialised `demo` model, so reconstructions are random-looking. Train one with "
-        "`python -m perchead.train --preset demo` or pass `--model`."
-    )
-    pipeline = PercHeadPipeline(PercHead(PercHeadConfig.preset("demo")), device=device)
-    return pipeline, f"untrained `demo` preset on {device}", " ".join(notices)
-
-
-class EditHolder(ModelHolder):
-    """Loads the editing pipeline (``folder/{edit,style,parser}``) in the background, like the base model.
-
-    Whether the Editing tab exists is decided at start-up from the files alone (:attr:`available`, cheap);
-    the tab is built hidden and shown once the models have loaded (:meth:`ready`). Missing or unloadable
-    checkpoints give a one-line notice instead (:meth:`status_line`).
-    """
-
-    what = "editing models"
-
-    def __init__(self, folder: str | None, device: str | None = None) -> None:
-        super().__init__(folder, device)
-        if folder:
-            from perchead.edit_pipeline import missing_parts
-
-            self.missing = missing_parts(folder)
-        else:
-            self.missing = {"all": "disabled with --edit-model none"}
-
-    @property
-    def available(self) -> bool:
-        """All checkpoint files are present (the tab and its endpoints are built)."""
-        return not self.missing
-
-    def start(self) -> "EditHolder":
-        if not self.available:
-            self.error = "missing " + "; ".join(self.missing.values())
-            self._ready.set()
-            return self
-        return super().start()
-
-    def load(self):
-        from perchead.edit_pipeline import EditPipeline
-        from perchead.pipeline import default_device
-
-        device = self.device or str(default_device())
-        return EditPipeline.from_pretrained(self.requested, device=device), f"`{self.requested}` on {device}", ""
-
-    def ready(self) -> bool:
-        """Waits for the start-up load; True when the editing pipeline is usable."""
-        self._ready.wait(MODEL_TIMEOUT_S)
-        return self.pipeline is not None
-
-    def status_line(self) -> str:
-        """One line for the page's status markdown."""
-        if self.ready():
-            return f"Editing models: **{self.description}** (loaded in {self.seconds:.1f} s)."
-        if self.requested is None:
-            return "ℹ️ No Editing tab (disabled with `--edit-model none`)."
-        if not self.available:
-            from perchead.edit_pipeline import PARTS
-
-            commands = ", ".join(f"`{' '.join(PARTS[name][1].split()[:5])} ...`" for name in self.missing)
-            return (f"ℹ️ No Editing tab: `{self.requested}` lacks the editing checkpoints "
-                    f"{', '.join(name + '/' for name in self.missing)} (train them with {commands}; see docs/app.md).")
-        return f"⚠️ No Editing tab: the editing models could not be loaded ({self.error})."
-
-
-def load_edit_holder(requested: str | None, device: str | None = None) -> EditHolder:
-    """The editing holder for ``--edit-model`` (``none`` disables editing), started."""
-    folder = None if (requested or "").strip().lower() in ("none", "off", "") else requested
-    return EditHolder(folder, device).start()
 
 
 # --------------------------------------------------------------------------------------------- handlers
 def _guard(component, files_of, what: str):
-    """Makes an input component refuse unreadable uploads (empty, corrupt, non-image, bomb) with a clear gr.Error.
+    """Makes an input component refuse unreadable uploads (empty, corrupt, non-image, bomb) with a clear message.
 
     Wraps the instance's ``preprocess`` (a subclass would make Gradio write an ``app.pyi`` stub next to
     this file): our header check of every file in the payload runs first, then Gradio's own (which only
@@ -230,11 +68,14 @@ def _guard(component, files_of, what: str):
                 try:
                     check_file(path)
                 except PreprocessError as error:
-                    raise gr.Error(f"{what}: {error}", title="Unusable image") from error
+                    log.info("upload refused (%s): %s", what, error)
+                    raise visitor_error(f"{what}: {error}", "Unusable image") from None
         try:
             return gradio_preprocess(payload)
         except Exception as error:  # anything PIL could not open
-            raise gr.Error(f"{what}: the file cannot be read as an image ({error})", title="Unusable image") from error
+            log.info("upload refused (%s): %s", what, type(error).__name__)
+            raise visitor_error(f"{what}: the file cannot be read as an image; please upload a PNG, JPEG or "
+                                "WebP photo.", "Unusable image") from None
 
     component.preprocess = preprocess
     return component
@@ -254,41 +95,14 @@ def guard_editor(component: gr.ImageEditor) -> gr.ImageEditor:
     )
 
 
-def _session_folder(request: gr.Request | None) -> Path:
-    session = getattr(request, "session_hash", None) or "anonymous"
-    folder = OUTPUT_ROOT / session / time.strftime("%H%M%S") / os.urandom(3).hex()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def reporter(job, progress: gr.Progress):
+    """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage."""
 
+    def report(fraction: float, stage: str) -> None:
+        job.check()
+        progress(fraction, desc=stage)
 
-@contextmanager
-def job_errors(folder: Path, action: str, bad_input: type | tuple[type, ...], title: str) -> Iterator[None]:
-    """Turns a model job's failures into messages for the user; the job's folder is removed on failure.
-
-    Args:
-        folder: the job's output folder.
-        action: what the job does, for the message ("Reconstruction", "Editing").
-        bad_input: exception types that mean the user's input cannot be used ("Bad input: …").
-        title: the title of the bad-input message.
-    """
-    try:
-        yield
-    except bad_input as error:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise gr.Error(f"Bad input: {error}", title=title) from error
-    except gr.Error:
-        raise
-    except Exception as error:
-        shutil.rmtree(folder, ignore_errors=True)
-        log.error("%s failed:\n%s", action.lower(), traceback.format_exc())
-        raise gr.Error(f"{action} failed ({type(error).__name__}: {error})") from error
-
-
-def _cleanup_session(request: gr.Request) -> None:
-    """Deletes a session's output files when its browser tab closes."""
-    session = getattr(request, "session_hash", None)
-    if session:
-        shutil.rmtree(OUTPUT_ROOT / session, ignore_errors=True)
+    return report
 
 
 def output_panel(prefix: str = "") -> tuple:
@@ -309,13 +123,22 @@ def output_panel(prefix: str = "") -> tuple:
     return viewer, video, views, downloads, timings, notes
 
 
-def result_tuple(out, model_input, notes: list[str]) -> tuple:
-    """The handlers' 7 outputs from :class:`perchead.export.Outputs`: .ply first (both tabs, API order)."""
+def result_tuple(out, model_input, notes: list[str], folder: Path) -> tuple:
+    """The handlers' 7 outputs from :class:`perchead.export.Outputs`: .ply first (both tabs, API order).
+
+    The novel views and ``model_input`` (a PIL image) are written into the job's ``folder`` like every other
+    output, so one clean-up policy covers them and Gradio serves them without another copy.
+    """
+    views = []
+    for index, (caption, view) in enumerate(out.views):
+        view.save(folder / f"view{index}.png")
+        views.append((str(folder / f"view{index}.png"), caption))
+    model_input.save(folder / "model_input.png")
     return (
         str(out.files["ply"]),
         str(out.video) if out.video else None,
-        [(view, caption) for caption, view in out.views],
-        model_input,
+        views,
+        str(folder / "model_input.png"),
         [str(path) for path in out.files.values()],
         {k: round(v, 3) for k, v in out.timings.items()},
         "\n".join(f"- {note}" for note in notes) or "Done.",
@@ -326,13 +149,12 @@ MAP_DISPLAY_SIZE = 512  # parsed maps are shown (and painted) at this side; labe
 STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
 
 
-def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
+def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
     """The Editing tab (paper §3.5, supplement §8), built inside the current Blocks; hidden until the editing
-    models have loaded. Endpoints ``/segment`` and ``/edit``."""
+    models have loaded. Endpoints ``/segment`` and ``/edit``; ``jobs`` runs them."""
     from perchead.geometry.segmentation import PALETTE_HEX, labels_to_color, legend_html
 
-    @gpu(GPU_DURATION_S)
-    def segment(
+    async def segment(
         photo: str | None,
         remove_background: bool = True,
         auto_crop: bool = True,
@@ -352,36 +174,32 @@ def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
             editor: the same map loaded into the map editor for painting.
             notes: remarks (timings, preprocessing notes).
         """
+        from PIL import Image
+
         from perchead.preprocess import PreprocessError
         from perchead.geometry.segmentation import resize_labels
 
         if not photo:
-            raise gr.Error("Please upload a photo to parse first.", title="No image")
-        pipeline = edit_holder.get()
-        start = time.perf_counter()
-        try:
-            labels, prep = pipeline.segment(
-                photo, remove_background=bool(remove_background), auto_crop=bool(auto_crop),
-                use_whole_image=bool(use_whole_image), return_preprocessed=True,
-            )  # fmt: skip
-        except PreprocessError as error:
-            raise gr.Error(f"Bad input: {error}", title="Unusable image") from error
-        except Exception as error:
-            log.error("segmentation failed:\n%s", traceback.format_exc())
-            raise gr.Error(f"Segmentation failed ({type(error).__name__}: {error})") from error
-        seconds = time.perf_counter() - start
-        folder = _session_folder(request)
-        path = folder / "segmentation.png"
-        from PIL import Image
+            raise visitor_error("Please upload a photo to parse first.", "No image")
+        options = dict(remove_background=check_flag(remove_background, "remove_background"),
+                       auto_crop=check_flag(auto_crop, "auto_crop"),
+                       use_whole_image=check_flag(use_whole_image, "use_whole_image"))
 
-        Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
-        notes = [f"parsed in {seconds:.2f} s ({labels.shape[-1]}² map, shown at {MAP_DISPLAY_SIZE}²)", *prep.notes]
-        if not (labels != 0).any():
-            notes.append("the parser found no head (all background): paint one, or try another photo")
-        return str(path), str(path), "\n".join(f"- {note}" for note in notes)
+        def work(job):
+            pipeline = edit_holder.get()
+            start = time.perf_counter()
+            labels, prep = pipeline.segment(photo, return_preprocessed=True, **options)
+            seconds = time.perf_counter() - start
+            path = job.folder / "segmentation.png"
+            Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
+            notes = [f"parsed in {seconds:.2f} s ({labels.shape[-1]}² map, shown at {MAP_DISPLAY_SIZE}²)", *prep.notes]
+            if not (labels != 0).any():
+                notes.append("the parser found no head (all background): paint one, or try another photo")
+            return str(path), str(path), "\n".join(f"- {note}" for note in notes)
 
-    @gpu(GPU_DURATION_S)
-    def edit(
+        return await jobs.run(request, "segmentation", work, (PreprocessError,))
+
+    async def edit(
         segmentation_map: dict | None,
         style_prompt: str = "",
         style_image: str | None = None,
@@ -419,32 +237,37 @@ def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
         has_map = isinstance(segmentation_map, dict) and (
             segmentation_map.get("composite") is not None or segmentation_map.get("background") is not None)
         if not has_map:
-            raise gr.Error("Please parse a photo, pick an example map or paint a segmentation map first.",
-                           title="No segmentation map")
+            raise visitor_error("Please parse a photo, pick an example map or paint a segmentation map first.",
+                                "No segmentation map")
+        if style_prompt is not None and not isinstance(style_prompt, str):
+            raise visitor_error("style_prompt must be text.", "Bad parameter")
         style_prompt = (style_prompt or "").strip()
+        snap = check_flag(snap_colors, "snap_colors")
+        frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         try:
             EditPipeline.check_style(style_prompt or None, style_image or None)
         except ValueError as error:
-            raise gr.Error(f"Bad input: {error}", title="No style") from error
-        pipeline = edit_holder.get()
-        try:
-            labels = pipeline.labels_from_color(segmentation_map, snap=bool(snap_colors))
-        except ValueError as error:
-            hint = "" if snap_colors else " — or tick 'Snap foreign colours to the nearest class colour'"
-            raise gr.Error(f"Bad segmentation map: {error}{hint}", title="Unusable segmentation map") from error
-        folder = _session_folder(request)
-        with job_errors(folder, "Editing", (PreprocessError, ValueError), "Unusable input"):
+            raise visitor_error(str(error), "No style") from None
+
+        def work(job):
+            pipeline = edit_holder.get()
+            notes = pipeline.prompt_notes(style_prompt) if style_prompt else []
+            try:
+                labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
+            except ValueError as error:
+                hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
+                raise ValueError(f"Bad segmentation map: {error}{hint}") from None
             out, result = edit_to_outputs(
-                pipeline, labels, folder, style_text=style_prompt or None, style_image=style_image or None,
-                turntable_frames=int(turntable_frames or 0),
-                progress=lambda fraction, stage: progress(fraction, desc=stage),
+                pipeline, labels, job.folder, style_text=style_prompt or None, style_image=style_image or None,
+                turntable_frames=frames, progress=reporter(job, progress),
             )  # fmt: skip
-        seen = labels_to_color(result.labels)  # [S, S, 3]
-        if result.style_input is not None:
-            seen = np.concatenate([seen, to_uint8(result.style_input.image[0])], axis=1)  # [S, 2S, 3]
-        style_note = f"style from the {result.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
-        notes = [style_note, *out.notes]
-        return result_tuple(out, Image.fromarray(seen), notes)
+            seen = labels_to_color(result.labels)  # [S, S, 3]
+            if result.style_input is not None:
+                seen = np.concatenate([seen, to_uint8(result.style_input.image[0])], axis=1)  # [S, 2S, 3]
+            style_note = f"style from the {result.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
+            return result_tuple(out, Image.fromarray(seen), [style_note, *notes, *map_notes, *out.notes], job.folder)
+
+        return await jobs.run(request, "editing", work, (PreprocessError, ValueError))
 
     def switch_style(source: str):
         text = source == STYLE_TEXT
@@ -516,12 +339,14 @@ def build_edit_tab(edit_holder: EditHolder) -> gr.Tab:
     return tab
 
 
-def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None) -> gr.Blocks:
+def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs: JobRunner | None = None) -> gr.Blocks:
     """The Gradio UI: the Reconstruction tab (``holder`` supplies the model) and, when ``edit_holder`` has
-    its checkpoints, the Editing tab (hidden until they have loaded)."""
+    its checkpoints, the Editing tab (hidden until they have loaded). ``jobs`` runs the model jobs (default:
+    one at a time, outputs under Gradio's cache folder)."""
+    jobs = jobs or JobRunner(OutputStore(Path(get_upload_folder()) / "perchead"))
+    store = jobs.store
 
-    @gpu(GPU_DURATION_S)
-    def reconstruct(
+    async def reconstruct(
         image: str | None,
         remove_background: bool = True,
         auto_crop: bool = True,
@@ -552,20 +377,21 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None) -> gr
         from perchead.preprocess import PreprocessError
 
         if not image:
-            raise gr.Error("Please upload a portrait (or pick an example) first.", title="No image")
-        pipeline = holder.get()
-        folder = _session_folder(request)
-        with job_errors(folder, "Reconstruction", PreprocessError, "Unusable image"):
-            out = photo_to_outputs(
-                pipeline, image, folder,
-                remove_background=bool(remove_background), auto_crop=bool(auto_crop),
-                use_whole_image=bool(use_whole_image), turntable_frames=int(turntable_frames or 0),
-                progress=lambda fraction, stage: progress(fraction, desc=stage),
-            )  # fmt: skip
-        notes = ([holder.notice] if holder.notice else []) + out.notes
-        return result_tuple(out, out.preprocessed.preview(), notes)
+            raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
+        options = dict(remove_background=check_flag(remove_background, "remove_background"),
+                       auto_crop=check_flag(auto_crop, "auto_crop"),
+                       use_whole_image=check_flag(use_whole_image, "use_whole_image"),
+                       turntable_frames=check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES))
 
-    with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, 3600)) as demo:
+        def work(job):
+            pipeline = holder.get()
+            out = photo_to_outputs(pipeline, image, job.folder, progress=reporter(job, progress), **options)
+            notes = ([holder.notice] if holder.notice else []) + out.notes
+            return result_tuple(out, out.preprocessed.preview(), notes, job.folder)
+
+        return await jobs.run(request, "reconstruction", work, (PreprocessError,))
+
+    with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, store.max_age_s)) as demo:
         gr.Markdown(
             "# PercHead — a 3D head from one photo\n"
             "Upload a portrait (or pick a synthetic example). The head is cropped and cut out, lifted to "
@@ -614,7 +440,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None) -> gr
         )
         edit_tab = None
         if edit_holder is not None and edit_holder.available:
-            edit_tab = build_edit_tab(edit_holder)
+            edit_tab = build_edit_tab(edit_holder, jobs)
 
         def page_status():
             text = holder.status_markdown()
@@ -624,7 +450,11 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None) -> gr
             return text if edit_tab is None else (text, gr.Tab(visible=edit_holder.ready()))
 
         demo.load(page_status, outputs=status if edit_tab is None else [status, edit_tab], api_name=False, queue=False)
-        demo.unload(_cleanup_session)
+        def end_session(request: gr.Request) -> None:
+            """The page was closed: stop its running job and delete its outputs."""
+            jobs.cancel_session(session_key(request))
+
+        demo.unload(end_session)
     return demo
 
 
@@ -651,10 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     holder = ModelHolder(args.model, args.device).start()
     edit_holder = load_edit_holder(args.edit_model, args.device)
     demo = build_demo(holder, edit_holder)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=32)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(OUTPUT_ROOT)], show_error=True,
+        show_error=False,
     )  # fmt: skip
 
 

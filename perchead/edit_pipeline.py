@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
-from perchead.edit import PercHeadEditor
+from perchead.models.editor import PercHeadEditor
 from perchead.geometry.gaussians import Gaussians
 from perchead.pipeline import StageTimer, default_device, gaussians_and_views, inference_autocast
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
@@ -58,6 +58,8 @@ PARTS: dict[str, tuple[str, str]] = {
 }
 WEIGHTS_NAME = "model.safetensors"
 MAX_MAP_SIDE = 1024  # painted maps above this side are downscaled (nearest) before colour → labels (speed)
+MIN_MAP_SIDE = 64  # smaller maps cannot show eyes, brows and lips; they are refused
+MAX_PROMPT_CHARS = 300  # longer style prompts are refused (CLIP reads a few dozen tokens anyway)
 
 
 @dataclass
@@ -187,7 +189,8 @@ class EditPipeline:
         labels = labels.long().cpu()
         return (labels, prep) if return_preprocessed else labels
 
-    def labels_from_color(self, image: Any, snap: bool = False, max_side: int = MAX_MAP_SIDE) -> Tensor:
+    def labels_from_color(self, image: Any, snap: bool = False, max_side: int = MAX_MAP_SIDE,
+                          return_notes: bool = False) -> Tensor | tuple[Tensor, list[str]]:
         """A painted / parsed colour map (palette colours) → the model's label map.
 
         Args:
@@ -196,12 +199,14 @@ class EditPipeline:
             snap: map colours that are neither palette colours nor blends of neighbouring ones to the nearest
                 palette colour instead of raising.
             max_side: larger maps are first downscaled with nearest neighbour (no new colours) to this side.
+            return_notes: also return remarks for the user (e.g. that a small map was enlarged).
 
         Returns:
-            long ``[S, S]`` class ids (nearest-neighbour resized to the model size).
+            long ``[S, S]`` class ids (nearest-neighbour resized to the model size), or (labels, notes).
 
         Raises:
-            ValueError: foreign colours (without ``snap``), or no image at all.
+            ValueError: no image, a map that is not square (within 2 %) or under :data:`MIN_MAP_SIDE`
+                pixels, or foreign colours (without ``snap``).
         """
         from PIL import Image
 
@@ -218,7 +223,38 @@ class EditPipeline:
             scale = max_side / max(image.size)
             image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                                  Image.Resampling.NEAREST)
-        return color_to_labels(image, snap=snap, size=self.image_size)  # [S, S]
+        labels = color_to_labels(image, snap=snap)  # [H, W]
+        height, width = labels.shape
+        S = self.image_size
+        if abs(width - height) > 0.02 * max(width, height):
+            raise ValueError(f"the map is {width}×{height} pixels but must be square (the model reads {S}×{S} "
+                             "maps): crop or pad it to a square")
+        if min(width, height) < MIN_MAP_SIDE:
+            raise ValueError(f"the map is {width}×{height} pixels, too small to show the face parts: use at least "
+                             f"{MIN_MAP_SIDE}×{MIN_MAP_SIDE} (the model reads {S}×{S})")
+        notes = [f"the {width}×{height} map was enlarged to the model's {S}×{S}"] if min(width, height) < S else []
+        labels = resize_labels(labels, S) if (height, width) != (S, S) else labels  # [S, S]
+        return (labels, notes) if return_notes else labels
+
+    def prompt_notes(self, text: str) -> list[str]:
+        """Checks a style prompt's length; notes that the style encoder reads only its first tokens.
+
+        Raises:
+            ValueError: a prompt longer than :data:`MAX_PROMPT_CHARS` characters.
+        """
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the style prompt has {len(text)} characters; keep it under {MAX_PROMPT_CHARS} "
+                             "(a few words describe a style best)")
+        tokenizer = self.style_encoder.tokenizer
+        context, encode = getattr(tokenizer, "context_length", None), getattr(tokenizer, "encode", None)
+        if context is None or encode is None:
+            return []
+        tokens = encode(text)
+        if len(tokens) + 2 <= context:  # + start and end tokens
+            return []
+        kept = tokenizer.decode(tokens[: context - 2]).strip() if hasattr(tokenizer, "decode") else ""
+        return [f"the prompt is {len(tokens)} tokens long; the style encoder reads only the first {context - 2}"
+                + (f" (“{kept}”)" if kept else "")]
 
     # ------------------------------------------------------------------------------------------ style
     def _style_image(self, image: Any) -> tuple[Tensor, Preprocessed | None]:
@@ -229,7 +265,8 @@ class EditPipeline:
                 raise ValueError(f"a style image tensor must be float [3, H, W] or [1, 3, H, W] in [0, 1], "
                                  f"got {x.dtype} {tuple(image.shape)}")
             return x, None
-        prep = preprocess(image, self.preprocess_config())
+        # a style reference needs no face (a hair swatch will do): without one the whole image is used, with a note
+        prep = preprocess(image, self.preprocess_config(use_whole_image=True))
         return prep.image, prep  # [1, 3, S, S]
 
     @staticmethod

@@ -442,38 +442,57 @@ def whole_image_crop(width: int, height: int) -> Box:
 
 
 def crop_resize(array: np.ndarray, box: Box, size: int, fill: int) -> np.ndarray:
-    """Crops a square ``box`` (may reach outside the image; padded with ``fill``) and resizes it to ``size``².
+    """Crops a square ``box`` (may be fractional and reach outside the image; padded with ``fill``) and
+    resizes it to ``size``².
 
-    Only the part inside the image is resampled (area interpolation when shrinking), so the cost does not
-    depend on how far the box reaches outside.
+    Output pixel ``u`` (centre ``u + 0.5``) samples the input at ``x0 + (u + 0.5) · side / size``. One
+    affine warp does it (bilinear); when shrinking, the part of the image under the box is first reduced
+    with area interpolation so that fine detail is averaged rather than aliased. The cost depends on the
+    output and on the part of the image inside the box, not on how far the box reaches outside.
 
     Args:
         array: ``[H, W]`` or ``[H, W, C]`` uint8.
-        box: ``(x0, y0, x1, y1)`` square in pixels.
+        box: ``(x0, y0, x1, y1)`` square in pixels (edges; pixel ``i`` spans ``[i, i + 1)``).
         size: output side.
         fill: padding value.
 
     Returns:
         ``[size, size]`` or ``[size, size, C]`` uint8.
+
+    Raises:
+        ValueError: a non-finite or empty box, or a size below 1.
     """
     import cv2
 
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        raise ValueError(f"crop box {box} is not a finite, non-empty box")
+    if size < 1:
+        raise ValueError(f"output size must be at least 1, got {size}")
     height, width = array.shape[:2]
-    x0, y0, x1, y1 = box
+    out_shape = (size, size) + array.shape[2:]
     scale = size / (x1 - x0)  # output pixels per input pixel
-    out = np.full((size, size) + array.shape[2:], fill, dtype=np.uint8)
-    ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-    ix1, iy1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
-    if ix1 <= ix0 or iy1 <= iy0:
-        return out
-    ox0, oy0 = round((ix0 - x0) * scale), round((iy0 - y0) * scale)
-    ox1, oy1 = min(size, round((ix1 - x0) * scale)), min(size, round((iy1 - y0) * scale))
-    if ox1 <= ox0 or oy1 <= oy0:
-        return out
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    patch = cv2.resize(np.ascontiguousarray(array[iy0:iy1, ix0:ix1]), (ox1 - ox0, oy1 - oy0), interpolation=interpolation)
-    out[oy0:oy1, ox0:ox1] = patch.reshape(out[oy0:oy1, ox0:ox1].shape)
-    return out
+    source, origin, density = array, (0.0, 0.0), (1.0, 1.0)  # source pixels per input pixel
+    if scale < 1:  # shrink the covered part with area interpolation first (2 px margin for the warp)
+        ix0, iy0 = max(0, math.floor(x0) - 2), max(0, math.floor(y0) - 2)
+        ix1, iy1 = min(width, math.ceil(x1) + 2), min(height, math.ceil(y1) + 2)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return np.full(out_shape, fill, dtype=np.uint8)
+        new_w, new_h = max(1, round((ix1 - ix0) * scale)), max(1, round((iy1 - iy0) * scale))
+        region = np.ascontiguousarray(array[iy0:iy1, ix0:ix1])
+        source = cv2.resize(region, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        origin, density = (ix0, iy0), (new_w / (ix1 - ix0), new_h / (iy1 - iy0))
+    # source pixel centre s (continuous s + 0.5) ↔ input x = origin + (s + 0.5) / density ↔ output u + 0.5 = (x - x0) · scale
+    kx, ky = scale / density[0], scale / density[1]
+    matrix = np.array(
+        [[kx, 0.0, (origin[0] - x0) * scale + 0.5 * kx - 0.5], [0.0, ky, (origin[1] - y0) * scale + 0.5 * ky - 0.5]]
+    )  # [2, 3] source → output
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    warped = cv2.warpAffine(
+        np.ascontiguousarray(source), matrix, (size, size), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * min(channels, 4),
+    )  # fmt: skip
+    return warped.reshape(out_shape)
 
 
 # ------------------------------------------------------------------------------------------ segmentation

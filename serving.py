@@ -1,0 +1,428 @@
+"""What the Space needs besides its UI: model loading, per-job output folders, one cancellable job at a time,
+and the messages a visitor sees.
+
+Nothing a client sends steers the file system: job folders get server-chosen random names under one root
+inside Gradio's cache; a session id (client-chosen text) is only ever a dictionary key, and only when it
+has the format Gradio issues. Every path written or deleted is checked to lie directly under that root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+ROOT = Path(__file__).resolve().parent
+BUNDLED = ROOT / "weights_card"
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what Gradio's page and gradio_client issue
+MODEL_TIMEOUT_S = 300  # how long a request waits for the start-up model load
+MAX_AGE_S = int(os.environ.get("PERCHEAD_OUTPUT_MAX_AGE_S", 3600))  # outputs older than this are deleted
+MAX_OUTPUT_BYTES = int(os.environ.get("PERCHEAD_OUTPUT_MAX_BYTES", 2 * 1024**3))  # oldest deleted beyond this
+CANCEL_WAIT_S = 5.0  # how long a cancelled request waits for its worker to notice (it checks every frame)
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]+){2,}")  # absolute-looking paths in messages
+log = logging.getLogger("perchead.app")
+
+
+# --------------------------------------------------------------------------------------------- errors
+class Cancelled(Exception):
+    """The visitor cancelled the job, closed the page or lost the connection."""
+
+
+def visitor_error(message: str, title: str = "Error") -> gr.Error:
+    """A ``gr.Error`` for the visitor: no traceback in the log (the caller logs one line), no server paths."""
+    return gr.Error(_SERVER_PATH.sub("<file>", message), title=title, print_exception=False)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A real boolean from the API (``"no"``, ``1`` or ``None`` are refused, not read as True)."""
+    if not isinstance(value, bool):
+        raise visitor_error(f"{name} must be true or false, got {str(value)[:40]!r}.", "Bad parameter")
+    return value
+
+
+def check_count(value: Any, name: str, low: int, high: int) -> int:
+    """A whole number in ``[low, high]`` from the API (``7.5``, ``"ten"`` and ``True`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
+        raise visitor_error(f"{name} must be a whole number from {low} to {high}, got {str(value)[:40]!r}.",
+                            "Bad parameter")
+    if not low <= int(value) <= high:
+        raise visitor_error(f"{name} must be from {low} to {high}, got {int(value)}.", "Bad parameter")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------- model
+class ModelHolder:
+    """Loads a pipeline once, in a background thread, and hands it to requests when ready."""
+
+    what = "model"  # for messages
+
+    def __init__(self, requested: str | None, device: str | None = None) -> None:
+        self.requested = requested
+        self.device = device
+        self.pipeline = None
+        self.notice = ""
+        self.error: str | None = None
+        self.description = ""
+        self.seconds = 0.0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._load, name="perchead-model-load", daemon=True)
+
+    def start(self) -> "ModelHolder":
+        self._thread.start()
+        return self
+
+    def _load(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.pipeline, self.description, self.notice = self.load()
+        except Exception as error:  # the page shows a short line; the log has the traceback
+            log.exception("loading the %s failed", self.what)
+            self.error = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        self.seconds = time.perf_counter() - start
+        self._ready.set()
+
+    def load(self):
+        """Returns (pipeline, description, notice); runs in the background thread."""
+        return load_pipeline(self.requested, self.device)
+
+    def ready(self) -> bool:
+        """Waits for the start-up load; True when the pipeline is usable."""
+        self._ready.wait(MODEL_TIMEOUT_S)
+        return self.pipeline is not None
+
+    def get(self, timeout: float = MODEL_TIMEOUT_S):
+        if not self._ready.wait(timeout):
+            raise visitor_error(f"The {self.what} is still loading; please retry in a moment.", "Still loading")
+        if self.pipeline is None:
+            raise visitor_error(f"The {self.what} could not be loaded; the page header says why.", "Not available")
+        return self.pipeline
+
+    def status_markdown(self) -> str:
+        if not self.ready():
+            return f"⚠️ **Model not loaded**: {self.error}"
+        text = f"Model: **{self.description}** (loaded in {self.seconds:.1f} s)."
+        return f"⚠️ {self.notice}\n\n{text}" if self.notice else text
+
+
+def load_pipeline(requested: str | None, device: str | None = None):
+    """The pipeline for ``requested`` (Hub id or folder), else the bundled checkpoint, else a fresh demo model.
+
+    Returns:
+        (pipeline, description, notice) — the notice is empty unless something fell back.
+    """
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
+    from perchead.pipeline import PercHeadPipeline, default_device
+
+    device = device or str(default_device())
+    notices = []
+    if requested:
+        try:
+            pipeline = PercHeadPipeline.from_pretrained(requested, device=device)
+            return pipeline, f"`{requested}` on {device}", ""
+        except Exception as error:
+            log.warning("could not load the requested model %r: %s", requested, error)
+            notices.append(f"Could not load the requested model `{requested}`; using the bundled one instead.")
+    if (BUNDLED / "model.safetensors").is_file():
+        pipeline = PercHeadPipeline.from_pretrained(str(BUNDLED), device=device)
+        return pipeline, f"bundled weights_card/ on {device}", " ".join(notices)
+    notices.append(
+        "No trained checkpoint is bundled yet (weights_card/model.safetensors is missing): this is a freshly "
+        "initialised `demo` model, so reconstructions are random-looking. Train one with "
+        "`python -m perchead.train --preset demo` or pass `--model`."
+    )
+    pipeline = PercHeadPipeline(PercHead(PercHeadConfig.preset("demo")), device=device)
+    return pipeline, f"untrained `demo` preset on {device}", " ".join(notices)
+
+
+class EditHolder(ModelHolder):
+    """Loads the editing pipeline (``folder/{edit,style,parser}``) in the background, like the base model.
+
+    Whether the Editing tab exists is decided at start-up from the files alone (:attr:`available`, cheap);
+    the tab is built hidden and shown once the models have loaded. Missing or unloadable checkpoints give a
+    one-line notice instead (:meth:`status_line`).
+    """
+
+    what = "editing models"
+
+    def __init__(self, folder: str | None, device: str | None = None) -> None:
+        super().__init__(folder, device)
+        if folder:
+            from perchead.edit_pipeline import missing_parts
+
+            self.missing = missing_parts(folder)
+        else:
+            self.missing = {"all": "disabled with --edit-model none"}
+
+    @property
+    def available(self) -> bool:
+        """All checkpoint files are present (the tab and its endpoints are built)."""
+        return not self.missing
+
+    def start(self) -> "EditHolder":
+        if not self.available:
+            self.error = "missing " + "; ".join(self.missing.values())
+            self._ready.set()
+            return self
+        return super().start()
+
+    def load(self):
+        from perchead.edit_pipeline import EditPipeline
+        from perchead.pipeline import default_device
+
+        device = self.device or str(default_device())
+        return EditPipeline.from_pretrained(self.requested, device=device), f"`{self.requested}` on {device}", ""
+
+    def status_line(self) -> str:
+        """One line for the page's status markdown."""
+        if self.ready():
+            return f"Editing models: **{self.description}** (loaded in {self.seconds:.1f} s)."
+        if self.requested is None:
+            return "ℹ️ No Editing tab (disabled with `--edit-model none`)."
+        if not self.available:
+            from perchead.edit_pipeline import PARTS
+
+            commands = ", ".join(f"`{' '.join(PARTS[name][1].split()[:5])} ...`" for name in self.missing)
+            return (f"ℹ️ No Editing tab: `{self.requested}` lacks the editing checkpoints "
+                    f"{', '.join(name + '/' for name in self.missing)} (train them with {commands}; see docs/app.md).")
+        return f"⚠️ No Editing tab: the editing models could not be loaded ({self.error})."
+
+
+def load_edit_holder(requested: str | None, device: str | None = None) -> EditHolder:
+    """The editing holder for ``--edit-model`` (``none`` disables editing), started."""
+    folder = None if (requested or "").strip().lower() in ("none", "off", "") else requested
+    return EditHolder(folder, device).start()
+
+
+# -------------------------------------------------------------------------------------------- outputs
+def session_key(request: gr.Request | None) -> str | None:
+    """The request's session id when it has the format Gradio issues, else None (no per-session clean-up)."""
+    session = getattr(request, "session_hash", None)
+    return session if isinstance(session, str) and SESSION_ID.fullmatch(session) else None
+
+
+class OutputStore:
+    """Job folders ``<root>/<random hex>``: created, deleted and pruned only here, only under ``root``.
+
+    One clean-up policy covers every output, whether the page or a REST call asked for it: a folder is
+    deleted when its browser session ends, when it is older than ``max_age_s``, and, oldest first, while
+    all folders together exceed ``max_bytes``. Pruning runs before every job, so the disk used by outputs
+    never exceeds ``max_bytes`` plus one job's files.
+    """
+
+    def __init__(self, root: str | os.PathLike, max_age_s: float = MAX_AGE_S, max_bytes: int = MAX_OUTPUT_BYTES):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._sessions: dict[str, set[Path]] = {}  # session id → its job folders
+        self._busy: set[Path] = set()  # folders of jobs that are running (never pruned)
+        self._orphans: set[Path] = set()  # folders of ended sessions whose job was still running
+
+    def _inside(self, folder: Path) -> Path:
+        """``folder`` resolved, if it is a direct child of the root; raises otherwise."""
+        resolved = Path(folder).resolve()
+        if resolved.parent != self.root or resolved.is_symlink():
+            raise RuntimeError(f"refusing to touch {resolved}: not a job folder under {self.root}")
+        return resolved
+
+    def new_folder(self, session: str | None = None) -> Path:
+        """A fresh, empty job folder with a random name (the session id only files it for clean-up)."""
+        self.prune()
+        folder = self._inside(self.root / secrets.token_hex(8))
+        with self._lock:
+            folder.mkdir()
+            self._busy.add(folder)
+            if session is not None and SESSION_ID.fullmatch(session):
+                self._sessions.setdefault(session, set()).add(folder)
+        return folder
+
+    def release(self, folder: Path) -> None:
+        """The job writing into ``folder`` has ended; the folder may now be pruned."""
+        with self._lock:
+            self._busy.discard(folder)
+
+    def remove(self, folder: Path) -> None:
+        """Deletes one job folder (only ever a direct child of the root)."""
+        folder = self._inside(folder)
+        with self._lock:
+            self._busy.discard(folder)
+            for folders in self._sessions.values():
+                folders.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def end_session(self, session: str | None) -> int:
+        """Deletes the finished job folders of a session; a running job's folder goes when the job stops.
+
+        Returns:
+            the number of folders deleted now.
+        """
+        if session is None:
+            return 0
+        with self._lock:
+            folders = self._sessions.pop(session, set())
+            idle = [f for f in folders if f not in self._busy]
+            self._orphans |= folders - set(idle)
+        for folder in idle:
+            self.remove(folder)
+        return len(idle)
+
+    def usage(self) -> int:
+        """Bytes in all job folders."""
+        return sum(size for _, _, size in self._folders())
+
+    def _folders(self) -> list[tuple[float, Path, int]]:
+        """(modification time, folder, bytes) of every job folder, oldest first."""
+        rows = []
+        for entry in os.scandir(self.root):
+            if entry.is_dir(follow_symlinks=False):
+                size = sum(f.stat().st_size for f in Path(entry.path).rglob("*") if f.is_file())
+                rows.append((entry.stat().st_mtime, Path(entry.path), size))
+        return sorted(rows)
+
+    def prune(self) -> int:
+        """Applies the age and size limits (and deletes folders left by ended sessions). Returns bytes freed."""
+        now, freed = time.time(), 0
+        rows = self._folders()
+        total = sum(size for _, _, size in rows)
+        with self._lock:
+            busy = set(self._busy)
+            orphans = self._orphans - busy
+            self._orphans &= busy
+        for mtime, folder, size in rows:
+            if folder in busy:
+                continue
+            if folder in orphans or now - mtime > self.max_age_s or total > self.max_bytes:
+                self.remove(folder)
+                total -= size
+                freed += size
+        return freed
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+@dataclass(eq=False)  # hashed by identity
+class Job:
+    """One model job: its output folder and how it learns that it should stop."""
+
+    folder: Path
+    session: str | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    alive: Callable[[], bool] = lambda: True  # False once the visitor's connection is gone
+
+    def check(self) -> None:
+        """Raises :class:`Cancelled` when the job should stop (called between frames and stages)."""
+        if self.cancel.is_set() or not self.alive():
+            raise Cancelled()
+
+
+def _connection_probe() -> Callable[[], bool]:
+    """A cheap check, callable from the worker thread, that the current Gradio event still has a client.
+
+    Gradio marks an event dead when its client's event stream disconnects; a missing queue or event (an
+    older or newer Gradio) counts as alive, so the job then stops only on an explicit cancel.
+    """
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    events = getattr(queue, "event_ids_to_events", None)
+    if event_id is None or not isinstance(events, dict):
+        return lambda: True
+    event = events.get(event_id)
+    return (lambda: True) if event is None else (lambda: getattr(event, "alive", True))
+
+
+def _release_memory() -> None:
+    """Hands freed heap pages back to the OS after a job (glibc keeps them otherwise; RSS would only grow)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class JobRunner:
+    """Runs model jobs one at a time, in a worker thread, stoppable between frames and stages.
+
+    The lock is taken inside the worker, so a job that was cancelled but has not yet reached its next
+    check still holds it: the next job waits (at most one frame batch) instead of running beside it.
+    """
+
+    def __init__(self, store: OutputStore):
+        self.store = store
+        self.lock = threading.Lock()
+        self._jobs: set[Job] = set()
+        self._jobs_lock = threading.Lock()
+
+    def cancel_session(self, session: str | None) -> None:
+        """Stops the running jobs of a session (its page was closed) and deletes its outputs."""
+        if session is None:
+            return
+        with self._jobs_lock:
+            for job in self._jobs:
+                if job.session == session:
+                    job.cancel.set()
+        self.store.end_session(session)
+
+    async def run(self, request: gr.Request | None, action: str, work: Callable[[Job], Any],
+                  bad_input: tuple[type[Exception], ...] = ()) -> Any:
+        """Runs ``work(job)`` in a worker thread under the model lock and turns its failures into messages.
+
+        Args:
+            request: the Gradio request (its session files the job folder for clean-up).
+            action: what the job does, for messages and the log ("reconstruction", "editing").
+            work: does the job; writes only into ``job.folder``; calls ``job.check()`` between steps.
+            bad_input: exception types whose message tells the visitor what is wrong with the input.
+
+        Returns:
+            whatever ``work`` returns.
+        """
+        job = Job(self.store.new_folder(session_key(request)), session_key(request), alive=_connection_probe())
+        with self._jobs_lock:
+            self._jobs.add(job)
+        future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, work))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:  # the visitor pressed stop or left: tell the worker, let it wind down
+            job.cancel.set()
+            await asyncio.wait([future], timeout=CANCEL_WAIT_S)
+            raise
+        except Cancelled:
+            log.info("%s stopped: the visitor left", action)
+            raise visitor_error("The job was stopped.", "Stopped") from None
+        except bad_input as error:
+            log.info("%s refused: %s", action, str(error).splitlines()[0] if str(error) else type(error).__name__)
+            raise visitor_error(str(error), "Unusable input") from None
+        except gr.Error:
+            raise
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("%s failed unexpectedly (reference %s)", action, reference)
+            raise visitor_error(f"The {action} failed unexpectedly (reference {reference}). Please try again, "
+                                "or with another input.") from None
+        finally:
+            with self._jobs_lock:
+                self._jobs.discard(job)
+
+    def _locked(self, job: Job, work: Callable[[Job], Any]) -> Any:
+        with self.lock:
+            try:
+                job.check()  # it may have been cancelled while it waited for the lock
+                return work(job)
+            except BaseException:
+                self.store.remove(job.folder)
+                raise
+            finally:
+                self.store.release(job.folder)
+                _release_memory()
