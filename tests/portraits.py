@@ -1,0 +1,55 @@
+"""Real portraits for the preprocessing tests, taken from public packages on PyPI (never committed).
+
+    python tests/portraits.py    # fetch them (``python3 tasks.py test`` does it first)
+
+Each comes out of one wheel downloaded with ``pip download --no-deps`` (nothing is installed):
+
+* ``astronaut.png``: scikit-image's ``skimage/data/astronaut.png`` (Eileen Collins, NASA, public domain).
+* ``grace_hopper.jpg``: matplotlib's ``mpl-data/sample_data/grace_hopper.jpg`` (US Navy, public domain).
+* ``group.jpg``: insightface's ``data/images/t1.jpg``, a group photo of six people (no licence stated:
+  used in tests only, never in committed files).
+* ``tight_gray.png``: insightface's ``data/images/Tom_Hanks_54745.png``, a 112² tight grayscale face crop
+  (likewise tests only).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+SOURCES = {  # wheel → {local name: member}
+    "scikit-image==0.25.2": {"astronaut.png": "skimage/data/astronaut.png"},
+    "matplotlib==3.11.2": {"grace_hopper.jpg": "matplotlib/mpl-data/sample_data/grace_hopper.jpg"},
+    "insightface==2.1": {"group.jpg": "insightface/data/images/t1.jpg",
+                         "tight_gray.png": "insightface/data/images/Tom_Hanks_54745.png"},
+}
+PUBLIC_DOMAIN = ("astronaut.png", "grace_hopper.jpg")  # may appear in committed figures
+
+
+def folder() -> Path:
+    """Where the portraits live: ``$PERCHEAD_TEST_PORTRAITS`` or the environment's share/perchead/portraits."""
+    return Path(os.environ.get("PERCHEAD_TEST_PORTRAITS", Path(sys.prefix) / "share" / "perchead" / "portraits"))
+
+
+def path(name: str) -> Path | None:
+    """The portrait's path, or None when it has not been fetched."""
+    candidate = folder() / name
+    return candidate if candidate.is_file() else None
+
+
+def fetch() -> Path:
+    """Downloads the wheels that are still needed and extracts the portraits."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from perchead.pipelines.faces import fetch_wheel_members
+
+    dest = folder()
+    for requirement, members in SOURCES.items():
+        if all((dest / name).is_file() for name in members):
+            continue
+        fetch_wheel_members(requirement, members, dest)
+    return dest
+
+
+if __name__ == "__main__":
+    print(fetch())
