@@ -27,8 +27,8 @@ TARGETS = {"end_to_end_s": 1.0, "turntable_60x512_s": 15.0, "startup_first_page_
 
 
 def load(model: str | None):
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
     from perchead.pipeline import PercHeadPipeline
 
     source = model or str(ROOT / "weights_card")

@@ -39,10 +39,10 @@ def load(folder: str):
     import torch
     from transformers import SegformerForSemanticSegmentation
 
-    from perchead.config import PercHeadConfig
-    from perchead.edit import PercHeadEditor
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.editor import PercHeadEditor
     from perchead.edit_pipeline import EditPipeline, missing_parts
-    from perchead.model import PercHead
+    from perchead.models.perchead import PercHead
     from perchead.parser import FaceParser, segformer_config
     from perchead.style import StyleEncoder
 

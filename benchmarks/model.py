@@ -47,9 +47,9 @@ def worker(preset: str) -> dict:
     """Builds one preset and measures it; runs in its own process so that peak RSS is per preset."""
     import torch
 
-    from perchead.config import PercHeadConfig
-    from perchead.encoder import count_foreground_patches
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.lift_encoder import count_foreground_patches
+    from perchead.models.perchead import PercHead
     from perchead.preprocess import over_white
 
     cfg = PercHeadConfig.preset(preset)

@@ -213,7 +213,7 @@ def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, fa
 
 def template_model(model: nn.Module) -> nn.Module:
     """The untrained template head: the model's architecture with freshly initialised weights (seed 0)."""
-    from perchead.model import PercHead
+    from perchead.models.perchead import PercHead
 
     # reuse the frozen foundation model (never trained)
     dino = model.encoder.dino.model if model.encoder.dino is not None else None
@@ -431,7 +431,7 @@ def write_results(results: dict[str, Any], model: str, path: str | Path, table: 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from perchead.model import PercHead
+    from perchead.models.perchead import PercHead
 
     p = argparse.ArgumentParser(prog="python -m perchead.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id")

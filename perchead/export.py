@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from perchead.geometry.gaussians import Gaussians, save_ply, save_splat
-from perchead.model import PercHead
+from perchead.models.perchead import PercHead
 from perchead.pipeline import PercHeadPipeline
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess, to_uint8
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
-from perchead.model import PercHead
+from perchead.models.perchead import PercHead
 
 if TYPE_CHECKING:
     from perchead.render import RenderOutput

@@ -26,7 +26,7 @@ is the base lifting model; ``edit`` is the editing fine-tune (paper §3.5)::
     python -m perchead.train --task edit --preset demo --init-from weights_card --style weights_card/style \
         --data runs/synthetic128 --output runs/edit
 
-It builds :class:`perchead.edit.PercHeadEditor` from the base checkpoint (``--init-from``; decoder,
+It builds :class:`perchead.models.editor.PercHeadEditor` from the base checkpoint (``--init-from``; decoder,
 Gaussian head and refiner copied, a fresh editing encoder) and trains it on the input view's label map
 (``sample["labels"]``) plus one style token: the frozen style encoder's (``--style``,
 :class:`perchead.style.StyleEncoder`) image embedding of another view of the same subject (a random
@@ -60,7 +60,7 @@ class TrainConfig:
     """Everything a training run needs besides the model config. Per-preset defaults: :meth:`preset`.
 
     Attributes:
-        preset: model preset ("paper" | "demo" | "tiny"), see :class:`perchead.config.PercHeadConfig`.
+        preset: model preset ("paper" | "demo" | "tiny"), see :class:`perchead.models.config.PercHeadConfig`.
         data: "synthetic" (on-the-fly synthetic heads) or the folder of an on-disk multi-view dataset.
         synthetic_subjects: with a folder ``data``, first pre-render the first N heads of the synthetic
             train split into it (skipping subjects already there), so one command both makes the data
@@ -182,7 +182,7 @@ class Task:
 
 def build_reconstruct_model(model_config, init_from: str | None = None) -> nn.Module:
     """The base lifting model (§3.1–3.3), fresh or from ``init_from``."""
-    from perchead.model import PercHead
+    from perchead.models.perchead import PercHead
 
     if init_from:
         return PercHead.from_pretrained(init_from)
@@ -291,8 +291,10 @@ def load_style_encoder(path: str | None) -> nn.Module:
 def edit_model_config(config: TrainConfig):
     """The ``edit`` task's default model config: an EditConfig sized like the base checkpoint's task ViT,
     with the style encoder's embedding size."""
-    from perchead.edit import EditConfig, checkpoint_model_type, load_editor_config
-    from perchead.model import load_config, resolve_checkpoint
+    from perchead.models.base import checkpoint_model_type, resolve_checkpoint
+    from perchead.models.edit_encoder import EditConfig
+    from perchead.models.editor import load_editor_config
+    from perchead.models.perchead import load_config
 
     if not config.init_from:
         raise ValueError("--task edit needs --init-from <base PercHead checkpoint> (paper §3.5: decoder, Gaussian "
@@ -312,11 +314,13 @@ def build_edit_model(model_config, init_from: str | None = None) -> nn.Module:
     """The editing model: from a base checkpoint (``PercHeadEditor.from_base``) or an editor checkpoint.
 
     Args:
-        model_config: an :class:`perchead.edit.EditConfig` (used with a base checkpoint; None when resuming).
+        model_config: an :class:`perchead.models.edit_encoder.EditConfig` (used with a base checkpoint; None when resuming).
         init_from: a base PercHead or PercHeadEditor checkpoint folder / repo id.
     """
-    from perchead.edit import EditConfig, PercHeadEditor, checkpoint_model_type
-    from perchead.model import PercHead, resolve_checkpoint
+    from perchead.models.base import checkpoint_model_type, resolve_checkpoint
+    from perchead.models.edit_encoder import EditConfig
+    from perchead.models.editor import PercHeadEditor
+    from perchead.models.perchead import PercHead
 
     if not init_from:
         raise ValueError("--task edit needs --init-from <base PercHead checkpoint>")
@@ -369,7 +373,7 @@ def build_dataset(config: TrainConfig, render_config, split: str = "train"):
 
     Args:
         config: run settings (``data``, ``n_targets``, ``seed``).
-        render_config: the model's :class:`perchead.config.RenderConfig` (input size and framing).
+        render_config: the model's :class:`perchead.models.config.RenderConfig` (input size and framing).
         split: synthetic seed split.
     """
     if config.data == "synthetic":
@@ -527,7 +531,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from perchead.config import PercHeadConfig
+    from perchead.models.config import PercHeadConfig
 
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; registered: {sorted(TASKS)}")

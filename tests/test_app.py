@@ -82,8 +82,8 @@ def stop(process: subprocess.Popen) -> None:
 def tiny_model(tmp_path_factory):
     import torch
 
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_model")

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 def folders(tmp_path_factory):
     import torch
 
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
 
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("edit_app")

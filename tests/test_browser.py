@@ -52,8 +52,8 @@ def chromium():
 def app_url(tmp_path_factory):
     import torch
 
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
     from test_app import start_app, stop  # tests/ is on sys.path under pytest
 
     torch.manual_seed(0)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from perchead.config import PercHeadConfig
-from perchead.decoder import Decoder3D, fourier_features
+from perchead.models.config import PercHeadConfig
+from perchead.models.decoder import Decoder3D, fourier_features
 from perchead.geometry.template import build_template
 
 

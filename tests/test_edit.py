@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from perchead.config import PercHeadConfig
-from perchead.edit import STYLE_INDEX, EditConfig, EditEncoder, PercHeadEditor, load_editor_config
-from perchead.encoder import Tokens2D
-from perchead.model import PercHead
+from perchead.models.config import PercHeadConfig
+from perchead.models.edit_encoder import STYLE_INDEX, EditConfig, EditEncoder
+from perchead.models.editor import PercHeadEditor, load_editor_config
+from perchead.models.lift_encoder import Tokens2D
+from perchead.models.perchead import PercHead
 
 E = 16  # style embedding size of the tests' stand-in embeddings
 S = 64  # tiny preset image size (8 × 8 patches of 8 pixels)

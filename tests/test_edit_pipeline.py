@@ -28,9 +28,9 @@ def make_edit_folder(folder: Path) -> dict:
     """
     from transformers import SegformerForSemanticSegmentation
 
-    from perchead.config import PercHeadConfig
-    from perchead.edit import PercHeadEditor
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.editor import PercHeadEditor
+    from perchead.models.perchead import PercHead
     from perchead.parser import FaceParser, segformer_config
     from perchead.style import StyleEncoder
 

@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from perchead.config import EncoderConfig, PercHeadConfig
-from perchead.encoder import LiftEncoder, foreground_patches, pack_indices, sincos_pos_embed_2d
+from perchead.models.config import EncoderConfig, PercHeadConfig
+from perchead.models.layers import sincos_pos_embed_2d
+from perchead.models.lift_encoder import LiftEncoder, foreground_patches, pack_indices
 
 P = 8  # tiny preset patch size
 

@@ -64,8 +64,8 @@ def test_billboard_faces_every_viewer():
 
 
 def test_smoke_evaluation_writes_json(tmp_path, capsys):
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
 
     torch.manual_seed(0)
     PercHead(PercHeadConfig.preset("tiny")).save_pretrained(tmp_path / "model")

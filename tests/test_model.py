@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from perchead.config import PercHeadConfig
-from perchead.gaussian_head import mean_vertex_spacing
+from perchead.models.config import PercHeadConfig
+from perchead.models.gaussian_head import mean_vertex_spacing
 from perchead.mesh import save_glb
-from perchead.model import PercHead
+from perchead.models.perchead import PercHead
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from perchead.config import PercHeadConfig
-from perchead.model import PercHead
+from perchead.models.config import PercHeadConfig
+from perchead.models.perchead import PercHead
 from perchead.pipeline import PercHeadPipeline, Reconstruction
 
 

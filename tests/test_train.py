@@ -45,14 +45,14 @@ def test_smoke_train_then_resume(tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().out
     logs = _lines(out / "metrics.jsonl")
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
-    from perchead.model import PercHead
+    from perchead.models.perchead import PercHead
 
     model = PercHead.from_pretrained(out)
     assert model.config.name == "tiny"
 
 
 def test_phase_parameter_split():
-    from perchead.config import PercHeadConfig
+    from perchead.models.config import PercHeadConfig
 
     model = build_reconstruct_model(PercHeadConfig.preset("tiny"))
     p1 = {id(p) for p in reconstruct_trainable(model, 1)}
@@ -126,8 +126,8 @@ def test_edit_task_registered_with_cli_flags(tmp_path):
     out = str(tmp_path / "run")
     with pytest.raises(ValueError, match="--init-from"):
         train(TrainConfig.preset_defaults("tiny", task="edit", output=out), progress=False)
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
 
     PercHead(PercHeadConfig.preset("tiny")).save_pretrained(tmp_path / "base")
     with pytest.raises(ValueError, match="--style"):
@@ -141,7 +141,7 @@ def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
     from types import SimpleNamespace
 
     from perchead import train as train_module
-    from perchead.config import PercHeadConfig
+    from perchead.models.config import PercHeadConfig
     from perchead.train import build_edit_loss, style_reference_views
 
     images = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 3, 4, 4)  # [B, V, 3, H, W]

@@ -67,8 +67,8 @@ def test_make_turntable_writes_a_valid_h264_mp4(head, tmp_path):
 
 
 def test_make_turntable_uses_the_model_renderer(tmp_path):
-    from perchead.config import PercHeadConfig
-    from perchead.model import PercHead
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
 
     model = PercHead(PercHeadConfig.preset("tiny")).eval()
     with torch.no_grad():

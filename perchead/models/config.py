@@ -169,7 +169,7 @@ class RenderConfig:
 # --------------------------------------------------------------------------------------------- the whole
 @dataclass
 class PercHeadConfig:
-    """All settings that build a :class:`perchead.model.PercHead`; stored as a checkpoint's config.json."""
+    """All settings that build a :class:`perchead.models.perchead.PercHead`; stored as a checkpoint's config.json."""
 
     template: TemplateConfig = field(default_factory=TemplateConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

@@ -21,8 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from perchead.config import DecoderConfig
-from perchead.encoder import MLP, Attention
+from perchead.models.config import DecoderConfig
+from perchead.models.layers import MLP, Attention
 
 
 def fourier_features(x: Tensor, n_freqs: int) -> Tensor:

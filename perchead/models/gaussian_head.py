@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perchead.config import PATCH_GAUSSIANS, HeadConfig
-from perchead.encoder import gelu
+from perchead.models.config import PATCH_GAUSSIANS, HeadConfig
 from perchead.geometry.gaussians import Gaussians
 
 
@@ -132,7 +131,7 @@ class GaussianHead(nn.Module):
             raise ValueError(f"{P} patch tokens give {N} Gaussians but the template has {self.template_vertices.shape[0]}")
         c = self.config
         x = self.expand(tokens3d).view(B, P, PATCH_GAUSSIANS, -1)  # [B, P, 16, D']  PixelShuffle
-        x = gelu(self.norm(x)).reshape(B, N, -1)  # [B, N, D']  Gaussian 16p+k ↔ template vertex 16p+k
+        x = F.gelu(self.norm(x)).reshape(B, N, -1)  # [B, N, D']  Gaussian 16p+k ↔ template vertex 16p+k
         means = self.template_vertices + offset_activation(self.offset(x).float(), c.max_offset)  # [B, N, 3]
         scales = scale_activation(self.scale(x).float(), c.min_scale, c.max_scale)  # [B, N, 3]
         quats = quaternion_activation(self.rotation(x).float())  # [B, N, 4]

@@ -12,12 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perchead.config import RefinerConfig
-
-
-def gelu(x: Tensor) -> Tensor:
-    """GELU activation."""
-    return F.gelu(x)
+from perchead.models.config import RefinerConfig
 
 
 class ResBlock(nn.Module):
@@ -29,7 +24,7 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(gelu(self.conv1(gelu(x))))  # [B, C, H, W]
+        return x + self.conv2(F.gelu(self.conv1(F.gelu(x))))  # [B, C, H, W]
 
 
 class Refiner(nn.Module):
@@ -52,6 +47,6 @@ class Refiner(nn.Module):
             )
         lead, (H, W) = rgb.shape[:-3], rgb.shape[-2:]
         x = torch.cat([rgb, alpha], dim=-3).reshape(-1, 4, H, W)  # [B·V, 4, H, W]
-        delta = self.out(gelu(self.blocks(self.stem(x))))  # [B·V, 3, H, W]
+        delta = self.out(F.gelu(self.blocks(self.stem(x))))  # [B·V, 3, H, W]
         out = x[:, :3] + delta  # residual on the render
         return out.clamp(0.0, 1.0).reshape(*lead, 3, H, W)
