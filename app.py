@@ -95,6 +95,21 @@ def guard_editor(component: gr.ImageEditor) -> gr.ImageEditor:
     )
 
 
+def guard_value(component, name: str, expected: str):
+    """Makes an input refuse values Gradio cannot convert (e.g. text for a slider) with a message naming it."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(payload)
+        except Exception:
+            log.info("parameter refused: %s = %.40r", name, payload)
+            raise visitor_error(f"{name} must be {expected}, got {str(payload)[:40]!r}.", "Bad parameter") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def reporter(job, progress: gr.Progress):
     """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage."""
 
@@ -318,8 +333,11 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 )  # fmt: skip
                 snap = gr.Checkbox(False, label="Snap foreign colours to the nearest class colour",
                                    info="instead of an error (e.g. for maps saved as JPEG)")
-                edit_frames = gr.Slider(0, 120, value=60, step=12, label="Turntable length (frames, 0 = none)",
-                                        info="30 fps, 512²")
+                edit_frames = guard_value(
+                    gr.Slider(0, MAX_FRAMES, value=60, step=12, label="Turntable length (frames, 0 = none)",
+                              info="30 fps, 512²"),
+                    "turntable_frames", f"a whole number from 0 to {MAX_FRAMES}",
+                )  # fmt: skip
                 edit_button = gr.Button("Edit", variant="primary", elem_id="edit-button")
                 edit_input = gr.Image(label="What the model saw (map | style image)", type="pil",
                                       interactive=False, height=160, elem_id="edit-model-input")
@@ -417,9 +435,11 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                         use_whole_image = gr.Checkbox(
                             False, label="Use the whole image when no face is found", info="instead of an error"
                         )
-                        turntable_frames = gr.Slider(
-                            0, 120, value=60, step=12, label="Turntable length (frames, 0 = none)", info="30 fps, 512²"
-                        )
+                        turntable_frames = guard_value(
+                            gr.Slider(0, MAX_FRAMES, value=60, step=12, label="Turntable length (frames, 0 = none)",
+                                      info="30 fps, 512²"),
+                            "turntable_frames", f"a whole number from 0 to {MAX_FRAMES}",
+                        )  # fmt: skip
                     run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
                     examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
                     if examples:

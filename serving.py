@@ -391,7 +391,7 @@ class JobRunner:
         job = Job(self.store.new_folder(session_key(request)), session_key(request), alive=_connection_probe())
         with self._jobs_lock:
             self._jobs.add(job)
-        future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, work))
+        future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, action, work))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:  # the visitor pressed stop or left: tell the worker, let it wind down
@@ -399,7 +399,6 @@ class JobRunner:
             await asyncio.wait([future], timeout=CANCEL_WAIT_S)
             raise
         except Cancelled:
-            log.info("%s stopped: the visitor left", action)
             raise visitor_error("The job was stopped.", "Stopped") from None
         except bad_input as error:
             log.info("%s refused: %s", action, str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -415,14 +414,20 @@ class JobRunner:
             with self._jobs_lock:
                 self._jobs.discard(job)
 
-    def _locked(self, job: Job, work: Callable[[Job], Any]) -> Any:
+    def _locked(self, job: Job, action: str, work: Callable[[Job], Any]) -> Any:
         with self.lock:
+            start = time.perf_counter()
+            log.info("%s started (job %s)", action, job.folder.name)
             try:
                 job.check()  # it may have been cancelled while it waited for the lock
                 return work(job)
-            except BaseException:
+            except BaseException as error:
                 self.store.remove(job.folder)
+                if isinstance(error, Cancelled):
+                    log.info("%s stopped after %.2f s (job %s): cancelled, or the visitor left", action,
+                             time.perf_counter() - start, job.folder.name)
                 raise
             finally:
                 self.store.release(job.folder)
                 _release_memory()
+                log.info("%s ended after %.2f s (job %s)", action, time.perf_counter() - start, job.folder.name)
