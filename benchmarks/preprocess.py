@@ -84,10 +84,153 @@ def calibrate(n_heads: int, size: int = 320) -> dict[int, tuple[float, float, fl
     return result
 
 
+def synthetic_cases(n: int, size: int = 512, seed: int = 0):
+    """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for head_seed in list(split_seeds("test"))[:n]:
+        az, el = rng.uniform(-60, 60), rng.uniform(-20, 20)
+        radius, roll = rng.uniform(0.7, 1.6), rng.uniform(-25, 25)
+        shift = rng.uniform(-0.12, 0.12, 2) * size
+        background = rng.uniform(0.15, 0.85, 3)
+        out = render_head(make_head(int(head_seed)), orbit_cameras([az], [el], radius=radius, size=size))
+        rgb, alpha = out["rgb"][0].permute(1, 2, 0).numpy(), out["alpha"][0, 0].numpy()  # [S, S, 3], [S, S]
+        rgb = rgb - (1 - alpha[..., None]) + (1 - alpha[..., None]) * background  # over a coloured background
+        M = cv2.getRotationMatrix2D((size / 2, size / 2), roll, 1.0)  # + = counter-clockwise on screen
+        M[:, 2] += shift
+        rgb = cv2.warpAffine(rgb.astype(np.float32), M, (size, size), borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=tuple(float(b) for b in background))
+        alpha = cv2.warpAffine(alpha.astype(np.float32), M, (size, size))
+        truth = {"seed": int(head_seed), "yaw": az, "pitch": el, "roll": roll, "centre": np.array([size / 2, size / 2]) + shift,
+                 "side": size * 0.7 / radius}
+        yield (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), (np.clip(alpha, 0, 1) * 255).round().astype(np.uint8), truth
+
+
+def evaluate_synthetic(n: int, size: int = 512) -> dict:
+    """Old (Haar + GrabCut) vs new (MediaPipe) path on synthetic renders with known cameras."""
+    from perchead.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
+
+    config = PreprocessConfig(size=256)
+    rows = {"haar": [], "mediapipe": []}
+    for image, alpha, truth in synthetic_cases(n, size):
+        for detector in rows:
+            try:
+                result = preprocess(image, config, detector=detector)
+            except PreprocessError:
+                rows[detector].append({"found": False, **{k: truth[k] for k in ("yaw", "pitch", "roll")}})
+                continue
+            x0, y0, x1, y1 = result.crop_box
+            side = x1 - x0
+            centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+            truth_mask = crop_square(alpha, result.crop_box, 256, 0, result.crop_roll_deg) > 127
+            mask = result.mask[0, 0].numpy() > 0.5
+            row = {"found": True, "yaw": truth["yaw"], "pitch": truth["pitch"], "roll": truth["roll"],
+                   "centre_error": float(np.linalg.norm(centre - truth["centre"]) / truth["side"]),
+                   "scale_error": float(abs(side / truth["side"] - 1)),
+                   "roll_error": float(abs(((result.crop_roll_deg - truth["roll"]) + 180) % 360 - 180)),
+                   "matte_iou": float((mask & truth_mask).sum() / max(1, (mask | truth_mask).sum()))}
+            if result.pose is not None:
+                row["yaw_error"] = float(abs(result.pose.yaw_deg - truth["yaw"]))
+                row["pitch_error"] = float(abs(result.pose.pitch_deg - truth["pitch"]))
+            rows[detector].append(row)
+        print(f"head {truth['seed']}: " + ", ".join(f"{d} {_short(r[-1])}" for d, r in rows.items()), flush=True)
+    return {d: _summary(r) for d, r in rows.items()} | {"cases": n, "image_size": size}
+
+
+def _short(row: dict) -> str:
+    if not row["found"]:
+        return "no face"
+    yaw = f" yaw err {row['yaw_error']:.1f}°" if "yaw_error" in row else ""
+    return f"centre {row['centre_error']:.3f} scale {row['scale_error']:.3f}{yaw} IoU {row['matte_iou']:.2f}"
+
+
+def _summary(rows: list[dict]) -> dict:
+    found = [r for r in rows if r["found"]]
+    out = {"detection_rate": len(found) / max(1, len(rows)), "detected": len(found), "total": len(rows)}
+    for key in ("centre_error", "scale_error", "roll_error", "matte_iou", "yaw_error", "pitch_error"):
+        values = np.array([r[key] for r in found if key in r])
+        if len(values):
+            out[key] = {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+                        "share_within_0.03" if key in ("centre_error", "scale_error") else "mean": (
+                            float((values <= 0.03).mean()) if key in ("centre_error", "scale_error") else float(values.mean()))}
+    yaw60 = np.array([r["yaw_error"] for r in found if "yaw_error" in r and abs(r["yaw"]) <= 60])
+    if len(yaw60):
+        out["yaw_within_10deg"] = float((yaw60 <= 10).mean())
+    return out
+
+
+def portrait_variants() -> dict[str, np.ndarray]:
+    """Real portraits (tests/portraits.py) and harder variants of them: grayscale, tight crop, rolled,
+    mirrored, a small face, a group photo."""
+    import cv2
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import portraits
+
+    folder = portraits.fetch()
+    load = lambda name: np.asarray(Image.open(folder / name).convert("RGB"))  # noqa: E731
+    astronaut, hopper = load("astronaut.png"), load("grace_hopper.jpg")
+    variants = {"astronaut": astronaut, "grace_hopper": hopper,
+                "astronaut_gray": np.repeat(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)[..., None], 3, -1),
+                "hopper_tight_112": cv2.resize(hopper[150:350, 160:370], (112, 112), interpolation=cv2.INTER_AREA),
+                "astronaut_rolled_30": cv2.warpAffine(astronaut, cv2.getRotationMatrix2D((256, 256), 30, 1.0), (512, 512),
+                                                      borderMode=cv2.BORDER_REFLECT),
+                "hopper_mirrored": np.ascontiguousarray(hopper[:, ::-1]),
+                "astronaut_small_face": cv2.copyMakeBorder(cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA),
+                                                           128, 128, 128, 128, cv2.BORDER_CONSTANT, value=(128, 128, 128))}
+    for name in ("group.jpg", "tight_gray.png"):
+        if (folder / name).is_file():
+            variants[name.split(".")[0]] = load(name)
+    return variants
+
+
+def evaluate_portraits() -> dict:
+    from perchead.preprocess import PreprocessError, preprocess
+
+    table = {}
+    for name, image in portrait_variants().items():
+        row = {}
+        for detector in ("haar", "mediapipe"):
+            try:
+                result = preprocess(image, size=256, detector=detector)
+                row[detector] = {"faces": result.face_count, "mask": result.mask_source, "roll": round(result.crop_roll_deg, 1),
+                                 "yaw": None if result.pose is None else round(result.pose.yaw_deg, 1)}
+            except PreprocessError as error:
+                row[detector] = {"faces": 0, "error": str(error)[:60]}
+        table[name] = row
+        print(name, row, flush=True)
+    return table
+
+
+def time_per_photo(repeats: int = 15) -> dict:
+    """Median milliseconds of preprocess() per 512² photo (decoded array in, model input out)."""
+    import cv2
+
+    from perchead.preprocess import preprocess
+
+    variants = portrait_variants()
+    photos = {"astronaut": variants["astronaut"], "grace_hopper": cv2.resize(variants["grace_hopper"], (512, 512))}
+    timings = {}
+    for detector in ("mediapipe", "haar"):
+        for name, image in photos.items():
+            preprocess(image, size=256, detector=detector)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                preprocess(image, size=256, detector=detector)
+                times.append(time.perf_counter() - start)
+            timings[f"{detector}/{name}"] = round(float(np.median(times)) * 1e3, 1)
+    print(timings)
+    return timings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calibrate", action="store_true", help="re-derive FACE_POINTS_3D and print it")
-    parser.add_argument("--heads", type=int, default=16, help="test-split heads to use")
+    parser.add_argument("--heads", type=int, default=16, help="test-split heads (calibration; ×3 views measured)")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "preprocess_results.json"), help="results JSON")
     args = parser.parse_args(argv)
     if args.calibrate:
         points = calibrate(args.heads)
@@ -96,6 +239,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"    {index}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}),")
         print("}")
         return
+    torch.set_num_threads(2)
+    results = {"synthetic": evaluate_synthetic(args.heads * 3), "portraits": evaluate_portraits(),
+               "ms_per_photo_512": time_per_photo(), "threads": torch.get_num_threads()}
+    out = Path(args.output)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    for detector in ("haar", "mediapipe"):
+        print(detector, json.dumps(results["synthetic"][detector]))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

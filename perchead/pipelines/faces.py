@@ -331,8 +331,9 @@ class FaceAnalyzer:
         return [Face(tuple(float(v) for v in b), float(s), p.astype(np.float32)) for b, s, p in zip(boxes, scores, points)]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        """All faces, largest first: short- and full-range BlazeFace on the whole image, on a padded copy
-        (faces filling the frame) and, if nothing is found, on the image turned by 90°, 180° and 270°.
+        """All faces, largest first: short- and full-range BlazeFace on the whole image; on 2 × 2
+        overlapping tiles when the faces found are small (group photos); on a padded copy when a face
+        fills the frame (tight crops); and, if nothing is found, on the image turned by 90°, 180° and 270°.
 
         Args:
             rgb: ``[H, W, 3]`` uint8 (grayscale photos as three equal channels).
@@ -343,18 +344,19 @@ class FaceAnalyzer:
         import cv2
 
         height, width = rgb.shape[:2]
+        largest = lambda found: max((f.side for f in found), default=0.0)  # noqa: E731
         faces = self._run_detector(rgb, self.short, self.short_anchors, self.min_score)
         faces += self._run_detector(rgb, self.full, self.full_anchors, max(self.min_score, 0.6))
-        if max(width, height) >= 384:  # small faces in a large picture: 2 × 2 overlapping tiles, short range
+        if max(width, height) >= 384 and largest(faces) < 0.15 * max(width, height):  # small faces: tiles
             tile = math.ceil(0.6 * max(width, height))
             for ty in sorted({0, max(0, height - tile)}):
                 for tx in sorted({0, max(0, width - tile)}):
                     part = rgb[ty : ty + tile, tx : tx + tile]
                     faces += [_shift(f, tx, ty) for f in self._run_detector(part, self.short, self.short_anchors, self.min_score)]
-        pad = max(width, height) // 3  # a tight crop: the face exceeds BlazeFace's largest anchors
-        padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        for face in self._run_detector(padded, self.short, self.short_anchors, self.min_score):
-            faces.append(_shift(face, -pad, -pad))
+        if not faces or largest(faces) > 0.45 * min(width, height):  # a tight crop: beyond the largest anchors
+            pad = max(width, height) // 3
+            padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            faces += [_shift(f, -pad, -pad) for f in self._run_detector(padded, self.short, self.short_anchors, self.min_score)]
         if not faces:
             for turns in (1, 3, 2):  # sideways or upside-down photos without EXIF orientation
                 turned = np.ascontiguousarray(np.rot90(rgb, turns))
@@ -363,7 +365,7 @@ class FaceAnalyzer:
                 if found:
                     faces = [_unrotate(f, turns, width, height) for f in found]
                     break
-        faces = _weighted_nms(faces, 0.3)
+        faces = _drop_contained(_weighted_nms(faces, 0.3))
         confirmed = []
         for face in faces:  # weak detections must look like a face to the face mesh too
             if face.score >= self.confirm_score:
@@ -466,6 +468,25 @@ def _iou(a: tuple, b: np.ndarray) -> np.ndarray:
     inter = ix * iy
     area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
     return inter / np.maximum(area(np.asarray(a)) + area(b) - inter, 1e-9)
+
+
+def _drop_contained(faces: list[Face], share: float = 0.6) -> list[Face]:
+    """Drops detections lying mostly (``share`` of their area) inside a larger one: a face within a face
+    is a false positive (an eye or a mouth region seen as a small face)."""
+    keep = []
+    for face in faces:
+        area = (face.box[2] - face.box[0]) * (face.box[3] - face.box[1])
+        inside = False
+        for other in faces:
+            other_area = (other.box[2] - other.box[0]) * (other.box[3] - other.box[1])
+            if other is face or other_area <= 1.5 * area:
+                continue
+            ix = max(0.0, min(face.box[2], other.box[2]) - max(face.box[0], other.box[0]))
+            iy = max(0.0, min(face.box[3], other.box[3]) - max(face.box[1], other.box[1]))
+            inside |= ix * iy >= share * area
+        if not inside:
+            keep.append(face)
+    return keep
 
 
 def _weighted_nms(faces: list[Face], threshold: float) -> list[Face]:
