@@ -331,8 +331,8 @@ class FaceAnalyzer:
         return [Face(tuple(float(v) for v in b), float(s), p.astype(np.float32)) for b, s, p in zip(boxes, scores, points)]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        """All faces, largest first: short- and full-range BlazeFace on the whole image; on 2 × 2
-        overlapping tiles when the faces found are small (group photos); on a padded copy when a face
+        """All faces, largest first: short- and full-range BlazeFace on the whole image; on overlapping
+        tiles (60 % of the shorter side) when the faces found are small (group photos); on a padded copy when a face
         fills the frame (tight crops); and, if nothing is found, on the image turned by 90°, 180° and 270°.
 
         Args:
@@ -348,9 +348,10 @@ class FaceAnalyzer:
         faces = self._run_detector(rgb, self.short, self.short_anchors, self.min_score)
         faces += self._run_detector(rgb, self.full, self.full_anchors, max(self.min_score, 0.6))
         if max(width, height) >= 384 and largest(faces) < 0.15 * max(width, height):  # small faces: tiles
-            tile = math.ceil(0.6 * max(width, height))
-            for ty in sorted({0, max(0, height - tile)}):
-                for tx in sorted({0, max(0, width - tile)}):
+            tile = max(192, math.ceil(0.6 * min(width, height)))  # overlapping squares, a quarter overlap
+            starts = lambda extent: np.linspace(0, max(0, extent - tile), max(1, math.ceil(max(0, extent - tile) / (0.75 * tile)) + 1))  # noqa: E731
+            for ty in starts(height).round().astype(int):
+                for tx in starts(width).round().astype(int):
                     part = rgb[ty : ty + tile, tx : tx + tile]
                     faces += [_shift(f, tx, ty) for f in self._run_detector(part, self.short, self.short_anchors, self.min_score)]
         if not faces or largest(faces) > 0.45 * min(width, height):  # a tight crop: beyond the largest anchors
