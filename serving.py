@@ -140,7 +140,7 @@ def load_pipeline(requested: str | None, device: str | None = None):
     notices.append(
         "No trained checkpoint is bundled yet (weights_card/model.safetensors is missing): this is a freshly "
         "initialised `demo` model, so reconstructions are random-looking. Train one with "
-        "`python -m perchead.train --preset demo` or pass `--model`."
+        "`python -m perchead.training.train --preset demo` or pass `--model`."
     )
     pipeline = PercHeadPipeline(PercHead(PercHeadConfig.preset("demo")), device=device)
     return pipeline, f"untrained `demo` preset on {device}", " ".join(notices)
@@ -392,6 +392,7 @@ class JobRunner:
         with self._jobs_lock:
             self._jobs.add(job)
         future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, action, work))
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved even if abandoned
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:  # the visitor pressed stop or left: tell the worker, let it wind down
