@@ -1,0 +1,116 @@
+"""Tests for serving.py: job folders only under the output root, the clean-up policy and its disk bound,
+visitor-facing messages and API value checks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import gradio as gr  # noqa: E402
+
+from serving import OutputStore, check_count, check_flag, visitor_error  # noqa: E402
+
+
+def fill(folder: Path, n_bytes: int) -> None:
+    (folder / "head.ply").write_bytes(b"\0" * n_bytes)
+
+
+def test_job_folders_are_random_children_of_the_root(tmp_path):
+    store = OutputStore(tmp_path / "out")
+    a, b = store.new_folder("abc"), store.new_folder("../../x")
+    assert a.parent == b.parent == (tmp_path / "out").resolve()
+    assert a != b and len(a.name) == 16 and all(c in "0123456789abcdef" for c in a.name)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("target", ["..", ".", "../outside", "/etc", "a/../../outside"])
+def test_nothing_outside_the_root_can_be_removed(tmp_path, target):
+    (tmp_path / "outside").mkdir()
+    store = OutputStore(tmp_path / "out")
+    with pytest.raises(RuntimeError, match="refusing"):
+        store.remove(store.root / target)
+    assert (tmp_path / "outside").is_dir() and store.root.is_dir()
+
+
+def test_symlinked_job_folder_is_not_followed(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "file").write_text("keep")
+    store = OutputStore(tmp_path / "out")
+    (store.root / "0123456789abcdef").symlink_to(tmp_path / "precious")
+    with pytest.raises(RuntimeError):
+        store.remove(store.root / "0123456789abcdef")
+    store.prune()
+    assert (tmp_path / "precious" / "file").read_text() == "keep"
+
+
+def test_session_end_deletes_only_that_sessions_finished_folders(tmp_path):
+    store = OutputStore(tmp_path / "out")
+    mine, running, other = store.new_folder("me"), store.new_folder("me"), store.new_folder("you")
+    store.release(mine)
+    store.release(other)
+    assert store.end_session("me") == 1
+    assert not mine.exists() and running.exists() and other.exists()
+    store.release(running)  # the running job ended: the next prune deletes its folder
+    store.prune()
+    assert not running.exists() and other.exists()
+    assert store.end_session(None) == 0 and store.end_session("nobody") == 0
+
+
+def test_hostile_session_ids_are_never_filed(tmp_path):
+    store = OutputStore(tmp_path / "out")
+    for session in ("..", "/etc", "a b", "x" * 65, ""):
+        folder = store.new_folder(session)
+        store.release(folder)
+        assert store.end_session(session) == 0 and folder.exists()
+
+
+def test_old_folders_are_pruned_busy_ones_never(tmp_path):
+    store = OutputStore(tmp_path / "out", max_age_s=60)
+    old, busy = store.new_folder(), store.new_folder()
+    store.release(old)
+    long_ago = time.time() - 3600
+    for folder in (old, busy):
+        os.utime(folder, (long_ago, long_ago))
+    store.prune()
+    assert not old.exists() and busy.exists()
+
+
+def test_disk_use_stays_under_the_cap_plus_one_job(tmp_path):
+    """A stream of jobs (page or REST, no session ever ends): outputs stay within max_bytes + one job."""
+    job_bytes, cap = 100_000, 1_000_000
+    store = OutputStore(tmp_path / "out", max_age_s=3600, max_bytes=cap)
+    peak = 0
+    for _ in range(40):
+        folder = store.new_folder(None)
+        fill(folder, job_bytes)
+        peak = max(peak, store.usage())
+        store.release(folder)
+    assert peak <= cap + job_bytes
+    assert len(list(store.root.iterdir())) <= cap // job_bytes + 1
+
+
+def test_visitor_error_hides_server_paths():
+    error = visitor_error("cannot read /tmp/gradio/abc/photo.png or C:\\Users\\x\\a.png", "Bad")
+    assert isinstance(error, gr.Error) and "/tmp" not in error.message and "Users" not in error.message
+    assert error.print_exception is False
+
+
+@pytest.mark.parametrize("value", ["no", "true", 1, 0, None, [True]])
+def test_check_flag_refuses_non_booleans(value):
+    with pytest.raises(gr.Error, match="true or false"):
+        check_flag(value, "remove_background")
+    assert check_flag(True, "x") is True and check_flag(False, "x") is False
+
+
+@pytest.mark.parametrize("value,message", [(7.5, "whole number"), ("7", "whole number"), (True, "whole number"),
+                                           (float("nan"), "whole number"), (-1, "from 0 to 120"),
+                                           (121, "from 0 to 120")])
+def test_check_count_refuses_fractions_and_out_of_range(value, message):
+    with pytest.raises(gr.Error, match=message):
+        check_count(value, "turntable_frames", 0, 120)
+    assert check_count(60.0, "x", 0, 120) == 60 and isinstance(check_count(60.0, "x", 0, 120), int)
