@@ -64,19 +64,19 @@ def fetch_test_portraits() -> None:
 # base). The editing model is fine-tuned from the first base stage, so it comes before the second.
 DATA = "runs/synthetic128"
 WEIGHTS_RECIPE: tuple[tuple[str, list[str], str], ...] = (
-    ("runs/demo", ["-m", "perchead.train", "--preset", "demo", "--data", DATA, "--synthetic-subjects", "800",
+    ("runs/demo", ["-m", "perchead.training.train", "--preset", "demo", "--data", DATA, "--synthetic-subjects", "800",
                    "--output", "runs/demo"], ""),
-    ("runs/style", ["-m", "perchead.style", "--output", "runs/style", "--data", DATA, "--steps", "4000",
+    ("runs/style", ["-m", "perchead.training.style", "--output", "runs/style", "--data", DATA, "--steps", "4000",
                     "--batch-size", "64", "--lr", "1e-3", "--val-heads", "128"], "style"),
-    ("runs/parser", ["-m", "perchead.parser", "--output", "runs/parser", "--data", DATA, "--steps", "8000",
+    ("runs/parser", ["-m", "perchead.training.parser", "--output", "runs/parser", "--data", DATA, "--steps", "8000",
                      "--batch-size", "16", "--crop-size", "64", "--lr", "2e-3"], "parser"),
-    ("runs/edit", ["-m", "perchead.train", "--task", "edit", "--preset", "demo", "--init-from", "runs/demo",
+    ("runs/edit", ["-m", "perchead.training.train", "--task", "edit", "--preset", "demo", "--init-from", "runs/demo",
                    "--style", "runs/style", "--data", DATA, "--output", "runs/edit", "--phase1-steps", "2000",
                    "--phase2-steps", "0", "--lr", "5e-4", "--warmup-steps", "100"], "edit"),
-    ("runs/demo2", ["-m", "perchead.train", "--preset", "demo", "--init-from", "runs/demo", "--data", DATA,
+    ("runs/demo2", ["-m", "perchead.training.train", "--preset", "demo", "--init-from", "runs/demo", "--data", DATA,
                     "--output", "runs/demo2", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
                     "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "1"], ""),
-    ("runs/demo3", ["-m", "perchead.train", "--preset", "demo", "--init-from", "runs/demo2", "--data", DATA,
+    ("runs/demo3", ["-m", "perchead.training.train", "--preset", "demo", "--init-from", "runs/demo2", "--data", DATA,
                     "--output", "runs/demo3", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
                     "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "2"], ""),
 )
@@ -90,7 +90,7 @@ def weights() -> None:
     for folder, args, target in WEIGHTS_RECIPE:
         out = ROOT / folder
         if not (out / "model.safetensors").exists():
-            resume = ["--resume"] if args[1] == "perchead.train" else []  # no-op without a checkpoint
+            resume = ["--resume"] if args[1] == "perchead.training.train" else []  # no-op without a checkpoint
             _run(str(PY), *args, *resume)
         dest = ROOT / "weights_card" / target
         dest.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,8 @@ def load(folder: str):
     from perchead.models.editor import PercHeadEditor
     from perchead.edit_pipeline import EditPipeline, missing_parts
     from perchead.models.perchead import PercHead
-    from perchead.parser import FaceParser, segformer_config
-    from perchead.style import StyleEncoder
+    from perchead.models.face_parser import FaceParser, segformer_config
+    from perchead.models.style_encoder import StyleEncoder
 
     if not missing_parts(folder):
         return EditPipeline.from_pretrained(folder), f"{folder} (edit, style, parser)"

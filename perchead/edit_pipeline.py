@@ -7,8 +7,8 @@ point (``app.py`` and ``benchmarks/edit.py`` only call it). It holds three model
 
 - the editing model :class:`perchead.edit.PercHeadEditor` (edit encoder + the base decoder, Gaussian head
   and refiner),
-- the style encoder :class:`perchead.style.StyleEncoder` (an open_clip CLIP; frozen),
-- the face parser :class:`perchead.parser.FaceParser` (a transformers SegFormer, 19 classes).
+- the style encoder :class:`perchead.models.style_encoder.StyleEncoder` (an open_clip CLIP; frozen),
+- the face parser :class:`perchead.models.face_parser.FaceParser` (a transformers SegFormer, 19 classes).
 
 Example::
 
@@ -44,17 +44,17 @@ from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, pre
 from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
 
 if TYPE_CHECKING:
-    from perchead.parser import FaceParser
+    from perchead.models.face_parser import FaceParser
     from perchead.render import RenderOutput
-    from perchead.style import StyleEncoder
+    from perchead.models.style_encoder import StyleEncoder
 
 # Sub-folders of an editing checkpoint folder (the bundled layout is weights_card/{edit,style,parser}):
 # name → (file that must exist, the command that trains it).
 PARTS: dict[str, tuple[str, str]] = {
-    "edit": ("config.json", "python -m perchead.train --task edit --init-from weights_card --style weights_card/style "
+    "edit": ("config.json", "python -m perchead.training.train --task edit --init-from weights_card --style weights_card/style "
                             "--data runs/synthetic128 --output weights_card/edit"),
-    "style": ("open_clip_config.json", "python -m perchead.style --output weights_card/style"),
-    "parser": ("config.json", "python -m perchead.parser --output weights_card/parser"),
+    "style": ("open_clip_config.json", "python -m perchead.training.style --output weights_card/style"),
+    "parser": ("config.json", "python -m perchead.training.parser --output weights_card/parser"),
 }
 WEIGHTS_NAME = "model.safetensors"
 MAX_MAP_SIDE = 1024  # painted maps above this side are downscaled (nearest) before colour → labels (speed)
@@ -138,8 +138,8 @@ class EditPipeline:
             FileNotFoundError: a part is missing; the message names the folder and the command that trains it.
             ValueError: the parts do not fit together (style embedding size).
         """
-        from perchead.parser import FaceParser
-        from perchead.style import StyleEncoder
+        from perchead.models.face_parser import FaceParser
+        from perchead.models.style_encoder import StyleEncoder
 
         missing = missing_parts(folder)
         if missing:

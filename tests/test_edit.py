@@ -178,8 +178,8 @@ def test_encode_checks_map_size(base):
 # ------------------------------------------------------------------------------------------ training task
 @pytest.fixture(scope="module")
 def style_folder(tmp_path_factory):
-    """A tiny random open_clip style encoder saved as a folder (perchead.style)."""
-    from perchead.style import StyleEncoder
+    """A tiny random open_clip style encoder saved as a folder (perchead.models.style_encoder)."""
+    from perchead.models.style_encoder import StyleEncoder
 
     torch.manual_seed(4)
     folder = tmp_path_factory.mktemp("style")
@@ -188,8 +188,8 @@ def style_folder(tmp_path_factory):
 
 
 def test_edit_task_smoke_run_then_resume(tmp_path, base, style_folder, capsys):
-    from perchead.style import StyleEncoder
-    from perchead.train import main
+    from perchead.models.style_encoder import StyleEncoder
+    from perchead.training.train import main
 
     base.save_pretrained(tmp_path / "base")
     out = tmp_path / "edit"
@@ -219,8 +219,8 @@ def test_edit_task_smoke_run_then_resume(tmp_path, base, style_folder, capsys):
     # fine-tuning can continue from an editor checkpoint; its style size must match the style encoder's
     from dataclasses import replace
 
-    from perchead.style import style_config
-    from perchead.train import TrainConfig, edit_model_config
+    from perchead.models.style_encoder import style_config
+    from perchead.training.train import TrainConfig, edit_model_config
 
     cont = TrainConfig.preset_defaults("tiny", task="edit", init_from=str(out), style=str(style_folder))
     assert edit_model_config(cont) == editor.edit_config

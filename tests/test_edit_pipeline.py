@@ -31,8 +31,8 @@ def make_edit_folder(folder: Path) -> dict:
     from perchead.models.config import PercHeadConfig
     from perchead.models.editor import PercHeadEditor
     from perchead.models.perchead import PercHead
-    from perchead.parser import FaceParser, segformer_config
-    from perchead.style import StyleEncoder
+    from perchead.models.face_parser import FaceParser, segformer_config
+    from perchead.models.style_encoder import StyleEncoder
 
     torch.manual_seed(0)
     folder = Path(folder)
@@ -76,8 +76,8 @@ def test_missing_parts_name_the_folder_and_the_command(tmp_path, edit_folder):
     with pytest.raises(FileNotFoundError) as info:
         EditPipeline.from_pretrained(tmp_path)
     message = str(info.value)
-    for part, command in (("edit", "python -m perchead.train --task edit"), ("style", "python -m perchead.style"),
-                          ("parser", "python -m perchead.parser")):
+    for part, command in (("edit", "python -m perchead.training.train --task edit"), ("style", "python -m perchead.training.style"),
+                          ("parser", "python -m perchead.training.parser")):
         assert str(tmp_path / part) in message and command in message
 
 
@@ -88,11 +88,11 @@ def test_one_missing_part_is_reported_alone(tmp_path, edit_folder):
     (tmp_path / "copy" / "parser" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="parser") as info:
         EditPipeline.from_pretrained(tmp_path / "copy")
-    assert "perchead.style" not in str(info.value)
+    assert "perchead.training.style" not in str(info.value)
 
 
 def test_style_size_mismatch_is_refused(pipe):
-    from perchead.style import StyleEncoder
+    from perchead.models.style_encoder import StyleEncoder
 
     other = StyleEncoder.from_config("demo")  # 128-dimensional, the editor expects 32
     with pytest.raises(ValueError, match="not trained together"):

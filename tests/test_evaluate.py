@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from perchead.geometry.cameras import orbit_cameras
-from perchead.evaluate import (
+from perchead.evaluation.reconstruction import (
     METHODS,
     PROTOCOLS,
     EvalConfig,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.evaluate_edit import (
+from perchead.evaluation.editing import (
     EditEvalConfig,
     color_consistency,
     color_distance,
@@ -181,13 +181,13 @@ def test_cli_on_tiny_models_writes_json_and_figure(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ trained
 @pytest.mark.skipif(not (BUNDLED / "edit" / "config.json").is_file(),
                     reason="the bundled editing weights weights_card/edit are absent; train them with "
-                           "`python -m perchead.train --task edit --init-from weights_card --style weights_card/style "
+                           "`python -m perchead.training.train --task edit --init-from weights_card --style weights_card/style "
                            "--data runs/synthetic128 --output weights_card/edit`")
 def test_hair_colour_prompt_moves_rendered_hair_toward_that_colour():
     """Issue 6: a hair-colour prompt moves the rendered hair's mean colour toward that colour (bundled model)."""
     from perchead.data.synthetic import make_head, split_seeds
     from perchead.edit_pipeline import EditPipeline
-    from perchead.evaluate_edit import Style, input_map, map_region_colors, render_edit
+    from perchead.evaluation.editing import Style, input_map, map_region_colors, render_edit
 
     pipe = EditPipeline.from_pretrained(BUNDLED, device="cpu")
     colors = ("black", "blonde", "red", "white", "blue")

@@ -1,10 +1,11 @@
-"""Tests for perchead/losses.py with tiny random DINOv2 / SAM 2 configs (no weights are downloaded)."""
+"""Tests for perchead/training/losses.py with tiny random DINOv2 / SAM 2 configs (no weights are downloaded)."""
 
 import pytest
 import torch
 from transformers import Dinov2Config, Dinov2Model, Sam2HieraDetConfig, Sam2VisionConfig, Sam2VisionModel
 
-from perchead.losses import LossConfig, MissingWeightsError, PerceptualLoss, ReconstructionLoss
+from perchead.models.similarity import MissingWeightsError, imagenet_normalize
+from perchead.training.losses import LossConfig, PerceptualLoss, ReconstructionLoss
 
 
 def tiny_dino() -> Dinov2Model:
@@ -57,7 +58,7 @@ def test_dino_layers_are_zero_based_blocks():
     pl = PerceptualLoss(dino, None, dino_layers=(8, 11), dino_image_size=28)
     x = torch.rand(1, 3, 28, 28)
     feats = pl.dino(x)
-    ref = dino(pixel_values=__import__("perchead.losses", fromlist=["x"]).imagenet_normalize(x, 28),
+    ref = dino(pixel_values=imagenet_normalize(x, 28),
                output_hidden_states=True).hidden_states
     torch.testing.assert_close(feats[1], ref[12])
     with pytest.raises(ValueError, match="block indices"):

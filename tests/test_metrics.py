@@ -1,4 +1,5 @@
-"""Tests for perchead/metrics.py: PSNR and SSIM against closed forms and an independent reference."""
+"""Tests of the image measures (perchead.models.similarity: PSNR, SSIM against closed forms and an independent
+reference) and of the evaluation metrics table (perchead.evaluation.metrics)."""
 
 import math
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from perchead import metrics
+from perchead.evaluation import metrics
+from perchead.models import similarity
 
 
 def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -30,17 +32,17 @@ def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
 
 def test_psnr_identical_is_inf_and_constant_offset_is_known():
     x = torch.rand(2, 3, 16, 16)
-    assert torch.isinf(metrics.psnr(x, x)).all()
+    assert torch.isinf(similarity.psnr(x, x)).all()
     y = (x * 0.5 + 0.1).clamp(0, 1)
     z = y + 0.1  # constant offset 0.1 → MSE 0.01 → PSNR 20 dB
-    torch.testing.assert_close(metrics.psnr(y, z), torch.full((2,), 20.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(similarity.psnr(y, z), torch.full((2,), 20.0), atol=1e-4, rtol=0)
     z = y + 0.01  # → 40 dB
-    torch.testing.assert_close(metrics.psnr(y, z), torch.full((2,), 40.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(similarity.psnr(y, z), torch.full((2,), 40.0), atol=1e-3, rtol=0)
 
 
 def test_ssim_identical_is_one():
     x = torch.rand(2, 3, 24, 24)
-    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(similarity.ssim(x, x), torch.ones(2), atol=1e-5, rtol=0)
 
 
 def test_ssim_constant_images_closed_form():
@@ -49,26 +51,26 @@ def test_ssim_constant_images_closed_form():
     x, y = torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)
     c1 = 0.01**2
     expected = (2 * a * b + c1) / (a * a + b * b + c1)
-    assert metrics.ssim(x, y).item() == pytest.approx(expected, abs=1e-6)
+    assert similarity.ssim(x, y).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_ssim_matches_independent_reference():
     rng = np.random.default_rng(0)
     x = rng.random((20, 20))
     y = np.clip(x + 0.2 * rng.standard_normal((20, 20)), 0, 1)
-    ours = metrics.ssim(torch.tensor(x)[None, None].float(), torch.tensor(y)[None, None].float()).item()
+    ours = similarity.ssim(torch.tensor(x)[None, None].float(), torch.tensor(y)[None, None].float()).item()
     assert ours == pytest.approx(_reference_ssim(x, y), abs=1e-6)
     assert 0.0 < ours < 1.0
 
 
 def test_ssim_is_differentiable_and_rejects_bad_input():
     x = torch.rand(1, 3, 16, 16, requires_grad=True)
-    metrics.ssim(x, torch.rand(1, 3, 16, 16)).sum().backward()
+    similarity.ssim(x, torch.rand(1, 3, 16, 16)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="same shape"):
-        metrics.ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 12, 16))
+        similarity.ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 12, 16))
     with pytest.raises(ValueError, match="at least 11x11"):
-        metrics.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+        similarity.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
 
 
 def test_network_metrics_report_unavailable_with_reason():

@@ -1,4 +1,4 @@
-"""Tests of the face-parser training recipe in perchead.parser (supplement §8): data from a multi-view
+"""Tests of the face-parser training recipe in perchead.training.parser (supplement §8): data from a multi-view
 folder, class-balanced loss, label-consistent augmentation, and a short training run."""
 
 import json
@@ -22,7 +22,7 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_load_parser_data_from_exported_folder(tiny_folder):
-    from perchead.parser import load_parser_data
+    from perchead.training.parser import load_parser_data
 
     images, labels = load_parser_data(tiny_folder, 32)
     assert images.shape == (4, 3, 32, 32) and labels.shape == (4, 32, 32)
@@ -39,14 +39,14 @@ def test_load_parser_data_from_exported_folder(tiny_folder):
 
 
 def test_load_parser_data_errors(tmp_path):
-    from perchead.parser import load_parser_data
+    from perchead.training.parser import load_parser_data
 
     with pytest.raises(ValueError, match="does not exist"):
         load_parser_data(tmp_path / "missing", 32)
 
 
 def test_class_weights_inverse_sqrt_frequency():
-    from perchead.parser import IGNORE, class_weights
+    from perchead.training.parser import IGNORE, class_weights
 
     labels = torch.tensor([0] * 900 + [1] * 90 + [4] * 10 + [IGNORE] * 500)
     w = class_weights(labels, clip=(1e-3, 1e3))
@@ -65,7 +65,7 @@ def test_class_weights_inverse_sqrt_frequency():
 
 
 def test_flip_swaps_left_right_labels():
-    from perchead.parser import IGNORE, _augment
+    from perchead.training.parser import IGNORE, _augment
 
     labels = torch.zeros(32, 8, 8, dtype=torch.long)
     labels[:, 2, 1] = CLASSES.index("l_eye")
@@ -95,7 +95,7 @@ def test_flip_swaps_left_right_labels():
 
 
 def test_random_crops_keep_image_and_labels_aligned():
-    from perchead.parser import _random_crops
+    from perchead.training.parser import _random_crops
 
     labels = torch.randint(0, NUM_CLASSES, (6, 64, 64))
     images = labels[:, None].expand(6, 3, 64, 64).to(torch.uint8)  # the image encodes its own labels
@@ -107,7 +107,7 @@ def test_random_crops_keep_image_and_labels_aligned():
 
 
 def test_parser_loss_upsamples_logits_to_labels():
-    from perchead.parser import IGNORE, parser_loss
+    from perchead.training.parser import IGNORE, parser_loss
 
     logits = torch.randn(2, NUM_CLASSES, 8, 8)  # SegFormer's 1/4 resolution
     labels = torch.randint(0, NUM_CLASSES, (2, 32, 32))
@@ -122,7 +122,8 @@ def test_parser_loss_upsamples_logits_to_labels():
 
 
 def test_train_parser_from_folder_lowers_loss(tiny_folder, tmp_path):
-    from perchead.parser import FaceParser, train_parser
+    from perchead.models.face_parser import FaceParser
+    from perchead.training.parser import train_parser
 
     torch.set_num_threads(1)
     parser, result = train_parser(tmp_path, steps=15, image_size=32, batch_size=4, preset="tiny", lr=3e-3,

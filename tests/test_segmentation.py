@@ -1,4 +1,4 @@
-"""Tests of perchead.geometry.segmentation (palette, label map <-> colour image) and perchead.parser (SegFormer)."""
+"""Tests of perchead.geometry.segmentation (palette, label map <-> colour image) and perchead.models.face_parser (SegFormer)."""
 
 import io
 import itertools
@@ -164,7 +164,7 @@ def test_one_hot_shapes():
 
 # ------------------------------------------------------------------------------------------------ parser
 def test_label_mapping_by_name():
-    from perchead.parser import label_mapping
+    from perchead.models.face_parser import label_mapping
 
     # jonathandinu/face-parsing today: our order, CelebAMask-HQ file names
     hub = dict(enumerate(["background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear",
@@ -187,7 +187,7 @@ def test_label_mapping_by_name():
 def tiny_parser():
     from transformers import SegformerForSemanticSegmentation
 
-    from perchead.parser import FaceParser, segformer_config
+    from perchead.models.face_parser import FaceParser, segformer_config
 
     torch.manual_seed(0)
     return FaceParser(SegformerForSemanticSegmentation(segformer_config("tiny", image_size=64)), (64, 64))
@@ -210,7 +210,7 @@ def test_face_parser_output(tiny_parser):
 def test_face_parser_remaps_model_order(tiny_parser):
     from transformers import SegformerForSemanticSegmentation
 
-    from perchead.parser import FaceParser
+    from perchead.models.face_parser import FaceParser
 
     # the same weights with the classes listed in reverse: the parser must give the same map
     config = tiny_parser.model.config.to_dict()
@@ -226,7 +226,7 @@ def test_face_parser_remaps_model_order(tiny_parser):
 
 
 def test_face_parser_save_load_round_trip(tiny_parser, tmp_path):
-    from perchead.parser import FaceParser
+    from perchead.models.face_parser import FaceParser
 
     tiny_parser.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
@@ -237,7 +237,7 @@ def test_face_parser_save_load_round_trip(tiny_parser, tmp_path):
 
 
 def test_face_parser_missing_model_errors(tmp_path, monkeypatch):
-    from perchead.parser import FaceParser
+    from perchead.models.face_parser import FaceParser
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="jonathandinu/face-parsing.*HF_HUB_OFFLINE"):
@@ -247,7 +247,8 @@ def test_face_parser_missing_model_errors(tmp_path, monkeypatch):
 
 
 def test_train_parser_reduces_loss(tmp_path):
-    from perchead.parser import FaceParser, train_parser
+    from perchead.models.face_parser import FaceParser
+    from perchead.training.parser import train_parser
 
     parser, result = train_parser(tmp_path, steps=12, image_size=32, batch_size=4, n_heads=2, views_per_head=2,
                                   preset="tiny", lr=3e-3, val_heads=1, density=0.3, log_every=0)

@@ -1,4 +1,4 @@
-"""Tests of the open_clip style encoder (perchead/style.py): tiny CPU configs, offline."""
+"""Tests of the open_clip style encoder (perchead/models/style_encoder.py) and its training (perchead/training/style.py): tiny CPU configs, offline."""
 
 import json
 import os
@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.style import (CONFIG_NAME, WEIGHTS_NAME, StyleEncoder, augment_caption, augment_images, caption_atoms,
-                            contrastive_loss, entailment, evaluate_style, load_style_pairs, render_style_pairs,
-                            style_config, train_style)
+from perchead.models.base import WEIGHTS_NAME
+from perchead.models.style_encoder import STYLE_CONFIG_NAME, StyleEncoder, style_config
+from perchead.training.style import (augment_caption, augment_images, caption_atoms, contrastive_loss, entailment,
+                                     evaluate_style, load_style_pairs, render_style_pairs, train_style)
 
 CAPTIONS = ["long red hair, dark skin, glasses, navy shirt", "bald, pale skin, beard, white collared shirt",
             "blonde hair with a fringe, medium skin, smiling, earrings, red striped shirt",
@@ -75,7 +76,7 @@ def test_save_load_roundtrip(tiny, tmp_path):
         torch.testing.assert_close(loaded.encode_text(texts), ref_txt, rtol=0, atol=1e-6)
 
     tiny.save_pretrained(tmp_path / "fp16")  # default: float16 storage, loading casts back to float32
-    config = json.loads((tmp_path / "fp16" / CONFIG_NAME).read_text())
+    config = json.loads((tmp_path / "fp16" / STYLE_CONFIG_NAME).read_text())
     assert set(config) >= {"model_cfg", "preprocess_cfg"} and not list((tmp_path / "fp16").glob("*.bin"))
     half = StyleEncoder.from_pretrained(str(tmp_path / "fp16"))
     assert next(half.parameters()).dtype == torch.float32

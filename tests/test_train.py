@@ -1,11 +1,11 @@
-"""Tests for perchead/train.py: smoke training of the tiny preset on synthetic heads, resume, NaN stop."""
+"""Tests for perchead/training/train.py: smoke training of the tiny preset on synthetic heads, resume, NaN stop."""
 
 import json
 
 import pytest
 import torch
 
-from perchead.train import (
+from perchead.training.train import (
     TASKS,
     Task,
     TrainConfig,
@@ -116,7 +116,7 @@ def test_config_validation_and_presets():
 
 # ------------------------------------------------------------------------------------------ edit task (§3.5)
 def test_edit_task_registered_with_cli_flags(tmp_path):
-    from perchead.train import build_edit_model, parse_args, reconstruct_trainable
+    from perchead.training.train import build_edit_model, parse_args, reconstruct_trainable
 
     assert TASKS["edit"].trainable is reconstruct_trainable and TASKS["edit"].model_config is not None
     assert TASKS["reconstruct"].model_config is None  # reconstruction keeps PercHeadConfig.preset(preset)
@@ -140,9 +140,9 @@ def test_edit_task_registered_with_cli_flags(tmp_path):
 def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
     from types import SimpleNamespace
 
-    from perchead import train as train_module
+    from perchead.training import train as train_module
     from perchead.models.config import PercHeadConfig
-    from perchead.train import build_edit_loss, style_reference_views
+    from perchead.training.train import build_edit_loss, style_reference_views
 
     images = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 3, 4, 4)  # [B, V, 3, H, W]
     picked = style_reference_views({"target_images": images})
@@ -168,7 +168,7 @@ def test_weights_recipe_commands_parse_and_chain():
     import importlib.util
     from pathlib import Path
 
-    from perchead.train import parse_args
+    from perchead.training.train import parse_args
 
     path = Path(__file__).resolve().parents[1] / "tasks.py"
     spec = importlib.util.spec_from_file_location("perchead_tasks", path)
@@ -182,7 +182,7 @@ def test_weights_recipe_commands_parse_and_chain():
         for flag in ("--init-from", "--style"):
             if flag in rest:
                 assert rest[rest.index(flag) + 1] in done, f"{folder}: {flag} names a later or unknown stage"
-        if module == "perchead.train":
+        if module == "perchead.training.train":
             config, resume, _ = parse_args(rest)
             assert config.output == folder and not resume
         done.add(folder)

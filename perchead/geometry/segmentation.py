@@ -4,7 +4,7 @@ The editing model of the PercHead paper (§3.5, supplement §8) takes a 19-chann
 map as geometry input; users draw or correct that map in the app with a brush fixed to the class colours.
 This module is the single place that defines the classes (CelebAMask-HQ, in DESIGN.md's order), their
 colours and every conversion between a label map, a colour image and a one-hot tensor. Face parsing of a
-photo into such a map lives in :mod:`perchead.parser`.
+photo into such a map lives in :mod:`perchead.models.face_parser`.
 
 Palette (ours): the background is WHITE, like every background in this project (renders, targets, model
 inputs), so a parsed or rendered map looks like the image it came from. The 18 face classes are saturated
@@ -451,7 +451,7 @@ def color_to_labels(image: Any, snap: bool = False, size: int | Sequence[int] | 
                 f"{n} of {h * w} pixels ({100.0 * n / (h * w):.1f}%) are not segmentation-palette colours nor "
                 f"anti-aliased blends of neighbouring palette colours, e.g. RGB {example} at (y={i // w}, "
                 f"x={i % w}); paint only with the palette colours (see perchead.geometry.segmentation.legend()), parse a "
-                "photo with perchead.parser.FaceParser, or pass snap=True to map each to its nearest palette colour")
+                "photo with perchead.models.face_parser.FaceParser, or pass snap=True to map each to its nearest palette colour")
         labels[foreign] = nearest[foreign]
     labels = labels.reshape(h, w)  # [H, W]
     if size is not None and (h, w) != target:

@@ -253,13 +253,42 @@ class HeadModel(CheckpointMixin, nn.Module):
         features: Tensor | None = None,
         return_depth: bool = False,
     ):
-        """Renders Gaussians over a white background, then the CNN refiner (§3.3).
+        """Renders Gaussians at cameras shared by the batch over white, then the CNN refiner (§3.3).
 
         Args:
             gaussians: ``[(B,) N, …]``.
-            cameras: C cameras shared by the batch.
+            cameras: V cameras shared by the batch.
             refine: apply the refiner (when the config enables it).
             features: extra per-Gaussian channels ``[(B,) N, C]`` to composite (see :func:`perchead.render.render`).
+            return_depth: also return depth.
+
+        Returns:
+            :class:`perchead.render.RenderOutput` with rgb ``[B, V, 3, H, W]``, alpha ``[B, V, 1, H, W]``.
+        """
+        return self.render_at(gaussians, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, refine=refine,
+                              features=features, return_depth=return_depth)
+
+    def render_at(
+        self,
+        gaussians: Gaussians,
+        viewmats: Tensor,
+        Ks: Tensor,
+        width: int,
+        height: int,
+        refine: bool = True,
+        features: Tensor | None = None,
+        return_depth: bool = False,
+    ):
+        """Renders Gaussians over white at shared ``[V, …]`` or per-item ``[B, V, …]`` cameras, then the refiner.
+
+        Args:
+            gaussians: ``[(B,) N, …]``.
+            viewmats: world-to-camera. ``[V, 4, 4]`` or ``[B, V, 4, 4]``
+            Ks: pixel intrinsics for ``width`` × ``height`` images. ``[V, 3, 3]`` or ``[B, V, 3, 3]``
+            width: image width.
+            height: image height.
+            refine: apply the refiner (when the config enables it).
+            features: extra per-Gaussian channels ``[(B,) N, C]``.
             return_depth: also return depth.
 
         Returns:
@@ -270,10 +299,10 @@ class HeadModel(CheckpointMixin, nn.Module):
         device = gaussians.means.device
         out = render(
             gaussians.float(),
-            cameras.viewmats.to(device),
-            cameras.Ks.to(device),
-            cameras.width,
-            cameras.height,
+            viewmats.to(device),
+            Ks.to(device),
+            width,
+            height,
             background=WHITE,
             backend=self.config.render.backend,
             features=features,

@@ -1,33 +1,13 @@
-"""Style encoder: a CLIP model through open_clip that turns a reference image or a text prompt into one style
-embedding (paper §3.5 and supplement §8: the editing model's global style token).
+"""Training of the offline style encoder (paper §3.5 uses a pretrained CLIP; ours is small and synthetic).
 
-The paper injects a frozen CLIP image embedding of a reference view at training time and swaps in the CLIP
-*text* embedding at inference, zero-shot. Real CLIP weights cannot be downloaded on the machines that build
-this project, so two sources share ONE code path (``open_clip.model.CLIP``, its BPE tokenizer, its
-``open_clip_config.json`` folder format):
+Image-caption pairs come from a pre-rendered multi-view folder (``<subject>/images/*.png`` +
+``caption.txt``) or are rendered on the fly from :func:`perchead.data.synthetic.make_head`. Captions are
+augmented into random subsets, orders and partial phrases of their attributes (users type short prompts);
+images get random crops and horizontal flips but no colour jitter (it would break colour attributes).
+The loss is CLIP's symmetric InfoNCE with a learnable logit scale and multi-positive targets: a caption is
+a positive for every image whose attributes entail it (``"blonde"`` matches every blonde head).
 
-* the offline default (bundled in ``weights_card/style``): a small CLIP (:func:`style_config`, all sizes
-  ours) that :func:`train_style` trains contrastively on synthetic head renders and their attribute captions
-  (``"long red hair, dark skin, glasses, navy shirt"``), so short prompts such as ``"blonde"``, ``"red hair"``
-  or ``"bald with glasses"`` and reference images work offline on synthetic-style heads;
-* a real CLIP by open_clip name and pretrained tag (``"ViT-B-32:openai"`` or ``from_pretrained("ViT-B-32",
-  pretrained="laion2b_s34b_b79k")``) or by ``"hf-hub:laion/..."`` id, when reachable: text then works
-  zero-shot as in the paper.
-
-A saved folder is exactly open_clip's ``local-dir:`` layout (``open_clip_config.json`` with ``model_cfg`` and
-``preprocess_cfg``, plus ``model.safetensors``), so ``open_clip.create_model("local-dir:weights_card/style")``
-loads it too. Weights are stored as float16 by default (a CLIP token table alone is 49,408 rows).
-
-Training (:func:`train_style`): image-caption pairs from a pre-rendered multi-view folder
-(``perchead.data.multiview`` layout: ``<subject>/images/XXXX.png`` + ``caption.txt``) or rendered on the fly
-from :func:`perchead.data.synthetic.make_head`; captions are augmented into random subsets / orders / partial
-phrases of their attributes (users type short prompts); images get random crops and horizontal flips (the
-captions have no left/right words) but NO colour jitter (it would break colour attributes). The loss is the
-symmetric InfoNCE of CLIP with a learnable logit scale, with multi-positive targets: a caption is a positive
-for every image in the batch whose attributes entail it (``"blonde"`` matches every blonde head), which
-reduces to standard InfoNCE when all captions are distinct full captions.
-
-CLI: ``python -m perchead.style --output weights_card/style --steps N [--data runs/synthetic128]``.
+CLI: ``python -m perchead.training.style --output weights_card/style --steps N [--data runs/synthetic128]``.
 """
 
 from __future__ import annotations
@@ -45,288 +25,16 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-DEFAULT_STYLE_FOLDER = "weights_card/style"  # the bundled offline style model (trained by `python -m perchead.style`)
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "open_clip_config.json"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP image normalisation (open_clip.constants)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from perchead.models.base import WEIGHTS_NAME
+from perchead.models.style_encoder import DEFAULT_STYLE_FOLDER, StyleConfig, StyleEncoder, style_config
+
 HAIR_COLOR_WORDS = ("black", "dark brown", "brown", "blonde", "red", "grey", "white", "blue", "pink", "green",
                     "purple")  # every hair colour of perchead.data.synthetic.HAIR_COLORS
 HAIR_STYLE_PHRASES = {"buzz": "buzz-cut hair", "short": "short hair", "fringe": "hair with a fringe",
                       "long": "long hair", "bun": "hair in a bun", "curly": "curly hair"}  # colour-free phrases
 PROMPT_TEMPLATES = ("{}", "{}", "{}", "{}", "a person with {}", "a head with {}", "a rendering of a head with {}")
-
-
-# ------------------------------------------------------------------------------------------- configuration
-@dataclass
-class StyleConfig:
-    """Architecture of the project's own small CLIP (every value ours; the paper uses a pretrained CLIP).
-
-    The text tower's token table has one row per BPE token of CLIP's vocabulary (49,408), which dominates
-    the size: ``text_width`` 64 keeps the float16 checkpoint under ~10 MB.
-    """
-
-    embed_dim: int = 128  # joint image/text embedding size (the style vector E)
-    image_size: int = 64  # input side in pixels (renders are resized to it; hair, skin, clothes stay legible)
-    patch_size: int = 8  # ViT patch side: 64 / 8 = 8 x 8 tokens
-    vision_width: int = 128  # ViT token width
-    vision_layers: int = 4  # ViT depth
-    vision_head_width: int = 32  # channels per attention head (128 / 32 = 4 heads)
-    context_length: int = 32  # text tokens incl. start/end (captions are at most ~28)
-    text_width: int = 64  # text transformer width = token-embedding size
-    text_heads: int = 4  # text attention heads
-    text_layers: int = 4  # text transformer depth
-
-    def model_cfg(self) -> dict:
-        """The open_clip ``model_cfg`` dict (``CLIP(**model_cfg)``, also stored in ``open_clip_config.json``)."""
-        return {
-            "embed_dim": self.embed_dim,
-            "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
-                           "layers": self.vision_layers, "head_width": self.vision_head_width},
-            "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.text_width,
-                         "heads": self.text_heads, "layers": self.text_layers},
-        }
-
-
-def style_config(preset: str = "demo") -> StyleConfig:
-    """The style-model presets: ``"demo"`` (bundled, 4.2 M parameters, 8.4 MB in float16) or ``"tiny"`` (tests)."""
-    presets = {
-        "demo": StyleConfig(),
-        "tiny": StyleConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1,
-                            vision_head_width=16, context_length=32, text_width=16, text_heads=1, text_layers=1),
-    }
-    if preset not in presets:
-        raise ValueError(f"unknown style preset {preset!r}; expected one of {sorted(presets)}")
-    return presets[preset]
-
-
-def _preprocess_cfg(image_size: int) -> dict:
-    """open_clip ``preprocess_cfg`` of our own models (CLIP normalisation; renders are square)."""
-    return {"size": image_size, "mode": "RGB", "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bilinear",
-            "resize_mode": "shortest", "fill_color": 0}
-
-
-# ------------------------------------------------------------------------------------------------ encoder
-class StyleEncoder(nn.Module):
-    """An open_clip CLIP with image preprocessing in torch and its tokenizer: images / prompts -> style vectors.
-
-    Args:
-        model: an ``open_clip.model.CLIP`` (or ``CustomTextCLIP``) whose ``visual.preprocess_cfg`` is set.
-        tokenizer: the open_clip tokenizer of that model (callable ``list[str] -> [B, L]`` long).
-        model_cfg: the open_clip ``model_cfg`` dict (saved with the weights); None for models from a Hub id.
-        name: where the model came from (for messages).
-    """
-
-    def __init__(self, model: nn.Module, tokenizer, model_cfg: dict | None = None, name: str = "style"):
-        super().__init__()
-        cfg = getattr(model.visual, "preprocess_cfg", None)
-        if cfg is None:
-            raise ValueError("the open_clip model has no visual.preprocess_cfg; build it with open_clip's factory "
-                             "or StyleEncoder.from_config")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.model_cfg = model_cfg
-        self.name = name
-        size = cfg["size"]
-        self.image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.interpolation = "bilinear" if cfg.get("interpolation", "bicubic") == "bilinear" else "bicubic"
-        self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    # ----------------------------------------------------------------------------------- construction
-    @classmethod
-    def from_config(cls, config: StyleConfig | str = "demo") -> "StyleEncoder":
-        """A randomly initialised project CLIP (for training or tests).
-
-        Args:
-            config: a :class:`StyleConfig` or a preset name for :func:`style_config`.
-
-        Returns:
-            the encoder (trainable).
-        """
-        import open_clip
-        from open_clip.model import CLIP, set_model_preprocess_cfg
-
-        if isinstance(config, str):
-            config = style_config(config)
-        model_cfg = config.model_cfg()
-        model = CLIP(**model_cfg)
-        set_model_preprocess_cfg(model, _preprocess_cfg(config.image_size))
-        tokenizer = open_clip.SimpleTokenizer(context_length=config.context_length)
-        return cls(model, tokenizer, model_cfg, name="untrained")
-
-    @classmethod
-    def from_pretrained(cls, id_or_folder: str | os.PathLike = DEFAULT_STYLE_FOLDER, pretrained: str | None = None,
-                        device: str | torch.device = "cpu", frozen: bool = True) -> "StyleEncoder":
-        """Loads a saved style model folder, or a real CLIP through open_clip.
-
-        Args:
-            id_or_folder: a folder written by :meth:`save_pretrained` (or any open_clip ``local-dir``
-                folder); an open_clip model name with its pretrained tag as ``"ViT-B-32:openai"`` (or the
-                tag in ``pretrained``); or a Hub id ``"hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"``.
-            pretrained: pretrained tag for an open_clip model name (see ``open_clip.list_pretrained()``).
-            device: where the model runs.
-            frozen: put the model in eval mode with ``requires_grad=False`` (its use in the editing model).
-
-        Returns:
-            the encoder.
-
-        Raises:
-            FileNotFoundError: a folder that does not exist, or weights that cannot be loaded (offline, not in
-                the cache, unknown Hub repo); the message names the id.
-            ValueError: an unknown open_clip model name, or a model name without a pretrained tag.
-        """
-        import open_clip
-
-        name = str(id_or_folder)
-        path = Path(name).expanduser()
-        if path.is_dir():
-            if not (path / CONFIG_NAME).is_file():
-                raise FileNotFoundError(f"style model folder {name!r} has no {CONFIG_NAME}; write one with "
-                                        f"`python -m perchead.style --output {name}`")
-            model_id, tag = f"local-dir:{path}", None
-        elif name.startswith("hf-hub:"):
-            model_id, tag = name, None
-        elif name.startswith((".", "/", "~")) or name.count("/") > 1 or (
-                name.count("/") == 1 and Path(name.split("/")[0]).is_dir()):  # e.g. a missing "weights_card/style"
-            raise FileNotFoundError(f"style model folder {name!r} does not exist; train one with "
-                                    f"`python -m perchead.style --output {name}` or pass an open_clip model such as "
-                                    f"'ViT-B-32:openai' or 'hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'")
-        elif name.count("/") == 1:  # "org/repo" without the schema: an open_clip Hub repo
-            model_id, tag = f"hf-hub:{name}", None
-        else:
-            model_name, _, tag_in_name = name.partition(":")
-            tag = pretrained or tag_in_name or None
-            if model_name not in open_clip.list_models():
-                raise ValueError(f"{name!r} is neither a style model folder, an 'hf-hub:' id nor an open_clip model "
-                                 f"name (see open_clip.list_models())")
-            if tag is None:
-                tags = open_clip.list_pretrained_tags_by_model(model_name)
-                raise ValueError(f"open_clip model {model_name!r} needs a pretrained tag (without one its weights "
-                                 f"would be random), e.g. '{model_name}:{tags[0] if tags else 'TAG'}'; tags: {tags}")
-            model_id = model_name
-        try:
-            model = open_clip.create_model(model_id, pretrained=tag, device=device)
-            tokenizer = open_clip.get_tokenizer(model_id)
-        except (OSError, RuntimeError, ValueError) as error:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-            first = str(error).splitlines()[0] if str(error) else ""
-            raise FileNotFoundError(
-                f"cannot load the CLIP style model {name!r}" + (f" (pretrained {tag!r})" if tag else "")
-                + (" (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline and not path.is_dir() else "")
-                + f": {error.__class__.__name__}: {first[:300]}. Offline, use the bundled style folder "
-                f"{DEFAULT_STYLE_FOLDER!r} (reproduce it with `python -m perchead.style`)") from error
-        model_cfg = None
-        if path.is_dir():
-            model_cfg = json.loads((path / CONFIG_NAME).read_text())["model_cfg"]
-        encoder = cls(model, tokenizer, model_cfg, name=name).to(device)
-        return encoder.freeze() if frozen else encoder.eval()
-
-    def freeze(self) -> "StyleEncoder":
-        """Eval mode and ``requires_grad=False`` on every weight (CLIP is frozen in the paper). Returns self."""
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
-
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float16,
-                        extra: dict | None = None) -> None:
-        """Writes ``open_clip_config.json`` + ``model.safetensors`` (open_clip's ``local-dir`` layout).
-
-        Args:
-            folder: output folder (created).
-            dtype: storage dtype of floating-point weights (float16 halves the size; loading casts back).
-            extra: optional JSON-able dict stored under ``"perchead"`` in the config (e.g. training facts).
-        """
-        from safetensors.torch import save_file
-
-        if self.model_cfg is None:
-            raise ValueError(f"{self.name!r} came from open_clip by id; it has no model_cfg to save (use the id)")
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-                 for k, v in self.model.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        pp = dict(self.model.visual.preprocess_cfg)
-        pp["mean"], pp["std"] = list(pp["mean"]), list(pp["std"])
-        config = {"model_cfg": self.model_cfg, "preprocess_cfg": pp}
-        if extra:
-            config["perchead"] = extra
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-
-    # ----------------------------------------------------------------------------------------- inference
-    @property
-    def embed_dim(self) -> int:
-        """Size E of the style embedding."""
-        proj = self.model.text_projection
-        if isinstance(proj, nn.Linear):
-            return proj.out_features
-        if proj is not None:
-            return proj.shape[1]
-        return int(self.model_cfg["embed_dim"])  # pragma: no cover - models without a text projection
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def preprocess(self, images: Tensor) -> Tensor:
-        """Resizes (shortest side, centre crop) and normalises images as CLIP expects.
-
-        Args:
-            images: ``[B, 3, H, W]`` float in [0, 1] (over white, like every image in the project).
-
-        Returns:
-            ``[B, 3, S, S]`` normalised model input.
-        """
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a [B, 3, H, W] tensor, got {shape}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
-        x = images.to(self.mean.device, torch.float32)
-        h, w = x.shape[-2:]
-        th, tw = self.image_size
-        scale = max(th / h, tw / w)
-        rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
-        if (rh, rw) != (h, w):
-            x = F.interpolate(x, size=(rh, rw), mode=self.interpolation, align_corners=False, antialias=True)
-        top, left = (rh - th) // 2, (rw - tw) // 2
-        x = x[:, :, top:top + th, left:left + tw].clamp(0.0, 1.0)  # [B, 3, S, S]
-        return (x - self.mean) / self.std
-
-    def tokenize(self, texts: Sequence[str]) -> Tensor:
-        """BPE token ids ``[B, L]`` of prompts (open_clip tokenizer; lower-cased, truncated to the context)."""
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of strings, not one string (wrap it: [text])")
-        texts = list(texts)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise ValueError("texts must be a non-empty list of strings")
-        return self.tokenizer(texts).to(self.device)  # [B, L]
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        """Style embeddings of images.
-
-        Args:
-            images: ``[B, 3, H, W]`` float in [0, 1], any size (resized to the model's input).
-
-        Returns:
-            ``[B, E]`` l2-normalised.
-        """
-        return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)  # [B, E]
-
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """Style embeddings of text prompts (e.g. ``["long red hair", "bald with glasses"]``).
-
-        Returns:
-            ``[B, E]`` l2-normalised.
-        """
-        return F.normalize(self.model.encode_text(self.tokenize(texts)).float(), dim=-1)  # [B, E]
-
-    def forward(self, images: Tensor, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """Both embeddings and the logit scale (training): ``([B, E], [T, E], scalar)``."""
-        return self.encode_image(images), self.encode_text(texts), self.model.logit_scale.exp()
 
 
 # ---------------------------------------------------------------------------------------------- captions
@@ -761,7 +469,7 @@ def train_style(output_dir: str | os.PathLike | None, steps: int = 4000, preset:
                        lr=lr, weight_decay=weight_decay, seed=seed, data=str(data) if data else "on-the-fly",
                        pairs=len(pairs), subjects=len(pairs.captions), val_heads=val_heads,
                        initial_loss=float(np.mean(result.losses[:10])), final_loss=float(np.mean(result.losses[-50:])))
-        encoder.save_pretrained(out, extra={"trained_by": "perchead.style.train_style", "steps": steps,
+        encoder.save_pretrained(out, extra={"trained_by": "perchead.training.style.train_style", "steps": steps,
                                             "data": summary["data"]})
         result.checkpoint_bytes = (out / WEIGHTS_NAME).stat().st_size
         summary["checkpoint_bytes"] = result.checkpoint_bytes
@@ -770,7 +478,7 @@ def train_style(output_dir: str | os.PathLike | None, steps: int = 4000, preset:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m perchead.style --output weights_card/style --steps N`` trains and saves the style model."""
+    """``python -m perchead.training.style --output weights_card/style --steps N`` trains and saves the style model."""
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--output", default=DEFAULT_STYLE_FOLDER, help="output folder")
     ap.add_argument("--steps", type=int, default=4000)

@@ -1,6 +1,6 @@
 """Evaluation with the paper's protocol (PercHead §4.1–4.2, Tables 1–2) on held-out synthetic test heads.
 
-    python -m perchead.evaluate --model weights_card --subjects 100 --output results.json \
+    python -m perchead.evaluation.reconstruction --model weights_card --subjects 100 --output results.json \
         --contact-sheet docs/contact_sheet.png
 
 Protocol (on the ``test`` seeds of :mod:`perchead.data.synthetic`, disjoint from training):
@@ -22,7 +22,7 @@ Two fixed-card variants are reported beside them for context: ``card_two_sided``
 *input* camera and stays put; seen from behind it shows its picture mirrored, as a plane of splats does —
 on left↔right flips of a near-symmetric head that mirror is almost the opposite profile, a very strong
 baseline there) and ``card_one_sided`` (the same card, invisible from behind), see :func:`billboard`.
-Metrics: PSNR and SSIM (:mod:`perchead.metrics`) over the whole target image (white background, as in
+Metrics: PSNR and SSIM (:mod:`perchead.evaluation.metrics`) over the whole target image (white background, as in
 the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
 are absent. Output: a Markdown table shaped like Tables 1–2 on stdout, and JSON
 ``{"novel": {"ours": {"psnr", "ssim", "lpips", "dreamsim", "arcface"}, "template": …, "billboard": …},
@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perchead.data.figures import contact_sheet
 from perchead.geometry.cameras import Cameras
-from perchead.metrics import finite_mean, network_metrics, psnr, ssim
-from perchead.preprocess import to_uint8
+from perchead.evaluation.metrics import finite_mean, network_metrics
+from perchead.models.similarity import psnr, ssim
 
 METHODS = ("ours", "template", "billboard", "card_two_sided", "card_one_sided")
 BASELINE_CARDS = {  # flat-picture baselines: method → billboard() options
@@ -120,28 +121,6 @@ def _cameras(views: list[tuple[float, float]], model: nn.Module, size: int) -> C
 
 
 # --------------------------------------------------------------------------------------------- methods
-def render_per_input(model: nn.Module, gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine: bool = True):
-    """Renders batched Gaussians, subject ``b`` at its own cameras ``viewmats[b]`` (white background).
-
-    Args:
-        model: a PercHead (its render backend and refiner are used).
-        gaussians: batched Gaussians ``[B, N, …]``.
-        viewmats: ``[B, V, 4, 4]``
-        Ks: ``[B, V, 3, 3]`` for ``size``×``size`` images.
-        size: image size.
-        refine: apply the model's CNN refiner.
-
-    Returns:
-        (rgb ``[B, V, 3, S, S]``, alpha ``[B, V, 1, S, S]``)
-    """
-    from perchead.render import render
-
-    out = render(gaussians.float(), viewmats.to(gaussians.means.device), Ks.to(gaussians.means.device), size, size,
-                 background=1.0, backend=model.config.render.backend)
-    rgb = model.refine(out.rgb, out.alpha) if refine else out.rgb
-    return rgb, out.alpha
-
-
 def billboard(image: Tensor, input_cameras: Cameras, target_cameras: Cameras, facing: str = "viewer",
               two_sided: bool = False) -> Tensor:
     """Flat-picture baselines: each input image on a plane through the head centre, seen from the targets.
@@ -245,8 +224,8 @@ def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Ten
     model = models[method]
     device = next(model.parameters()).device
     gaussians = model(image.to(device), mask.to(device))
-    rgb, _ = render_per_input(model, gaussians, target_cams.viewmats.reshape(B, V, 4, 4),
-                              target_cams.Ks.reshape(B, V, 3, 3), size)
+    rgb = model.render_at(gaussians, target_cams.viewmats.reshape(B, V, 4, 4), target_cams.Ks.reshape(B, V, 3, 3),
+                          size, size).rgb  # [B, V, 3, S, S]
     return rgb.float().cpu().clamp(0, 1)
 
 
@@ -266,7 +245,7 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
     Args:
         model: a trained PercHead (any device).
         config: evaluation settings.
-        contact_sheet_path: optional PNG path for :func:`contact_sheet` (first 4 subjects).
+        contact_sheet_path: optional PNG path for :func:`perchead.data.figures.contact_sheet` (first 4 subjects).
         progress: show a tqdm bar.
 
     Returns:
@@ -359,65 +338,6 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------- contact sheet
-CONTACT_VIEWS = (("front", 0.0, 0.0), ("side", 90.0, 0.0), ("back", 180.0, 0.0), ("top", 0.0, 75.0))
-
-
-@torch.no_grad()
-def contact_sheet(model: nn.Module, path: str | Path, subjects: int = 4, split: str = "test",
-                  input_view: tuple[float, float] = (20.0, 5.0)) -> Path:
-    """Writes a PNG: per subject a row of input, then front / side / back / top as (ground truth, ours).
-
-    Args:
-        model: a PercHead.
-        path: output PNG.
-        subjects: rows (first seeds of ``split``).
-        split: seed split.
-        input_view: (azimuth, elevation) of the input, degrees.
-
-    Returns:
-        The path.
-    """
-    from perchead.data.synthetic import make_head, split_seeds
-
-    size = model.config.render.render_size
-    in_size = model.config.render.image_size
-    device = next(model.parameters()).device
-    rows = []
-    for i in range(subjects):
-        head = make_head(split_seeds(split)[i])
-        in_cams = _cameras([input_view], model, in_size)
-        image, mask = _ground_truth(head, in_cams)
-        cams = _cameras([(a, e) for _, a, e in CONTACT_VIEWS], model, size)
-        gt, _ = _ground_truth(head, cams)  # [4, 3, S, S]
-        gaussians = model(image.to(device), mask.to(device))
-        pred, _ = render_per_input(model, gaussians, cams.viewmats[None], cams.Ks[None], size)
-        pred = pred[0].float().cpu().clamp(0, 1)
-        inp = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)[0]
-        tiles = [inp] + [t for k in range(len(CONTACT_VIEWS)) for t in (gt[k], pred[k])]
-        rows.append(torch.cat(tiles, dim=-1))  # [3, S, 9S]
-    grid = torch.cat(rows, dim=-2)  # [3, subjects·S, 9S]
-    labels = ["input"] + [f"{n} {w}" for n, _, _ in CONTACT_VIEWS for w in ("GT", "ours")]
-    return save_labelled_grid(grid, labels, size, path)
-
-
-def save_labelled_grid(grid: Tensor, labels: list[str], size: int, path: str | Path) -> Path:
-    """Writes an image grid ``[3, R·S, C·S]`` as a PNG with one label above each ``size``-wide column."""
-    from PIL import Image, ImageDraw
-
-    header = 14
-    array = to_uint8(grid)  # [R·S, C·S, 3]
-    canvas = Image.new("RGB", (array.shape[1], array.shape[0] + header), "white")
-    canvas.paste(Image.fromarray(array), (0, header))
-    draw = ImageDraw.Draw(canvas)
-    for k, label in enumerate(labels):
-        draw.text((k * size + 3, 1), label, fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
-
-
 # --------------------------------------------------------------------------------------------- CLI
 def write_results(results: dict[str, Any], model: str, path: str | Path, table: str) -> Path:
     """Records the evaluated model in ``results["meta"]``, writes the JSON and prints the table."""
@@ -433,7 +353,7 @@ def write_results(results: dict[str, Any], model: str, path: str | Path, table: 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perchead.models.perchead import PercHead
 
-    p = argparse.ArgumentParser(prog="python -m perchead.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m perchead.evaluation.reconstruction", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face repo id")
     p.add_argument("--subjects", type=int, default=100, help="held-out test heads")
     p.add_argument("--output", default="results.json", help="JSON results path")

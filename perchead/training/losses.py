@@ -17,7 +17,7 @@ Choices that are ours (the paper does not give them):
   one network are averaged.
 - Terms not in the paper, used where its perceptual networks are unavailable (the CPU ``demo`` and
   ``tiny`` presets: no foundation-model weights can be downloaded here): ``ssim`` (1 − SSIM, the
-  11×11 Gaussian SSIM of :mod:`perchead.metrics`) and ``mask`` (L1 between the rendered alpha and the
+  11×11 Gaussian SSIM of :mod:`perchead.evaluation.metrics`) and ``mask`` (L1 between the rendered alpha and the
   target's foreground mask, a silhouette loss). Phase 1 of ``demo``/``tiny`` also uses ``l1``.
 
 Weights: :class:`LossConfig` holds one weight per term; ``LossConfig.preset(preset, phase)`` gives the
@@ -30,24 +30,15 @@ network when ``HF_HUB_OFFLINE=1``: it first looks in the local cache only.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perchead.metrics import ssim
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2 and SAM 2 preprocessing
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from perchead.models.similarity import (DinoFeatures, MissingWeightsError, SamFeatures, feature_distance, freeze,
+                                        load_dino, load_lpips, load_sam_vision, ssim)
 
 TERMS = ("l1", "ssim", "mask", "dino", "sam", "lpips")
-
-
-class MissingWeightsError(OSError):
-    """A loss or metric network's weights are not available locally and cannot be downloaded."""
 
 
 @dataclass
@@ -126,144 +117,6 @@ class LossConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _load_pretrained(cls, model_id: str, what: str):
-    """``cls.from_pretrained(model_id)``, local cache first; a clear MissingWeightsError when absent."""
-    try:
-        return cls.from_pretrained(model_id, local_files_only=True)
-    except OSError as local_error:
-        if _hub_offline() or os.path.isdir(model_id):
-            raise MissingWeightsError(
-                f"{what} weights '{model_id}' are not in the local Hugging Face cache and downloads are off "
-                f"(HF_HUB_OFFLINE=1). Download them on a connected machine, pass a local folder, or set the "
-                f"loss weight to 0 (LossConfig.on_missing='skip' drops the term with a warning)."
-            ) from local_error
-    try:
-        return cls.from_pretrained(model_id)
-    except OSError as exc:
-        raise MissingWeightsError(
-            f"{what} weights '{model_id}' could not be downloaded: {exc}. Pass a local folder, or set the loss "
-            f"weight to 0 (LossConfig.on_missing='skip' drops the term with a warning)."
-        ) from exc
-
-
-def load_dino(model_id: str = "facebook/dinov2-small") -> nn.Module:
-    """Frozen transformers ``Dinov2Model`` by hub id or folder (raises MissingWeightsError if absent)."""
-    from transformers import Dinov2Model
-
-    return _load_pretrained(Dinov2Model, model_id, "DINOv2")
-
-
-def load_sam_vision(model_id: str = "facebook/sam2.1-hiera-tiny") -> nn.Module:
-    """The image encoder (``Sam2VisionModel``) of a transformers ``Sam2Model`` by hub id or folder."""
-    from transformers import Sam2Model
-
-    return _load_pretrained(Sam2Model, model_id, "SAM 2.1").vision_encoder
-
-
-def load_lpips(net: str = "vgg") -> nn.Module:
-    """LPIPS (the ``lpips`` package) with its backbone; raises MissingWeightsError when unavailable."""
-    try:
-        import lpips
-    except ImportError as exc:
-        raise MissingWeightsError("LPIPS needs the `lpips` package (pip install lpips), which is not installed") from exc
-    try:
-        model = lpips.LPIPS(net=net, verbose=False)
-    except Exception as exc:  # torchvision raises URLError/RuntimeError when the backbone cannot be fetched
-        raise MissingWeightsError(f"LPIPS backbone '{net}' weights are unavailable: {exc}") from exc
-    return freeze(model)
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Puts a network in eval mode and turns off gradients to its parameters."""
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-def imagenet_normalize(x: Tensor, size: int) -> Tensor:
-    """Resizes ``[N, 3, H, W]`` images in [0, 1] to ``size``² and applies ImageNet normalisation."""
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def cosine_distance(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
-    """Mean of ``1 - cos`` between l2-normalised feature vectors along ``dim`` (a scalar)."""
-    a = F.normalize(a.float(), dim=dim)
-    b = F.normalize(b.float(), dim=dim)
-    return (1.0 - (a * b).sum(dim)).mean()
-
-
-class DinoFeatures(nn.Module):
-    """Frozen DINOv2 returning the tokens of chosen blocks (paper §3.4: DINOv2-small layers 8 and 11)."""
-
-    def __init__(self, model: nn.Module, layers: tuple[int, ...] = (8, 11), image_size: int = 224) -> None:
-        """
-        Args:
-            model: a transformers ``Dinov2Model``.
-            layers: 0-based block indices.
-            image_size: input size, a multiple of the patch size.
-        """
-        super().__init__()
-        n_blocks = model.config.num_hidden_layers
-        if not layers or any(not 0 <= i < n_blocks for i in layers):
-            raise ValueError(f"dino layers {layers} must be 0-based block indices in [0, {n_blocks})")
-        if image_size % model.config.patch_size:
-            raise ValueError(f"dino image size {image_size} must be a multiple of the patch size {model.config.patch_size}")
-        self.model = freeze(model)
-        self.layers = tuple(layers)
-        self.image_size = image_size
-
-    def train(self, mode: bool = True) -> "DinoFeatures":
-        return super().train(False)  # always eval: frozen
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``[N, 3, H, W]`` in [0, 1] → one ``[N, T, C]`` token tensor per layer."""
-        out = self.model(pixel_values=imagenet_normalize(images, self.image_size), output_hidden_states=True)
-        return [out.hidden_states[i + 1] for i in self.layers]  # hidden_states[0] is the embedding output
-
-
-class SamFeatures(nn.Module):
-    """Frozen SAM 2.1 image encoder returning its image embeddings (lowest-resolution FPN level)."""
-
-    def __init__(self, vision_model: nn.Module, image_size: int = 1024) -> None:
-        """
-        Args:
-            vision_model: a transformers ``Sam2VisionModel`` (``Sam2Model.vision_encoder``).
-            image_size: input size.
-        """
-        super().__init__()
-        self.model = freeze(vision_model)
-        self.image_size = image_size
-
-    def train(self, mode: bool = True) -> "SamFeatures":
-        return super().train(False)
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``[N, 3, H, W]`` in [0, 1] → ``[[N, h*w, C]]``."""
-        out = self.model(pixel_values=imagenet_normalize(images, self.image_size))
-        feats = out.fpn_hidden_states[-1]  # [N, C, h, w]
-        return [feats.flatten(2).transpose(1, 2)]  # [N, h*w, C]
-
-
-def feature_distance(extractor: nn.Module, pred: Tensor, target: Tensor) -> Tensor:
-    """Cosine distance between the extractor's features of ``pred`` and ``target``, averaged over layers.
-
-    Target features are computed without gradient; gradients flow to ``pred`` only (the extractor is frozen).
-    """
-    with torch.no_grad():
-        target_feats = extractor(target)
-    pred_feats = extractor(pred)
-    dists = [cosine_distance(p, t) for p, t in zip(pred_feats, target_feats)]
-    return torch.stack(dists).mean()
 
 
 class PerceptualLoss(nn.Module):
@@ -351,7 +204,7 @@ class ReconstructionLoss(nn.Module):
         except MissingWeightsError as exc:
             if self.config.on_missing == "error":
                 raise
-            print(f"[perchead.losses] warning: dropping the '{term}' loss term: {exc}", file=sys.stderr, flush=True)
+            print(f"[perchead.training.losses] warning: dropping the '{term}' loss term: {exc}", file=sys.stderr, flush=True)
             self.dropped[term] = str(exc)
             self.weights.pop(term)
             return None
@@ -399,19 +252,3 @@ class ReconstructionLoss(nn.Module):
         logs = {name: float(value.detach()) for name, value in terms.items()}
         logs["total"] = float(total.detach())
         return total, logs
-
-
-__all__ = [
-    "LossConfig",
-    "MissingWeightsError",
-    "PerceptualLoss",
-    "ReconstructionLoss",
-    "DinoFeatures",
-    "SamFeatures",
-    "cosine_distance",
-    "feature_distance",
-    "imagenet_normalize",
-    "load_dino",
-    "load_sam_vision",
-    "load_lpips",
-]

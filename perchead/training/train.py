@@ -1,12 +1,12 @@
 """Training loop (PercHead §3.4): phase 1 trains the base model without the CNN, phase 2 the CNN only.
 
-    python -m perchead.train --preset demo --data synthetic --output runs/demo
-    accelerate launch -m perchead.train --preset paper --data /data/nersemble_multiview --output runs/paper
+    python -m perchead.training.train --preset demo --data synthetic --output runs/demo
+    accelerate launch -m perchead.training.train --preset paper --data /data/nersemble_multiview --output runs/paper
 
 One command runs on one CPU, one GPU, or many GPUs/nodes (Hugging Face Accelerate; bf16 on GPU). Each
 step takes a batch of subjects — an input view (random, including extreme views: profiles, back-ish,
 high and low elevation — chosen by the dataset) and several target views — reconstructs Gaussians from
-the input, renders them at the target cameras and applies the phase's loss (:mod:`perchead.losses`).
+the input, renders them at the target cameras and applies the phase's loss (:mod:`perchead.training.losses`).
 
 Phase 1 (steps ``[0, phase1_steps)``): all trainable parameters except the refiner CNN; renders are not
 refined. Phase 2 (steps ``[phase1_steps, phase1_steps + phase2_steps)``): the base is frozen and only
@@ -23,13 +23,13 @@ scheduler, param groups); never pickle. ``--resume`` continues from there. The f
 Tasks: :data:`TASKS` maps a task name to a :class:`Task` (model builder, loss builder). ``reconstruct``
 is the base lifting model; ``edit`` is the editing fine-tune (paper §3.5)::
 
-    python -m perchead.train --task edit --preset demo --init-from weights_card --style weights_card/style \
+    python -m perchead.training.train --task edit --preset demo --init-from weights_card --style weights_card/style \
         --data runs/synthetic128 --output runs/edit
 
 It builds :class:`perchead.models.editor.PercHeadEditor` from the base checkpoint (``--init-from``; decoder,
 Gaussian head and refiner copied, a fresh editing encoder) and trains it on the input view's label map
 (``sample["labels"]``) plus one style token: the frozen style encoder's (``--style``,
-:class:`perchead.style.StyleEncoder`) image embedding of another view of the same subject (a random
+:class:`perchead.models.style_encoder.StyleEncoder`) image embedding of another view of the same subject (a random
 target view). Targets, losses and phases are those of reconstruction.
 """
 
@@ -48,8 +48,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from perchead.evaluate import render_per_input
-from perchead.losses import LossConfig, ReconstructionLoss
+from perchead.training.losses import LossConfig, ReconstructionLoss
 
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, float]]]
 
@@ -84,7 +83,7 @@ class TrainConfig:
         eval_every: steps between evaluation renders (0 = off).
         seed: random seed.
         init_from: optional folder / repo id of weights to start from (fine-tuning).
-        style: folder / id of the frozen style encoder (:class:`perchead.style.StyleEncoder`) of the ``edit`` task.
+        style: folder / id of the frozen style encoder (:class:`perchead.models.style_encoder.StyleEncoder`) of the ``edit`` task.
         loss_overrides: LossConfig fields overriding the preset's, per phase: {"1": {...}, "2": {...}}.
     """
 
@@ -250,7 +249,8 @@ def build_reconstruct_loss(config: TrainConfig, phase: int, predict: Callable | 
         else:
             gaussians = predict(model, batch)
         viewmats, Ks = target_cameras(batch, size)
-        rgb, alpha = render_per_input(model, gaussians, viewmats, Ks, size, refine=(phase == 2))
+        out = model.render_at(gaussians, viewmats, Ks, size, size, refine=(phase == 2))
+        rgb, alpha = out.rgb, out.alpha  # [B, V, 3, S, S], [B, V, 1, S, S]
         target = _resize(batch["target_images"], size)  # [B, V, 3, S, S]
         target_mask = _resize(batch["target_masks"], size)  # [B, V, 1, S, S]
         criterion.to(rgb.device)
@@ -278,9 +278,9 @@ _STYLE_ENCODERS: dict[str, nn.Module] = {}
 def load_style_encoder(path: str | None) -> nn.Module:
     """The frozen style encoder of the ``edit`` task (cached per path, eval mode, no gradients)."""
     if not path:
-        raise ValueError("--task edit needs --style <style encoder folder or id> (perchead.style.StyleEncoder)")
+        raise ValueError("--task edit needs --style <style encoder folder or id> (perchead.models.style_encoder.StyleEncoder)")
     if path not in _STYLE_ENCODERS:
-        from perchead.style import StyleEncoder
+        from perchead.models.style_encoder import StyleEncoder
 
         encoder = StyleEncoder.from_pretrained(path)
         encoder.requires_grad_(False)
@@ -390,7 +390,7 @@ def build_dataset(config: TrainConfig, render_config, split: str = "train"):
         seeds = split_seeds("train")[: config.synthetic_subjects]
         todo = [s for s in seeds if not (Path(config.data) / f"synthetic-{s}" / CAMERAS_FILE).is_file()]
         if todo:
-            print(f"[perchead.train] pre-rendering {len(todo)} synthetic heads into {config.data}", flush=True)
+            print(f"[perchead.training.train] pre-rendering {len(todo)} synthetic heads into {config.data}", flush=True)
             export_synthetic(config.data, todo, views_per_subject=config.synthetic_views,
                              image_size=render_config.image_size, radius=render_config.radius,
                              fov_deg=render_config.fov_deg, progress=True)
@@ -550,7 +550,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
         step = int(state["step"])
         model = task.build_model(None, str(ckpt / "model"))
         if accelerator.is_main_process:
-            print(f"[perchead.train] resuming from {ckpt} at step {step}", flush=True)
+            print(f"[perchead.training.train] resuming from {ckpt} at step {step}", flush=True)
     else:
         if model_config is None:
             model_config = (task.model_config(config) if task.model_config is not None
@@ -600,7 +600,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
                     data_iter = batches(dataset, config, step, accelerator.process_index, accelerator.num_processes)
                 if accelerator.is_main_process:
                     n = sum(p.numel() for p in params)
-                    print(f"[perchead.train] phase {phase}: {n:,} trainable parameters, {phase_steps} steps",
+                    print(f"[perchead.training.train] phase {phase}: {n:,} trainable parameters, {phase_steps} steps",
                           flush=True)
 
             # 4. one optimisation step
@@ -649,13 +649,13 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save_pretrained(str(out))
-        print(f"[perchead.train] done: {step} steps; weights in {out}", flush=True)
+        print(f"[perchead.training.train] done: {step} steps; weights in {out}", flush=True)
     return out
 
 
 def _eval_renders(model: nn.Module, out: Path, step: int) -> None:
     """Writes a small contact sheet of held-out validation heads (periodic evaluation renders)."""
-    from perchead.evaluate import contact_sheet
+    from perchead.data.figures import contact_sheet
 
     was_training = model.training
     model.eval()
@@ -668,7 +668,7 @@ def _eval_renders(model: nn.Module, out: Path, step: int) -> None:
 # --------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     """Parses the command line into (TrainConfig, resume, no_progress)."""
-    p = argparse.ArgumentParser(prog="python -m perchead.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m perchead.training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="demo", choices=["paper", "demo", "tiny"])
     p.add_argument("--data", default="synthetic", help="'synthetic' or an on-disk multi-view dataset folder")
     p.add_argument("--synthetic-subjects", type=int, default=None,
@@ -691,7 +691,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--init-from", default=None, help="folder or repo id of weights to start from")
-    p.add_argument("--style", default=None, help="style encoder folder or id (--task edit; perchead.style)")
+    p.add_argument("--style", default=None, help="style encoder folder or id (--task edit; perchead.models.style_encoder.StyleEncoder)")
     p.add_argument("--loss", default=None,
                    help='JSON loss-weight overrides per phase, e.g. \'{"1": {"mask": 1.0}, "2": {"l1": 1.0}}\'')
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")

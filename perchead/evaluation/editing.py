@@ -1,6 +1,6 @@
 """Disentanglement evaluation of the editing model (PercHead §3.5 / §4.4, issue 6) on held-out synthetic heads.
 
-    python -m perchead.evaluate_edit --model weights_card --subjects 20 --output edit_results.json \
+    python -m perchead.evaluation.editing --model weights_card --subjects 20 --output edit_results.json \
         --figure docs/editing.png
 
 ``--model`` is an editing checkpoint folder with ``edit/``, ``style/`` and ``parser/`` (as
@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perchead.edit_pipeline import class_mean_color, label_iou
-from perchead.evaluate import save_labelled_grid, write_results
+from perchead.data.figures import save_labelled_grid
+from perchead.evaluation.reconstruction import write_results
 from perchead.geometry.segmentation import BACKGROUND, resize_labels
 
 if TYPE_CHECKING:
@@ -554,7 +555,7 @@ def editing_figure(rows: Sequence[tuple[Tensor, Sequence[Tensor]]], styles: Sequ
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perchead.edit_pipeline import EditPipeline
 
-    p = argparse.ArgumentParser(prog="python -m perchead.evaluate_edit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m perchead.evaluation.editing", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card", help="folder with edit/, style/ and parser/")
     p.add_argument("--subjects", type=int, default=20, help="held-out test maps")
     p.add_argument("--output", default="edit_results.json", help="JSON results path")

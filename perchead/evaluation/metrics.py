@@ -1,0 +1,92 @@
+"""The metric table of the paper's evaluation (PercHead §4.2, Tables 1–2): PSNR, SSIM and the network metrics.
+
+PSNR and SSIM are :mod:`perchead.models.similarity`'s. LPIPS, DreamSim and ArcFace distance need network
+weights that cannot be downloaded on these machines: :func:`network_metrics` reports each as available (a
+callable) or unavailable (``None`` plus the reason), and the evaluations write ``null`` for unavailable
+ones — never a made-up number.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+
+@dataclass
+class NetworkMetric:
+    """A metric that needs network weights.
+
+    Attributes:
+        name: "lpips", "dreamsim" or "arcface".
+        fn: ``fn(pred [B,3,H,W], target [B,3,H,W]) -> [B]`` (lower is better), or None when unavailable.
+        reason: why it is unavailable (empty when available).
+    """
+
+    name: str
+    fn: Callable[[Tensor, Tensor], Tensor] | None
+    reason: str = ""
+
+
+def _lpips_metric(net: str = "alex") -> NetworkMetric:
+    """LPIPS (Zhang et al. 2018) through the ``lpips`` package, if it and its backbone weights are present."""
+    if importlib.util.find_spec("lpips") is None:
+        return NetworkMetric("lpips", None, "the `lpips` package is not installed")
+    try:
+        from perchead.models.similarity import load_lpips
+
+        model = load_lpips(net)
+    except (OSError, RuntimeError, ImportError) as exc:  # weights absent and not downloadable
+        return NetworkMetric("lpips", None, f"LPIPS weights unavailable: {exc}")
+
+    @torch.no_grad()
+    def fn(pred: Tensor, target: Tensor) -> Tensor:
+        model.to(pred.device)
+        return model(pred * 2 - 1, target * 2 - 1).flatten(1).mean(1)  # LPIPS takes [-1, 1]
+
+    return NetworkMetric("lpips", fn)
+
+
+def network_metrics(names: tuple[str, ...] = ("lpips", "dreamsim", "arcface")) -> dict[str, NetworkMetric]:
+    """The perceptual / identity metrics of Tables 1–2 that need network weights.
+
+    DreamSim (Fu et al. 2023) and ArcFace (Deng et al. 2019) are reported unavailable unless their
+    packages (``dreamsim``; ``insightface`` with a downloaded ArcFace model) are installed — their
+    weights are downloaded at first use, which these machines cannot do, so we never try.
+
+    Args:
+        names: which metrics to look up.
+
+    Returns:
+        name → :class:`NetworkMetric` (``fn`` None with ``reason`` when unavailable).
+    """
+    out: dict[str, NetworkMetric] = {}
+    for name in names:
+        if name == "lpips":
+            out[name] = _lpips_metric()
+        elif name == "dreamsim":
+            if importlib.util.find_spec("dreamsim") is None:
+                out[name] = NetworkMetric(name, None, "the `dreamsim` package and its weights are not installed")
+            else:
+                out[name] = NetworkMetric(name, None, "DreamSim weights download at first use; not wired offline")
+        elif name == "arcface":
+            if importlib.util.find_spec("insightface") is None:
+                out[name] = NetworkMetric(name, None, "the `insightface` package and ArcFace weights are not installed")
+            else:
+                out[name] = NetworkMetric(name, None, "ArcFace weights download at first use; not wired offline")
+        else:
+            raise ValueError(f"unknown network metric {name!r}; expected lpips, dreamsim or arcface")
+    return out
+
+
+def finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (PSNR of a pixel-perfect view is +inf and is capped at 100 dB first)."""
+    capped = [min(v, 100.0) for v in values if not math.isnan(v)]
+    if not capped:
+        raise ValueError("finite_mean: no values")
+    return sum(capped) / len(capped)
