@@ -226,9 +226,98 @@ def time_per_photo(repeats: int = 15) -> dict:
     return timings
 
 
+def figure(path: Path, tile: int = 128) -> None:
+    """docs figure: public-domain portraits (and harder variants of them), old path beside new.
+
+    Columns: input | old crop (Haar + GrabCut, over white) | new crop | new matte | 19-class map of the
+    face parser (trained on synthetic renders) | 19-class map from landmarks + matte.
+    """
+    import cv2
+    from PIL import Image, ImageDraw
+
+    from perchead.geometry.segmentation import labels_to_color
+    from perchead.models.face_parser import FaceParser
+    from perchead.preprocess import PreprocessError, preprocess, to_uint8
+
+    parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
+    variants = portrait_variants()
+    astronaut, hopper = variants["astronaut"], variants["grace_hopper"]
+    group = np.full((520, 1100, 3), 200, np.uint8)
+    group[4:516, 0:512] = astronaut
+    group[150:326, 750:900] = cv2.resize(hopper, (150, 176), interpolation=cv2.INTER_AREA)
+    rows = [(name, variants[name], {}) for name in ("astronaut", "grace_hopper", "astronaut_gray", "hopper_tight_112",
+                                                     "astronaut_rolled_30", "hopper_mirrored", "astronaut_small_face")]
+    rows.append(("group, face_index=1", group, {"face_index": 1}))
+    header = ["input", "old: Haar+GrabCut", "new: crop", "new: matte", "parser map", "landmark map"]
+    canvas = Image.new("RGB", (tile * len(header), 18 + tile * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, text in enumerate(header):
+        draw.text((c * tile + 4, 3), text, fill=(0, 0, 0))
+    blank = np.full((tile, tile, 3), 235, np.uint8)
+    for r, (name, image, options) in enumerate(rows):
+        cells = []
+        h, w = image.shape[:2]
+        scale = tile / max(h, w)
+        thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        cell = blank.copy()
+        cell[: thumb.shape[0], : thumb.shape[1]] = thumb
+        cells.append(cell)
+        try:
+            old = preprocess(image, size=tile, detector="haar", **options)
+            cells.append(to_uint8(old.image[0]))
+        except PreprocessError:
+            cells.append(blank.copy())
+            cv2.putText(cells[-1], "no face", (20, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (200, 0, 0), 2)
+        new = preprocess(image, size=tile, **options)
+        cells.append(to_uint8(new.image[0]))
+        cells.append(to_uint8(new.mask[0].expand(3, -1, -1)))
+        parsed = parser.parse(new.image[0], new.mask[0]).numpy()
+        cells.append(labels_to_color(parsed))
+        cells.append(labels_to_color(new.label_map().numpy()))
+        row = np.concatenate(cells, 1)
+        canvas.paste(Image.fromarray(row), (0, 18 + r * tile))
+        draw.text((4, 18 + r * tile + tile - 14), name, fill=(0, 0, 0))
+    canvas.save(path, optimize=True)
+    print(f"wrote {path}")
+
+
+def evaluate_label_maps(n: int = 24, size: int = 256) -> dict:
+    """mIoU of 19-class maps on synthetic test renders (training framing, |yaw| ≤ 45°, |pitch| ≤ 15°):
+    the face parser alone, landmarks + matte + colour, and landmarks + matte refined by the parser."""
+    from perchead.models.face_parser import FaceParser
+    from perchead.preprocess import crop_square, preprocess
+
+    parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
+    confusion = {k: np.zeros((19, 19), np.int64) for k in ("parser", "landmarks", "landmarks+parser")}
+    rng = np.random.default_rng(3)
+    for seed in list(split_seeds("test"))[200 : 200 + n]:
+        az, el = rng.uniform(-45, 45), rng.uniform(-15, 15)
+        out = render_head(make_head(int(seed)), orbit_cameras([az], [el], size=size))
+        rgb = (out["rgb"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # [S, S, 3]
+        truth = out["labels"][0].numpy()  # [S, S]
+        result = preprocess(rgb, size=size)
+        stack = np.stack([crop_square((truth == c).astype(np.uint8) * 255, result.crop_box, size, 0, result.crop_roll_deg)
+                          for c in range(19)])  # [19, S, S] the truth in the crop
+        truth = np.where(stack.max(0) >= 128, stack.argmax(0), 0)
+        parsed = parser.parse(result.image[0], result.mask[0]).numpy()
+        maps = {"parser": parsed, "landmarks": result.label_map().numpy(), "landmarks+parser": result.label_map(parsed).numpy()}
+        for key, pred in maps.items():
+            np.add.at(confusion[key], (truth.ravel(), pred.ravel()), 1)
+    out = {}
+    for key, c in confusion.items():
+        inter = np.diag(c)
+        union = c.sum(0) + c.sum(1) - inter
+        present = union > 0  # classes present in the truth or the predictions, as the parser's own val mIoU
+        out[key] = {"miou": float((inter[present] / union[present]).mean()),
+                    "class_iou": {int(k): round(float(inter[k] / union[k]), 3) for k in np.nonzero(present)[0]}}
+        print(key, round(out[key]["miou"], 3), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calibrate", action="store_true", help="re-derive FACE_POINTS_3D and print it")
+    parser.add_argument("--figure", action="store_true", help="only write docs/preprocessing.png")
     parser.add_argument("--heads", type=int, default=16, help="test-split heads (calibration; ×3 views measured)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "preprocess_results.json"), help="results JSON")
     args = parser.parse_args(argv)
@@ -239,8 +328,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"    {index}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}),")
         print("}")
         return
+    if args.figure:
+        figure(ROOT / "docs" / "preprocessing.png")
+        return
     torch.set_num_threads(2)
     results = {"synthetic": evaluate_synthetic(args.heads * 3), "portraits": evaluate_portraits(),
+               "label_maps": evaluate_label_maps(),
                "ms_per_photo_512": time_per_photo(), "threads": torch.get_num_threads()}
     out = Path(args.output)
     out.write_text(json.dumps(results, indent=1) + "\n")

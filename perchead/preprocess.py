@@ -206,6 +206,24 @@ class Preprocessed:
         pitch = max(-89.0, min(89.0, float(self.pose.pitch_deg)))
         return orbit_cameras([float(self.pose.yaw_deg)], [pitch], radius=radius, fov_deg=fov_deg, size=self.image.shape[-1])
 
+    def label_map(self, parsed: Tensor | np.ndarray | None = None) -> Tensor | None:
+        """A 19-class CelebAMask-HQ map of the model input from the face landmarks and the matte
+        (:func:`perchead.pipelines.faces.photo_label_map`), or None without landmarks.
+
+        Args:
+            parsed: optional face parser map of ``image`` ``[S, S]``: it then decides outside the face.
+
+        Returns:
+            ``[S, S]`` long, or None.
+        """
+        if self.landmarks is None:
+            return None
+        from perchead.pipelines.faces import photo_label_map
+
+        parsed = None if parsed is None else np.asarray(parsed)
+        labels = photo_label_map(to_uint8(self.image[0]), self.mask[0, 0].numpy(), self.landmarks, parsed)  # [S, S]
+        return torch.from_numpy(labels.astype(np.int64))
+
     def preview(self) -> Image.Image:
         """The model input (over white) beside its mask, as one RGB image ``[S, 2S]``."""
         rgb = to_uint8(self.image[0])  # [S, S, 3]
