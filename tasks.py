@@ -13,6 +13,7 @@ only when pyproject.toml, requirements.txt or constraints.txt change.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -60,25 +61,11 @@ def fetch_test_portraits() -> None:
         print("warning: could not fetch the test portraits; the tests that need them are skipped", flush=True)
 
 
-# The recipe of the bundled checkpoints, in order: (run folder, command, weights_card sub-folder; "" = the
-# base). The editing model is fine-tuned from the first base stage, so it comes before the second.
-DATA = "runs/synthetic128"
-WEIGHTS_RECIPE: tuple[tuple[str, list[str], str], ...] = (
-    ("runs/demo", ["-m", "perchead.training.train", "--preset", "demo", "--data", DATA, "--synthetic-subjects", "800",
-                   "--output", "runs/demo"], ""),
-    ("runs/style", ["-m", "perchead.training.style", "--output", "runs/style", "--data", DATA, "--steps", "4000",
-                    "--batch-size", "64", "--lr", "1e-3", "--val-heads", "128"], "style"),
-    ("runs/parser", ["-m", "perchead.training.parser", "--output", "runs/parser", "--data", DATA, "--steps", "8000",
-                     "--batch-size", "16", "--crop-size", "64", "--lr", "2e-3"], "parser"),
-    ("runs/edit", ["-m", "perchead.training.train", "--task", "edit", "--preset", "demo", "--init-from", "runs/demo",
-                   "--style", "runs/style", "--data", DATA, "--output", "runs/edit", "--phase1-steps", "2000",
-                   "--phase2-steps", "0", "--lr", "5e-4", "--warmup-steps", "100"], "edit"),
-    ("runs/demo2", ["-m", "perchead.training.train", "--preset", "demo", "--init-from", "runs/demo", "--data", DATA,
-                    "--output", "runs/demo2", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
-                    "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "1"], ""),
-    ("runs/demo3", ["-m", "perchead.training.train", "--preset", "demo", "--init-from", "runs/demo2", "--data", DATA,
-                    "--output", "runs/demo3", "--phase1-steps", "8000", "--phase2-steps", "300", "--batch-size", "6",
-                    "--n-targets", "2", "--lr", "1e-3", "--warmup-steps", "200", "--seed", "2"], ""),
+# The recipe of the bundled checkpoints (perchead/weights_recipe.json): (run folder, arguments after
+# `python`, weights_card sub-folder; "" = the base model), in order.
+RECIPE_FILE = ROOT / "perchead" / "weights_recipe.json"
+WEIGHTS_RECIPE: tuple[tuple[str, list[str], str], ...] = tuple(
+    (stage["output"], list(stage["args"]), stage["card"]) for stage in json.loads(RECIPE_FILE.read_text())["stages"]
 )
 
 
@@ -90,8 +77,7 @@ def weights() -> None:
     for folder, args, target in WEIGHTS_RECIPE:
         out = ROOT / folder
         if not (out / "model.safetensors").exists():
-            resume = ["--resume"] if args[1] == "perchead.training.train" else []  # no-op without a checkpoint
-            _run(str(PY), *args, *resume)
+            _run(str(PY), *args, "--resume")  # a no-op without a checkpoint
         dest = ROOT / "weights_card" / target
         dest.mkdir(parents=True, exist_ok=True)
         for item in out.iterdir():

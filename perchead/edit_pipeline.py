@@ -53,8 +53,8 @@ if TYPE_CHECKING:
 PARTS: dict[str, tuple[str, str]] = {
     "edit": ("config.json", "python -m perchead.training.train --task edit --init-from weights_card --style weights_card/style "
                             "--data runs/synthetic128 --output weights_card/edit"),
-    "style": ("open_clip_config.json", "python -m perchead.training.style --output weights_card/style"),
-    "parser": ("config.json", "python -m perchead.training.parser --output weights_card/parser"),
+    "style": ("open_clip_config.json", "python -m perchead.training.train --task style --output weights_card/style"),
+    "parser": ("config.json", "python -m perchead.training.train --task parser --output weights_card/parser"),
 }
 WEIGHTS_NAME = "model.safetensors"
 MAX_MAP_SIDE = 1024  # painted maps above this side are downscaled (nearest) before colour → labels (speed)

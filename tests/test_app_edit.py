@@ -193,7 +193,7 @@ def test_status_line_names_what_is_missing(tmp_path, folders):
 
     line = load_edit_holder(str(tmp_path)).status_line()
     assert line.startswith("ℹ️ No Editing tab") and "edit/, style/, parser/" in line
-    assert "python -m perchead.training.train --task edit" in line and "python -m perchead.training.parser" in line
+    assert "python -m perchead.training.train --task edit" in line and "python -m perchead.training.train --task parser" in line
     assert "\n" not in line  # one line
     assert "disabled" in load_edit_holder("none").status_line()
     holder = load_edit_holder(str(folders[0] / "editing"), device="cpu")

@@ -76,8 +76,8 @@ def test_missing_parts_name_the_folder_and_the_command(tmp_path, edit_folder):
     with pytest.raises(FileNotFoundError) as info:
         EditPipeline.from_pretrained(tmp_path)
     message = str(info.value)
-    for part, command in (("edit", "python -m perchead.training.train --task edit"), ("style", "python -m perchead.training.style"),
-                          ("parser", "python -m perchead.training.parser")):
+    for part in ("edit", "style", "parser"):
+        command = f"python -m perchead.training.train --task {part}"
         assert str(tmp_path / part) in message and command in message
 
 
@@ -88,7 +88,7 @@ def test_one_missing_part_is_reported_alone(tmp_path, edit_folder):
     (tmp_path / "copy" / "parser" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="parser") as info:
         EditPipeline.from_pretrained(tmp_path / "copy")
-    assert "perchead.training.style" not in str(info.value)
+    assert "--task style" not in str(info.value)
 
 
 def test_style_size_mismatch_is_refused(pipe):

@@ -121,21 +121,40 @@ def test_parser_loss_upsamples_logits_to_labels():
     assert parser_loss(perfect, labels, weights, dice_weight=0.5) < 1e-3
 
 
-def test_train_parser_from_folder_lowers_loss(tiny_folder, tmp_path):
+def test_parser_task_from_folder_lowers_loss(tiny_folder, tmp_path):
     from perchead.models.face_parser import FaceParser
-    from perchead.training.parser import train_parser
+    from perchead.training.config import TrainConfig
+    from perchead.training.train import train
 
     torch.set_num_threads(1)
-    parser, result = train_parser(tmp_path, steps=15, image_size=32, batch_size=4, preset="tiny", lr=3e-3,
-                                  val_heads=1, density=0.3, log_every=0, data=tiny_folder)
-    assert result.train_images == 4 and result.data_source == str(tiny_folder)
-    assert len(result.losses) == 15 and all(np.isfinite(result.losses))
-    assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3]) - 0.1
+    config = TrainConfig.preset_defaults("tiny", task="parser", data=str(tiny_folder), output=str(tmp_path),
+                                         phase1_steps=15, options={"density": 0.3})
+    train(config, progress=False)
+    losses = [json.loads(line)["total"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 15 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
     summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["train_images"] == 4 and summary["data_source"] == str(tiny_folder)
     assert list(summary["val_class_iou"]) == list(CLASSES)
     assert all(v is None or 0.0 <= v <= 1.0 for v in summary["val_class_iou"].values())
     assert summary["val_class_iou"]["background"] > 0.0
     assert len(summary["class_weights"]) == NUM_CLASSES and summary["seconds_per_step"] > 0
     assert FaceParser.from_pretrained(tmp_path).parse(torch.rand(3, 32, 32)).shape == (32, 32)
     with pytest.raises(ValueError, match="crop_size"):
-        train_parser(None, steps=1, image_size=32, crop_size=48, data=tiny_folder)
+        train(TrainConfig.preset_defaults("tiny", task="parser", data=str(tiny_folder), output=str(tmp_path / "x"),
+                                          options={"crop_size": 48}), progress=False)
+
+
+def test_parser_task_from_rendered_heads_through_the_cli(tmp_path):
+    from perchead.models.face_parser import FaceParser
+    from perchead.training.train import main
+
+    main(["--task", "parser", "--preset", "tiny", "--output", str(tmp_path), "--steps", "12", "--no-progress",
+          "--options", json.dumps({"n_heads": 2, "views_per_head": 2, "density": 0.3})])
+    losses = [json.loads(line)["total"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["data_source"] == "rendered" and summary["train_images"] == 4
+    assert 0.0 <= summary["val_pixel_accuracy"] <= 1.0 and 0.0 <= summary["val_mean_iou"] <= 1.0
+    assert FaceParser.from_pretrained(tmp_path).parse(torch.rand(3, 32, 32)).shape == (32, 32)

@@ -13,7 +13,7 @@ from PIL import Image
 from perchead.models.base import WEIGHTS_NAME
 from perchead.models.style_encoder import STYLE_CONFIG_NAME, StyleEncoder, style_config
 from perchead.training.style import (augment_caption, augment_images, caption_atoms, contrastive_loss, entailment,
-                                     evaluate_style, load_style_pairs, render_style_pairs, train_style)
+                                     evaluate_style, load_style_pairs, render_style_pairs)
 
 CAPTIONS = ["long red hair, dark skin, glasses, navy shirt", "bald, pale skin, beard, white collared shirt",
             "blonde hair with a fringe, medium skin, smiling, earrings, red striped shirt",
@@ -167,16 +167,21 @@ def test_load_style_pairs_from_folder(tmp_path):
 
 
 def test_training_steps_lower_the_loss_and_metrics_run(tmp_path):
+    from perchead.training.config import TrainConfig
+    from perchead.training.train import train
+
     torch.manual_seed(0)
-    encoder, result = train_style(tmp_path / "style", steps=80, preset="tiny", n_heads=4, views_per_head=3,
-                                  render_size=32, batch_size=12, lr=3e-3, warmup=2, val_heads=0, density=0.25,
-                                  log_every=0, progress=False)
-    losses = np.array(result.losses)
-    assert np.isfinite(losses).all()
+    config = TrainConfig.preset_defaults("tiny", task="style", output=str(tmp_path / "style"), phase1_steps=80,
+                                         options={"n_heads": 4, "views_per_head": 3, "density": 0.25})
+    train(config, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "style" / "metrics.jsonl").read_text().splitlines()]
+    losses = np.array([r["total"] for r in records])
+    assert np.isfinite(losses).all() and len(losses) == 80
     assert losses[-10:].mean() < losses[:10].mean() - 0.25, (losses[:10].mean(), losses[-10:].mean())
+    assert all(r["logit_scale"] <= 100.0 + 1e-3 for r in records)
     assert (tmp_path / "style" / WEIGHTS_NAME).is_file() and (tmp_path / "style" / "training.json").is_file()
     reloaded = StyleEncoder.from_pretrained(tmp_path / "style")
-    assert reloaded.embed_dim == encoder.embed_dim == 32
+    assert reloaded.embed_dim == 32
 
     val = render_style_pairs([1_000_000, 1_000_001, 1_000_002], 0, image_size=32, density=0.25,
                              views=[(0.0, 0.0), (40.0, 10.0)])

@@ -164,27 +164,30 @@ def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
 
 def test_weights_recipe_commands_parse_and_chain():
     """`python3 tasks.py weights`: every training stage parses, writes where the recipe copies from, and
-    starts only from the outputs of earlier stages."""
+    starts only from the outputs of earlier stages; the README shows the same commands."""
     import importlib.util
+    import shlex
     from pathlib import Path
 
     from perchead.training.train import parse_args
 
-    path = Path(__file__).resolve().parents[1] / "tasks.py"
-    spec = importlib.util.spec_from_file_location("perchead_tasks", path)
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("perchead_tasks", root / "tasks.py")
     tasks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tasks)
     done: set[str] = set()
     for folder, args, target in tasks.WEIGHTS_RECIPE:
-        module, rest = args[1], args[2:]
-        assert args[0] == "-m" and module.startswith("perchead.")
-        assert rest[rest.index("--output") + 1] == folder
+        assert args[:2] == ["-m", "perchead.training.train"]
+        rest = args[2:]
         for flag in ("--init-from", "--style"):
             if flag in rest:
                 assert rest[rest.index(flag) + 1] in done, f"{folder}: {flag} names a later or unknown stage"
-        if module == "perchead.training.train":
-            config, resume, _ = parse_args(rest)
-            assert config.output == folder and not resume
+        config, resume, _ = parse_args(rest)
+        assert config.output == folder and not resume
         done.add(folder)
     targets = [target for _, _, target in tasks.WEIGHTS_RECIPE]
     assert targets[-1] == "" and {"style", "parser", "edit"} <= set(targets)  # the last base stage is bundled
+    readme = (root / "README.md").read_text().replace("\\\n", " ")
+    shown = [shlex.split(line)[1:] for line in readme.splitlines()
+             if line.startswith(".venv/bin/python -m perchead.training.train ")]
+    assert shown == [args for _, args, _ in tasks.WEIGHTS_RECIPE]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from perchead.geometry.segmentation import BACKGROUND, CLASSES, NUM_CLASSES
 from perchead.models.base import hub_offline
@@ -129,7 +129,7 @@ def _image_batch(image: Any) -> tuple[Tensor, bool]:
     return x.float(), single
 
 
-class FaceParser:
+class FaceParser(nn.Module):
     """A SegFormer face parser that returns maps in the project's 19-class order.
 
     Args:
@@ -139,11 +139,13 @@ class FaceParser:
     """
 
     def __init__(self, model, image_size: tuple[int, int] = (512, 512), mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
         self.model = model.eval()
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-        self.lut = label_mapping(model.config.id2label)  # [L] model id -> our id
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("lut", label_mapping(model.config.id2label), persistent=False)  # [L] model id → ours
+        self.eval()
 
     @classmethod
     def from_pretrained(cls, id_or_folder: str | os.PathLike = DEFAULT_PARSER_FOLDER, revision: str | None = None,
@@ -223,11 +225,24 @@ class FaceParser:
         """
         x = F.interpolate(images.to(self.device), size=self.image_size, mode="bilinear", align_corners=False,
                           antialias=True)  # [B, 3, h, w]
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        raw = self.model(pixel_values=x).logits  # [B, L, h/4, w/4]
+        raw = self.raw_logits(x)  # [B, L, h/4, w/4]
         out = torch.full((raw.shape[0], NUM_CLASSES, *raw.shape[2:]), float("-inf"), device=raw.device)
         out[:, self.lut.to(raw.device)] = raw  # model order -> ours
         return out  # [B, 19, h/4, w/4]
+
+    def raw_logits(self, images: Tensor) -> Tensor:
+        """The SegFormer's own scores (its class order) of images already at its input size.
+
+        Args:
+            images: ``[B, 3, h, w]`` float in [0, 1].
+
+        Returns:
+            ``[B, L, h/4, w/4]``.
+        """
+        x = (images.to(self.device) - self.mean.to(self.device)) / self.std.to(self.device)
+        return self.model(pixel_values=x).logits
+
+    forward = logits
 
     @torch.no_grad()
     def parse(self, image: Any, mask: Tensor | None = None) -> Tensor:

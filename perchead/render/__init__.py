@@ -251,7 +251,6 @@ def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg, features, retu
         backgrounds=backgrounds, render_mode="RGB+D" if return_depth else "RGB", rasterize_mode="classic",
     )  # [B, V, H, W, D], [B, V, H, W, 1]
     out = out.permute(0, 1, 4, 2, 3)  # [B, V, D, H, W]
-    C = D0 - 3
     return RenderOutput(
         rgb=out[:, :, :3],
         alpha=alpha.permute(0, 1, 4, 2, 3),

@@ -7,16 +7,13 @@ square-root frequency) cross-entropy + soft Dice on logits upsampled to the labe
 foreground-centred crops; validation is per-class IoU on val-split heads rendered on the fly
 (:func:`evaluate_parser`).
 
-CLI: ``python -m perchead.training.parser --output weights_card/parser --steps N --data runs/synthetic128``.
+CLI: ``python -m perchead.training.train --task parser --data runs/synthetic128 --output runs/parser``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perchead.geometry.segmentation import BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES
-from perchead.models.face_parser import DEFAULT_PARSER_FOLDER, FaceParser, segformer_config
+from perchead.models.face_parser import FaceParser, segformer_config
+from perchead.training.config import Task, TrainConfig, all_parameters, task_options
 
 # ---------------------------------------------------------------------------------------------- training
 IGNORE = 255  # label id of unknown pixels in the uint8 training maps (the multi-view format's convention)
-
-
-@dataclass
-class ParserTrainResult:
-    """What :func:`train_parser` measured."""
-
-    losses: list[float] = field(default_factory=list)  # training loss per step
-    val_pixel_accuracy: float = float("nan")  # on held-out (val split) synthetic heads
-    val_mean_iou: float = float("nan")  # mean over classes present in the val renders or predictions
-    val_class_iou: dict[str, float | None] = field(default_factory=dict)  # per class; None = absent in both
-    class_weights: list[float] = field(default_factory=list)  # cross-entropy weights used, per class
-    train_images: int = 0  # size of the training set
-    data_source: str = ""  # the multi-view folder, or "rendered"
-    data_seconds: float = 0.0  # time spent loading / rendering the training and val data
-    train_seconds: float = 0.0  # time spent in optimisation steps
-    seconds_per_step: float = float("nan")
-    parameters: int = 0
 
 
 def render_parser_data(seeds, views_per_head: int, image_size: int, seed: int = 0,
@@ -288,174 +269,129 @@ def evaluate_parser(parser: FaceParser, images: Tensor, labels: Tensor, batch_si
     return acc, float(np.mean(ious)) if ious else float("nan"), per_class
 
 
-def train_parser(output_dir: str | os.PathLike | None, steps: int = 2000, image_size: int = 128,
-                 batch_size: int = 16, n_heads: int = 64, views_per_head: int = 8, preset: str = "demo",
-                 lr: float = 1e-3, val_heads: int = 8, seed: int = 0, density: float = 1.0,
-                 log_every: int = 50, device: str | torch.device = "cpu", data: str | os.PathLike | None = None,
-                 max_subjects: int | None = None, weight_power: float = 0.5, dice_weight: float = 0.5,
-                 crop_size: int | None = None) -> tuple[FaceParser, ParserTrainResult]:
-    """Trains the project's own SegFormer face parser on synthetic head images (labels come free).
+OPTIONS = {  # --options of the parser task (ours)
+    "n_heads": 64,  # synthetic train heads rendered up front when --data is "synthetic"
+    "views_per_head": 8,  # random views per rendered head
+    "density": 1.0,  # Gaussian budget multiplier of the rendered heads
+    "weight_power": 0.5,  # class weights = frequency ** -power (0: unweighted cross-entropy)
+    "dice_weight": 0.5,  # weight of the soft Dice term (0: cross-entropy only)
+    "crop_size": None,  # train on random foreground-centred crops of this side (a multiple of 32), None = off
+}
+_DATA: dict[tuple, tuple[Tensor, Tensor, Tensor | None, str]] = {}  # one copy of the data per run settings
 
-    Training images come from the pre-rendered multi-view folder ``data`` when given (every labelled
-    frame, :func:`load_parser_data`), else ``n_heads`` x ``views_per_head`` renders of train-split heads made
-    up front. Both are held as uint8 and converted per batch. The loss (ours) is class-weighted
-    cross-entropy (:func:`class_weights` of the training labels, inverse square-root frequency by default)
-    plus a soft Dice term, on logits upsampled to the label size, so that the small classes (eyes, brows,
-    nose, ears, lips) are learnt and not drowned by background / skin / hair. AdamW with a cosine schedule
-    and warm-up, label-consistent flips and colour jitter. Validation renders ``val_heads`` heads of the
-    disjoint val split (4 random views each) on the fly. Stops on a non-finite loss.
 
-    Args:
-        output_dir: where ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json`` +
-            ``training.json`` go; None to skip saving.
-        steps: optimisation steps.
-        image_size: square input side in pixels (the parser runs at this size).
-        batch_size: images per step.
-        n_heads, views_per_head: size of the rendered training set (only without ``data``).
-        preset: :func:`segformer_config` preset.
-        lr: peak learning rate.
-        val_heads: held-out heads (4 views each) for the reported metrics; 0 skips validation.
-        seed: seed of initialisation, views and batches.
-        density: Gaussian budget multiplier of the rendered synthetic heads.
-        log_every: print the loss every this many steps (0: silent).
-        device: training device.
-        data: a multi-view folder with ``labels/`` maps (e.g. ``runs/synthetic128``), or None to render.
-        max_subjects: with ``data``, use only this many subjects (None = all).
-        weight_power: exponent of the inverse-frequency class weights (0 = unweighted cross-entropy).
-        dice_weight: weight of the soft Dice term (0 = cross-entropy only).
-        crop_size: train on random foreground-centred crops of this side (a multiple of 32, at most
-            ``image_size``; cheaper steps with more face pixels each), None = whole images.
+def parser_data(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor | None, str]:
+    """The training images and labels (uint8), their class weights and their source, loaded once per settings.
 
-    Returns:
-        the trained parser and a :class:`ParserTrainResult`.
+    From the ``data`` folder (every labelled frame, :func:`load_parser_data`), or ``n_heads`` ×
+    ``views_per_head`` renders of train-split heads.
     """
-    from transformers import SegformerForSemanticSegmentation, get_cosine_schedule_with_warmup
-
     from perchead.data.synthetic import SPLITS
 
-    if steps < 1 or batch_size < 1 or n_heads < 1 or views_per_head < 1:
-        raise ValueError(f"steps, batch_size, n_heads and views_per_head must be positive, got "
-                         f"{steps}, {batch_size}, {n_heads}, {views_per_head}")
-    if image_size < 32 or image_size % 32:
-        raise ValueError(f"image_size must be a positive multiple of 32 (SegFormer's stride), got {image_size}")
-    if crop_size is not None and (crop_size < 32 or crop_size % 32 or crop_size > image_size):
-        raise ValueError(f"crop_size must be a multiple of 32 between 32 and image_size={image_size}, got {crop_size}")
-    torch.manual_seed(seed)
-    result = ParserTrainResult()
-
-    # 1. data: uint8 images and label maps (pre-rendered folder, or rendered now)
-    t0 = time.perf_counter()
-    if data is not None:
-        images, labels = load_parser_data(data, image_size, max_subjects)  # [N, 3, S, S], [N, S, S] uint8
-        result.data_source = str(data)
-    else:
-        train = SPLITS["train"]
-        images, labels = render_parser_data(train[seed * n_heads:(seed + 1) * n_heads], views_per_head,
-                                            image_size, seed=seed, density=density)
-        result.data_source = "rendered"
-    result.train_images = len(images)
-    val = render_parser_data(SPLITS["val"][:val_heads], 4, image_size, seed=seed + 1, density=density) \
-        if val_heads > 0 else None
-    result.data_seconds = time.perf_counter() - t0
-    weights = class_weights(labels, weight_power) if weight_power > 0 else None
-    result.class_weights = [] if weights is None else [round(float(w), 4) for w in weights]
-
-    # 2. model
-    model = SegformerForSemanticSegmentation(segformer_config(preset, image_size)).to(device)
-    parser = FaceParser(model, (image_size, image_size))
-    result.parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, min(100, steps // 10)), steps)
-    mean, std = parser.mean.to(device), parser.std.to(device)
-    weights = None if weights is None else weights.to(device)
-
-    # 3. optimisation
-    generator = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    model.train()
-    for step in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=generator)
-        x, y = images[idx], labels[idx].long()  # [B, 3, S, S] uint8, [B, S, S]
-        if crop_size is not None:
-            x, y = _random_crops(x, y, crop_size, generator)  # [B, 3, c, c], [B, c, c]
-        x, y = _augment(x.float() / 255.0, y, generator)
-        x = (x.to(device) - mean) / std
-        logits = model(pixel_values=x).logits  # [B, 19, S/4, S/4]
-        loss = parser_loss(logits, y.to(device), weights, dice_weight)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite parser loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        result.losses.append(loss.item())
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  loss {loss.item():.4f}  lr {schedule.get_last_lr()[0]:.2e}", flush=True)
-    result.train_seconds = time.perf_counter() - t0
-    result.seconds_per_step = result.train_seconds / steps
-    model.eval()
-
-    # 4. validation on held-out heads, then save
-    if val is not None:
-        result.val_pixel_accuracy, result.val_mean_iou, result.val_class_iou = evaluate_parser(parser, *val)
-    if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        parser.save_pretrained(out)
-        summary = {k: v for k, v in asdict(result).items() if k != "losses"}
-        summary.update(steps=steps, image_size=image_size, batch_size=batch_size, preset=preset, lr=lr, seed=seed,
-                       weight_power=weight_power, dice_weight=dice_weight, crop_size=crop_size, val_heads=val_heads,
-                       final_loss=float(np.mean(result.losses[-20:])))
-        if data is None:
-            summary.update(n_heads=n_heads, views_per_head=views_per_head, density=density)
+    options = task_options(config, OPTIONS)
+    size = config.image_size
+    key = (config.data, size, config.max_subjects, config.seed, options["n_heads"], options["views_per_head"],
+           options["density"], options["weight_power"])
+    if key not in _DATA:
+        if config.data != "synthetic":
+            images, labels = load_parser_data(config.data, size, config.max_subjects)  # [N, 3, S, S], [N, S, S]
+            source = str(config.data)
         else:
-            summary.update(max_subjects=max_subjects)
-        (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    return parser, result
+            n = options["n_heads"]
+            images, labels = render_parser_data(SPLITS["train"][config.seed * n:(config.seed + 1) * n],
+                                                options["views_per_head"], size, seed=config.seed,
+                                                density=options["density"])
+            source = "rendered"
+        weights = class_weights(labels, options["weight_power"]) if options["weight_power"] > 0 else None
+        _DATA.clear()
+        _DATA[key] = images, labels, weights, source
+    return _DATA[key]
 
 
-def format_class_iou(class_iou: dict[str, float | None]) -> str:
-    """One line per class, ``name  IoU`` (``-`` where the class is absent), for the CLI."""
-    return "\n".join(f"  {name:<11s} {'-' if v is None else f'{v:.3f}'}" for name, v in class_iou.items())
+class ParserDataset(torch.utils.data.Dataset):
+    """Samples ``{"image": [3, S, S] uint8, "labels": [S, S] uint8}`` (:data:`IGNORE` = unknown)."""
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "labels": self.labels[i]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m perchead.training.parser --output weights_card/parser --data runs/synthetic128 --steps N`` trains
-    and saves the parser."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--output", default=DEFAULT_PARSER_FOLDER, help="output folder")
-    ap.add_argument("--data", default=None, help="pre-rendered multi-view folder with labels/ (else render heads)")
-    ap.add_argument("--max-subjects", type=int, default=None, help="with --data: use only this many subjects")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--heads", type=int, default=64, help="synthetic training heads (without --data)")
-    ap.add_argument("--views", type=int, default=8, help="rendered views per head (without --data)")
-    ap.add_argument("--preset", default="demo", choices=["demo", "tiny"])
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--weight-power", type=float, default=0.5,
-                    help="class weights = frequency ** -power (0: unweighted cross-entropy)")
-    ap.add_argument("--dice-weight", type=float, default=0.5, help="weight of the soft Dice term (0: off)")
-    ap.add_argument("--crop-size", type=int, default=None, help="train on random crops of this side (default: off)")
-    ap.add_argument("--val-heads", type=int, default=8)
-    ap.add_argument("--density", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
-    _, result = train_parser(args.output, steps=args.steps, image_size=args.image_size, batch_size=args.batch_size,
-                             n_heads=args.heads, views_per_head=args.views, preset=args.preset, lr=args.lr,
-                             val_heads=args.val_heads, seed=args.seed, density=args.density, device=args.device,
-                             data=args.data, max_subjects=args.max_subjects, weight_power=args.weight_power,
-                             dice_weight=args.dice_weight, crop_size=args.crop_size,
-                             log_every=args.log_every)
-    print(f"saved {args.output}: {result.parameters} parameters, {result.train_images} training images, "
-          f"data {result.data_seconds:.1f} s, train {result.train_seconds:.1f} s "
-          f"({result.seconds_per_step:.3f} s/step), val pixel accuracy {result.val_pixel_accuracy:.3f}, "
-          f"val mIoU {result.val_mean_iou:.3f}")
-    if result.val_class_iou:
-        print("val IoU per class:\n" + format_class_iou(result.val_class_iou))
+def parser_model_config(config: TrainConfig):
+    """The SegFormer config of the preset at ``image_size``.
+
+    Raises:
+        ValueError: for a size that is not a multiple of 32 or a crop that does not fit.
+    """
+    size, crop = config.image_size, task_options(config, OPTIONS)["crop_size"]
+    if size < 32 or size % 32:
+        raise ValueError(f"image_size must be a positive multiple of 32 (SegFormer's stride), got {size}")
+    if crop is not None and (crop < 32 or crop % 32 or crop > size):
+        raise ValueError(f"crop_size must be a multiple of 32 between 32 and image_size={size}, got {crop}")
+    return segformer_config(config.preset, size)
 
 
-if __name__ == "__main__":
-    main()
+def build_parser_model(model_config, init_from: str | None = None) -> FaceParser:
+    """A fresh SegFormer parser of ``model_config`` (its ``image_size``), or one loaded from ``init_from``."""
+    from transformers import SegformerForSemanticSegmentation
+
+    if init_from:
+        return FaceParser.from_pretrained(init_from)
+    size = int(model_config.image_size)
+    return FaceParser(SegformerForSemanticSegmentation(model_config), (size, size))
+
+
+def build_parser_dataset(config: TrainConfig, model: FaceParser) -> ParserDataset:
+    images, labels, _, _ = parser_data(config)
+    return ParserDataset(images, labels)
+
+
+def build_parser_loss(config: TrainConfig, phase: int):
+    """Class-weighted cross-entropy + soft Dice on crops (optional) with flips and colour jitter."""
+    if config.eval_every:
+        raise ValueError("--eval-every renders reconstructions; set it to 0 for --task parser")
+    options = task_options(config, OPTIONS)
+    weights = parser_data(config)[2]
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def loss_fn(model: FaceParser, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        x, y = batch["image"].cpu(), batch["labels"].cpu().long()  # [B, 3, S, S] uint8, [B, S, S]
+        if options["crop_size"] is not None:
+            x, y = _random_crops(x, y, options["crop_size"], generator)  # [B, 3, c, c], [B, c, c]
+        x, y = _augment(x.float() / 255.0, y, generator)
+        logits = model.raw_logits(x)  # [B, 19, S/4, S/4] (our class order: the parser is ours)
+        w = None if weights is None else weights.to(logits.device)
+        loss = parser_loss(logits, y.to(logits.device), w, options["dice_weight"])
+        return loss, {"total": loss.item()}
+
+    return loss_fn
+
+
+def finish_parser(model: FaceParser, config: TrainConfig, out: Path, records: list[dict]) -> None:
+    """Scores the trained parser on ``val_heads`` val-split heads (4 views each) and writes ``training.json``."""
+    from perchead.data.synthetic import SPLITS
+
+    options = task_options(config, OPTIONS)
+    images, _, weights, source = parser_data(config)
+    model.eval()
+    summary = {"task": "parser", "preset": config.preset, "steps": config.total_steps, "image_size": config.image_size,
+               "train_images": len(images), "data_source": source, "options": options,
+               "class_weights": [] if weights is None else [round(float(w), 4) for w in weights],
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if records:
+        summary.update(final_loss=float(np.mean([r["total"] for r in records[-20:]])),
+                       seconds_per_step=float(np.mean([r["time_s"] for r in records])))
+    if config.val_heads > 0:
+        val = render_parser_data(SPLITS["val"][:config.val_heads], 4, config.image_size, seed=config.seed + 1,
+                                 density=options["density"])
+        acc, miou, per_class = evaluate_parser(model, *val)
+        summary.update(val_pixel_accuracy=acc, val_mean_iou=miou, val_class_iou=per_class)
+    (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+
+
+TASK = Task(build_parser_model, build_parser_loss, all_parameters, model_config=parser_model_config,
+            build_dataset=build_parser_dataset, finish=finish_parser)

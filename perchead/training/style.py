@@ -7,28 +7,27 @@ images get random crops and horizontal flips but no colour jitter (it would brea
 The loss is CLIP's symmetric InfoNCE with a learnable logit scale and multi-positive targets: a caption is
 a positive for every image whose attributes entail it (``"blonde"`` matches every blonde head).
 
-CLI: ``python -m perchead.training.style --output weights_card/style --steps N [--data runs/synthetic128]``.
+CLI: ``python -m perchead.training.train --task style --data runs/synthetic128 --output runs/style``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from perchead.models.base import WEIGHTS_NAME
-from perchead.models.style_encoder import DEFAULT_STYLE_FOLDER, StyleConfig, StyleEncoder, style_config
+from perchead.models.style_encoder import StyleConfig, StyleEncoder, style_config
+from perchead.training.config import Task, TrainConfig, all_parameters, task_options
 
 HAIR_COLOR_WORDS = ("black", "dark brown", "brown", "blonde", "red", "grey", "white", "blue", "pink", "green",
                     "purple")  # every hair colour of perchead.data.synthetic.HAIR_COLORS
@@ -334,174 +333,103 @@ def evaluate_style(encoder: StyleEncoder, pairs: StylePairs, batch_size: int = 6
             "hair_color_chance": float(counts.max() / max(1, counts.sum())), "n_images": int(n_heads * views)}
 
 
-# ---------------------------------------------------------------------------------------------- training
-@dataclass
-class StyleTrainResult:
-    """What :func:`train_style` measured."""
-
-    losses: list[float] = field(default_factory=list)  # training loss per step
-    val: dict = field(default_factory=dict)  # evaluate_style metrics of the final model on val heads
-    val_initial: dict = field(default_factory=dict)  # the same before training (random weights)
-    data_seconds: float = 0.0  # loading / rendering the pairs
-    train_seconds: float = 0.0  # optimisation steps only
-    seconds_per_step: float = 0.0
-    parameters: int = 0
-    checkpoint_bytes: int = 0
-
-
+# ---------------------------------------------------------------------------------------------- the task
 CROP_MIN_SCALE = 0.8  # smallest random crop side during training, as a fraction of the image side (ours)
 VAL_VIEWS = ((0.0, 0.0), (35.0, 10.0), (-35.0, 10.0), (120.0, 0.0))  # (azimuth, elevation) of the val renders
+OPTIONS = {  # --options of the style task (ours)
+    "n_heads": 256,  # synthetic train heads rendered up front when --data is "synthetic"
+    "views_per_head": 8,  # random views per rendered head
+    "density": 1.0,  # Gaussian budget multiplier of the rendered heads
+}
 
 
-def train_style(output_dir: str | os.PathLike | None, steps: int = 4000, preset: str | StyleConfig = "demo",
-                data: str | os.PathLike | None = None, subjects: int | None = None, n_heads: int = 256,
-                views_per_head: int = 8, render_size: int = 128, batch_size: int = 64, lr: float = 1e-3,
-                weight_decay: float = 0.1, warmup: int | None = None, val_heads: int = 64, seed: int = 0,
-                density: float = 1.0, log_every: int = 100, progress: bool = True,
-                device: str | torch.device = "cpu") -> tuple[StyleEncoder, StyleTrainResult]:
-    """Trains the project's small CLIP contrastively on synthetic renders and their attribute captions.
+class StyleDataset(torch.utils.data.Dataset):
+    """Samples ``{"image": [3, S, S] uint8, "caption": str}`` of :class:`StylePairs`."""
 
-    Each step draws ``batch_size`` random (subject, view) images, augments them (crops, flips) and their
-    captions (:func:`augment_caption`), and minimises :func:`contrastive_loss` with AdamW (no weight decay
-    on gains, biases, embeddings' positions and the logit scale) and a cosine schedule with warm-up. The
-    logit scale is clamped at 100 as in CLIP. Stops with an error on a non-finite loss. Validation renders
-    ``val_heads`` heads of the disjoint val split from :data:`VAL_VIEWS`.
+    def __init__(self, pairs: StylePairs):
+        self.pairs = pairs
 
-    Args:
-        output_dir: where ``open_clip_config.json`` + ``model.safetensors`` + ``training.json`` go; None skips.
-        steps: optimisation steps.
-        preset: :func:`style_config` preset or a :class:`StyleConfig`.
-        data: pre-rendered multi-view folder (e.g. ``runs/synthetic128``); None renders ``n_heads`` train
-            heads x ``views_per_head`` views on the fly (up front).
-        subjects: use only the first this many subjects of ``data``.
-        n_heads, views_per_head: size of the on-the-fly data.
-        render_size: image side of the on-the-fly renders (and of the val renders without ``data``).
-        batch_size: pairs per step (the contrastive batch).
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay of matrices.
-        warmup: warm-up steps (default: min(200, steps // 10)).
-        val_heads: held-out heads for the metrics (0 skips validation).
-        seed: seed of initialisation, data order and augmentation.
-        density: Gaussian budget multiplier of rendered heads.
-        log_every: write the loss every this many steps (0: never).
-        progress: show a tqdm bar.
-        device: training device.
+    def __len__(self) -> int:
+        return len(self.pairs)
 
-    Returns:
-        the trained encoder (frozen, eval mode) and a :class:`StyleTrainResult`.
-    """
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.pairs.images[i], "caption": self.pairs.captions[int(self.pairs.subject[i])]}
 
+
+def build_style_model(model_config: StyleConfig | None, init_from: str | None = None) -> StyleEncoder:
+    """A fresh project CLIP of ``model_config``, or a trainable one loaded from ``init_from``."""
+    if init_from:
+        return StyleEncoder.from_pretrained(init_from, frozen=False)
+    return StyleEncoder.from_config(model_config)
+
+
+def build_style_dataset(config: TrainConfig, model: StyleEncoder) -> StyleDataset:
+    """Image-caption pairs from the ``data`` folder (stored at the largest side a crop needs), or rendered now."""
     from perchead.data.synthetic import split_seeds
 
-    if steps < 1 or batch_size < 2:
-        raise ValueError(f"steps must be >= 1 and batch_size >= 2 (contrastive), got {steps}, {batch_size}")
-    config = style_config(preset) if isinstance(preset, str) else preset
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    result = StyleTrainResult()
-
-    # 1. data: image-caption pairs (pre-rendered folder or on the fly), val heads from the val split
-    t0 = time.perf_counter()
-    if data is not None:  # stored at the largest side a crop needs (64 / 0.8 = 80 px for demo): 4x less memory
-        pairs = load_style_pairs(data, subjects, image_size=math.ceil(config.image_size / CROP_MIN_SCALE))
-    else:
-        train_seeds = split_seeds("train")
-        pairs = render_style_pairs(train_seeds[seed * n_heads:(seed + 1) * n_heads], views_per_head,
-                                   image_size=render_size, seed=seed, density=density)
-    full_atoms = [caption_atoms(c) for c in pairs.captions]
-    val = render_style_pairs(split_seeds("val")[:val_heads], 0, image_size=pairs.images.shape[-1], seed=seed + 1,
-                             density=density, views=VAL_VIEWS) if val_heads > 0 else None
-    result.data_seconds = time.perf_counter() - t0
-
-    # 2. model and optimiser
-    encoder = StyleEncoder.from_config(config).to(device)
-    model = encoder.model
-    result.parameters = sum(p.numel() for p in model.parameters())
-    if val is not None:
-        result.val_initial = evaluate_style(encoder, val)
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n or "logit_scale" in n]
-    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "embedding" in n or "logit_scale" in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(200, steps // 10) if warmup is None else warmup, steps)
-
-    # 3. optimisation
-    encoder.train()
-    bar = tqdm(range(steps), disable=not progress, desc="style", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for step in bar:
-        idx = torch.randint(len(pairs), (batch_size,), generator=generator)  # [B]
-        subj = pairs.subject[idx].tolist()
-        texts = [augment_caption(pairs.captions[s], rng) for s in subj]
-        positives = entailment([full_atoms[s] for s in subj], [caption_atoms(t) for t in texts])  # [B, B]
-        images = augment_images(pairs.images[idx], config.image_size, generator, CROP_MIN_SCALE)  # [B, 3, S, S]
-        images = images.to(device)
-        image_emb, text_emb, scale = encoder(images, texts)
-        loss = contrastive_loss(image_emb, text_emb, scale, positives.to(device))
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite style loss {loss.item()} at step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        result.losses.append(loss.item())
-        if progress:
-            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            tqdm.write(f"step {step:5d}  loss {loss.item():.4f}  logit scale {scale.item():.1f}  "
-                       f"lr {schedule.get_last_lr()[0]:.2e}")
-    result.train_seconds = time.perf_counter() - t0
-    result.seconds_per_step = result.train_seconds / steps
-    encoder.freeze()
-
-    # 4. validation on held-out heads, then save
-    if val is not None:
-        result.val = evaluate_style(encoder, val)
-    if output_dir is not None:
-        out = Path(output_dir)
-        summary = {k: v for k, v in asdict(result).items() if k not in ("losses", "checkpoint_bytes")}
-        summary.update(steps=steps, preset=preset if isinstance(preset, str) else "custom", batch_size=batch_size,
-                       lr=lr, weight_decay=weight_decay, seed=seed, data=str(data) if data else "on-the-fly",
-                       pairs=len(pairs), subjects=len(pairs.captions), val_heads=val_heads,
-                       initial_loss=float(np.mean(result.losses[:10])), final_loss=float(np.mean(result.losses[-50:])))
-        encoder.save_pretrained(out, extra={"trained_by": "perchead.training.style.train_style", "steps": steps,
-                                            "data": summary["data"]})
-        result.checkpoint_bytes = (out / WEIGHTS_NAME).stat().st_size
-        summary["checkpoint_bytes"] = result.checkpoint_bytes
-        (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    return encoder, result
+    options = task_options(config, OPTIONS)
+    if config.data != "synthetic":
+        side = math.ceil(model.image_size[0] / CROP_MIN_SCALE)  # 64 / 0.8 = 80 px for demo: 4x less memory
+        return StyleDataset(load_style_pairs(config.data, config.max_subjects, image_size=side))
+    n = options["n_heads"]
+    seeds = split_seeds("train")[config.seed * n:(config.seed + 1) * n]
+    return StyleDataset(render_style_pairs(seeds, options["views_per_head"], image_size=config.image_size,
+                                           seed=config.seed, density=options["density"]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m perchead.training.style --output weights_card/style --steps N`` trains and saves the style model."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--output", default=DEFAULT_STYLE_FOLDER, help="output folder")
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--preset", default="demo", choices=["demo", "tiny"])
-    ap.add_argument("--data", default=None, help="pre-rendered multi-view folder (default: render on the fly)")
-    ap.add_argument("--subjects", type=int, default=None, help="use only the first N subjects of --data")
-    ap.add_argument("--heads", type=int, default=256, help="on-the-fly training heads (without --data)")
-    ap.add_argument("--views", type=int, default=8, help="on-the-fly views per head (without --data)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--val-heads", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=100)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
-    _, result = train_style(args.output, steps=args.steps, preset=args.preset, data=args.data,
-                            subjects=args.subjects, n_heads=args.heads, views_per_head=args.views,
-                            batch_size=args.batch_size, lr=args.lr, val_heads=args.val_heads, seed=args.seed,
-                            log_every=args.log_every, device=args.device)
-    print(json.dumps({"output": args.output, "parameters": result.parameters,
-                      "checkpoint_bytes": result.checkpoint_bytes, "seconds_per_step": result.seconds_per_step,
-                      "val_initial": result.val_initial, "val": result.val}, indent=1))
+def build_style_loss(config: TrainConfig, phase: int):
+    """CLIP's symmetric InfoNCE over augmented images and captions, multi-positive by entailment."""
+    if config.eval_every:
+        raise ValueError("--eval-every renders reconstructions; set it to 0 for --task style")
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def loss_fn(model: StyleEncoder, batch: dict) -> tuple[Tensor, dict[str, float]]:
+        captions = list(batch["caption"])
+        texts = [augment_caption(c, rng) for c in captions]
+        positives = entailment([caption_atoms(c) for c in captions], [caption_atoms(t) for t in texts])  # [B, B]
+        images = augment_images(batch["image"].cpu(), model.image_size[0], generator, CROP_MIN_SCALE)  # [B, 3, S, S]
+        image_emb, text_emb, scale = model(images.to(model.device), texts)
+        loss = contrastive_loss(image_emb, text_emb, scale, positives.to(model.device))
+        return loss, {"total": loss.item(), "logit_scale": scale.item()}
+
+    return loss_fn
 
 
-if __name__ == "__main__":
-    main()
+def style_param_groups(model: StyleEncoder, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
+    """No weight decay on gains, biases, embeddings and the logit scale (as CLIP)."""
+    ids = {id(p) for p in params}
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in ids]
+    exempt = [p.ndim < 2 or "embedding" in n or "logit_scale" in n for n, p in named]
+    return [{"params": [p for (_, p), e in zip(named, exempt) if not e], "weight_decay": config.weight_decay},
+            {"params": [p for (_, p), e in zip(named, exempt) if e], "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: StyleEncoder) -> None:
+    """CLIP's logit scale stays at most 100."""
+    model.model.logit_scale.clamp_(0, math.log(100))
+
+
+def finish_style(model: StyleEncoder, config: TrainConfig, out: Path, records: list[dict]) -> None:
+    """Scores the trained encoder on ``val_heads`` val-split heads and writes ``training.json``."""
+    from perchead.data.synthetic import split_seeds
+
+    options = task_options(config, OPTIONS)
+    summary = {"task": "style", "preset": config.preset, "steps": config.total_steps, "data": config.data,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "checkpoint_bytes": (out / WEIGHTS_NAME).stat().st_size}
+    if records:
+        losses = [r["total"] for r in records]
+        summary.update(initial_loss=float(np.mean(losses[:10])), final_loss=float(np.mean(losses[-50:])),
+                       seconds_per_step=float(np.mean([r["time_s"] for r in records])))
+    if config.val_heads > 0:
+        val = render_style_pairs(split_seeds("val")[:config.val_heads], 0, image_size=config.image_size,
+                                 seed=config.seed + 1, density=options["density"], views=VAL_VIEWS)
+        summary["val"] = evaluate_style(model, val)
+    (out / "training.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+
+
+TASK = Task(build_style_model, build_style_loss, all_parameters, model_config=lambda c: style_config(c.preset),
+            build_dataset=build_style_dataset, param_groups=style_param_groups, after_step=clamp_logit_scale,
+            finish=finish_style)

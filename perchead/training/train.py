@@ -1,46 +1,25 @@
-"""Training loop (PercHead §3.4): phase 1 trains the base model without the CNN, phase 2 the CNN only.
+"""The one training loop (Accelerate, resume, non-finite stop, progress) and its tasks (paper §3.4, §3.5).
 
-    python -m perchead.training.train --preset demo --data synthetic --output runs/demo
+    python -m perchead.training.train --task reconstruct --preset demo --data synthetic --output runs/demo
+    python -m perchead.training.train --task style --data runs/synthetic128 --output runs/style
     accelerate launch -m perchead.training.train --preset paper --data /data/nersemble_multiview --output runs/paper
 
-One command runs on one CPU, one GPU, or many GPUs/nodes (Hugging Face Accelerate; bf16 on GPU). Each
-step takes a batch of subjects — an input view (random, including extreme views: profiles, back-ish,
-high and low elevation — chosen by the dataset) and several target views — reconstructs Gaussians from
-the input, renders them at the target cameras and applies the phase's loss (:mod:`perchead.training.losses`).
-
-Phase 1 (steps ``[0, phase1_steps)``): all trainable parameters except the refiner CNN; renders are not
-refined. Phase 2 (steps ``[phase1_steps, phase1_steps + phase2_steps)``): the base is frozen and only
-the refiner CNN trains, on refined renders (paper: "we freeze the 3D reconstruction pipeline and train
-the CNN module separately"). Each phase has its own AdamW with linear warm-up + cosine decay
-(``diffusers.optimization.get_cosine_schedule_with_warmup``), gradient-norm clipping, and stops with a
-``FloatingPointError`` naming the step on a non-finite loss (as MAE's ``engine_pretrain.py`` does).
-
-Checkpoints (``OUTPUT/checkpoint/``) hold the model (``save_pretrained``: config.json +
-model.safetensors), the optimizer tensors (``optimizer.safetensors``), and JSON state (step, phase,
-scheduler, param groups); never pickle. ``--resume`` continues from there. The final weights go to
-``OUTPUT/config.json`` + ``OUTPUT/model.safetensors``; ``OUTPUT/metrics.jsonl`` logs every step's losses.
-
-Tasks: :data:`TASKS` maps a task name to a :class:`Task` (model builder, loss builder). ``reconstruct``
-is the base lifting model; ``edit`` is the editing fine-tune (paper §3.5)::
-
-    python -m perchead.training.train --task edit --preset demo --init-from weights_card --style weights_card/style \
-        --data runs/synthetic128 --output runs/edit
-
-It builds :class:`perchead.models.editor.PercHeadEditor` from the base checkpoint (``--init-from``; decoder,
-Gaussian head and refiner copied, a fresh editing encoder) and trains it on the input view's label map
-(``sample["labels"]``) plus one style token: the frozen style encoder's (``--style``,
-:class:`perchead.models.style_encoder.StyleEncoder`) image embedding of another view of the same subject (a random
-target view). Targets, losses and phases are those of reconstruction.
+Tasks (:data:`TASKS`, see :class:`~perchead.training.config.Task`): ``reconstruct`` — phase 1 trains the
+base model without the refiner CNN, phase 2 freezes it and trains the CNN only, on renders at the target
+views; ``edit`` — the editing model from a base checkpoint, on label maps plus the frozen style encoder's
+embedding of another view; ``style`` and ``parser`` (:mod:`perchead.training.style`,
+:mod:`perchead.training.parser`). Each phase has its own AdamW with warm-up + cosine decay; a non-finite
+loss stops the run with a ``FloatingPointError`` naming the step. Checkpoints (``OUTPUT/checkpoint/``: the
+model's ``save_pretrained``, optimizer tensors as safetensors, JSON state; never pickle) make ``--resume``
+exact; the final weights go to ``OUTPUT`` and ``OUTPUT/metrics.jsonl`` logs every step.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,137 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from perchead.training import parser as parser_task
+from perchead.training import style as style_task
+from perchead.training.config import LossFn, Task, TrainConfig
 from perchead.training.losses import LossConfig, ReconstructionLoss
 
-LossFn = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, float]]]
 
-
-# --------------------------------------------------------------------------------------------- config
-@dataclass
-class TrainConfig:
-    """Everything a training run needs besides the model config. Per-preset defaults: :meth:`preset`.
-
-    Attributes:
-        preset: model preset ("paper" | "demo" | "tiny"), see :class:`perchead.models.config.PercHeadConfig`.
-        data: "synthetic" (on-the-fly synthetic heads) or the folder of an on-disk multi-view dataset.
-        synthetic_subjects: with a folder ``data``, first pre-render the first N heads of the synthetic
-            train split into it (skipping subjects already there), so one command both makes the data
-            and trains; 0 = use the folder as it is.
-        synthetic_views: views per pre-rendered subject (the first 16 are fixed key views).
-        output: run folder (checkpoint, metrics.jsonl, final weights).
-        task: key of :data:`TASKS`.
-        phase1_steps: steps of phase 1 (base without CNN).
-        phase2_steps: steps of phase 2 (CNN only, base frozen).
-        batch_size: subjects per step (per process).
-        n_targets: target views per subject per step.
-        lr: phase-1 peak learning rate.
-        lr_phase2: phase-2 peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps at the start of each phase.
-        grad_clip: max gradient L2 norm (0 = off).
-        render_size: size of the rendered / target views the loss sees (None = the model's render_size).
-        num_workers: data loader worker processes.
-        log_every: steps between progress-bar / log flushes.
-        save_every: steps between checkpoints.
-        eval_every: steps between evaluation renders (0 = off).
-        seed: random seed.
-        init_from: optional folder / repo id of weights to start from (fine-tuning).
-        style: folder / id of the frozen style encoder (:class:`perchead.models.style_encoder.StyleEncoder`) of the ``edit`` task.
-        loss_overrides: LossConfig fields overriding the preset's, per phase: {"1": {...}, "2": {...}}.
-    """
-
-    preset: str = "demo"
-    data: str = "synthetic"
-    synthetic_subjects: int = 0
-    synthetic_views: int = 16
-    output: str = "runs/demo"
-    task: str = "reconstruct"
-    phase1_steps: int = 3000
-    phase2_steps: int = 300
-    batch_size: int = 4
-    n_targets: int = 4
-    lr: float = 1e-3
-    lr_phase2: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    render_size: int | None = None
-    num_workers: int = 0
-    log_every: int = 10
-    save_every: int = 250
-    eval_every: int = 0
-    seed: int = 0
-    init_from: str | None = None
-    style: str | None = None
-    loss_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("phase1_steps", "phase2_steps", "warmup_steps", "num_workers", "eval_every",
-                     "synthetic_subjects"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "n_targets", "log_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.phase1_steps + self.phase2_steps == 0:
-            raise ValueError("phase1_steps + phase2_steps must be positive")
-        if self.lr <= 0 or self.lr_phase2 <= 0:
-            raise ValueError("learning rates must be positive")
-
-    @property
-    def total_steps(self) -> int:
-        return self.phase1_steps + self.phase2_steps
-
-    def phase_at(self, step: int) -> int:
-        """The phase (1 or 2) that global step ``step`` belongs to."""
-        return 1 if step < self.phase1_steps else 2
-
-    @classmethod
-    def preset_defaults(cls, preset: str, **overrides) -> "TrainConfig":
-        """Per-preset defaults (all ours; the paper trains 70 h + 24 h on one RTX 3090).
-
-        - ``paper``: 300k + 100k steps, batch 8 × 4 targets at 512², lr 1e-4 / 1e-4, 2k warm-up.
-        - ``demo``: sized for ~1–1.5 h on a 2-core CPU (see the README's training section).
-        - ``tiny``: a handful of steps for tests.
-        """
-        table: dict[str, dict[str, Any]] = {
-            "paper": dict(phase1_steps=300_000, phase2_steps=100_000, batch_size=8, n_targets=4, lr=1e-4,
-                          lr_phase2=1e-4, warmup_steps=2000, save_every=2000, log_every=50, num_workers=8),
-            # the bundled checkpoint: ~0.6–0.8 s/step on a 2-core CPU from pre-rendered heads: ~1.2 h
-            "demo": dict(phase1_steps=6000, phase2_steps=300, batch_size=4, n_targets=3, lr=1e-3,
-                         lr_phase2=5e-4, warmup_steps=100, save_every=100, log_every=10, num_workers=1),
-            "tiny": dict(phase1_steps=4, phase2_steps=2, batch_size=2, n_targets=2, lr=1e-3, lr_phase2=1e-3,
-                         warmup_steps=1, save_every=2, log_every=1),
-        }
-        if preset not in table:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(table)}")
-        values = dict(table[preset], preset=preset, output=f"runs/{preset}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------------------------- tasks
-@dataclass
-class Task:
-    """A trainable task: how to build its model and its per-phase loss.
-
-    Attributes:
-        build_model: ``(model_config, init_from) -> nn.Module``; ``init_from`` is a folder / repo id or None.
-        build_loss: ``(train_config, phase) -> loss_fn`` where ``loss_fn(model, batch) -> (loss, logs)``.
-        trainable: ``(model, phase) -> list of parameters`` the phase optimises.
-        model_config: optional ``(train_config) -> model_config`` giving the config :func:`train` passes to
-            ``build_model`` when none is given (default: ``PercHeadConfig.preset(train_config.preset)``).
-    """
-
-    build_model: Callable[[Any, str | None], nn.Module]
-    build_loss: Callable[[TrainConfig, int], LossFn]
-    trainable: Callable[[nn.Module, int], list[nn.Parameter]]
-    model_config: Callable[[TrainConfig], Any] | None = None
-
-
+# --------------------------------------------------------------------------------------------- reconstruct
 def build_reconstruct_model(model_config, init_from: str | None = None) -> nn.Module:
     """The base lifting model (§3.1–3.3), fresh or from ``init_from``."""
     from perchead.models.perchead import PercHead
@@ -365,6 +220,8 @@ def build_edit_loss(config: TrainConfig, phase: int) -> LossFn:
 
 
 register_task("edit", Task(build_edit_model, build_edit_loss, reconstruct_trainable, model_config=edit_model_config))
+register_task("style", style_task.TASK)
+register_task("parser", parser_task.TASK)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -503,10 +360,11 @@ def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
         p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
 
 
-def _make_optimizer(params: list[nn.Parameter], lr: float, config: TrainConfig, phase_steps: int):
+def _make_optimizer(groups: list[dict[str, Any]], lr: float, config: TrainConfig, phase_steps: int):
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay, betas=config.adam_betas,
+                                  eps=config.adam_eps)
     warmup = min(config.warmup_steps, max(phase_steps - 1, 0))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, max(phase_steps, 1))
     return optimizer, scheduler
@@ -563,7 +421,8 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
 
     # 2. data: per-process shards of an endless shuffled index stream
     if dataset is None:
-        dataset = build_dataset(config, model.config.render)
+        dataset = (task.build_dataset(config, model) if task.build_dataset is not None
+                   else build_dataset(config, model.config.render))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
@@ -575,6 +434,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     bar = tqdm(total=config.total_steps, initial=step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     t_last = time.perf_counter()
+    records: list[dict[str, Any]] = []  # this run's step records (also in metrics.jsonl)
     try:
         while step < config.total_steps:
             # 3. (re)build the phase's optimizer, scheduler and loss at the phase boundary
@@ -588,7 +448,8 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
                     p.requires_grad_(False)
                 for p in params:
                     p.requires_grad_(True)
-                optimizer, scheduler = _make_optimizer(params, config.lr if phase == 1 else config.lr_phase2,
+                groups = task.param_groups(model, params, config) if task.param_groups else [{"params": params}]
+                optimizer, scheduler = _make_optimizer(groups, config.lr if phase == 1 else config.lr_phase2,
                                                        config, phase_steps)
                 if state and state.get("phase") == phase and (ckpt / "optimizer.json").exists():
                     load_optimizer(optimizer, ckpt)
@@ -619,6 +480,8 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
                     raise FloatingPointError(f"non-finite gradient norm at step {step} (phase {phase})")
             optimizer.step()
             scheduler.step()
+            if task.after_step is not None:
+                task.after_step(model)
             step += 1
 
             # 5. logging and checkpoints
@@ -627,6 +490,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
             t_last = now
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
+            records.append(record)
             if log_file is not None:
                 log_file.write(json.dumps(record) + "\n")
                 if step % config.log_every == 0:
@@ -649,6 +513,8 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save_pretrained(str(out))
+        if task.finish is not None:
+            task.finish(model, config, out, records)
         print(f"[perchead.training.train] done: {step} steps; weights in {out}", flush=True)
     return out
 
@@ -669,41 +535,52 @@ def _eval_renders(model: nn.Module, out: Path, step: int) -> None:
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     """Parses the command line into (TrainConfig, resume, no_progress)."""
     p = argparse.ArgumentParser(prog="python -m perchead.training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="demo", choices=["paper", "demo", "tiny"])
+    p.add_argument("--task", default="reconstruct", help=f"registered task ({', '.join(sorted(TASKS))})")
+    p.add_argument("--preset", default="demo", help="paper | demo | tiny (style, parser: demo | tiny)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or an on-disk multi-view dataset folder")
     p.add_argument("--synthetic-subjects", type=int, default=None,
                    help="pre-render the first N synthetic train heads into the --data folder first (resumable)")
     p.add_argument("--synthetic-views", type=int, default=None, help="views per pre-rendered head (default 16)")
+    p.add_argument("--max-subjects", type=int, default=None, help="use only the first N subjects of --data")
     p.add_argument("--output", default=None, help="run folder (default runs/<preset>)")
-    p.add_argument("--task", default="reconstruct", help=f"registered task ({', '.join(sorted(TASKS))})")
+    p.add_argument("--steps", type=int, default=None, help="one-phase tasks: all steps (sets --phase2-steps 0)")
     p.add_argument("--phase1-steps", type=int, default=None)
     p.add_argument("--phase2-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--n-targets", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lr-phase2", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--render-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None, help="style / parser training image side")
+    p.add_argument("--val-heads", type=int, default=None, help="style / parser: held-out heads scored at the end")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--init-from", default=None, help="folder or repo id of weights to start from")
-    p.add_argument("--style", default=None, help="style encoder folder or id (--task edit; perchead.models.style_encoder.StyleEncoder)")
+    p.add_argument("--style", default=None, help="style encoder folder or id (--task edit)")
     p.add_argument("--loss", default=None,
                    help='JSON loss-weight overrides per phase, e.g. \'{"1": {"mask": 1.0}, "2": {"l1": 1.0}}\'')
+    p.add_argument("--options", default=None, help='JSON task options, e.g. \'{"crop_size": 96}\' (--task parser)')
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     args = p.parse_args(argv)
     overrides = {k: getattr(args, k) for k in (
-        "data", "synthetic_subjects", "synthetic_views", "output", "task", "phase1_steps", "phase2_steps", "batch_size", "n_targets", "lr", "lr_phase2",
-        "warmup_steps", "grad_clip", "render_size", "num_workers", "save_every", "log_every", "eval_every",
-        "seed", "init_from", "style")}
+        "data", "synthetic_subjects", "synthetic_views", "max_subjects", "output", "phase1_steps", "phase2_steps",
+        "batch_size", "n_targets", "lr", "lr_phase2", "weight_decay", "warmup_steps", "grad_clip", "render_size",
+        "image_size", "val_heads", "num_workers", "save_every", "log_every", "eval_every", "seed", "init_from",
+        "style")}
+    if args.steps is not None:
+        overrides.update(phase1_steps=args.steps, phase2_steps=0)
     if args.loss:
         overrides["loss_overrides"] = json.loads(args.loss)
-    config = TrainConfig.preset_defaults(args.preset, **overrides)
+    if args.options:
+        overrides["options"] = json.loads(args.options)
+    config = TrainConfig.preset_defaults(args.preset, task=args.task, **overrides)
     return config, args.resume, args.no_progress
 
 
