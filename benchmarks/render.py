@@ -2,7 +2,7 @@
 
 Prints forward and forward+backward time (median of several runs) and peak resident memory growth for
 16,384 and 65,536 Gaussians at 256² and 512², threads pinned to the machine's cores. Targets on a
-2-core CPU (issue 2): 65,536 @ 512² forward <= 0.4 s; 16,384 @ 256² forward+backward <= 0.15 s.
+2-core CPU (targets): 65,536 @ 512² forward <= 0.4 s; 16,384 @ 256² forward+backward <= 0.15 s.
 
     python benchmarks/render.py [--runs 7] [--backend torch|torch-pure] [--batch 1] [--views 1]
     python benchmarks/render.py --batch 4 --views 4 --cases 16384x128,16384x256   # a training step

@@ -338,7 +338,7 @@ def test_c_sources_are_package_data(tmp_path):
 
     csrc = importlib.resources.files("perchead.render") / "csrc"
     names = sorted(f.name for f in csrc.iterdir() if f.suffix in (".c", ".h"))
-    assert names == ["project.h", "rasterize.h", "render.c"]
+    assert names == ["instantiate.h", "project.h", "rasterize.h", "render.c"]
     assert R._native.csrc_dir() == Path(str(csrc))
     repo = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"

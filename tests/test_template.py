@@ -1,4 +1,4 @@
-"""Tests for the canonical head template (perchead/template.py, paper §3.2)."""
+"""Tests for the canonical head template (perchead/geometry/template.py, paper §3.2)."""
 
 import numpy as np
 import pytest

@@ -1,64 +1,9 @@
 """On-disk multi-view head captures: the format, its loader and a synthetic exporter (paper §3.4, §4.1).
 
-The paper trains on multi-view captures (NeRSemble, Cafca) and evaluates on NeRSemble and Ava-256. All of
-them reach this code through one simple folder format, which :func:`export_synthetic` also writes so that
-CPU training can read pre-rendered synthetic heads instead of re-rendering them every step.
-
-Format
-======
-::
-
-    ROOT/
-      SUBJECT/                      one folder per subject (any name; it becomes ``sample["subject"]``)
-        cameras.json
-        images/0000.png             RGB (then masks/ is used) or RGBA (alpha = foreground mask)
-        masks/0000.png              optional, 8-bit grey, 255 = head/body, 0 = background
-        labels/0000.png             optional, 8-bit class ids 0..18 (CelebAMask-HQ order), 255 = unknown
-        caption.txt                 optional, one line, e.g. "long red hair, dark skin, glasses"
-
-``cameras.json``::
-
-    {
-      "width": 512, "height": 512,            # size of every image in pixels
-      "background": "white",                  # optional: "white" = RGB already over white; "any" (default
-                                              #   for RGB + masks) = the loader composites rgb·m + (1 − m)
-      "frames": [
-        {"file": "images/0000.png",           # relative to the subject folder
-         "viewmat": [[...4...], x4],          # 4×4 world-to-camera, OpenCV axes (x right, y down, z forward)
-         "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],   # pixels, pixel centres at +0.5
-         "mask": "masks/0000.png",            # optional, default masks/<stem>.png when present
-         "label": "labels/0000.png"}          # optional, default labels/<stem>.png when present
-      ]
-    }
-
-World space is the *canonical head space* of DESIGN.md: right-handed, +Y up, the face looks toward +Z,
-the origin at the head centre (roughly the midpoint between the ears), metres; the head's own left is +X.
-RGBA images hold straight (not premultiplied) colour; the loader composites them over white. Images need
-not be square: the loader centre-crops to a square and resizes to ``image_size``, adjusting ``K``.
-
-Converting captures
-===================
-1. **Cameras to OpenCV world-to-camera.** NeRSemble ships OpenCV extrinsics (``world_2_cam``) and
-   intrinsics per camera; Ava-256 ships per-camera ``extrin`` (3×4 world-to-camera, OpenCV) and ``intrin``;
-   Cafca (rendered in Blender) uses OpenGL/Blender camera axes (x right, y up, z backward): convert a
-   camera-to-world ``c2w_gl`` with ``viewmat = diag(1, −1, −1, 1) · inverse(c2w_gl)``
-   (:func:`opengl_to_opencv`). If images are downscaled, scale fx, fy, cx, cy by the same factor.
-2. **Align the head into canonical space.** Captures live in the rig's world frame, with the head wherever
-   it sat. Fit a similarity ``X_canonical = s·R·X_world + t`` per subject (per frame if the head moves):
-   from the datasets' FLAME / head tracking (NeRSemble and Ava-256 provide head poses; FLAME's head
-   frame is already +Y up, +Z forward, in metres — shift its origin to the head centre, about 3 cm above
-   and 1 cm behind FLAME's origin for an average head), or from three landmarks (both ear canals and the
-   nose tip). Then ``viewmat_canonical = diag(s, s, s, 1) · viewmat_world · inverse(M)`` with
-   ``M = [[s·R, t], [0, 1]]`` (:func:`align_cameras`); the ``diag(s,…)`` factor keeps the matrix rigid
-   and does not change the projection.
-3. **Units.** Metres. Ava-256 and many rigs work in millimetres: that is just ``s = 0.001`` above.
-4. **Background.** Images must show the subject over white, or carry a mask. Use the datasets' mattes
-   (NeRSemble: alpha maps; Ava-256: foreground segmentation; Cafca: rendered alpha) as RGBA alpha or
-   ``masks/``; set ``"background": "any"`` when RGB still shows the studio so the loader composites.
-5. **Framing.** No cropping is needed for correctness (``K`` carries it), but training works best when
-   the head fills about the same share of the image as the model's input framing (an orbit camera at
-   0.7 m with a 30° field of view); crop around the projected head centre and update ``cx, cy``.
-6. Optional ``labels/`` from a face parser (19 classes, CelebAMask-HQ order) and ``caption.txt``.
+Every capture (NeRSemble, Cafca, Ava-256) and the pre-rendered synthetic heads reach training through one
+folder format: ``ROOT/SUBJECT/{cameras.json, images/, masks/, labels/, caption.txt}`` with OpenCV
+world-to-camera matrices in the canonical head space. ``docs/multiview.md`` specifies it and how to
+convert a capture (camera axes, alignment, units, backgrounds, framing).
 
 Public API: :class:`MultiViewDataset`, :func:`export_synthetic`, :func:`read_cameras`,
 :func:`align_cameras`, :func:`opengl_to_opencv`.

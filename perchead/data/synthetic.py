@@ -10,7 +10,7 @@ Face details (brows, lips, open mouth, eye openings) are relabelled / displaced 
 
 The heads are deliberately *not* built from the model's template: the model has to learn to deform.
 
-Canonical head space (DESIGN.md): +Y up, the face looks toward +Z, origin at the head centre, metres;
+Canonical head space: +Y up, the face looks toward +Z, origin at the head centre, metres;
 the head's own left is +X (``l_eye``, ``l_ear``, ``l_brow`` lie at x > 0). Every head fits in a sphere
 of radius :data:`CLIP_RADIUS`, so ``orbit_cameras(radius=0.7, fov_deg=30)`` frames it.
 

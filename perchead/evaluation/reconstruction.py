@@ -3,30 +3,16 @@
     python -m perchead.evaluation.reconstruction --model weights_card --subjects 100 --output results.json \
         --contact-sheet docs/contact_sheet.png
 
-Protocol (on the ``test`` seeds of :mod:`perchead.data.synthetic`, disjoint from training):
-
-- *Novel views*: one input per subject from a near-frontal view (azimuth ~ U(−30°, 30°), elevation ~
-  U(−10°, 15°)), :attr:`EvalConfig.novel_targets` target views spread around the head (azimuths evenly
-  spaced over 360° from a random offset, elevations ~ U(−15°, 30°)). The paper uses 5 (Ava-256) or 16
-  (NeRSemble) target views; we default to 8 (ours).
-- *Extreme views*: the most challenging input/target pairs — left↔right profile flips (input at
-  azimuth +90° → target −90°, and −90° → +90°) and top↔bottom (input at elevation +60° → target −60°,
-  and −60° → +60°, azimuth 0°). The paper uses left–right flips (Ava-256) plus vertical extremes
-  (NeRSemble); ±60° elevation is our choice.
-
-Methods: ``ours`` (the model), ``template`` (the same architecture with freshly initialised weights —
-its Gaussians sit at the template's vertices, i.e. the untrained template head) and ``billboard`` (the
-input image on a camera-facing plane through the head centre: as in computer graphics, the plane turns to
-face every target camera, so each target view shows the input picture as taken — the no-3D baseline).
-Two fixed-card variants are reported beside them for context: ``card_two_sided`` (the plane faces the
-*input* camera and stays put; seen from behind it shows its picture mirrored, as a plane of splats does —
-on left↔right flips of a near-symmetric head that mirror is almost the opposite profile, a very strong
-baseline there) and ``card_one_sided`` (the same card, invisible from behind), see :func:`billboard`.
-Metrics: PSNR and SSIM (:mod:`perchead.evaluation.metrics`) over the whole target image (white background, as in
-the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
-are absent. Output: a Markdown table shaped like Tables 1–2 on stdout, and JSON
-``{"novel": {"ours": {"psnr", "ssim", "lpips", "dreamsim", "arcface"}, "template": …, "billboard": …},
-"extreme": {…}, "extreme_by_pair": {"left_right": {…}, "top_bottom": {…}}, "meta": {…}}``.
+Protocol, on the ``test`` seeds of :mod:`perchead.data.synthetic` (disjoint from training): *novel views*
+— one near-frontal input per subject and :attr:`EvalConfig.novel_targets` targets spread around the head
+(:func:`novel_views`; the paper uses 5 or 16, we use 8); *extreme views* — left↔right profile flips and
+top↔bottom (±60° elevation, ours) input/target pairs (:func:`extreme_pairs`). Methods (:data:`METHODS`):
+``ours``; ``template``, the same architecture freshly initialised (the untrained template head);
+``billboard``, the input picture on a plane that faces every viewer (the no-3D baseline); and two fixed
+cards for context (:func:`billboard`). Metrics: PSNR and SSIM over the whole target image (white
+background, as in the paper); LPIPS, DreamSim and ArcFace are ``null`` with a reason when their weights
+are absent. Output: a Markdown table shaped like Tables 1–2 and JSON ``{"novel": {method: {metric}},
+"extreme": …, "extreme_by_pair": {"left_right": …, "top_bottom": …}, "meta": …}``.
 """
 
 from __future__ import annotations
@@ -88,7 +74,11 @@ class EvalConfig:
 
 # --------------------------------------------------------------------------------------------- protocol
 def novel_views(subject_index: int, n_targets: int, seed: int = 0) -> tuple[tuple[float, float], list[tuple[float, float]]]:
-    """The novel-view protocol's (azimuth, elevation) pairs for one subject: (input, [targets]), degrees."""
+    """The novel-view protocol's (azimuth, elevation) pairs for one subject: (input, [targets]), degrees.
+
+    The input is near-frontal (azimuth ~ U(−30°, 30°), elevation ~ U(−10°, 15°)); the targets' azimuths are
+    evenly spaced over 360° from a random offset, their elevations ~ U(−15°, 30°).
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + subject_index)
     u = torch.rand(3 + n_targets, generator=g).tolist()
     input_view = (-30 + 60 * u[0], -10 + 25 * u[1])

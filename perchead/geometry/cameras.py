@@ -1,6 +1,6 @@
 """Pinhole cameras in the OpenCV convention, exactly as gsplat takes them.
 
-Conventions (see DESIGN.md): world = canonical head space, right-handed, +Y up, the face looks toward
+Conventions: world = canonical head space, right-handed, +Y up, the face looks toward
 +Z, metres. Cameras: x right, y down, z forward; ``viewmats`` are world-to-camera ``[C, 4, 4]``; ``Ks``
 are pixel intrinsics ``[C, 3, 3]`` with pixel centres at +0.5 (so the principal point of a W×H image is
 (W/2, H/2)).

@@ -1,49 +1,16 @@
 """The 19-class face segmentation map: class names, one fixed colour palette, label map <-> colour image.
 
-The editing model of the PercHead paper (§3.5, supplement §8) takes a 19-channel one-hot segmentation
-map as geometry input; users draw or correct that map in the app with a brush fixed to the class colours.
-This module is the single place that defines the classes (CelebAMask-HQ, in DESIGN.md's order), their
-colours and every conversion between a label map, a colour image and a one-hot tensor. Face parsing of a
-photo into such a map lives in :mod:`perchead.models.face_parser`.
+The editing model (paper §3.5, supplement §8) takes a 19-channel one-hot segmentation map as geometry
+input; users draw or correct it in the app with a brush fixed to the class colours. This module is the
+single place that defines the classes (CelebAMask-HQ order), their colours and every conversion between
+a label map, a colour image and a one-hot tensor; parsing a photo into a map is
+:mod:`perchead.models.face_parser`'s job.
 
-Palette (ours): the background is WHITE, like every background in this project (renders, targets, model
-inputs), so a parsed or rendered map looks like the image it came from. The 18 face classes are saturated
-mid-luminance colours (Rec.601 luma 70..215, readable on a white or a black canvas), at least 91 RGB units
-apart from each other and from white, loosely semantic (skin is skin-coloured, hair is brown, lips are red
-and pink, eyes are blue). :data:`PALETTE_HEX` gives the same colours as ``"#rrggbb"`` strings for
-``gr.Brush(colors=PALETTE_HEX, color_mode="fixed")``.
-
-Painted image -> labels (:func:`color_to_labels`), in four steps:
-
-1. *Seeds*: pixels within 6 RGB units (0..255 scale) of a palette colour, or inside a same-class region
-   (their whole 3x3 neighbourhood within ``tolerance`` of that colour), take that class. Exact palette
-   colours therefore round-trip exactly, and JPEG noise inside regions is absorbed.
-2. *Blends*: a brush's anti-aliased edge (or a resampled map) mixes two classes' colours, and such a mix
-   can lie close to a THIRD palette colour (a skin/hat mix comes within 22 RGB units of eyeglasses), so the
-   plain nearest colour would invent a class that was never painted. Instead every other pixel is
-   explained as a mix of the classes already found in its 3x3 neighbourhood: the segment between two
-   class colours (or the triangle of three, where strokes meet) nearest to the pixel's colour wins if
-   within ``tolerance``, and the pixel takes the class of the largest mixing weight (the nearer end). A
-   pixel with no such explanation may be a mix of a neighbour class with any palette class (a stroke
-   thinner than a pixel). This runs ``blend_radius`` rounds, each seeing the previous round's labels, so
-   soft edges up to that many pixels wide resolve from the outside in; then the remaining near misses
-   (within ``tolerance`` of a palette colour) take that colour's class and a second pass of rounds runs.
-3. *Mode filter*: a non-seed pixel whose class appears in none of its 8 neighbours is an isolated speck
-   (e.g. where four strokes meet); it takes the most common class of its 3x3 neighbourhood. Seeds are
-   never changed, so thin exactly-coloured strokes survive.
-4. *Foreign* pixels (neither a palette colour nor a mix of neighbouring classes, e.g. a photo): a
-   ``ValueError`` naming how many pixels and an example colour, unless ``snap=True``, which maps each of
-   them to the nearest palette colour (documented, lossy).
-
-Lossy formats: inside one-class regions JPEG noise is absorbed, but where several very different classes
-meet, chroma subsampling bleeds colours off the blend segments; such maps may need ``snap=True`` (or a
-larger ``tolerance``). Gradio's ImageEditor saves images it *sends* to the browser as lossy WebP by default; use
-``gr.ImageEditor(format="png")`` so the map shown for painting keeps its exact colours.
-
-Transparency: an RGBA image is composited over the background colour (white) first, so fully
-transparent pixels are background and half-transparent stroke edges become blends with the background.
-Size: with ``size`` given, a map of another size is resized with nearest-neighbour on the LABELS (never
-on colours, which would create blends) or, with ``on_size_mismatch="error"``, refused with a ValueError.
+Palette (ours): the background is WHITE, like every background in this project, so a parsed or rendered
+map looks like the image it came from. The 18 face classes are saturated mid-luminance colours (Rec.601
+luma 70..215), at least 91 RGB units apart from each other and from white, loosely semantic (skin is
+skin-coloured, hair is brown, lips are red and pink). :data:`PALETTE_HEX` gives them as ``"#rrggbb"``
+for ``gr.Brush(colors=PALETTE_HEX, color_mode="fixed")``.
 """
 
 from __future__ import annotations
@@ -59,7 +26,7 @@ from torch import Tensor
 CLASSES: tuple[str, ...] = (
     "background", "skin", "nose", "eyeglasses", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
     "mouth", "u_lip", "l_lip", "hair", "hat", "earring", "necklace", "neck", "cloth",
-)  # the 19 CelebAMask-HQ classes in DESIGN.md's order
+)  # the 19 CelebAMask-HQ classes, in their usual order
 NUM_CLASSES = len(CLASSES)  # 19
 BACKGROUND = 0  # class id of the background
 _EXACT = 6.0  # RGB distance below which a colour is its palette class without looking at its neighbours
@@ -362,8 +329,35 @@ def color_to_labels(image: Any, snap: bool = False, size: int | Sequence[int] | 
                     on_size_mismatch: str = "resize", tolerance: float = 24.0, blend_radius: int = 3) -> Tensor:
     """Turns a painted colour map into class labels by nearest palette colour, robust to anti-aliasing.
 
-    See the module docstring for the four steps (pure pixels, blends of neighbouring classes, mode filter
-    for isolated blend pixels, foreign colours).
+    1. *Seeds*: pixels within 6 RGB units (0..255 scale) of a palette colour, or inside a same-class region
+       (their whole 3x3 neighbourhood within ``tolerance`` of that colour), take that class. Exact palette
+       colours therefore round-trip exactly, and JPEG noise inside regions is absorbed.
+    2. *Blends*: a brush's anti-aliased edge (or a resampled map) mixes two classes' colours, and such a mix
+       can lie close to a THIRD palette colour (a skin/hat mix comes within 22 RGB units of eyeglasses), so the
+       plain nearest colour would invent a class that was never painted. Instead every other pixel is
+       explained as a mix of the classes already found in its 3x3 neighbourhood: the segment between two
+       class colours (or the triangle of three, where strokes meet) nearest to the pixel's colour wins if
+       within ``tolerance``, and the pixel takes the class of the largest mixing weight (the nearer end). A
+       pixel with no such explanation may be a mix of a neighbour class with any palette class (a stroke
+       thinner than a pixel). This runs ``blend_radius`` rounds, each seeing the previous round's labels, so
+       soft edges up to that many pixels wide resolve from the outside in; then the remaining near misses
+       (within ``tolerance`` of a palette colour) take that colour's class and a second pass of rounds runs.
+    3. *Mode filter*: a non-seed pixel whose class appears in none of its 8 neighbours is an isolated speck
+       (e.g. where four strokes meet); it takes the most common class of its 3x3 neighbourhood. Seeds are
+       never changed, so thin exactly-coloured strokes survive.
+    4. *Foreign* pixels (neither a palette colour nor a mix of neighbouring classes, e.g. a photo): a
+       ``ValueError`` naming how many pixels and an example colour, unless ``snap=True``, which maps each of
+       them to the nearest palette colour (documented, lossy).
+
+    Lossy formats: inside one-class regions JPEG noise is absorbed, but where several very different
+    classes meet, chroma subsampling bleeds colours off the blend segments; such maps may need
+    ``snap=True`` (or a larger ``tolerance``). Gradio's ImageEditor sends images to the browser as lossy
+    WebP by default; use ``gr.ImageEditor(format="png")`` so the map shown for painting keeps its colours.
+
+    Transparency: an RGBA image is composited over the background colour (white) first, so fully
+    transparent pixels are background and half-transparent stroke edges become blends with the background.
+    Size: with ``size`` given, a map of another size is resized with nearest-neighbour on the LABELS (never
+    on colours, which would create blends) or, with ``on_size_mismatch="error"``, refused with a ValueError.
 
     Args:
         image: the painted map; any format :func:`image_to_rgb` reads (PIL, numpy, torch, RGBA,

@@ -2,36 +2,10 @@
 
 PercHead's 3D decoder starts from a fixed head template "upsampled to 65k vertices", grouped into 4,096 3D
 patches of 16 vertices; each patch becomes one decoder token and, through the Gaussian head, 16 Gaussians,
-so Gaussian ``k`` descends from template vertex ``k``. The paper uses FLAME's template. We cannot ship FLAME
-(its licence forbids redistribution), so the package builds its own head:
-
-1. **Shape.** A closed head-and-neck surface defined implicitly as a smooth union of simple primitives
-   (cranium, jaw, cheeks, brow ridge, nose, lips, chin, eyes in sockets, ears, neck) in canonical head
-   space: right-handed, +Y up, the face looks toward +Z, origin at the head centre, metres. The head is
-   0.147 m wide (0.184 m with the ears), 0.23 m from crown to chin, 0.20 m from brow to the back of
-   the skull (0.225 m to the nose tip), and the neck reaches 0.1 m below the chin, closed at the bottom.
-   The surface is star-shaped around the origin, so it is parametrised by direction: a ray from the
-   origin meets it once (outermost crossing, found by sphere tracing).
-2. **Mesh.** Exactly ``n_gaussians`` vertices on latitude rings around the vertical axis, plus one vertex
-   at the crown and one at the centre of the neck's bottom. Rings are spaced evenly in surface arc length
-   and each ring's vertices evenly along its length, so vertices are near-uniform in surface area
-   (edges 1.8 mm long on average at 65,536). Neighbouring rings are zipped into a triangle strip, which
-   gives a watertight triangulation using every vertex (F = 2N − 4).
-3. **Patches.** Vertices are reordered by recursive balanced median bisection along the longest axis of
-   each group's bounding box, so patch ``p`` owns vertices ``16p .. 16p+15`` and patches are spatially
-   compact; faces are remapped accordingly. Because the recursion is a k-d tree, nearby patch indices are
-   nearby in space too. Measured patch radius (largest distance of a vertex to its patch centroid):
-   65,536 vertices / 4,096 patches: mean 4.3 mm, 99th percentile 6.3 mm, max 19.2 mm (one patch in the
-   crease beside the nose wing);
-   16,384 vertices / 1,024 patches: mean 8.5 mm, 99th percentile 12.4 mm, max 15.6 mm.
-
-Optional FLAME: ``flame_path`` may point to a FLAME template the user obtained under FLAME's licence,
-exported as ``.npz`` (arrays ``v_template``/``vertices`` and ``f``/``faces``, read with
-``allow_pickle=False``; FLAME's ``generic_model.pkl`` itself is a pickle and is never opened) or as an
-``.obj``/``.ply`` mesh (read with trimesh). It is centred (x and z on its bounding-box centre, crown at
-the same height as ours), Loop-subdivided (trimesh) while that stays at or under ``n_gaussians``
-vertices, and then its longest edges are split at their midpoints until it has exactly ``n_gaussians``
-vertices; its topology is kept as FLAME's (open at the neck).
+so Gaussian ``k`` descends from template vertex ``k``. The paper uses FLAME's template; FLAME's licence
+forbids redistribution, so :func:`build_template` builds our own head-and-neck surface in canonical head
+space (0.147 m wide, 0.23 m from crown to chin), meshes it with near-uniform vertices and orders them into
+spatially compact patches — or takes a FLAME template the user supplies (``flame_path``).
 """
 
 from __future__ import annotations
@@ -426,7 +400,16 @@ def _split_longest_edges(vertices: np.ndarray, faces: np.ndarray, n: int) -> tup
 
 
 def _flame_mesh(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A user-supplied FLAME template, centred and upsampled to exactly ``n`` vertices."""
+    """A user-supplied FLAME template, centred and upsampled to exactly ``n`` vertices.
+
+    Optional FLAME: ``flame_path`` may point to a FLAME template the user obtained under FLAME's licence,
+    exported as ``.npz`` (arrays ``v_template``/``vertices`` and ``f``/``faces``, read with
+    ``allow_pickle=False``; FLAME's ``generic_model.pkl`` itself is a pickle and is never opened) or as an
+    ``.obj``/``.ply`` mesh (read with trimesh). It is centred (x and z on its bounding-box centre, crown at
+    the same height as ours), Loop-subdivided (trimesh) while that stays at or under ``n_gaussians``
+    vertices, and then its longest edges are split at their midpoints until it has exactly ``n_gaussians``
+    vertices; its topology is kept as FLAME's (open at the neck).
+    """
     vertices, faces = _load_mesh_file(path)
     used = np.unique(faces)
     if len(used) != len(vertices):  # drop unreferenced vertices so every vertex belongs to the surface
@@ -457,7 +440,28 @@ def _flame_mesh(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 # --- Public API ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _build_arrays(n_gaussians: int, n_patches: int, flame_key: tuple | None) -> tuple[np.ndarray, ...]:
-    """Cached (vertices, faces, normals) in patch order, as read-only numpy arrays."""
+    """Cached (vertices, faces, normals) in patch order, as read-only numpy arrays.
+
+    1. **Shape.** A closed head-and-neck surface defined implicitly as a smooth union of simple primitives
+       (cranium, jaw, cheeks, brow ridge, nose, lips, chin, eyes in sockets, ears, neck) in canonical head
+       space: right-handed, +Y up, the face looks toward +Z, origin at the head centre, metres. The head is
+       0.147 m wide (0.184 m with the ears), 0.23 m from crown to chin, 0.20 m from brow to the back of
+       the skull (0.225 m to the nose tip), and the neck reaches 0.1 m below the chin, closed at the bottom.
+       The surface is star-shaped around the origin, so it is parametrised by direction: a ray from the
+       origin meets it once (outermost crossing, found by sphere tracing).
+    2. **Mesh.** Exactly ``n_gaussians`` vertices on latitude rings around the vertical axis, plus one vertex
+       at the crown and one at the centre of the neck's bottom. Rings are spaced evenly in surface arc length
+       and each ring's vertices evenly along its length, so vertices are near-uniform in surface area
+       (edges 1.8 mm long on average at 65,536). Neighbouring rings are zipped into a triangle strip, which
+       gives a watertight triangulation using every vertex (F = 2N − 4).
+    3. **Patches.** Vertices are reordered by recursive balanced median bisection along the longest axis of
+       each group's bounding box, so patch ``p`` owns vertices ``16p .. 16p+15`` and patches are spatially
+       compact; faces are remapped accordingly. Because the recursion is a k-d tree, nearby patch indices are
+       nearby in space too. Measured patch radius (largest distance of a vertex to its patch centroid):
+       65,536 vertices / 4,096 patches: mean 4.3 mm, 99th percentile 6.3 mm, max 19.2 mm (one patch in the
+       crease beside the nose wing);
+       16,384 vertices / 1,024 patches: mean 8.5 mm, 99th percentile 12.4 mm, max 15.6 mm.
+    """
     if flame_key is None:
         vertices, faces = _head_mesh(n_gaussians)
     else:
@@ -517,7 +521,7 @@ def build_template(n_gaussians: int = 65536, n_patches: int = 4096, flame_path: 
 def template_labels(template: Template) -> Tensor:
     """A coarse CelebAMask-HQ class per vertex: skin, nose, eyes, brows, ears, lips, neck. ``[N]`` long
 
-    Classes (DESIGN.md): 1 skin, 2 nose, 4 l_eye, 5 r_eye, 6 l_brow, 7 r_brow, 8 l_ear, 9 r_ear,
+    Classes (CelebAMask-HQ order): 1 skin, 2 nose, 4 l_eye, 5 r_eye, 6 l_brow, 7 r_brow, 8 l_ear, 9 r_ear,
     11 u_lip, 12 l_lip, 17 neck. "Left" is the head's own left, +x. Labels come from the distance of each
     vertex to the primitives the built-in head is made of, so they fit that head exactly and a FLAME
     template (in the same canonical space) approximately.

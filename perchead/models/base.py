@@ -253,18 +253,7 @@ class HeadModel(CheckpointMixin, nn.Module):
         features: Tensor | None = None,
         return_depth: bool = False,
     ):
-        """Renders Gaussians at cameras shared by the batch over white, then the CNN refiner (§3.3).
-
-        Args:
-            gaussians: ``[(B,) N, …]``.
-            cameras: V cameras shared by the batch.
-            refine: apply the refiner (when the config enables it).
-            features: extra per-Gaussian channels ``[(B,) N, C]`` to composite (see :func:`perchead.render.render`).
-            return_depth: also return depth.
-
-        Returns:
-            :class:`perchead.render.RenderOutput` with rgb ``[B, V, 3, H, W]``, alpha ``[B, V, 1, H, W]``.
-        """
+        """:meth:`render_at` the V ``cameras`` shared by the batch (white background, then the refiner, §3.3)."""
         return self.render_at(gaussians, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, refine=refine,
                               features=features, return_depth=return_depth)
 

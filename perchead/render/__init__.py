@@ -170,17 +170,8 @@ def rasterize(
 
 
 def bin_tiles(proj: Projected, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """Lists, per 16 × 16 tile, the Gaussians whose bounding box touches it, front to back (step 2).
-
-    Args:
-        proj: projected Gaussians for I images.
-        width: image width.
-        height: image height.
-
-    Returns:
-        (offsets ``[I·tiles + 1]`` int64 into ids, ids ``[n_isect]`` int32 Gaussian indices); tile ``t`` of
-        image ``i`` owns ``ids[offsets[i·tiles + t] : offsets[i·tiles + t + 1]]``, sorted by depth.
-    """
+    """Per 16 × 16 tile, the Gaussians that touch it, front to back (step 2): the C counting sort, or its
+    twin :func:`perchead.render._torch_impl.bin_tiles` (same outputs, documented there)."""
     if _native.library() is not None:
         return _native.bin_tiles(proj, width, height)
     return _torch_impl.bin_tiles(proj, width, height)

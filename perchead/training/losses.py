@@ -5,23 +5,8 @@ features from SAM 2.1", compared between the rendered and the target image "usin
 l2-normalized feature vectors". Phase 1 trains the base model with it; phase 2 (CNN refiner only)
 uses "a combination of DINOv2, L1 and LPIPS losses".
 
-Choices that are ours (the paper does not give them):
-- DINOv2 "layers 8 and 11" are read as 0-based block indices of DINOv2-small's 12 blocks, i.e.
-  ``hidden_states[9]`` and ``hidden_states[12]`` of transformers' ``Dinov2Model`` (11 is the last block);
-  all tokens (CLS + patches) are compared; input resized to 224×224.
-- SAM 2.1 "image encoder features" are the image embeddings the SAM 2 mask decoder consumes: the
-  lowest-resolution FPN level of ``Sam2Model.vision_encoder`` (256 channels); model
-  ``facebook/sam2.1-hiera-tiny``; input resized to 1024×1024 (SAM 2's native size, configurable).
-- Both networks take ImageNet-normalised RGB; images are resized bilinearly (antialiased).
-- The cosine distance is ``1 - cos`` per feature vector (token / pixel), averaged, then the layers of
-  one network are averaged.
-- Terms not in the paper, used where its perceptual networks are unavailable (the CPU ``demo`` and
-  ``tiny`` presets: no foundation-model weights can be downloaded here): ``ssim`` (1 − SSIM, the
-  11×11 Gaussian SSIM of :mod:`perchead.evaluation.metrics`) and ``mask`` (L1 between the rendered alpha and the
-  target's foreground mask, a silhouette loss). Phase 1 of ``demo``/``tiny`` also uses ``l1``.
-
 Weights: :class:`LossConfig` holds one weight per term; ``LossConfig.preset(preset, phase)`` gives the
-per-phase weights. A term whose weight is 0 loads nothing. A term with weight > 0 whose network weights
+per-phase weights (choices that are ours: :class:`PerceptualLoss`). A term whose weight is 0 loads nothing. A term with weight > 0 whose network weights
 are missing raises :class:`MissingWeightsError` naming the model id (``on_missing="error"``, default),
 or, with ``on_missing="skip"``, prints a warning and drops the term. Loading never waits on the
 network when ``HF_HUB_OFFLINE=1``: it first looks in the local cache only.
@@ -120,7 +105,23 @@ class LossConfig:
 
 
 class PerceptualLoss(nn.Module):
-    """The paper's perceptual loss module (§3.4): DINOv2 (layers 8, 11) + SAM 2.1 image-encoder features."""
+    """The paper's perceptual loss module (§3.4): DINOv2 (layers 8, 11) + SAM 2.1 image-encoder features.
+
+    Choices that are ours (the paper does not give them):
+    - DINOv2 "layers 8 and 11" are read as 0-based block indices of DINOv2-small's 12 blocks, i.e.
+      ``hidden_states[9]`` and ``hidden_states[12]`` of transformers' ``Dinov2Model`` (11 is the last block);
+      all tokens (CLS + patches) are compared; input resized to 224×224.
+    - SAM 2.1 "image encoder features" are the image embeddings the SAM 2 mask decoder consumes: the
+      lowest-resolution FPN level of ``Sam2Model.vision_encoder`` (256 channels); model
+      ``facebook/sam2.1-hiera-tiny``; input resized to 1024×1024 (SAM 2's native size, configurable).
+    - Both networks take ImageNet-normalised RGB; images are resized bilinearly (antialiased).
+    - The cosine distance is ``1 - cos`` per feature vector (token / pixel), averaged, then the layers of
+      one network are averaged.
+    - Terms not in the paper, used where its perceptual networks are unavailable (the CPU ``demo`` and
+      ``tiny`` presets: no foundation-model weights can be downloaded here): ``ssim`` (1 − SSIM, the
+      11×11 Gaussian SSIM of :mod:`perchead.models.similarity`) and ``mask`` (L1 between the rendered alpha and the
+      target's foreground mask, a silhouette loss). Phase 1 of ``demo``/``tiny`` also uses ``l1``.
+    """
 
     def __init__(
         self,

@@ -75,7 +75,7 @@ def load_parser_data(root: str | os.PathLike, image_size: int, max_subjects: int
     without a label map are skipped.
 
     Args:
-        root: the folder of subject folders (e.g. ``runs/synthetic128`` from ``perchead.data.export``).
+        root: the folder of subject folders (e.g. ``runs/synthetic128`` from ``perchead.data.prerender``).
         image_size: square side the frames are resized to.
         max_subjects: use only the first this many subjects (sorted by folder name); None = all.
 

@@ -2,7 +2,7 @@
    and hand-written backwards mirroring gsplat's CUDA ones.
 
    This is the one translation unit: rasterize.h and project.h are written once over REAL / SFX and
-   included twice below, for float (`_f32` symbols) and double (`_f64`). perchead/render/_native.py
+   included twice below through instantiate.h, for float (`_f32` symbols) and double (`_f64`). perchead/render/_native.py
    compiles it with the system C compiler at first use (-O3 -std=c99, OpenMP when available) and calls
    the exported functions through ctypes. TS, the tile side, comes from TILE_SIZE in Python (-DTS=16). */
 #include <math.h>
@@ -51,24 +51,10 @@ void bin_tiles(int I, int N, int tw, int th, const int32_t *rects, const int64_t
 #define SFX(name) name##_f32
 #define EXP expf
 #define SQRT sqrtf
-#include "rasterize.h"
-#include "project.h"
-#undef REAL
-#undef SFX
-#undef EXP
-#undef SQRT
-#undef NPACK
-#undef NPIX
+#include "instantiate.h"
 
 #define REAL double
 #define SFX(name) name##_f64
 #define EXP exp
 #define SQRT sqrt
-#include "rasterize.h"
-#include "project.h"
-#undef REAL
-#undef SFX
-#undef EXP
-#undef SQRT
-#undef NPACK
-#undef NPIX
+#include "instantiate.h"

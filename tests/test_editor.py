@@ -1,4 +1,4 @@
-"""Tests for perchead/edit.py: the editing encoder and model (paper §3.5) and the ``edit`` training task."""
+"""Tests for perchead/models/editor.py and edit_encoder.py: the editing model (paper §3.5) and the ``edit`` training task."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Tests for perchead/evaluate.py: the protocol, the billboard baseline and a 2-subject smoke evaluation."""
+"""Tests for perchead/evaluation/reconstruction.py: the protocol, the billboard baseline and a 2-subject smoke evaluation."""
 
 import json
 

@@ -1,6 +1,6 @@
 """Command line: pre-render synthetic heads to the on-disk multi-view format (paper §3.4 training data).
 
-    python -m perchead.data.export --split train --subjects 2000 --views 16 --size 128 --out data/synthetic
+    python -m perchead.data.prerender --split train --subjects 2000 --views 16 --size 128 --out data/synthetic
 
 Subject folders are ``synthetic-<seed>`` with seeds taken from the start of the split's range
 (:data:`perchead.data.synthetic.SPLITS`), or from ``--start`` on. See :mod:`perchead.data.multiview`.
