@@ -244,3 +244,14 @@ def test_face_parser_missing_model_errors(tmp_path, monkeypatch):
         FaceParser.from_pretrained("jonathandinu/face-parsing")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FaceParser.from_pretrained(str(tmp_path / "missing" / "parser"))
+
+
+def test_mask_iou():
+    from perchead.geometry.segmentation import mask_iou
+
+    a = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    b = torch.tensor([[0, 1, 1, 0]], dtype=torch.bool)
+    assert mask_iou(a, b) == pytest.approx(1 / 3)
+    assert mask_iou(a, a) == 1.0 and mask_iou(a & False, b & False) is None
+    with pytest.raises(ValueError, match="same shape"):
+        mask_iou(a, b[:, :3])

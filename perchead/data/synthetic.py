@@ -357,6 +357,32 @@ def _caption(a: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the head
+@dataclass
+class _Solids:
+    """The star-shaped solids of one head (canonical space) and the facial anchors the later steps need."""
+
+    head: _Star  # skull and face
+    head_radial: Callable[[np.ndarray], np.ndarray]  # its radius per unit direction
+    ex: float  # half the eye spacing (m)
+    eye_y: float  # eye height (m)
+    eye_r: float  # eyeball radius (m)
+    eyes: list  # [left, right] eyeball solids
+    nose: _Star
+    ears: list  # [(solid, side)] with side +1 = the head's left
+    neck: _Star
+    neck_rx: float
+    neck_rz: float
+    torso: _Star
+    hair: _Star | None = None  # hair volume (step 3)
+    hair_radial: Callable[[np.ndarray], np.ndarray] | None = None
+    hat: _Star | None = None
+    bun: _Star | None = None
+
+    def face_point(self, x: float, y: float) -> np.ndarray:
+        """The face surface point near (x, y). ``[3]``"""
+        return self.head.point(np.array([[x, y, 0.09]]))[0]
+
+
 def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
     """Builds one synthetic head, deterministically from ``seed``.
 
@@ -371,14 +397,27 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
         raise ValueError(f"seed must be non-negative, got {seed}")
     if density <= 0:
         raise ValueError(f"density must be positive, got {density}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # every step draws from it in this order
     a = _sample_attributes(rng)
     rho = 95_000.0 * density  # Gaussians per m² of plain surface (ours)
-    sk = 0.85  # disc sigma = sk × mean spacing: overlapping discs render as a closed surface
-    skin = np.asarray(a["skin_rgb"])
-    hair_rgb = np.asarray(HAIR_COLORS[a["hair_color"]])
+    s = _face_solids(a)  # 1.-2.
+    _hair_solids(s, a, rng)  # 3.
+    parts = _surface_parts(s, a, rng, rho)  # 4.
+    _face_decals(parts, s, a, rng)  # 5.
+    extra = _accessories(parts, s, a, rng, rho)  # 6.
+    final = _cull(parts, s, extra, a, rng, rho)  # 7.
+    _hair_texture(final, a["hair_style"], rng)  # 8.
+    pose = _rot_y(a["head_yaw"]) @ _rot_x(a["head_pitch"])  # 9. small global pose variation, then Gaussians
+    g, labels = _to_gaussians(final, pose, rng)
+    return SyntheticHead(g, labels, _caption(a), a, seed)
 
-    # 1. head solid: a superellipsoid with direction-dependent semi-axes plus smooth bumps --------------
+
+SIGMA_K = 0.85  # disc sigma = SIGMA_K × mean spacing: overlapping discs render as a closed surface (ours)
+
+
+def _face_solids(a: dict) -> _Solids:
+    """Steps 1-2: the head solid (a superellipsoid with direction-dependent semi-axes plus smooth bumps) and
+    the features anchored on the face: eyes, nose, ears, neck, torso."""
     hw, jw, fl, ch, hd = a["head_half_width"], a["jaw_half_width"], a["face_length"], a["crown_height"], a["head_depth"]
     ex = a["eye_spacing"] / 2
     smile = 1.0 if a["expression"] == "smile" else 0.0
@@ -398,8 +437,6 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
 
     head = _Star((0, 0, 0), head_radial)
     fz = lambda x, y: head.point(np.array([[x, y, 0.09]]))[0]  # noqa: E731  face surface point near (x, y)
-
-    # 2. features anchored on the face ---------------------------------------------------------------------
     eye_y = 0.004
     eye_r = 0.0118
     eyes = []
@@ -437,8 +474,14 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
     neck = _Star((0, -0.125, -0.018), neck_radial, _rot_x(-0.12))
     sw = a["shoulder_width"]
     torso = _Star((0, -0.315, -0.02), lambda d: _superellipsoid_radius(d, sw, 0.165, 0.105, e=2.6))
+    return _Solids(head, head_radial, ex, eye_y, eye_r, eyes, nose, ears, neck, neck_rx, neck_rz, torso)
 
-    # 3. hair volume: head radius + thickness × coverage (+ a hanging curtain for long hair) ------------------
+
+def _hair_solids(s: _Solids, a: dict, rng: np.random.Generator) -> None:
+    """Step 3: the hair volume (head radius + thickness × coverage, a hanging curtain for long hair), the hat
+    and the bun, stored on ``s``."""
+    hw, hd = a["head_half_width"], a["head_depth"]
+    head_radial = s.head_radial
     style = a["hair_style"]
     hat = a["hat"]
     hairline = rng.uniform(0.42, 0.55)  # direction-space elevation of the frontal hairline
@@ -485,16 +528,14 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
         open_mask = _smoothstep(az_open - 0.3, az_open + 0.3, az) * _smoothstep(0.75, 0.45, d[:, 1])
         return np.minimum(r, floor) * open_mask
 
-    has_hair = style != "bald"
-
     def hair_radial(d):
         r = head_radial(d) + thickness(d) * coverage(d)
         if style == "long":
             r = np.maximum(r, curtain(d))
         return r
 
-    hair = _Star((0, 0, 0), hair_radial)
-    hat_solid = None
+    s.hair_radial = hair_radial
+    s.hair = _Star((0, 0, 0), hair_radial)
     if hat != "none":
         brim_y = rng.uniform(0.3, 0.45)
 
@@ -502,46 +543,62 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
             base = head_radial(d) + np.maximum(0.012, thickness(d) * coverage(d) + 0.006)
             return base * (1 - 0.5 * _smoothstep(brim_y + 0.02, brim_y - 0.02, d[:, 1] + 0.08 * (d[:, 2] < 0)))
 
-        hat_solid = _Star((0, 0, 0), hat_radial)
-    bun_solid = None
+        s.hat = _Star((0, 0, 0), hat_radial)
     if style == "bun" and hat == "none":  # under a hat the bun is hidden
         bd = _normalize(np.array([0, 0.55 + rng.uniform(-0.2, 0.3), -0.8]))
         br = rng.uniform(0.026, 0.036)
         bc = bd * (head_radial(bd[None])[0] + br * 0.6)
-        bun_solid = _Star(bc, lambda d: np.full(len(d), br))
+        s.bun = _Star(bc, lambda d: np.full(len(d), br))
 
-    # 4. sample surfaces ---------------------------------------------------------------------------------
+
+def _almond(p: np.ndarray, side: int, s: _Solids, a: dict) -> np.ndarray:
+    """Inside the eye opening, in projected (x, y) relative to the eye centre. ``[n,3]`` → bool ``[n]``"""
+    eye_w, eye_h = 0.0135 * a["eye_size"], 0.0062 * a["eye_size"]
+    cx = side * s.ex
+    u = (p[:, 0] - cx) / eye_w
+    v = (p[:, 1] - s.eye_y) / eye_h
+    upper = np.sqrt(np.clip(1 - u**2, 0, 1)) * (1 + 0.15 * side * u)
+    return (np.abs(u) < 1) & (v < upper) & (v > -0.8 * upper) & (p[:, 2] > 0.03)
+
+
+def _surface_parts(s: _Solids, a: dict, rng: np.random.Generator, rho: float) -> list[_Part]:
+    """Step 4: samples every solid's surface (skin first, then nose, ears, neck, clothes, hair, bun, hat,
+    eyes) into labelled, coloured parts."""
+    sk = SIGMA_K
+    hw = a["head_half_width"]
+    skin = np.asarray(a["skin_rgb"])
+    hair_rgb = np.asarray(HAIR_COLORS[a["hair_color"]])
+    style, head, head_radial = a["hair_style"], s.head, s.head_radial
     face_w = lambda p: 1.0 + 2.5 * _smoothstep(0.02, 0.07, p[:, 2]) * _smoothstep(0.07, 0.02, np.abs(p[:, 1] + 0.03))  # noqa: E731
     parts: list[_Part] = []
     parts.append(_surface_part("skin", head, rng, rho, C["skin"], skin, sk, weight=face_w, nu=200, nv=100))
-    parts.append(_surface_part("nose", nose, rng, rho * 3.0, C["nose"], skin * np.array([1.0, 0.97, 0.96]), sk,
+    parts.append(_surface_part("nose", s.nose, rng, rho * 3.0, C["nose"], skin * np.array([1.0, 0.97, 0.96]), sk,
                                nu=64, nv=40))
-    for star, side in ears:
+    for star, side in s.ears:
         p = _surface_part("ear", star, rng, rho * 2.5, C["l_ear" if side > 0 else "r_ear"], skin * np.array([1, 0.95, 0.93]),
                           sk, nu=64, nv=40)
         q = (p.points - star.centre) @ star.rotation  # local: +z out of the head
         concha = _smoothstep(0.9, 0.3, np.sqrt((q[:, 0] / 0.012) ** 2 + (q[:, 1] / 0.02) ** 2)) * (q[:, 2] > 0)
         p.albedo *= (1 - 0.35 * concha)[:, None]
         parts.append(p)
-    parts.append(_surface_part("neck", neck, rng, rho, C["neck"], skin * 0.95, sk, nu=96, nv=60))
-    torso_part = _surface_part("cloth", torso, rng, rho, C["cloth"], CLOTH_COLORS[a["cloth_color"]], sk, nu=160, nv=80)
-    parts.append(torso_part)
-    if has_hair:
-        hp = _surface_part("hair", hair, rng, rho * 1.4, C["hair"], hair_rgb, sk, nu=220, nv=120)
+    parts.append(_surface_part("neck", s.neck, rng, rho, C["neck"], skin * 0.95, sk, nu=96, nv=60))
+    parts.append(_surface_part("cloth", s.torso, rng, rho, C["cloth"], CLOTH_COLORS[a["cloth_color"]], sk, nu=160, nv=80))
+    if style != "bald":
+        hp = _surface_part("hair", s.hair, rng, rho * 1.4, C["hair"], hair_rgb, sk, nu=220, nv=120)
         d = _normalize(hp.points)
-        t_here = hair_radial(d) - head_radial(d)
+        t_here = s.hair_radial(d) - head_radial(d)
         hp = hp.keep(t_here > 0.0012)
         if style == "buzz":
             hp.albedo = 0.55 * hp.albedo + 0.45 * skin * 0.8
         parts.append(hp)
-    if bun_solid is not None:
-        parts.append(_surface_part("bun", bun_solid, rng, rho * 1.5, C["hair"], hair_rgb, sk, nu=48, nv=32))
-    if hat_solid is not None:
-        hp = _surface_part("hat", hat_solid, rng, rho, C["hat"], CLOTH_COLORS[str(rng.choice(list(CLOTH_COLORS)))], sk)
+    if s.bun is not None:
+        parts.append(_surface_part("bun", s.bun, rng, rho * 1.5, C["hair"], hair_rgb, sk, nu=48, nv=32))
+    if s.hat is not None:
+        hp = _surface_part("hat", s.hat, rng, rho, C["hat"], CLOTH_COLORS[str(rng.choice(list(CLOTH_COLORS)))], sk)
         d = _normalize(hp.points)
-        hp = hp.keep(hat_solid.radial(d) > head_radial(d) + 0.004)
+        hp = hp.keep(s.hat.radial(d) > head_radial(d) + 0.004)
         parts.append(hp)
-        if hat == "cap":  # a brim: a flat half-disc in front of the forehead
+        if a["hat"] == "cap":  # a brim: a flat half-disc in front of the forehead
             n_b = int(rho * 0.004 * 2)
             ang = rng.uniform(-1.3, 1.3, n_b)
             rad = np.sqrt(rng.uniform(0, 1, n_b))
@@ -554,37 +611,37 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
                          np.full(n_b, C["hat"]), np.full(n_b, sk / math.sqrt(rho)))
             parts.append(brim)
 
-    # eyes: sphere points restricted to an almond opening; skin in front of the opening is cut away
-    eye_w, eye_h = 0.0135 * a["eye_size"], 0.0062 * a["eye_size"]
+    # eyes: sphere points restricted to an almond opening; skin in front of the opening is cut away (step 5)
+    eye_h = 0.0062 * a["eye_size"]
     gaze = _normalize(np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.1, 0.1), 1.0]))
     iris_rgb = np.asarray(EYE_COLORS[a["eye_color"]])
-
-    def almond(p, side):  # inside the eye opening, in projected (x, y) relative to the eye centre
-        cx = side * ex
-        u = (p[:, 0] - cx) / eye_w
-        v = (p[:, 1] - eye_y) / eye_h
-        upper = np.sqrt(np.clip(1 - u**2, 0, 1)) * (1 + 0.15 * side * u)
-        return (np.abs(u) < 1) & (v < upper) & (v > -0.8 * upper) & (p[:, 2] > 0.03)
-
-    for (eye, side) in zip(eyes, (1, -1)):
+    for (eye, side) in zip(s.eyes, (1, -1)):
         ep = _surface_part("eye", eye, rng, rho * 12, C["l_eye" if side > 0 else "r_eye"], (0.93, 0.92, 0.9), 0.9,
                            nu=48, nv=32)
-        ep = ep.keep(almond(ep.points, side) & (ep.points[:, 2] > eye.centre[2]))
+        ep = ep.keep(_almond(ep.points, side, s, a) & (ep.points[:, 2] > eye.centre[2]))
         cosg = _normalize(ep.points - eye.centre) @ gaze
         iris = cosg > math.cos(0.52)
         pupil = cosg > math.cos(0.2)
         ep.albedo[iris] = iris_rgb * (0.8 + 0.4 * rng.random((iris.sum(), 1)))
         ep.albedo[pupil] = 0.03
-        v = (ep.points[:, 1] - eye_y) / eye_h
+        v = (ep.points[:, 1] - s.eye_y) / eye_h
         ep.albedo[v > 0.55] *= 0.25  # upper lash line shadow
         parts.append(ep)
+    return parts
 
-    # 5. face decals on the skin: brows, lips, mouth, beard, eye openings ----------------------------------------
+
+def _face_decals(parts: list[_Part], s: _Solids, a: dict, rng: np.random.Generator) -> None:
+    """Step 5: paints the skin part (``parts[0]``): eye openings cut, brows, lips and mouth, blush, beard."""
+    hw, ex, eye_y = a["head_half_width"], s.ex, s.eye_y
+    smile = 1.0 if a["expression"] == "smile" else 0.0
+    skin = np.asarray(a["skin_rgb"])
+    hair_rgb = np.asarray(HAIR_COLORS[a["hair_color"]])
+    style = a["hair_style"]
     sp = parts[0]
     P = sp.points
     front = P[:, 2] > 0.02
     for side in (1, -1):
-        cut = almond(P, side)
+        cut = _almond(P, side, s, a)
         sp = sp.keep(~cut)
         P = sp.points
     front = P[:, 2] > 0.02
@@ -605,7 +662,7 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
         sp.sigma[m] *= 0.8
     # lips and mouth
     mw = a["mouth_width"]
-    mouth_y = -0.064 - 0.1 * (nose_len - 0.05)
+    mouth_y = -0.064 - 0.1 * (a["nose_length"] - 0.05)
     opening = rng.uniform(0.006, 0.013) if a["expression"] == "open mouth" else 0.0
     u = P[:, 0] / mw
     line = mouth_y + smile * 0.006 * u**2
@@ -646,11 +703,15 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
     sp.labels = labels
     parts[0] = sp
 
-    # 6. accessories -----------------------------------------------------------------------------------
+
+def _accessories(parts: list[_Part], s: _Solids, a: dict, rng: np.random.Generator, rho: float) -> list[_Star]:
+    """Step 6: glasses, earrings, necklace and the clothing style. Returns the extra solids (a turtleneck)."""
+    hw, ex, eye_y, eye_r, neck_rx, neck_rz = a["head_half_width"], s.ex, s.eye_y, s.eye_r, s.neck_rx, s.neck_rz
+    sk = SIGMA_K
     if a["glasses"] != "none":
         frame_rgb = np.asarray([(0.05, 0.05, 0.05), (0.45, 0.25, 0.1), (0.75, 0.7, 0.6), (0.6, 0.1, 0.1)][rng.integers(4)])
         rw, rh = rng.uniform(0.021, 0.026), rng.uniform(0.014, 0.019)
-        gz = max(eyes[0].centre[2] + eye_r + 0.014, fz(0, eye_y)[2] + 0.006)
+        gz = max(s.eyes[0].centre[2] + eye_r + 0.014, s.face_point(0, eye_y)[2] + 0.006)
         th = np.linspace(0, 2 * np.pi, 90, endpoint=False)
         for side in (1, -1):
             cx = side * (ex + 0.002)
@@ -677,7 +738,7 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
         parts.append(_curve_part("glasses", bridge, 0.0012, C["eyeglasses"], frame_rgb))
     if a["earrings"]:
         metal = np.asarray([(0.85, 0.7, 0.3), (0.8, 0.8, 0.82)][rng.integers(2)])
-        for star, side in ears:
+        for star, side in s.ears:
             lobe = star.point((star.rotation.T @ np.array([0, -1.0, 0.0]))[None])[0] + np.array([side * 0.002, -0.004, 0])
             if rng.random() < 0.5:  # hoop
                 th = np.linspace(0, 2 * np.pi, 50)
@@ -704,25 +765,28 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
         rad = np.sqrt(tp.points[:, 0] ** 2 + (tp.points[:, 2] + 0.02) ** 2)
         collar = rad < neck_rx + (0.022 if a["cloth_style"] == "collar" else 0.012)
         tp.albedo[collar] = base_cloth * 0.75 if a["cloth_style"] == "turtleneck" else np.asarray((0.95, 0.95, 0.95))
-    if a["cloth_style"] == "turtleneck":
-        tn_top = rng.uniform(-0.12, -0.095)
-        sleeve = _Star((0, -0.16, -0.018), lambda d: np.minimum(
-            1.0 / np.sqrt((d[:, 0] / (neck_rx + 0.006)) ** 2 + (d[:, 2] / (neck_rz + 0.006)) ** 2 + 1e-12),
-            np.where(d[:, 1] > 0, (tn_top + 0.16), 0.1) / np.maximum(np.abs(d[:, 1]), 1e-6)), _rot_x(-0.12))
-        parts.append(_surface_part("cloth", sleeve, rng, rho, C["cloth"], base_cloth * 0.9, sk, nu=96, nv=48))
-        solids_extra = [sleeve]
-    else:
-        solids_extra = []
+    if a["cloth_style"] != "turtleneck":
+        return []
+    tn_top = rng.uniform(-0.12, -0.095)
+    sleeve = _Star((0, -0.16, -0.018), lambda d: np.minimum(
+        1.0 / np.sqrt((d[:, 0] / (neck_rx + 0.006)) ** 2 + (d[:, 2] / (neck_rz + 0.006)) ** 2 + 1e-12),
+        np.where(d[:, 1] > 0, (tn_top + 0.16), 0.1) / np.maximum(np.abs(d[:, 1]), 1e-6)), _rot_x(-0.12))
+    parts.append(_surface_part("cloth", sleeve, rng, rho, C["cloth"], base_cloth * 0.9, sk, nu=96, nv=48))
+    return [sleeve]
 
-    # 7. occlusion culling: drop points hidden inside other solids -------------------------------------------
+
+def _cull(parts: list[_Part], s: _Solids, extra: list[_Star], a: dict, rng: np.random.Generator,
+          rho: float) -> list[_Part]:
+    """Step 7: drops points hidden inside other solids, and closes the clipped torso with a cap."""
+    hair = s.hair if a["hair_style"] != "bald" else None
+    opt = lambda *solids: [x for x in solids if x is not None]  # noqa: E731
     occluders = {
-        "skin": [nose, *[e for e, _ in ears], neck] + ([hair] if has_hair else []) + ([hat_solid] if hat_solid else [])
-        + ([bun_solid] if bun_solid else []),
-        "nose": [head], "ear": [head] + ([hair] if has_hair else []) + ([hat_solid] if hat_solid else []),
-        "neck": [head, torso] + solids_extra + ([hair] if has_hair else []),
-        "cloth": [neck] + ([hair] if has_hair else []), "hair": [torso] + ([hat_solid] if hat_solid else []),
-        "bun": [hair], "hat": [], "brim": [], "eye": [], "glasses": [hair] if has_hair else [], "lens": [],
-        "earring": [], "necklace": [torso],
+        "skin": [s.nose, *[e for e, _ in s.ears], s.neck] + opt(hair, s.hat, s.bun),
+        "nose": [s.head], "ear": [s.head] + opt(hair, s.hat),
+        "neck": [s.head, s.torso] + extra + opt(hair),
+        "cloth": [s.neck] + opt(hair), "hair": [s.torso] + opt(s.hat),
+        "bun": [s.hair], "hat": [], "brim": [], "eye": [], "glasses": opt(hair), "lens": [],
+        "earring": [], "necklace": [s.torso],
     }
     final: list[_Part] = []
     for p in parts:
@@ -734,20 +798,24 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
     n_cap = int(rho * 0.35 * 0.06)
     cap_dirs = _normalize(rng.normal(size=(n_cap * 6, 3)))
     cap_pts = cap_dirs * (CLIP_RADIUS - 0.002)
-    in_torso = torso.inside(cap_pts)
+    in_torso = s.torso.inside(cap_pts)
     cap_pts, cap_dirs = cap_pts[in_torso], cap_dirs[in_torso]
-    if has_hair:
+    if hair is not None:
         hidden = hair.inside(cap_pts)
         cap_pts, cap_dirs = cap_pts[~hidden], cap_dirs[~hidden]
-    cap_lab = np.where(neck.inside(cap_pts), C["neck"], C["cloth"])
+    cap_lab = np.where(s.neck.inside(cap_pts), C["neck"], C["cloth"])
+    skin, base_cloth = np.asarray(a["skin_rgb"]), np.asarray(CLOTH_COLORS[a["cloth_color"]])
     cap_rgb = np.where(cap_lab[:, None] == C["neck"], skin * 0.7, base_cloth * 0.7)
     spacing = math.sqrt(4 * math.pi * CLIP_RADIUS**2 / (n_cap * 6))
     final.append(_Part("cap", cap_pts, cap_dirs, cap_rgb, cap_lab, np.full(len(cap_pts), 0.9 * spacing)))
+    return final
 
-    # 8. hair texture: strands along the flow from the crown, per-strand colour noise ---------------------------
+
+def _hair_texture(parts: list[_Part], style: str, rng: np.random.Generator) -> None:
+    """Step 8: hair strands along the flow from the crown with per-strand colour noise; skin and cloth noise."""
     crown = np.array([0.0, 0.13, -0.03])
     strand_noise = _wave_noise(rng, 6, 60.0)
-    for p in final:
+    for p in parts:
         if p.name in ("hair", "bun") and len(p.points):
             flow = p.points - crown
             if style == "fringe":
@@ -765,11 +833,6 @@ def make_head(seed: int, density: float = 1.0) -> SyntheticHead:
             p.albedo = p.albedo * (1 + 0.025 * rng.normal(size=(len(p.points), 1)))
         elif p.name == "cloth":
             p.albedo = p.albedo * (1 + 0.04 * strand_noise(p.points * 0.5))[:, None]
-
-    # 9. small global pose variation, then Gaussians ----------------------------------------------------------
-    pose = _rot_y(a["head_yaw"]) @ _rot_x(a["head_pitch"])
-    g, labels = _to_gaussians(final, pose, rng)
-    return SyntheticHead(g, labels, _caption(a), a, seed)
 
 
 def _to_gaussians(parts: list[_Part], pose: np.ndarray, rng: np.random.Generator) -> tuple[Gaussians, Tensor]:

@@ -166,6 +166,22 @@ def one_hot(labels: Tensor | np.ndarray, num_classes: int = NUM_CLASSES) -> Tens
     return out * (labels >= 0).unsqueeze(1)  # unknown pixels -> zeros
 
 
+def mask_iou(a: Tensor, b: Tensor) -> float | None:
+    """Intersection over union of two boolean masks of the same shape (views may be stacked).
+
+    Returns:
+        the IoU in [0, 1], or None when both masks are empty.
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"masks must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.bool(), b.bool()
+    union = int((a | b).sum())
+    return None if union == 0 else int((a & b).sum()) / union
+
+
 def resize_labels(labels: Tensor, size: int | Sequence[int]) -> Tensor:
     """Nearest-neighbour resize of a label map (never interpolates classes).
 

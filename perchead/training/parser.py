@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perchead.geometry.segmentation import BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES
+from perchead.geometry.segmentation import BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES, mask_iou
 from perchead.models.face_parser import FaceParser, segformer_config
 from perchead.training.config import Task, TrainConfig, all_parameters, task_options
 
@@ -260,11 +260,7 @@ def evaluate_parser(parser: FaceParser, images: Tensor, labels: Tensor, batch_si
     labels = labels.long()
     valid = labels != IGNORE
     acc = (preds == labels)[valid].float().mean().item()
-    per_class: dict[str, float | None] = {}
-    for c, name in enumerate(CLASSES):
-        p, t = (preds == c) & valid, labels == c
-        union = (p | t).sum().item()
-        per_class[name] = (p & t).sum().item() / union if union else None
+    per_class = {name: mask_iou((preds == c) & valid, labels == c) for c, name in enumerate(CLASSES)}
     ious = [v for v in per_class.values() if v is not None]
     return acc, float(np.mean(ious)) if ious else float("nan"), per_class
 
