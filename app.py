@@ -1,21 +1,12 @@
-"""PercHead Space: one portrait → a 3D head as Gaussian splats (paper §3, Figure 1).
+"""PercHead Space: one portrait → a 3D head as Gaussian splats (paper §3, Figure 1), and 3D editing (§3.5).
 
-This file only builds the Gradio UI and calls the package: ``perchead.preprocess`` (crop + mask),
-``perchead.pipeline.PercHeadPipeline`` (the model) and ``perchead.export`` (files, novel views, turntable).
+This file only builds the UI and calls one pipeline per task (``perchead.pipelines``: ``PercHeadPipeline``
+for /reconstruct, ``PercHeadEditPipeline`` for /segment and /edit, ``write_outputs`` for the files);
+``serving.py`` loads the models and runs each job safely (see docs/app.md, "Limits and safety").
 
     python app.py                          # bundled weights_card/, http://127.0.0.1:7860
     python app.py --model user/perchead    # a Hub repo id or a local folder (also: PERCHEAD_MODEL=...)
     python app.py --host 0.0.0.0 --port 7861
-
-The model loads once, at start-up, in a background thread (the page is served meanwhile; requests wait
-for it). A requested model that cannot be loaded falls back to the bundled one, and a missing bundled
-checkpoint to a freshly initialised ``demo`` model — both with a visible notice. API: ``/reconstruct``
-(see docs/app.md for a gradio_client example); its first output is the ``.ply`` path.
-
-Editing tab (paper §3.5, supplement §8; ``perchead.edit_pipeline.EditPipeline``): shown only when the
-editing checkpoints (``<folder>/edit``, ``/style``, ``/parser``; ``--edit-model``, default the bundled
-``weights_card/``) load, also in the background; otherwise the page says why in one line. API:
-``/segment`` (photo → map image) and ``/edit`` (map + text prompt or reference image → ``.ply`` first).
 """
 
 from __future__ import annotations
@@ -139,20 +130,16 @@ def output_panel(prefix: str = "") -> tuple:
 
 
 def result_tuple(out, model_input, notes: list[str], folder: Path) -> tuple:
-    """The handlers' 7 outputs from :class:`perchead.export.Outputs`: .ply first (both tabs, API order).
+    """The handlers' 7 outputs from :class:`perchead.pipelines.outputs.Outputs`: .ply first (both tabs, API order).
 
-    The novel views and ``model_input`` (a PIL image) are written into the job's ``folder`` like every other
-    output, so one clean-up policy covers them and Gradio serves them without another copy.
+    ``model_input`` (a PIL image) is written into the job's ``folder`` like every other output, so one
+    clean-up policy covers it and Gradio serves it without another copy.
     """
-    views = []
-    for index, (caption, view) in enumerate(out.views):
-        view.save(folder / f"view{index}.png")
-        views.append((str(folder / f"view{index}.png"), caption))
     model_input.save(folder / "model_input.png")
     return (
         str(out.files["ply"]),
         str(out.video) if out.video else None,
-        views,
+        [(str(path), caption) for caption, path in out.views],
         str(folder / "model_input.png"),
         [str(path) for path in out.files.values()],
         {k: round(v, 3) for k, v in out.timings.items()},
@@ -246,7 +233,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         import numpy as np
         from PIL import Image
 
-        from perchead.edit_pipeline import EditPipeline, edit_to_outputs
+        from perchead.pipelines.edit import PercHeadEditPipeline
+        from perchead.pipelines.outputs import write_outputs
         from perchead.preprocess import PreprocessError, to_uint8
 
         has_map = isinstance(segmentation_map, dict) and (
@@ -260,27 +248,29 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         snap = check_flag(snap_colors, "snap_colors")
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         try:
-            EditPipeline.check_style(style_prompt or None, style_image or None)
+            PercHeadEditPipeline.check_style(style_prompt or None, style_image or None)
         except ValueError as error:
             raise visitor_error(str(error), "No style") from None
 
         def work(job):
             pipeline = edit_holder.get()
-            notes = pipeline.prompt_notes(style_prompt) if style_prompt else []
+            report = reporter(job, progress)
             try:
                 labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
             except ValueError as error:
                 hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
                 raise ValueError(f"Bad segmentation map: {error}{hint}") from None
-            out, result = edit_to_outputs(
-                pipeline, labels, job.folder, style_text=style_prompt or None, style_image=style_image or None,
-                turntable_frames=frames, progress=reporter(job, progress),
-            )  # fmt: skip
-            seen = labels_to_color(result.labels)  # [S, S, 3]
+            try:
+                result = pipeline(labels, style_prompt or None, style_image or None, progress=report)
+            except PreprocessError as error:  # only the style image is a photo here
+                raise PreprocessError(f"Bad style image: {error}") from None
+            out = write_outputs(pipeline.editor, result.gaussians, job.folder, turntable_frames=frames,
+                                progress=report, timings=result.timings, notes=map_notes + result.notes)
+            seen = labels_to_color(result.labels[0])  # [S, S, 3]
             if result.style_input is not None:
                 seen = np.concatenate([seen, to_uint8(result.style_input.image[0])], axis=1)  # [S, 2S, 3]
             style_note = f"style from the {result.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
-            return result_tuple(out, Image.fromarray(seen), [style_note, *notes, *map_notes, *out.notes], job.folder)
+            return result_tuple(out, Image.fromarray(seen), [style_note, *out.notes], job.folder)
 
         return await jobs.run(request, "editing", work, (PreprocessError, ValueError))
 
@@ -391,21 +381,23 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             timings: seconds per stage.
             notes: remarks (model notice, downscaling, fallbacks).
         """
-        from perchead.export import photo_to_outputs
+        from perchead.pipelines.outputs import write_outputs
         from perchead.preprocess import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
         options = dict(remove_background=check_flag(remove_background, "remove_background"),
                        auto_crop=check_flag(auto_crop, "auto_crop"),
-                       use_whole_image=check_flag(use_whole_image, "use_whole_image"),
-                       turntable_frames=check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES))
+                       use_whole_image=check_flag(use_whole_image, "use_whole_image"))
+        frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
 
         def work(job):
             pipeline = holder.get()
-            out = photo_to_outputs(pipeline, image, job.folder, progress=reporter(job, progress), **options)
-            notes = ([holder.notice] if holder.notice else []) + out.notes
-            return result_tuple(out, out.preprocessed.preview(), notes, job.folder)
+            report = reporter(job, progress)
+            rec = pipeline(image, progress=report, **options)
+            out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
+                                timings=rec.timings, notes=([holder.notice] if holder.notice else []) + rec.notes)
+            return result_tuple(out, rec.preprocessed[0].preview(), out.notes, job.folder)
 
         return await jobs.run(request, "reconstruction", work, (PreprocessError,))
 

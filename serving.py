@@ -123,7 +123,7 @@ def load_pipeline(requested: str | None, device: str | None = None):
     """
     from perchead.models.config import PercHeadConfig
     from perchead.models.perchead import PercHead
-    from perchead.pipeline import PercHeadPipeline, default_device
+    from perchead.pipelines.reconstruct import PercHeadPipeline, default_device
 
     device = device or str(default_device())
     notices = []
@@ -159,7 +159,7 @@ class EditHolder(ModelHolder):
     def __init__(self, folder: str | None, device: str | None = None) -> None:
         super().__init__(folder, device)
         if folder:
-            from perchead.edit_pipeline import missing_parts
+            from perchead.pipelines.edit import missing_parts
 
             self.missing = missing_parts(folder)
         else:
@@ -178,11 +178,11 @@ class EditHolder(ModelHolder):
         return super().start()
 
     def load(self):
-        from perchead.edit_pipeline import EditPipeline
-        from perchead.pipeline import default_device
+        from perchead.pipelines.edit import PercHeadEditPipeline
+        from perchead.pipelines.reconstruct import default_device
 
         device = self.device or str(default_device())
-        return EditPipeline.from_pretrained(self.requested, device=device), f"`{self.requested}` on {device}", ""
+        return PercHeadEditPipeline.from_pretrained(self.requested, device=device), f"`{self.requested}` on {device}", ""
 
     def status_line(self) -> str:
         """One line for the page's status markdown."""
@@ -191,7 +191,7 @@ class EditHolder(ModelHolder):
         if self.requested is None:
             return "ℹ️ No Editing tab (disabled with `--edit-model none`)."
         if not self.available:
-            from perchead.edit_pipeline import PARTS
+            from perchead.pipelines.edit import PARTS
 
             commands = ", ".join(f"`{' '.join(PARTS[name][1].split()[:5])} ...`" for name in self.missing)
             return (f"ℹ️ No Editing tab: `{self.requested}` lacks the editing checkpoints "

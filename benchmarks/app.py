@@ -1,7 +1,7 @@
 """App benchmark (issue 5): photo → downloadable .ply, the turntable, and process start → first page.
 
 Targets with the bundled model on 2 CPU cores: end to end ≤ 1 s, a 60-frame 512² turntable ≤ 15 s,
-start-up ≤ 10 s. Measures exactly the app's code path (``perchead.export.photo_to_outputs``).
+start-up ≤ 10 s. Measures exactly the app's code path (``PercHeadPipeline`` on the photo, then ``write_outputs``).
 
     python benchmarks/app.py                      # bundled weights_card/ (or an untrained demo model)
     python benchmarks/app.py --model path/or/id --runs 5 --output bench_app.json
@@ -29,7 +29,7 @@ TARGETS = {"end_to_end_s": 1.0, "turntable_60x512_s": 15.0, "startup_first_page_
 def load(model: str | None):
     from perchead.models.config import PercHeadConfig
     from perchead.models.perchead import PercHead
-    from perchead.pipeline import PercHeadPipeline
+    from perchead.pipelines.reconstruct import PercHeadPipeline
 
     source = model or str(ROOT / "weights_card")
     if Path(source, "model.safetensors").is_file() or (model and not Path(model).exists()):
@@ -38,13 +38,15 @@ def load(model: str | None):
 
 
 def bench_end_to_end(pipeline, photo: Path, runs: int) -> dict:
-    from perchead.export import photo_to_outputs
+    from perchead.pipelines.outputs import write_outputs
 
     times, stages = [], []
     with tempfile.TemporaryDirectory() as folder:
         for i in range(runs + 1):  # the first run warms up
             start = time.perf_counter()
-            out = photo_to_outputs(pipeline, photo, Path(folder) / str(i), turntable_frames=0, view_size=0, formats=("ply",))
+            rec = pipeline(photo)
+            out = write_outputs(pipeline.model, rec.gaussians, Path(folder) / str(i), turntable_frames=0, view_size=0,
+                                formats=("ply",), timings=rec.timings)
             elapsed = time.perf_counter() - start
             assert out.files["ply"].stat().st_size > 0
             if i:
@@ -59,16 +61,14 @@ def bench_end_to_end(pipeline, photo: Path, runs: int) -> dict:
 
 
 def bench_turntable(pipeline, photo: Path) -> dict:
-    from perchead.preprocess import PreprocessConfig, preprocess
-    from perchead.video import TurntableConfig, make_turntable
+    from perchead.pipelines.video import TurntableConfig, make_turntable
 
-    prep = preprocess(photo, PreprocessConfig.from_model_config(pipeline.model.config.render))
-    gaussians = pipeline(prep.image, prep.mask).gaussians
-    app_refine = pipeline.device.type == "cuda"  # what the app does (perchead.export: refiner only on CUDA)
+    gaussians = pipeline(photo).gaussians[0]
+    app_refine = pipeline.device.type == "cuda"  # what the app does (perchead.pipelines.outputs: refiner only on CUDA)
     results = {"turntable_refiner_in_app": app_refine}
     with tempfile.TemporaryDirectory() as folder:
         for refine in (app_refine, not app_refine):
-            r = pipeline.model.config.render  # the app's framing (perchead.export)
+            r = pipeline.model.config.render  # the app's framing (perchead.pipelines.outputs)
             config = TurntableConfig(n_frames=60, size=512, refine=refine, radius=r.radius, fov_deg=r.fov_deg)
             stats = make_turntable(pipeline.model, gaussians, Path(folder) / "t.mp4", config)
             key = "turntable_60x512_s" if refine == app_refine else f"turntable_60x512_{'with' if refine else 'without'}_refiner_s"

@@ -1,9 +1,9 @@
-"""Editing benchmark (issue 6, item 7): the Editing tab's three actions on this machine, against the paper's app.
+"""Editing benchmark: the Editing tab's three actions on this machine, against the paper's app.
 
 The PercHead paper's editing web app (supplement §8) needed 25 s to parse a photo into a segmentation
 map, 28 s for an image-styled edit and 10 s for a text-styled edit, on a GPU. This script times exactly the
-app's code path (``perchead.edit_pipeline``: ``EditPipeline.segment``, ``labels_from_color`` +
-``edit_to_outputs``), median of a few runs after one warm-up:
+app's code path (``PercHeadEditPipeline.segment``; the pipeline on a painted map, then
+``perchead.pipelines.outputs.write_outputs``), median of a few runs after one warm-up:
 
 1. photo → segmentation map (crop + mask, face parser);
 2. painted map + text prompt → 3D head + files (.ply, .splat, .glb) + the 7 novel views;
@@ -41,13 +41,13 @@ def load(folder: str):
 
     from perchead.models.config import PercHeadConfig
     from perchead.models.editor import PercHeadEditor
-    from perchead.edit_pipeline import EditPipeline, missing_parts
+    from perchead.pipelines.edit import PercHeadEditPipeline, missing_parts
     from perchead.models.perchead import PercHead
     from perchead.models.face_parser import FaceParser, segformer_config
     from perchead.models.style_encoder import StyleEncoder
 
     if not missing_parts(folder):
-        return EditPipeline.from_pretrained(folder), f"{folder} (edit, style, parser)"
+        return PercHeadEditPipeline.from_pretrained(folder), f"{folder} (edit, style, parser)"
     torch.manual_seed(0)
     base_folder = ROOT / "weights_card"
     if (base_folder / "model.safetensors").is_file():
@@ -60,7 +60,7 @@ def load(folder: str):
     parser = FaceParser(SegformerForSemanticSegmentation(segformer_config("demo", size)), (size, size))
     text = (f"UNTRAINED models of the bundled sizes ({base_text} → editor, demo style CLIP, demo parser): "
             f"{folder} lacks {', '.join(missing_parts(folder))}; timings are valid, outputs are not")
-    return EditPipeline(editor, style, parser), text
+    return PercHeadEditPipeline(editor, style, parser), text
 
 
 def timed(fn, runs: int) -> tuple[float, list[float], object]:
@@ -88,7 +88,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from perchead.edit_pipeline import edit_to_outputs
+    from perchead.pipelines.outputs import write_outputs
 
     start = time.perf_counter()
     pipeline, source = load(args.folder)
@@ -105,10 +105,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(10**6))
 
-        def edit(**style):  # what the app's /edit does: colours → labels, then the shared output half
-            labels = pipeline.labels_from_color(painted)
-            out, _ = edit_to_outputs(pipeline, labels, Path(tmp) / str(next(counter)), turntable_frames=0, **style)
-            return out
+        def edit(**style):  # what the app's /edit does: colours → labels → head, then the shared writer
+            result = pipeline(pipeline.labels_from_color(painted), **style)
+            return write_outputs(pipeline.editor, result.gaussians, Path(tmp) / str(next(counter)),
+                                 turntable_frames=0, timings=result.timings)
 
         results["segment_s"], results["segment_runs_s"], _ = timed(lambda: pipeline.segment(args.photo), args.runs)
         for key, style in (("edit_text_style_s", {"style_text": args.prompt}),

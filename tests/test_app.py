@@ -159,7 +159,7 @@ def test_reconstruct_example_returns_a_parsable_ply(client, tiny_model):
     assert Image.open(model_input).size[0] == 2 * Image.open(model_input).size[1]
     assert sorted(Path(p).suffix for p in downloads) == [".glb", ".ply", ".splat"]
     assert Path([p for p in downloads if p.endswith(".splat")][0]).stat().st_size == 32 * tiny_model[1]
-    assert {"preprocess", "reconstruct", "export_ply", "total"} <= set(timings)
+    assert {"preprocess", "encode", "decode", "export_ply", "total"} <= set(timings)
 
 
 # ------------------------------------------------------------------------------------------- bad input

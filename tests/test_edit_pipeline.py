@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.edit_pipeline import Edit, EditPipeline, edit_to_outputs, missing_parts
+from perchead.pipelines.edit import Edit, PercHeadEditPipeline, missing_parts
 from perchead.preprocess import PreprocessError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def edit_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(edit_folder):
-    return EditPipeline.from_pretrained(edit_folder[0], device="cpu")
+    return PercHeadEditPipeline.from_pretrained(edit_folder[0], device="cpu")
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -74,7 +74,7 @@ def test_missing_parts_name_the_folder_and_the_command(tmp_path, edit_folder):
     missing = missing_parts(tmp_path)
     assert set(missing) == {"edit", "style", "parser"}
     with pytest.raises(FileNotFoundError) as info:
-        EditPipeline.from_pretrained(tmp_path)
+        PercHeadEditPipeline.from_pretrained(tmp_path)
     message = str(info.value)
     for part in ("edit", "style", "parser"):
         command = f"python -m perchead.training.train --task {part}"
@@ -87,7 +87,7 @@ def test_one_missing_part_is_reported_alone(tmp_path, edit_folder):
     shutil.copytree(edit_folder[0], tmp_path / "copy")
     (tmp_path / "copy" / "parser" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="parser") as info:
-        EditPipeline.from_pretrained(tmp_path / "copy")
+        PercHeadEditPipeline.from_pretrained(tmp_path / "copy")
     assert "--task style" not in str(info.value)
 
 
@@ -96,7 +96,7 @@ def test_style_size_mismatch_is_refused(pipe):
 
     other = StyleEncoder.from_config("demo")  # 128-dimensional, the editor expects 32
     with pytest.raises(ValueError, match="not trained together"):
-        EditPipeline(pipe.editor, other, pipe.parser, device="cpu")
+        PercHeadEditPipeline(pipe.editor, other, pipe.parser, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------------ segment
@@ -123,10 +123,10 @@ def test_edit_with_text_style(pipe, edit_folder):
     result = pipe(head_map(96), style_text="long blonde hair")
     assert isinstance(result, Edit) and result.style_source == "text"
     g = result.gaussians
-    assert not g.is_batched and g.num_gaussians == facts["n_gaussians"]
+    assert g.is_batched and g.batch_size == 1 and g.num_gaussians == facts["n_gaussians"]
     g.validate()
-    assert result.labels.shape == (facts["image_size"],) * 2  # resized to the model size
-    assert result.style.shape == (facts["style_dim"],)
+    assert result.labels.shape == (1,) + (facts["image_size"],) * 2  # resized to the model size
+    assert result.style.shape == (1, facts["style_dim"])
     assert torch.allclose(result.style.norm(), torch.tensor(1.0), atol=1e-4)
     assert {"labels", "style", "encode", "decode", "gaussians", "total"} <= set(result.timings)
     assert all(v >= 0 for v in result.timings.values())
@@ -174,21 +174,35 @@ def test_bad_style_image(pipe, tmp_path):
         pipe(head_map(64), style_image=str(bad))
 
 
-def test_edit_to_outputs_writes_the_reconstruction_outputs(pipe, edit_folder, tmp_path):
+def test_edit_then_write_outputs_gives_the_reconstruction_outputs(pipe, edit_folder, tmp_path):
     from perchead.geometry.gaussians import load_ply
+    from perchead.pipelines.outputs import write_outputs
 
-    out, result = edit_to_outputs(pipe, head_map(64), tmp_path, style_text="short black hair",
-                                  turntable_frames=4, turntable_size=64, view_size=32)
+    result = pipe(head_map(64), style_text="short black hair")
+    out = write_outputs(pipe.editor, result.gaussians, tmp_path, turntable_frames=4, turntable_size=64,
+                        view_size=32, timings=result.timings, notes=result.notes)
     assert sorted(out.files) == ["glb", "ply", "splat"]
     assert load_ply(out.files["ply"]).num_gaussians == edit_folder[1]["n_gaussians"]
     assert out.video is not None and out.video.stat().st_size > 0
     assert [caption for caption, _ in out.views][0] == "front" and len(out.views) == 7
-    assert out.preprocessed is None
-    assert {"edit", "edit/style", "export_ply", "novel_views", "turntable", "total"} <= set(out.timings)
-    assert out.timings["total"] == pytest.approx(
-        sum(v for k, v in out.timings.items() if "/" not in k and k != "total"))
-    assert np.asarray(out.views[0][1]).shape == (32, 32, 3)
-    assert result.style_source == "text"
+    assert {"style", "encode", "export_ply", "novel_views", "turntable", "total"} <= set(out.timings)
+    assert out.timings["total"] == pytest.approx(sum(v for k, v in out.timings.items() if k != "total"))
+    assert np.asarray(Image.open(out.views[0][1])).shape == (32, 32, 3)
+
+
+def test_edit_reads_coloured_maps_and_notes_long_prompts(pipe, edit_folder):
+    from perchead.geometry.segmentation import labels_to_color
+
+    image = Image.fromarray(labels_to_color(head_map(96)))
+    result = pipe(image, style_text="long wavy " * 20 + "red hair")
+    assert result.labels.shape == (1,) + (edit_folder[1]["image_size"],) * 2
+    assert any("tokens long" in note for note in result.notes)
+    with pytest.raises(ValueError, match="characters"):
+        pipe(image, style_text="x" * 400)
+    with pytest.raises(ValueError, match="square"):
+        pipe(image.resize((100, 37)), style_text="red")
+    with pytest.raises(ValueError, match="too small"):
+        pipe(image.resize((40, 40)), style_text="red")
 
 
 def test_labels_from_color_reads_palette_maps_and_refuses_foreign_colours(pipe, edit_folder):
@@ -213,7 +227,7 @@ def test_labels_from_color_reads_palette_maps_and_refuses_foreign_colours(pipe, 
 
 
 def test_disentanglement_probes(pipe, edit_folder):
-    from perchead.edit_pipeline import class_mean_color, label_iou, render_and_parse
+    from perchead.pipelines.edit import class_mean_color, label_iou, render_and_parse
 
     result = pipe(head_map(64), style_text="red hair")
     rgb, labels = render_and_parse(pipe, result.gaussians, [0.0, 90.0], 0.0)

@@ -23,7 +23,7 @@ TOP_MODULES = {"pipeline": "pipelines", "edit_pipeline": "pipelines", "preproces
 
 
 def part_of(module: str) -> str | None:
-    """``perchead.models.base`` → ``models``; ``perchead.pipeline`` → ``pipelines``; ``perchead`` → None."""
+    """``perchead.models.base`` → ``models``; ``perchead.pipelines.reconstruct`` → ``pipelines``; ``perchead`` → None."""
     names = module.split(".")
     return TOP_MODULES.get(names[1], names[1]) if len(names) > 1 else None
 

@@ -1,11 +1,15 @@
-"""Tests for the inference pipeline (one entry point: image + mask → Reconstruction)."""
+"""Tests for the reconstruction pipeline: one ``__call__`` for photos and prepared tensors, always batched."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from perchead.models.config import PercHeadConfig
 from perchead.models.perchead import PercHead
-from perchead.pipeline import PercHeadPipeline, Reconstruction
+from perchead.pipelines.reconstruct import PercHeadPipeline, Reconstruction
+
+PHOTO = Path(__file__).resolve().parents[1] / "examples" / "head0_front.png"
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +26,12 @@ def portrait(H=96, W=80):
     return image, mask
 
 
-def test_single_image_gives_unbatched_gaussians_and_timings(pipe):
+def test_single_image_gives_a_batch_of_one_and_timings(pipe):
     image, mask = portrait()
     rec = pipe(image, mask, cameras=pipe.model.default_cameras([0, 90], size=48))
-    assert isinstance(rec, Reconstruction)
+    assert isinstance(rec, Reconstruction) and rec.preprocessed is None and rec.notes == []
     g = rec.gaussians
-    assert not g.is_batched and g.num_gaussians == pipe.model.config.template.n_gaussians
+    assert g.is_batched and g.batch_size == 1 and g.num_gaussians == pipe.model.config.template.n_gaussians
     assert not g.means.requires_grad  # ran under no_grad
     g.validate()
     assert rec.views.rgb.shape == (1, 2, 3, 48, 48) and rec.views.alpha.shape == (1, 2, 1, 48, 48)
@@ -50,8 +54,8 @@ def test_matches_the_model_at_native_size(pipe):
     rec = pipe(image, mask)
     with torch.no_grad():
         ref = pipe.model(image[None], mask[None])[0]
-    torch.testing.assert_close(rec.gaussians.colors, ref.colors)
-    torch.testing.assert_close(rec.gaussians.means, ref.means)
+    torch.testing.assert_close(rec.gaussians[0].colors, ref.colors)
+    torch.testing.assert_close(rec.gaussians[0].means, ref.means)
 
 
 def test_from_pretrained_folder(pipe, tmp_path):
@@ -61,10 +65,26 @@ def test_from_pretrained_folder(pipe, tmp_path):
     torch.testing.assert_close(again(image, mask).gaussians.means, pipe(image, mask).gaussians.means)
 
 
+def test_photo_is_preprocessed_inside(pipe):
+    from perchead.preprocess import PreprocessConfig, preprocess
+
+    rec = pipe(str(PHOTO), remove_background=True)
+    assert rec.gaussians.batch_size == 1 and len(rec.preprocessed) == 1
+    prep = preprocess(str(PHOTO), PreprocessConfig.from_model_config(pipe.model.config.render))
+    torch.testing.assert_close(rec.gaussians.means, pipe(prep.image, prep.mask).gaussians.means)
+    assert rec.notes == prep.notes and rec.timings["preprocess"] > 0
+
+
 def test_bad_inputs(pipe):
     image, mask = portrait()
     with pytest.raises(ValueError, match="torch tensors"):
-        pipe(image.numpy(), mask)
+        pipe(image, mask.numpy())
+    with pytest.raises(ValueError, match="no mask"):
+        pipe(str(PHOTO), mask)
+    with pytest.raises(ValueError, match="need their mask"):
+        pipe(image)
+    with pytest.raises(ValueError, match="apply to photos"):
+        pipe(image, mask, auto_crop=False)
     with pytest.raises(ValueError, match="mask must be"):
         pipe(image, mask[:, :10])
     with pytest.raises(ValueError, match="float"):

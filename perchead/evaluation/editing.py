@@ -1,43 +1,20 @@
-"""Disentanglement evaluation of the editing model (PercHead §3.5 / §4.4, issue 6) on held-out synthetic heads.
+"""Disentanglement evaluation of the editing model (PercHead §3.5 / §4.4) on held-out synthetic heads.
 
     python -m perchead.evaluation.editing --model weights_card --subjects 20 --output edit_results.json \
         --figure docs/editing.png
 
 ``--model`` is an editing checkpoint folder with ``edit/``, ``style/`` and ``parser/`` (as
-:meth:`perchead.edit_pipeline.EditPipeline.from_pretrained` reads). Every input is a ``test`` seed of
+:meth:`perchead.pipelines.edit.PercHeadEditPipeline.from_pretrained` reads). Every input is a ``test`` seed of
 :mod:`perchead.data.synthetic` (disjoint from training). The geometry input of a head is its GROUND-TRUTH
 label map from the front view (:func:`perchead.data.synthetic.render_head` labels at the editor's input
 size, never a parsed one); the styles are the text prompts ``"<c> hair"`` for the hair colours of
 :attr:`EditEvalConfig.colors` (plus optional extra prompts) and reference images = front renders of other
 test heads (the seeds right after the evaluated ones). Every (map, style) edit goes through the app's
-entry point :class:`~perchead.edit_pipeline.EditPipeline` and is rendered (with the refiner) from
+entry point :class:`~perchead.pipelines.edit.PercHeadEditPipeline` and is rendered (with the refiner) from
 :attr:`EditEvalConfig.views` (front, ¾, profile).
 
-Metrics (all colours RGB in [0, 1], distances Euclidean, so 0 … √3):
-
-1. **Geometry kept across styles** (same map, every pair of different styles, all views stacked):
-   ``silhouette_iou`` — IoU of the render silhouettes (alpha > 0.5): GEOMETRY ONLY, independent of the
-   parser; ``depth_mm`` — mean |Δ expected depth| in mm where both silhouettes cover (geometry only);
-   ``parsed_iou`` — :func:`~perchead.edit_pipeline.label_iou` (mean over the 18 non-background classes)
-   of the face parser's label maps of the renders: class layout, but it also depends on the parser.
-   References: ``across_maps`` = the same numbers for the SAME style on DIFFERENT maps (what IoU looks like
-   when the geometry really changes); ``input_fidelity`` = front render vs. the input map.
-2. **Style kept across maps**: hair (13) and skin (1) mean colours of each edit, measured primarily
-   (``map_region``) on the front render inside the INPUT map's class region, eroded by
-   :attr:`EditEvalConfig.erode` px and cut to the render's silhouette — it needs no parser, and the map is
-   exact ground truth, so a parser that misreads an unusual colour cannot bias it (our choice as the most
-   robust; it assumes the geometry is kept, which metric 1 checks). Secondary (``parsed``):
-   :func:`~perchead.edit_pipeline.class_mean_color` on the parsed renders of all views. Reported:
-   ``same_style_across_maps`` (same style, different maps), ``different_styles_across_maps`` (different
-   styles, different maps) and ``different_styles_same_map``; disentangled styles give
-   ``different_styles_across_maps`` > ``same_style_across_maps`` (``ratio`` > 1).
-3. **Hair-colour prompts**: for every colour c, ``matching_distance`` = mean distance of the hair colour
-   rendered with the prompt "<c> hair" to the synthetic albedo ``HAIR_COLORS[c]``; ``other_prompts_distance``
-   = the same distance for the renders of the other colour prompts; ``nearest_fraction`` = fraction of
-   heads whose render with "<c> hair" is, among the renders of all colour prompts, the nearest to
-   ``HAIR_COLORS[c]`` (chance = 1 / number of colours). Heads whose map has no hair (bald) are skipped.
-   The targets are albedos, renders are shaded, so absolute distances carry a shading offset; the
-   comparisons (matching < others, nearest) do not depend on it.
+Metrics (:func:`evaluate_edit`): geometry kept across styles (silhouette IoU, depth, parsed-label IoU),
+style kept across maps (hair and skin colours), and hair-colour prompts against the synthetic albedos.
 
 Output: JSON ``{"geometry": …, "style": …, "hair_color": …, "meta": …}``, a Markdown summary on stdout and
 optionally a PNG (rows = test maps; columns = the map, front renders with each prompt, the reference image
@@ -57,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perchead.edit_pipeline import class_mean_color, label_iou
+from perchead.pipelines.edit import class_mean_color, label_iou
 from perchead.data.figures import save_labelled_grid
 from perchead.evaluation.reconstruction import write_results
-from perchead.geometry.segmentation import BACKGROUND, resize_labels
+from perchead.geometry.segmentation import BACKGROUND, mask_iou, resize_labels
 
 if TYPE_CHECKING:
     from perchead.data.synthetic import SyntheticHead
-    from perchead.edit_pipeline import EditPipeline
+    from perchead.pipelines.edit import PercHeadEditPipeline
 
 HAIR, SKIN = 13, 1  # CelebAMask-HQ class ids (perchead.geometry.segmentation.CLASSES)
 COLOR_CLASSES = {"hair": HAIR, "skin": SKIN}
@@ -160,11 +137,8 @@ class EditRender:
 # --------------------------------------------------------------------------------------------- metric helpers
 def silhouette_iou(a: Tensor, b: Tensor) -> float:
     """IoU of two boolean masks of the same shape (views may be stacked). 1.0 when both are empty."""
-    if a.shape != b.shape:
-        raise ValueError(f"masks must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a, b = a.bool(), b.bool()
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else int((a & b).sum()) / union
+    iou = mask_iou(a, b)
+    return 1.0 if iou is None else iou
 
 
 def depth_difference(depth_a: Tensor, sil_a: Tensor, depth_b: Tensor, sil_b: Tensor) -> float | None:
@@ -310,7 +284,7 @@ def hair_color_scores(hair: dict[str, Sequence[Tensor | None]]) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------------------------- inputs + edits
-def input_map(head: SyntheticHead, pipeline: EditPipeline, view: tuple[float, float] = (0.0, 0.0)
+def input_map(head: SyntheticHead, pipeline: PercHeadEditPipeline, view: tuple[float, float] = (0.0, 0.0)
               ) -> tuple[Tensor, Tensor]:
     """The ground-truth label map (geometry input) and the colour render of a synthetic head.
 
@@ -330,9 +304,9 @@ def input_map(head: SyntheticHead, pipeline: EditPipeline, view: tuple[float, fl
 
 
 @torch.no_grad()
-def render_edit(pipeline: EditPipeline, labels: Tensor, style: Style, views: Sequence[tuple[str, float, float]],
+def render_edit(pipeline: PercHeadEditPipeline, labels: Tensor, style: Style, views: Sequence[tuple[str, float, float]],
                 size: int) -> EditRender:
-    """Edits one map with one style through :class:`EditPipeline` and renders + parses the result.
+    """Edits one map with one style through :class:`PercHeadEditPipeline` and renders + parses the result.
 
     Args:
         pipeline: the editing pipeline.
@@ -373,12 +347,38 @@ def parsed_colors(render: EditRender) -> dict[str, Tensor | None]:
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-def evaluate_edit(pipeline: EditPipeline, config: EditEvalConfig, figure_path: str | Path | None = None,
+def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure_path: str | Path | None = None,
                   progress: bool = True) -> dict[str, Any]:
-    """Runs metrics 1–3 (module docstring) on held-out synthetic heads.
+    """Runs the three metrics on held-out synthetic heads.
+
+    Metrics (all colours RGB in [0, 1], distances Euclidean, so 0 … √3):
+
+    1. **Geometry kept across styles** (same map, every pair of different styles, all views stacked):
+       ``silhouette_iou`` — IoU of the render silhouettes (alpha > 0.5): GEOMETRY ONLY, independent of the
+       parser; ``depth_mm`` — mean |Δ expected depth| in mm where both silhouettes cover (geometry only);
+       ``parsed_iou`` — :func:`~perchead.pipelines.edit.label_iou` (mean over the 18 non-background classes)
+       of the face parser's label maps of the renders: class layout, but it also depends on the parser.
+       References: ``across_maps`` = the same numbers for the SAME style on DIFFERENT maps (what IoU looks like
+       when the geometry really changes); ``input_fidelity`` = front render vs. the input map.
+    2. **Style kept across maps**: hair (13) and skin (1) mean colours of each edit, measured primarily
+       (``map_region``) on the front render inside the INPUT map's class region, eroded by
+       :attr:`EditEvalConfig.erode` px and cut to the render's silhouette — it needs no parser, and the map is
+       exact ground truth, so a parser that misreads an unusual colour cannot bias it (our choice as the most
+       robust; it assumes the geometry is kept, which metric 1 checks). Secondary (``parsed``):
+       :func:`~perchead.pipelines.edit.class_mean_color` on the parsed renders of all views. Reported:
+       ``same_style_across_maps`` (same style, different maps), ``different_styles_across_maps`` (different
+       styles, different maps) and ``different_styles_same_map``; disentangled styles give
+       ``different_styles_across_maps`` > ``same_style_across_maps`` (``ratio`` > 1).
+    3. **Hair-colour prompts**: for every colour c, ``matching_distance`` = mean distance of the hair colour
+       rendered with the prompt "<c> hair" to the synthetic albedo ``HAIR_COLORS[c]``; ``other_prompts_distance``
+       = the same distance for the renders of the other colour prompts; ``nearest_fraction`` = fraction of
+       heads whose render with "<c> hair" is, among the renders of all colour prompts, the nearest to
+       ``HAIR_COLORS[c]`` (chance = 1 / number of colours). Heads whose map has no hair (bald) are skipped.
+       The targets are albedos, renders are shaded, so absolute distances carry a shading offset; the
+       comparisons (matching < others, nearest) do not depend on it.
 
     Args:
-        pipeline: an :class:`~perchead.edit_pipeline.EditPipeline`.
+        pipeline: an :class:`~perchead.pipelines.edit.PercHeadEditPipeline`.
         config: evaluation settings.
         figure_path: optional PNG path for :func:`editing_figure`.
         progress: show a tqdm bar.
@@ -553,7 +553,7 @@ def editing_figure(rows: Sequence[tuple[Tensor, Sequence[Tensor]]], styles: Sequ
 
 # --------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from perchead.edit_pipeline import EditPipeline
+    from perchead.pipelines.edit import PercHeadEditPipeline
 
     p = argparse.ArgumentParser(prog="python -m perchead.evaluation.editing", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card", help="folder with edit/, style/ and parser/")
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = EditEvalConfig(subjects=args.subjects, split=args.split, colors=tuple(args.colors),
                             extra_prompts=tuple(args.extra_prompts), references=args.references,
                             eval_size=args.eval_size, erode=args.erode)
-    pipeline = EditPipeline.from_pretrained(args.model, device=args.device)
+    pipeline = PercHeadEditPipeline.from_pretrained(args.model, device=args.device)
     results = evaluate_edit(pipeline, config, figure_path=args.figure, progress=not args.no_progress)
     write_results(results, args.model, args.output, markdown_summary(results))
     return results

@@ -1,45 +1,39 @@
-"""Editing inference pipeline: photo → segmentation map, and map + style → 3D head (paper §3.5, supplement §8).
+"""Editing pipeline: photo → segmentation map, and map + style → 3D head (paper §3.5, supplement §8).
 
-The paper's editing app parses an uploaded photo into a 19-class segmentation map (geometry), lets the
-user correct it, and lifts the map to 3D Gaussians with a global CLIP style token taken from a text
-prompt (zero-shot) or a reference image. :class:`EditPipeline` is that app's single inference entry
-point (``app.py`` and ``benchmarks/edit.py`` only call it). It holds three models:
-
-- the editing model :class:`perchead.edit.PercHeadEditor` (edit encoder + the base decoder, Gaussian head
-  and refiner),
-- the style encoder :class:`perchead.models.style_encoder.StyleEncoder` (an open_clip CLIP; frozen),
-- the face parser :class:`perchead.models.face_parser.FaceParser` (a transformers SegFormer, 19 classes).
+:class:`PercHeadEditPipeline` holds the editing model (:class:`~perchead.models.editor.PercHeadEditor`), the
+CLIP style encoder and the face parser. :meth:`~PercHeadEditPipeline.segment` parses a photo (cropped like
+a reconstruction input) into the 19-class map; ``__call__`` lifts a map (class ids or a palette-coloured
+image) to Gaussians with a style token from a text prompt (zero-shot) or a reference image.
 
 Example::
 
-    pipe = EditPipeline.from_pretrained("weights_card")      # reads weights_card/{edit,style,parser}
-    labels = pipe.segment("examples/head0_front.png")        # [S, S] long
-    labels[:20][labels[:20] == 0] = 13                       # paint hair on top
-    result = pipe(labels, style_text="blonde")
-    result.gaussians, result.timings
+    pipe = PercHeadEditPipeline.from_pretrained("weights_card")   # reads weights_card/{edit,style,parser}
+    labels = pipe.segment("examples/head0_front.png")             # [S, S] long
+    labels[:20][labels[:20] == 0] = 13                            # paint hair on top
+    edit = pipe(labels, style_text="blonde")
+    edit.gaussians[0], edit.timings                               # always batched, like Reconstruction
 
-A photo is cropped exactly like the reconstruction path (:func:`perchead.preprocess.preprocess` with the
-model's framing) before parsing; so is a style reference image before CLIP sees it. :func:`edit_to_outputs`
-adds the files, novel views and turntable (the output half shared with reconstruction), and
-:func:`render_and_parse`, :func:`label_iou` and :func:`class_mean_color` are the probes for the
-disentanglement figures (same map + other style keeps geometry; a hair-colour prompt moves the hair colour).
+:func:`render_and_parse`, :func:`label_iou` and :func:`class_mean_color` are the probes of the
+disentanglement measures (same map + another style keeps the geometry; a hair-colour prompt moves the hair).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
 from perchead.models.editor import PercHeadEditor
 from perchead.geometry.gaussians import Gaussians
-from perchead.pipeline import StageTimer, default_device, gaussians_and_views, inference_autocast
+from perchead.pipelines.common import (
+    Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
+)  # fmt: skip
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
 
@@ -64,17 +58,20 @@ MAX_PROMPT_CHARS = 300  # longer style prompts are refused (CLIP reads a few doz
 
 @dataclass
 class Edit:
-    """What :meth:`EditPipeline.__call__` returns (like :class:`perchead.pipeline.Reconstruction`).
+    """What :class:`PercHeadEditPipeline` returns; always batched (B = 1), like
+    :class:`~perchead.pipelines.reconstruct.Reconstruction`.
 
     Attributes:
-        gaussians: the edited head, unbatched ``[N, …]``, on the pipeline device.
-        labels: the label map the model saw. ``[S, S]`` long
-        style: the style embedding used. ``[E]`` (l2-normalised)
+        gaussians: the edited head. ``[1, N, …]``
+        labels: the label map the model saw. ``[1, S, S]`` long
+        style: the style embedding used. ``[1, E]`` (l2-normalised)
         style_source: ``"text"`` or ``"image"``.
-        views: renders of the given cameras (``[1, V, …]``), or None.
+        views: renders of the given cameras (``rgb [1, V, 3, H, W]`` …), or None.
         style_input: the cropped style reference image (``Preprocessed``) for image styles, else None.
         timings: seconds per stage: ``labels``, ``style_preprocess`` (image style only), ``style``,
             ``encode``, ``decode``, ``gaussians``, ``render`` (with cameras) and ``total``.
+        notes: remarks for the user (an enlarged map, a prompt longer than the style encoder reads, the
+            style image's preprocessing).
     """
 
     gaussians: Gaussians
@@ -84,6 +81,7 @@ class Edit:
     views: RenderOutput | None = None
     style_input: Preprocessed | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def missing_parts(folder: str | os.PathLike) -> dict[str, str]:
@@ -104,7 +102,7 @@ def missing_parts(folder: str | os.PathLike) -> dict[str, str]:
     return missing
 
 
-class EditPipeline:
+class PercHeadEditPipeline:
     """Photo → label map (:meth:`segment`); label map + text or image style → Gaussians (:meth:`__call__`).
 
     Args:
@@ -127,7 +125,7 @@ class EditPipeline:
         parser.model.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "EditPipeline":
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "PercHeadEditPipeline":
         """Loads ``folder/edit`` (editor), ``folder/style`` (style encoder) and ``folder/parser`` (face parser).
 
         Args:
@@ -308,39 +306,52 @@ class EditPipeline:
 
     # ------------------------------------------------------------------------------------------ edit
     @torch.no_grad()
-    def __call__(self, labels: Tensor, style_text: str | None = None, style_image: Any = None,
-                 cameras: Cameras | None = None, refine: bool = True) -> Edit:
-        """Lifts a label map to a 3D head styled by a prompt or a reference image (§3.5).
+    def __call__(self, labels: Any, style_text: str | None = None, style_image: Any = None, *,
+                 snap: bool = False, cameras: Cameras | None = None, refine: bool = True,
+                 progress: Progress = no_progress) -> Edit:
+        """Lifts a segmentation map to a 3D head styled by a prompt or a reference image (§3.5).
 
         Args:
-            labels: class ids ``[H, W]`` (or ``[1, H, W]``), any size (resized to S with nearest neighbour).
+            labels: class ids ``[H, W]`` / ``[1, H, W]`` (an integer tensor or array, any size: resized to S
+                with nearest neighbour), or a palette-coloured map (path, PIL image, uint8 array, or a
+                ``gr.ImageEditor`` value; see :meth:`labels_from_color`).
             style_text: a prompt such as ``"long red hair"`` (CLIP text embedding, zero-shot as in the paper).
             style_image: a reference image (path, bytes, PIL, uint8 array: cropped like a portrait), or a
                 float tensor ``[(1,) 3, H, W]`` already framed like the model's inputs.
+            snap: for a coloured map, map foreign colours to the nearest palette colour instead of raising.
             cameras: views to render (e.g. ``pipe.editor.default_cameras([0, 90])``); None renders nothing.
             refine: apply the CNN refiner to the renders.
+            progress: called with (fraction, stage) before each stage; may raise to stop the work.
 
         Returns:
             :class:`Edit`.
 
         Raises:
-            ValueError: bad or empty maps, both or neither style input.
+            ValueError: bad or empty maps, both or neither style input, a prompt that is too long.
             perchead.preprocess.PreprocessError: an unusable style image.
         """
         source = self.check_style(style_text, style_image)
+        notes = self.prompt_notes(str(style_text).strip()) if source == "text" else []
         timer = StageTimer(self.device)
-        # 1. label map to the model size
+        # 1. label map to the model size (a coloured map is read first)
+        progress(0.0, "reading the segmentation map")
+        if not (isinstance(labels, Tensor) or (isinstance(labels, np.ndarray) and labels.ndim == 2)):
+            labels, map_notes = self.labels_from_color(labels, snap=snap, return_notes=True)
+            notes += map_notes
         model_labels = self.labels_for_model(labels)  # [1, S, S]
         timer("labels")
         # 2. style embedding: CLIP text (zero-shot) or image embedding of the cropped reference
+        progress(0.05, "embedding the style")
         style_input = None
         if source == "text":
             style = self.style_encoder.encode_text([str(style_text).strip()])  # [1, E]
         else:
             image, style_input = self._style_image(style_image)  # [1, 3, H, W]
+            notes += style_input.notes if style_input is not None else []
             timer("style_preprocess")
             style = self.style_encoder.encode_image(image.to(self.device))  # [1, E]
         timer("style")
+        progress(0.1, "building the 3D head from the map and the style")
         with inference_autocast(self.device):
             # 3. edit encoder: non-background patches + the style token
             tokens2d = self.editor.encode(model_labels, style)
@@ -350,23 +361,22 @@ class EditPipeline:
             timer("decode")
         # 5.–6. Gaussian head (float32), optional renders + refiner
         gaussians, views = gaussians_and_views(self.editor, tokens3d, cameras, refine, timer)
-        timings = timer.total()
-        return Edit(gaussians=gaussians[0], labels=model_labels[0].cpu(), style=style[0].float().cpu(),
-                    style_source=source, views=views, style_input=style_input, timings=timings)
+        return Edit(gaussians=gaussians, labels=model_labels.cpu(), style=style.float().cpu(), style_source=source,
+                    views=views, style_input=style_input, timings=timer.total(), notes=notes)
 
 
 # --------------------------------------------------------------------------------- disentanglement probes
 @torch.no_grad()
-def render_and_parse(pipeline: EditPipeline, gaussians: Gaussians, azimuths_deg, elevations_deg=0.0,
+def render_and_parse(pipeline: PercHeadEditPipeline, gaussians: Gaussians, azimuths_deg, elevations_deg=0.0,
                      size: int | None = None) -> tuple[Tensor, Tensor]:
     """Renders a head from several views and parses each render with the pipeline's face parser.
 
     The editing model's Gaussians carry no classes, so the geometry of an edit is compared through the
-    parsed label maps of its renders (issue 6: "the same map with different styles keeps geometry").
+    parsed label maps of its renders (the same map with different styles must keep its geometry).
 
     Args:
         pipeline: supplies the editor (renderer + refiner, framing) and the face parser.
-        gaussians: one head, unbatched.
+        gaussians: one head (unbatched or a batch of one).
         azimuths_deg, elevations_deg: the views (see :func:`perchead.cameras.orbit_cameras`).
         size: render side (default: the model size).
 
@@ -416,40 +426,3 @@ def class_mean_color(rgb: Tensor, labels: Tensor, class_id: int) -> Tensor | Non
     if not mask.any():
         return None
     return rgb.permute(1, 0, 2, 3)[:, mask].mean(dim=1)  # [3]
-
-
-def edit_to_outputs(pipeline: EditPipeline, labels: Tensor, folder: str | os.PathLike, *,
-                    style_text: str | None = None, style_image: Any = None, turntable_frames: int = 60,
-                    turntable_size: int = 512, turntable_refine: bool | None = None, view_size: int = 256,
-                    formats=None, progress=None):
-    """Label map + style → Gaussians → files, novel views and turntable (the app's edit action).
-
-    The output half is :func:`perchead.export.gaussians_to_outputs`, the same as for reconstruction.
-
-    Args:
-        pipeline: an :class:`EditPipeline`.
-        labels: class ids ``[H, W]``.
-        folder: where the files go (created).
-        style_text, style_image: exactly one style input (see :meth:`EditPipeline.__call__`).
-        turntable_frames, turntable_size, turntable_refine, view_size, formats: as
-            :func:`perchead.export.photo_to_outputs` (``formats`` None = all).
-        progress: called with (fraction, stage).
-
-    Returns:
-        (:class:`perchead.export.Outputs` with timings ``edit`` and ``edit/<stage>``, the :class:`Edit`).
-    """
-    from perchead.export import FORMATS, gaussians_to_outputs
-
-    report = progress or (lambda fraction, stage: None)
-    report(0.0, "building the 3D head from the map and the style")
-    start = time.perf_counter()
-    result = pipeline(labels, style_text=style_text, style_image=style_image)
-    timings = {"edit": time.perf_counter() - start}
-    for stage, seconds in result.timings.items():
-        timings[f"edit/{stage}"] = float(seconds)
-    notes = list(result.style_input.notes) if result.style_input is not None else []
-    out = gaussians_to_outputs(
-        pipeline.editor, result.gaussians, folder, device=pipeline.device, turntable_frames=turntable_frames,
-        turntable_size=turntable_size, turntable_refine=turntable_refine, view_size=view_size,
-        formats=formats or FORMATS, progress=report, timings=timings, notes=notes)
-    return out, result

@@ -1,4 +1,4 @@
-"""Tests for perchead/evaluate_edit.py: disentanglement metrics of the editing model (§3.5 / §4.4, issue 6).
+"""Tests for perchead/evaluation/editing.py: disentanglement metrics of the editing model (§3.5 / §4.4).
 
 The CLI runs end to end on tiny random models built here (as in tests/test_edit_pipeline.py); the metric
 helpers are checked on hand-made inputs. The hair-colour prompt test needs the TRAINED bundled editing
@@ -48,7 +48,7 @@ def test_silhouette_iou_identical_disjoint_partial():
 
 
 def test_label_iou_of_identical_and_disjoint_maps():
-    from perchead.edit_pipeline import label_iou
+    from perchead.pipelines.edit import label_iou
 
     a = torch.zeros(8, 8, dtype=torch.long)
     a[:4] = 13
@@ -186,10 +186,10 @@ def test_cli_on_tiny_models_writes_json_and_figure(tmp_path, capsys):
 def test_hair_colour_prompt_moves_rendered_hair_toward_that_colour():
     """Issue 6: a hair-colour prompt moves the rendered hair's mean colour toward that colour (bundled model)."""
     from perchead.data.synthetic import make_head, split_seeds
-    from perchead.edit_pipeline import EditPipeline
+    from perchead.pipelines.edit import PercHeadEditPipeline
     from perchead.evaluation.editing import Style, input_map, map_region_colors, render_edit
 
-    pipe = EditPipeline.from_pretrained(BUNDLED, device="cpu")
+    pipe = PercHeadEditPipeline.from_pretrained(BUNDLED, device="cpu")
     colors = ("black", "blonde", "red", "white", "blue")
     hair: dict[str, list] = {c: [] for c in colors}
     heads = 0

@@ -1,21 +1,16 @@
-"""Inference pipeline: one call from a preprocessed portrait to Gaussians (and optional renders) — paper Figure 2.
-
-The pipeline is the single inference entry point (the app and any CLI call it). It takes an image already
-cropped and with its background removed (``perchead.preprocess`` does that for photos) plus its mask,
-resizes both to the model's input size, and runs the model under ``torch.no_grad()`` — with autocast on
-CUDA — timing every stage.
+"""Reconstruction pipeline: one portrait (or a batch of prepared images) → 3D Gaussians — paper Figure 2.
 
 Example::
 
     pipe = PercHeadPipeline.from_pretrained("weights_card")      # folder or Hub repo id
-    rec = pipe(image, mask, cameras=pipe.model.default_cameras([0, 90, 180, 270]))
-    rec.gaussians, rec.views.rgb, rec.timings
+    rec = pipe("examples/head0_front.png", cameras=pipe.model.default_cameras([0, 90, 180, 270]))
+    rec.gaussians[0], rec.views.rgb[0], rec.timings               # always batched: [B, N, …], [B, V, …]
+
+``perchead.pipelines.outputs.write_outputs`` turns a head into files, novel views and a turntable.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +21,10 @@ from torch import Tensor
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
 from perchead.models.perchead import PercHead
+from perchead.pipelines.common import (
+    Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
+)  # fmt: skip
+from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 
 if TYPE_CHECKING:
     from perchead.render import RenderOutput
@@ -33,81 +32,29 @@ if TYPE_CHECKING:
 
 @dataclass
 class Reconstruction:
-    """What :class:`PercHeadPipeline` returns.
+    """What :class:`PercHeadPipeline` returns; always batched, also for one photo (B = 1).
 
     Attributes:
-        gaussians: the head; unbatched ``[N, …]`` for a single image, batched ``[B, N, …]`` for B > 1.
-        views: renders of the given cameras (:class:`perchead.render.RenderOutput`, ``[B, V, …]``), or None.
+        gaussians: the heads. ``[B, N, …]``
+        views: renders of the given cameras (``rgb [B, V, 3, H, W]`` …), or None.
+        preprocessed: how each photo became the model input (crop, mask, pose, notes); None for tensor input.
         timings: seconds per stage: ``preprocess``, ``encode``, ``decode``, ``gaussians``, ``render``
             (when cameras were given) and ``total``.
+        notes: remarks for the user (from preprocessing: downscaling, faces found, fallbacks).
     """
 
     gaussians: Gaussians
     views: RenderOutput | None = None
+    preprocessed: list[Preprocessed] | None = None
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def default_device() -> torch.device:
-    """CUDA if available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def inference_autocast(device: torch.device):
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); nothing elsewhere."""
-    if device.type != "cuda":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-
-
-class StageTimer:
-    """Seconds per stage of one call; on CUDA it synchronises, so each stage's GPU work counts in it."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.timings: dict[str, float] = {}
-        self._start = self._last = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        """Ends stage ``name``: the time since the previous stage ended (or the timer started)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.timings[name] = now - self._last
-        self._last = now
-
-    def total(self) -> dict[str, float]:
-        """The timings with ``"total"`` (start to the last stage) added."""
-        self.timings["total"] = self._last - self._start
-        return self.timings
-
-
-def gaussians_and_views(model, tokens3d: Tensor, cameras: Cameras | None, refine: bool, timer: StageTimer):
-    """The shared tail of reconstruction and editing: Gaussian head (float32), then optional renders.
-
-    Args:
-        model: a :class:`PercHead` or :class:`perchead.edit.PercHeadEditor`.
-        tokens3d: decoder output. ``[B, P, D]``
-        cameras: views to render, or None.
-        refine: apply the CNN refiner to the renders.
-        timer: records the "gaussians" and "render" stages.
-
-    Returns:
-        (batched Gaussians, RenderOutput or None).
-    """
-    gaussians = model.to_gaussians(tokens3d.float()).float()
-    timer("gaussians")
-    views = None
-    if cameras is not None:
-        views = model.render_views(gaussians, cameras, refine=refine)
-        timer("render")
-    return gaussians, views
+    notes: list[str] = field(default_factory=list)
 
 
 class PercHeadPipeline:
-    """Image + mask → :class:`Reconstruction`.
+    """A portrait (path, bytes, PIL image, uint8 array) or prepared tensors → :class:`Reconstruction`.
 
     Args:
-        model: a :class:`~perchead.model.PercHead`.
+        model: a :class:`~perchead.models.perchead.PercHead`.
         device: where to run (default: CUDA if available, else CPU).
     """
 
@@ -126,9 +73,13 @@ class PercHeadPipeline:
     def image_size(self) -> int:
         return self.model.config.render.image_size
 
+    def preprocess_config(self, **options) -> PreprocessConfig:
+        """The photo crop with this model's framing (size, radius, fov); ``options`` override its fields."""
+        return PreprocessConfig.from_model_config(self.model.config.render, **options)
+
     # ------------------------------------------------------------------------------------------ input
     def prepare(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Checks, batches and resizes inputs to the model size, on the pipeline device.
+        """Checks, batches and resizes prepared inputs to the model size, on the pipeline device.
 
         Args:
             image: ``[3, H, W]`` or ``[B, 3, H, W]`` float in [0, 1], over white.
@@ -138,7 +89,7 @@ class PercHeadPipeline:
             (image ``[B, 3, S, S]``, mask ``[B, 1, S, S]``).
         """
         if not isinstance(image, Tensor) or not isinstance(mask, Tensor):
-            raise ValueError("image and mask must be torch tensors (use perchead.preprocess for photos)")
+            raise ValueError("image and mask must both be torch tensors (or pass a photo and no mask)")
         if image.dim() == 3:
             image = image[None]
         if image.dim() != 4 or image.shape[1] != 3:
@@ -163,28 +114,53 @@ class PercHeadPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        image: Tensor,
-        mask: Tensor,
+        image: ImageSource | Tensor,
+        mask: Tensor | None = None,
+        *,
         cameras: Cameras | None = None,
         refine: bool = True,
         cross_attn_until: int | None = None,
+        progress: Progress = no_progress,
+        **preprocess_options,
     ) -> Reconstruction:
-        """Reconstructs the head(s) in ``image``.
+        """Reconstructs the head in a photo, or the heads in a batch of prepared images.
 
         Args:
-            image: ``[3, H, W]`` or ``[B, 3, H, W]`` in [0, 1], background white; resized to the model size.
-            mask: foreground mask with the same H, W.
+            image: a photo (path, bytes, PIL image or uint8 array: cropped and cut out by
+                :func:`perchead.preprocess.preprocess`), or prepared tensors ``[3, H, W]`` / ``[B, 3, H, W]`` in
+                [0, 1] over white (resized to the model size) together with ``mask``.
+            mask: the foreground mask of prepared tensors (same H, W); must be None for a photo.
             cameras: views to render (e.g. ``pipe.model.default_cameras([0, 90])``); None renders nothing.
             refine: apply the CNN refiner to the renders.
             cross_attn_until: decoder visualisation (supplement §7); None = the normal model.
+            progress: called with (fraction, stage) before each stage; may raise to stop the work.
+            **preprocess_options: fields of :class:`perchead.preprocess.PreprocessConfig` for a photo
+                (``remove_background``, ``auto_crop``, ``use_whole_image``, …).
 
         Returns:
             :class:`Reconstruction`.
+
+        Raises:
+            perchead.preprocess.PreprocessError: a photo that cannot be used (the message says why).
+            ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors.
         """
         timer = StageTimer(self.device)
-        # 1. inputs to the model size and device
-        image, mask = self.prepare(image, mask)
+        # 1. a photo → crop + mask with the training framing; tensors → checked and resized
+        progress(0.0, "preprocessing (crop + background removal)")
+        prepared = None
+        if isinstance(image, Tensor):
+            if preprocess_options:
+                raise ValueError(f"preprocessing options {sorted(preprocess_options)} apply to photos, not tensors")
+            if mask is None:
+                raise ValueError("prepared image tensors need their mask")
+        else:
+            if mask is not None:
+                raise ValueError("a photo is cut out by the pipeline: pass no mask with it")
+            prepared = [preprocess(image, self.preprocess_config(**preprocess_options))]
+            image, mask = prepared[0].image, prepared[0].mask
+        image, mask = self.prepare(image, mask)  # [B, 3, S, S], [B, 1, S, S]
         timer("preprocess")
+        progress(0.1, "reconstructing the 3D head")
         with inference_autocast(self.device):
             # 2. dual-branch lift encoder: foreground patch tokens
             tokens2d = self.model.encode(image, mask)
@@ -194,7 +170,6 @@ class PercHeadPipeline:
             timer("decode")
         # 4.–5. Gaussian head (float32), optional renders + refiner
         gaussians, views = gaussians_and_views(self.model, tokens3d, cameras, refine, timer)
-        timings = timer.total()
-        if gaussians.batch_size == 1:
-            gaussians = gaussians[0]
-        return Reconstruction(gaussians=gaussians, views=views, timings=timings)
+        notes = [note for prep in prepared or [] for note in prep.notes]
+        return Reconstruction(gaussians=gaussians, views=views, preprocessed=prepared, timings=timer.total(),
+                              notes=notes)

@@ -9,7 +9,7 @@ import torch
 
 from perchead.models.config import PercHeadConfig
 from perchead.models.gaussian_head import mean_vertex_spacing
-from perchead.mesh import save_glb
+from perchead.geometry.mesh import save_glb
 from perchead.models.perchead import PercHead
 
 

@@ -1,0 +1,196 @@
+"""One writer from a head to what a user downloads and sees, shared by reconstruction and editing.
+
+:func:`write_outputs` writes the Gaussians as a 3DGS ``.ply`` and a ``.splat``, a ``.glb`` mesh (template
+faces), the fixed novel views as PNGs (front, ¾ left/right, both profiles, back, top — the paper's novel
+and extreme views, §4) and a turntable ``.mp4``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from perchead.geometry.gaussians import Gaussians, save_ply, save_splat
+from perchead.models.perchead import PercHead
+from perchead.pipelines.common import Progress, no_progress
+from perchead.preprocess import to_uint8
+
+# (caption, azimuth°, elevation°): azimuth +90 is the head's own LEFT side (perchead.geometry.cameras).
+NOVEL_VIEWS: tuple[tuple[str, float, float], ...] = (
+    ("front", 0.0, 0.0),
+    ("¾ left", 45.0, 0.0),
+    ("¾ right", -45.0, 0.0),
+    ("left profile", 90.0, 0.0),
+    ("right profile", -90.0, 0.0),
+    ("back", 180.0, 0.0),
+    ("top", 0.0, 85.0),
+)
+FORMATS = ("ply", "splat", "glb")
+
+
+@dataclass
+class Outputs:
+    """The files written for one head.
+
+    Attributes:
+        files: format ("ply", "splat", "glb") → written path.
+        video: the turntable .mp4, or None when not requested.
+        views: (caption, PNG path) of the fixed novel views.
+        timings: stage → seconds (the pipeline's stages passed in, plus the writer's).
+        notes: remarks for the user (those passed in, plus export problems).
+    """
+
+    files: dict[str, Path]
+    video: Path | None
+    views: list[tuple[str, Path]]
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def render_novel_views(model: PercHead, gaussians: Gaussians, size: int = 256, refine: bool = True) -> list[tuple[str, Image.Image]]:
+    """Renders :data:`NOVEL_VIEWS` with the model's renderer (+ refiner) in one batch.
+
+    Args:
+        model: the PercHead whose framing (``config.render`` radius and fov) and refiner are used.
+        gaussians: one head, on the model's device.
+        size: image side in pixels.
+        refine: apply the CNN refiner.
+
+    Returns:
+        (caption, RGB image ``size``²) per view.
+    """
+    cameras = model.default_cameras([v[1] for v in NOVEL_VIEWS], [v[2] for v in NOVEL_VIEWS], size=size)
+    with torch.no_grad():
+        rgb = model.render_views(gaussians, cameras, refine=refine).rgb  # [1, V, 3, S, S]
+    frames = to_uint8(rgb[0])  # [V, S, S, 3]
+    return [(caption, Image.fromarray(frame)) for (caption, _, _), frame in zip(NOVEL_VIEWS, frames)]
+
+
+def export_files(gaussians: Gaussians, folder: str | Path, template=None, formats=FORMATS, stem: str = "head") -> tuple[dict[str, Path], dict[str, float], list[str]]:
+    """Writes the Gaussians as .ply / .splat and the template mesh as .glb.
+
+    Args:
+        gaussians: one head, unbatched.
+        folder: output folder (created).
+        template: the model's :class:`perchead.template.Template` (needed for .glb).
+        formats: any of "ply", "splat", "glb".
+        stem: file name stem.
+
+    Returns:
+        (format → path, format → seconds, notes about formats that could not be written).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    for fmt in formats:
+        start = time.perf_counter()
+        path = folder / f"{stem}.{fmt}"
+        if fmt == "ply":
+            save_ply(gaussians, path)
+        elif fmt == "splat":
+            save_splat(gaussians, path)
+        elif fmt == "glb":
+            if template is None:
+                notes.append("no template: .glb mesh not written")
+                continue
+            from perchead.geometry.mesh import save_glb
+
+            save_glb(gaussians, template, path)
+        else:
+            raise ValueError(f"unknown export format {fmt!r}; choose from {FORMATS}")
+        files[fmt] = path
+        timings[f"export_{fmt}"] = time.perf_counter() - start
+    return files, timings, notes
+
+
+def write_outputs(
+    model,
+    gaussians: Gaussians,
+    folder: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    turntable_frames: int = 60,
+    turntable_size: int = 512,
+    turntable_refine: bool | None = None,
+    view_size: int = 256,
+    formats=FORMATS,
+    progress: Progress = no_progress,
+    timings: dict[str, float] | None = None,
+    notes: list[str] | None = None,
+) -> Outputs:
+    """One head → files, novel views and a turntable in ``folder``.
+
+    Args:
+        model: the model whose framing, renderer + refiner and template are used (a
+            :class:`~perchead.models.perchead.PercHead` or a :class:`~perchead.models.editor.PercHeadEditor`).
+        gaussians: one head, unbatched, or a batch of one (any device).
+        folder: where the files go (created).
+        device: where to render (default: the model's device).
+        turntable_frames: frames in the orbit video; 0 skips the video.
+        turntable_size: video frame side in pixels.
+        turntable_refine: run the CNN refiner on the turntable frames; None = only on CUDA (on a CPU the
+            refiner at 512² costs ~6× the rasteriser, see benchmarks/app.py; the novel views are always refined).
+        view_size: side of the novel-view images; 0 skips them.
+        formats: any of :data:`FORMATS`.
+        progress: called with (fraction, stage) between stages and turntable frame batches (fractions 0.3 ..
+            1.0, after a pipeline's 0 .. 0.3); may raise to stop the work.
+        timings: the pipeline's stage → seconds; copied, extended with the writer's stages, and ``total``
+            becomes the sum of all stages.
+        notes: remarks gathered before (e.g. :attr:`Reconstruction.notes`); copied and extended.
+
+    Returns:
+        :class:`Outputs`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    timings = {k: v for k, v in (timings or {}).items() if k != "total"}
+    notes = list(notes or [])
+    if gaussians.is_batched:
+        if gaussians.batch_size != 1:
+            raise ValueError(f"write_outputs writes one head, got a batch of {gaussians.batch_size}")
+        gaussians = gaussians[0]
+    gaussians = gaussians.detach().to("cpu")
+    # 1. files
+    progress(0.3, "writing .ply / .splat / .glb")
+    files, export_timings, export_notes = export_files(gaussians, folder, model.template, formats)
+    timings.update(export_timings)
+    notes += export_notes
+    # 2. novel views
+    views: list[tuple[str, Path]] = []
+    if view_size > 0:
+        progress(0.4, "rendering novel views")
+        start = time.perf_counter()
+        for index, (caption, image) in enumerate(render_novel_views(model, gaussians.to(device), size=view_size)):
+            image.save(folder / f"view{index}.png")
+            views.append((caption, folder / f"view{index}.png"))
+        timings["novel_views"] = time.perf_counter() - start
+    # 3. turntable
+    video = None
+    if turntable_frames > 0:
+        from perchead.pipelines.video import TurntableConfig, make_turntable
+
+        progress(0.5, f"rendering a {turntable_frames}-frame turntable")
+        render_config = model.config.render
+        config_video = TurntableConfig(
+            n_frames=int(turntable_frames), size=int(turntable_size),
+            refine=(device.type == "cuda") if turntable_refine is None else bool(turntable_refine),
+            radius=render_config.radius, fov_deg=render_config.fov_deg,
+        )  # fmt: skip
+        video = folder / "turntable.mp4"
+        stats = make_turntable(
+            model, gaussians.to(device), video, config_video,
+            progress=lambda done, total: progress(0.5 + 0.5 * done / total, f"turntable {done}/{total} frames"),
+        )  # fmt: skip
+        timings["turntable"] = stats["seconds"]
+        if not config_video.refine:
+            notes.append("turntable rendered without the CNN refiner (CPU speed); the novel views are refined")
+    progress(1.0, "done")
+    timings["total"] = sum(timings.values())
+    return Outputs(files, video, views, timings, notes)
