@@ -135,7 +135,11 @@ def evaluate_synthetic(n: int, size: int = 512) -> dict:
                 row["pitch_error"] = float(abs(result.pose.pitch_deg - truth["pitch"]))
             rows[detector].append(row)
         print(f"head {truth['seed']}: " + ", ".join(f"{d} {_short(r[-1])}" for d, r in rows.items()), flush=True)
-    return {d: _summary(r) for d, r in rows.items()} | {"cases": n, "image_size": size}
+    summary = {d: _summary(r) for d, r in rows.items()}
+    for d, r in rows.items():  # by yaw band
+        summary[d]["yaw_0_30"] = _summary([x for x in r if abs(x["yaw"]) <= 30])
+        summary[d]["yaw_30_60"] = _summary([x for x in r if abs(x["yaw"]) > 30])
+    return summary | {"cases": n, "image_size": size}
 
 
 def _short(row: dict) -> str:

@@ -671,9 +671,8 @@ def photo_label_map(rgb: np.ndarray, matte: np.ndarray, landmarks: np.ndarray, p
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)  # [S, S, 3]
     if parsed is not None:
         labels = np.where(fg, np.asarray(parsed), 0).astype(np.uint8)
-        inside = oval & fg & ~np.isin(labels, (3, 13, 14))  # glasses, hair and hats may cover the face
-        labels[inside] = 1
-        labels[oval & fg & np.isin(labels, (8, 9, 17, 18))] = 1
+        fringe = np.isin(labels, (13, 14)) & (above_chin > 0.7 * face_height)  # hair or a hat over the forehead
+        labels[oval & fg & ~fringe & (labels != 3)] = 1  # the rest of the face is skin (glasses stay)
     else:
         labels = np.zeros((size, size), np.uint8)
         references = {}
