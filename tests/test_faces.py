@@ -313,3 +313,14 @@ def test_real_portrait_label_map_has_the_face_parts(analyzer):
     left_x = torch.nonzero(labels == 4)[:, 1].float().mean()
     right_x = torch.nonzero(labels == 5)[:, 1].float().mean()
     assert left_x > right_x
+
+
+def test_noise_and_textures_are_not_faces(analyzer):
+    # BlazeFace alone fires on some blurred noise (scores up to 0.72); the face mesh must veto those.
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        height, width = (int(v) for v in rng.integers(100, 500, 2))
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        if i % 2:
+            image = cv2.normalize(cv2.GaussianBlur(image, (0, 0), 8), None, 0, 255, cv2.NORM_MINMAX)
+        assert analyzer.detect(image) == [], i

@@ -279,9 +279,12 @@ class FaceAnalyzer:
         threads: CPU threads per network.
         min_score: detection score threshold.
         confirm_score: detections scoring below this are kept only when the face mesh also sees a face.
+        confirm_presence: the face mesh's presence score that confirms a weak detection (on noise and
+            textures, where BlazeFace alone fires up to 0.72, it stays below 0.003).
     """
 
-    def __init__(self, folder: str | os.PathLike, threads: int = 2, min_score: float = 0.5, confirm_score: float = 0.75):
+    def __init__(self, folder: str | os.PathLike, threads: int = 2, min_score: float = 0.5, confirm_score: float = 0.75,
+                 confirm_presence: float = 0.1):
         folder = Path(folder)
         self.folder = folder
         self.short = _Net(folder / "face_detection_short_range.tflite", threads)
@@ -290,6 +293,7 @@ class FaceAnalyzer:
         self.selfie = _Net(folder / "selfie_segmentation.tflite", threads)
         self.min_score = min_score
         self.confirm_score = confirm_score
+        self.confirm_presence = confirm_presence
         self.short_anchors = _ssd_anchors(128, (8, 16, 16, 16), 2)  # [896, 2]
         self.full_anchors = _ssd_anchors(192, (4,), 1)  # [2304, 2]
 
@@ -371,11 +375,9 @@ class FaceAnalyzer:
         for face in faces:  # weak detections must look like a face to the face mesh too
             if face.score >= self.confirm_score:
                 confirmed.append(face)
-            elif self.landmarks(rgb, face, passes=1).presence >= 0.5:
+            elif self.landmarks(rgb, face, passes=1).presence >= self.confirm_presence:
                 face.landmarks, face.presence = None, float("nan")  # redone on demand with two passes
                 confirmed.append(face)
-        if not confirmed and faces:  # nothing certain: keep the best guess rather than nothing
-            confirmed = [max(faces, key=lambda f: f.score)]
         return sorted(confirmed, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
 
     # ------------------------------------------------------------------------------------- landmarks
