@@ -786,7 +786,9 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
                     f"face_index {face_index} was asked for, but only {len(found)} face(s) were found "
                     f"(valid: 0..{len(found) - 1}, largest first)"
                 )
-            face = analyzer.landmarks(rgb, found[face_index])
+            face = found[face_index]
+            if face.landmarks is None:  # weak detections come with landmarks already (their confirmation)
+                face = analyzer.landmarks(rgb, face)
             try:
                 pose = face_module.estimate_pose(face.landmarks, width, height, config.photo_fov_deg)
             except RuntimeError as error:

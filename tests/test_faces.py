@@ -324,3 +324,12 @@ def test_noise_and_textures_are_not_faces(analyzer):
         if i % 2:
             image = cv2.normalize(cv2.GaussianBlur(image, (0, 0), 8), None, 0, 255, cv2.NORM_MINMAX)
         assert analyzer.detect(image) == [], i
+
+
+def test_model_folders_are_searched_in_order(monkeypatch, tmp_path):
+    monkeypatch.setenv(faces.ENV_DIR, str(tmp_path))
+    assert faces.model_dirs()[0] == tmp_path
+    for name in faces.MODEL_FILES:
+        (tmp_path / name).write_bytes(b"x")
+    assert faces.find_models() == tmp_path
+    assert faces.fetch_models(tmp_path) == tmp_path  # already there: nothing is downloaded
