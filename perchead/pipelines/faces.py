@@ -11,7 +11,7 @@ runtime; importing ``mediapipe`` itself is never needed, so none of its jax / pr
 * **Selfie segmentation** (``selfie_segmentation.tflite``, 256² input): a person matte.
 
 The files ship inside the ``mediapipe==0.10.14`` wheel on PyPI. :func:`fetch_models` downloads that wheel
-with pip (no install, ``--no-deps``) and extracts only these files (2.6 MB) into the first writable
+with pip (no install, ``--no-deps``) and extracts only these files (2.4 MB) into the first writable
 folder of :func:`model_dirs`; ``python3 tasks.py install`` does it, and on a machine without them the
 first use does it once unless ``HF_HUB_OFFLINE=1`` / ``PERCHEAD_NO_FETCH=1`` is set. When they are absent,
 :func:`load_analyzer` returns None and preprocessing falls back to OpenCV's Haar cascades and GrabCut.
@@ -20,7 +20,8 @@ Head pose: the landmarks are matched by PnP (OpenCV ``solvePnP``) against :data:
 3D positions of a subset of landmarks in canonical head space (origin at the head centre, +Y up, the face
 toward +Z, metres). Those positions were triangulated from the face mesh run on renders of the test-split
 synthetic heads seen by known cameras (``benchmarks/preprocess.py --calibrate``), so a pose found on a
-photo places the head exactly as the training cameras do.
+photo is in the frame of the training cameras: the crop built from it is centred on the head centre and
+as wide as the training frame at the head's depth (``perchead.preprocess.pose_to_crop``).
 """
 
 from __future__ import annotations
@@ -204,9 +205,9 @@ class HeadPose:
     """A head's pose relative to the camera that took the photo.
 
     Attributes:
-        yaw_deg: the camera's azimuth around the head as in :func:`perchead.cameras.orbit_cameras`
-            (0 = frontal, +90 = the camera sees the head's left side (+X), i.e. the face turns to the
-            image's left... from the subject's view to their right).
+        yaw_deg: the camera's azimuth around the head as in :func:`perchead.geometry.cameras.orbit_cameras`
+            (0 = frontal; positive when the camera sees more of the head's own left side (+X), i.e. the
+            face is turned toward the image's left).
         pitch_deg: the camera's elevation (+ = seen from above, as ``orbit_cameras``).
         roll_deg: in-plane rotation of the head in the photo, counter-clockwise on screen (degrees).
         rotation: head → camera rotation (OpenCV camera axes). ``[3, 3]``
