@@ -24,6 +24,7 @@ from perchead.models.perchead import PercHead
 from perchead.pipelines.common import (
     Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
 )  # fmt: skip
+from perchead.pipelines.fit import FitConfig, check_steps, fit_to_photo, with_steps
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ class Reconstruction:
         gaussians: the heads. ``[B, N, …]``
         views: renders of the given cameras (``rgb [B, V, 3, H, W]`` …), or None.
         preprocessed: how each photo became the model input (crop, mask, pose, notes); None for tensor input.
-        timings: seconds per stage: ``preprocess``, ``encode``, ``decode``, ``gaussians``, ``render``
-            (when cameras were given) and ``total``.
+        timings: seconds per stage: ``preprocess``, ``encode``, ``decode``, ``gaussians``, ``fit`` (with
+            ``fit_steps``), ``render`` (when cameras were given) and ``total``.
         notes: remarks for the user (from preprocessing: downscaling, faces found, fallbacks).
     """
 
@@ -121,6 +122,8 @@ class PercHeadPipeline:
         refine: bool = True,
         cross_attn_until: int | None = None,
         progress: Progress = no_progress,
+        fit_steps: int = 0,
+        fit: FitConfig | None = None,
         **preprocess_options,
     ) -> Reconstruction:
         """Reconstructs the head in a photo, or the heads in a batch of prepared images.
@@ -133,7 +136,13 @@ class PercHeadPipeline:
             cameras: views to render (e.g. ``pipe.model.default_cameras([0, 90])``); None renders nothing.
             refine: apply the CNN refiner to the renders.
             cross_attn_until: decoder visualisation (supplement §7); None = the normal model.
-            progress: called with (fraction, stage) before each stage; may raise to stop the work.
+            progress: called with (fraction, stage) before each stage and each fit step; may raise to stop
+                the work.
+            fit_steps: photo-fit steps (:mod:`perchead.pipelines.fit`) after the Gaussian head: each head is
+                refined against its own input; 0 = no fit. The input camera is the photo's head pose (from
+                landmarks) when known, else a render-and-compare search.
+            fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``steps`` are
+                replaced by ``fit_steps``.
             **preprocess_options: fields of :class:`perchead.preprocess.PreprocessConfig` for a photo
                 (``remove_background``, ``auto_crop``, ``use_whole_image``, …).
 
@@ -142,8 +151,12 @@ class PercHeadPipeline:
 
         Raises:
             perchead.preprocess.PreprocessError: a photo that cannot be used (the message says why).
-            ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors.
+            ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors, a
+                negative or absurd ``fit_steps``, a ``fit`` that is not a FitConfig.
         """
+        check_steps(fit_steps)
+        if fit is not None and not isinstance(fit, FitConfig):
+            raise ValueError(f"fit must be a FitConfig or None, got {type(fit).__name__}")
         timer = StageTimer(self.device)
         # 1. a photo → crop + mask with the training framing; tensors → checked and resized
         progress(0.0, "preprocessing (crop + background removal)")
@@ -169,7 +182,37 @@ class PercHeadPipeline:
             tokens3d = self.model.decode(tokens2d, cross_attn_until=cross_attn_until)
             timer("decode")
         # 4.–5. Gaussian head (float32), optional renders + refiner
-        gaussians, views = gaussians_and_views(self.model, tokens3d, cameras, refine, timer)
-        notes = [note for prep in prepared or [] for note in prep.notes]
+        if fit_steps:
+            gaussians, _ = gaussians_and_views(self.model, tokens3d, None, refine, timer)
+            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, with_steps(fit, fit_steps), progress)
+            timer("fit")
+            views = None
+            if cameras is not None:
+                views = self.model.render_views(gaussians, cameras, refine=refine)
+                timer("render")
+        else:
+            gaussians, views = gaussians_and_views(self.model, tokens3d, cameras, refine, timer)
+            fit_notes = []
+        notes = [note for prep in prepared or [] for note in prep.notes] + fit_notes
         return Reconstruction(gaussians=gaussians, views=views, preprocessed=prepared, timings=timer.total(),
                               notes=notes)
+
+    def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
+             config: FitConfig, progress: Progress) -> tuple[Gaussians, list[str]]:
+        """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads). Returns (heads, notes)."""
+        B = gaussians.batch_size
+        heads, notes = [], []
+        for b in range(B):
+            camera = None
+            if prepared is not None:
+                r = self.model.config.render
+                camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg)
+                if camera is not None:
+                    notes.append("photo-fit: head pose from the face landmarks")
+            lo = 0.1 + 0.2 * b / B
+            with torch.enable_grad():
+                result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
+                                      config=config, progress=progress, progress_range=(lo, lo + 0.2 / B))
+            heads.append(result.gaussians)
+            notes += result.notes
+        return Gaussians.stack(heads), notes

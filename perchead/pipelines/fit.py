@@ -1,0 +1,445 @@
+"""Photo-fit: per-subject refinement of a predicted head against its photo (after the feed-forward pass).
+
+The feed-forward prediction is a good prior but an averaged likeness. As in ID-TS / HQ-Head (optimise
+each subject after the feed-forward pass), :func:`fit_to_photo` refines one head's Gaussians so their
+render from the input camera matches the photo inside its matte, with priors that keep what the photo
+does not show close to the prediction:
+
+1. **Input camera**: the preprocessing's head pose (landmarks) when known, else a render-and-compare
+   search over yaw/pitch; then yaw, pitch, roll, focal scale and shift are refined jointly in the first
+   ``camera_steps`` steps (bounded).
+2. **Fit**: colours and opacities from the start, bounded position and scale offsets after
+   ``geometry_from`` of the steps. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
+3. **Priors**: self-distillation (the prediction's own renders from other views as soft targets,
+   weighted by ``(1 − cos θ) / 2`` away from the input view), left–right symmetry (the hidden side
+   follows the mirrored visible side), colour smoothness within each 16-Gaussian patch, an anchor on the
+   parameters of Gaussians facing away from the camera, and silhouette consistency (alpha vs matte in the
+   input view, alpha vs the prediction's alpha in the other views).
+
+No identity or perceptual network is optimised against, so identity measures stay independent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from perchead.geometry.cameras import Cameras, camera_centers, orbit_cameras
+from perchead.geometry.gaussians import Gaussians
+from perchead.pipelines.common import Progress, no_progress
+
+PATCH = 16  # Gaussians per 3D patch (paper §3.3)
+MAX_FIT_STEPS = 2000  # more than this is a mistake, not a setting
+
+
+@dataclass
+class FitConfig:
+    """Photo-fit settings (all values ours: the PercHead paper has no per-subject stage; ID-TS optimises
+    for ~400 s on a GPU, this fit is sized for seconds on a CPU).
+
+    Attributes:
+        steps: optimisation steps (0 = no fit).
+        lr_color: Adam step size on colour logits.
+        lr_opacity: Adam step size on opacity logits.
+        lr_offset: Adam step size on the (tanh) position-offset parameters.
+        lr_scale: Adam step size on the (tanh) log-scale parameters.
+        lr_camera: Adam step size on the camera parameters (radians, log-focal, pixels / size).
+        geometry_from: fraction of the steps after which positions and scales start to move.
+        max_offset: bound on each Gaussian's position change per axis, metres.
+        max_log_scale: bound on each Gaussian's log-scale change (log 1.5: at most ×1.5 or ÷1.5).
+        camera_steps: the first steps in which the input camera is refined jointly (0 = fixed camera).
+        max_camera_deg: bound on the refined yaw / pitch / roll change, degrees.
+        max_camera_shift: bound on the principal-point shift, as a fraction of the image size.
+        max_camera_log_focal: bound on the log focal-length change (scale of the head in the image).
+        pose_search: without a known pose, search yaw × pitch by render-and-compare before the fit.
+        search_azimuths: yaw grid of the search, degrees.
+        search_elevations: pitch grid of the search, degrees.
+        search_size: image size of the search renders.
+        through_refiner: compare the photo with the CNN-refined render (what the outputs show).
+        w_photo: weight of the masked L1 photo term in the input view.
+        w_silhouette: weight of the L1 between rendered alpha and the matte in the input view.
+        w_distill: weight of self-distillation (rgb + alpha L1 against the prediction's renders).
+        distill_azimuths: distillation views' yaw relative to the input camera, degrees.
+        distill_elevations: the distillation views' elevations (absolute), degrees; one ring per value.
+        distill_per_step: distillation views rendered per step (cycled in a seeded order).
+        distill_size: image size of the distillation renders.
+        w_symmetry: weight pulling each Gaussian's change toward its mirror's, where the mirror is
+            more visible (colour and x-mirrored offset).
+        w_smooth: weight of colour-change smoothness within each 16-Gaussian patch.
+        w_anchor: weight of the parameter anchor for Gaussians facing away from the input camera.
+        seed: seed of the distillation view order (the fit is otherwise deterministic).
+    """
+
+    steps: int = 40
+    lr_color: float = 0.1
+    lr_opacity: float = 0.2
+    lr_offset: float = 0.05
+    lr_scale: float = 0.05
+    lr_camera: float = 0.01
+    geometry_from: float = 0.3
+    max_offset: float = 0.004
+    max_log_scale: float = math.log(1.5)
+    camera_steps: int = 10
+    max_camera_deg: float = 8.0
+    max_camera_shift: float = 0.05
+    max_camera_log_focal: float = 0.1
+    pose_search: bool = True
+    search_azimuths: tuple[float, ...] = (-40.0, -30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0, 40.0)
+    search_elevations: tuple[float, ...] = (-10.0, 0.0, 10.0, 20.0)
+    search_size: int = 48
+    through_refiner: bool = True
+    w_photo: float = 1.0
+    w_silhouette: float = 1.0
+    w_distill: float = 0.5
+    distill_azimuths: tuple[float, ...] = (60.0, 90.0, 135.0, 180.0, -135.0, -90.0, -60.0)
+    distill_elevations: tuple[float, ...] = (0.0,)
+    distill_per_step: int = 1
+    distill_size: int = 64
+    w_symmetry: float = 0.5
+    w_smooth: float = 0.5
+    w_anchor: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps)
+        for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
+                     "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
+                     "w_distill", "w_symmetry", "w_smooth", "w_anchor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.geometry_from <= 1:
+            raise ValueError(f"FitConfig.geometry_from must lie in [0, 1], got {self.geometry_from}")
+        if self.camera_steps < 0:
+            raise ValueError(f"FitConfig.camera_steps must be >= 0, got {self.camera_steps}")
+        if self.search_size < 8 or self.distill_size < 8:
+            raise ValueError("FitConfig.search_size and distill_size must be >= 8")
+        if self.distill_per_step < 0:
+            raise ValueError(f"FitConfig.distill_per_step must be >= 0, got {self.distill_per_step}")
+        if not self.search_azimuths or not self.search_elevations:
+            raise ValueError("FitConfig.search_azimuths and search_elevations must not be empty")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "FitConfig":
+        """A named preset with field ``overrides``: ``"fast"`` (the app default: seconds on 2 CPU cores for
+        the bundled model), ``"quality"`` (3× the steps, two distillation views per step), ``"tiny"`` (tests)."""
+        presets = {
+            "fast": {},
+            "quality": {"steps": 120, "distill_per_step": 2, "camera_steps": 20},
+            "tiny": {"steps": 8, "camera_steps": 2, "search_size": 16, "distill_size": 16,
+                     "search_azimuths": (-20.0, 0.0, 20.0), "search_elevations": (0.0,)},
+        }
+        if name not in presets:
+            raise ValueError(f"unknown FitConfig preset {name!r}; choose from {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+
+def check_steps(steps) -> int:
+    """Validates a step count: an int in ``[0, MAX_FIT_STEPS]`` (bools and floats are refused)."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ValueError(f"fit steps must be an integer, got {steps!r}")
+    if steps < 0:
+        raise ValueError(f"fit steps must be >= 0 (0 = no fit), got {steps}")
+    if steps > MAX_FIT_STEPS:
+        raise ValueError(f"fit steps must be at most {MAX_FIT_STEPS}, got {steps}")
+    return steps
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_to_photo` returns.
+
+    Attributes:
+        gaussians: the fitted head. ``[N, …]``
+        camera: the refined input camera (one view, the photo's size).
+        losses: the total loss per step (before each update).
+        photo_loss: (first, last) masked L1 of the input-view render against the photo, without priors.
+        notes: remarks for the user (pose source, camera change).
+    """
+
+    gaussians: Gaussians
+    camera: Cameras
+    losses: list[float] = field(default_factory=list)
+    photo_loss: tuple[float, float] = (float("nan"), float("nan"))
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+_MIRROR_CACHE: dict[tuple, Tensor] = {}
+
+
+def mirror_index(vertices: Tensor, chunk: int = 2048) -> Tensor:
+    """For each template vertex, the index of the vertex nearest its left–right mirror image (x → −x).
+
+    Args:
+        vertices: ``[N, 3]``; the canonical head is symmetric about x = 0.
+
+    Returns:
+        ``[N]`` long (cached per template).
+    """
+    key = (vertices.shape[0], float(vertices.double().sum()), float(vertices[:, 0].double().abs().sum()))
+    if key not in _MIRROR_CACHE:
+        v = vertices.detach().float().cpu()  # [N, 3]
+        mirrored = v * torch.tensor([-1.0, 1.0, 1.0])  # [N, 3]
+        sq = (v * v).sum(-1)  # [N]
+        # nearest neighbour by |a|² − 2a·b + |b|² (a matmul per chunk; |a|² is constant per row)
+        idx = [(sq[None] - 2 * mirrored[i : i + chunk] @ v.T).argmin(dim=1) for i in range(0, len(v), chunk)]
+        _MIRROR_CACHE[key] = torch.cat(idx)
+    return _MIRROR_CACHE[key].to(vertices.device)
+
+
+def _rotation(yaw: Tensor, pitch: Tensor, roll: Tensor) -> tuple[Tensor, Tensor]:
+    """(world rotation Ry(yaw)·Rx(pitch), camera-axis roll Rz(roll)), each ``[3, 3]``, differentiable."""
+    cy, sy, cp, sp, cr, sr = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin()
+    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
+    Ry = torch.stack([torch.stack([cy, zero, sy]), torch.stack([zero, one, zero]), torch.stack([-sy, zero, cy])])
+    Rx = torch.stack([torch.stack([one, zero, zero]), torch.stack([zero, cp, -sp]), torch.stack([zero, sp, cp])])
+    Rz = torch.stack([torch.stack([cr, -sr, zero]), torch.stack([sr, cr, zero]), torch.stack([zero, zero, one])])
+    return Ry @ Rx, Rz
+
+
+def adjust_camera(camera: Cameras, params: Tensor, config: FitConfig) -> tuple[Tensor, Tensor]:
+    """The input camera changed by raw ``params`` ``[6]`` = (yaw, pitch, roll, log focal, shift x, shift y),
+    each bounded by ``tanh`` to the config's limits: the head turns about its centre, the camera rolls about
+    its axis, zooms and shifts. Returns (viewmats ``[1, 4, 4]``, Ks ``[1, 3, 3]``)."""
+    b = torch.tanh(params)  # [6] in (-1, 1)
+    ang = b[:3] * math.radians(config.max_camera_deg)
+    Rw, Rz = _rotation(ang[0], ang[1], ang[2])
+    eye = torch.eye(4, dtype=params.dtype)
+    W = eye.clone()
+    W[:3, :3] = Rw
+    C = eye.clone()
+    C[:3, :3] = Rz
+    viewmat = C @ camera.viewmats[0].to(params.dtype) @ W  # [4, 4]
+    K = camera.Ks[0].to(params.dtype)  # [3, 3]
+    focal = torch.exp(b[3] * config.max_camera_log_focal)
+    shift = b[4:] * config.max_camera_shift * float(camera.width)  # [2] pixels
+    K = torch.stack([
+        torch.stack([K[0, 0] * focal, K[0, 1], K[0, 2] + shift[0]]),
+        torch.stack([K[1, 0], K[1, 1] * focal, K[1, 2] + shift[1]]),
+        K[2],
+    ])
+    return viewmat[None], K[None]
+
+
+def _render(model, g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine: bool):
+    """Renders ``[N]`` Gaussians into V views over white (``model.render_at``): rgb ``[V, 3, s, s]``, alpha."""
+    out = model.render_at(g, viewmats, Ks, size, size, refine=refine)
+    return out.rgb[0], out.alpha[0]
+
+
+@torch.no_grad()
+def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig) -> tuple[float, float]:
+    """Render-and-compare: the (yaw, pitch) of ``config``'s grid whose render of the predicted head best
+    matches the photo (L1 of rgb and alpha vs matte at ``search_size``). Degrees."""
+    s = config.search_size
+    az = [a for a in config.search_azimuths for _ in config.search_elevations]
+    el = [e for _ in config.search_azimuths for e in config.search_elevations]
+    r = model.config.render
+    cams = orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=s)
+    rgb, alpha = _render(model, gaussians, cams.viewmats, cams.Ks, s, refine=False)  # [V, 3, s, s]
+    img = F.interpolate(image, size=(s, s), mode="area")  # [1, 3, s, s]
+    msk = F.interpolate(mask, size=(s, s), mode="area")  # [1, 1, s, s]
+    err = (rgb - img).abs().mean(dim=(1, 2, 3)) + (alpha - msk).abs().mean(dim=(1, 2, 3))  # [V]
+    best = int(err.argmin())
+    return az[best], el[best]
+
+
+def _distill_cameras(model, input_camera: Cameras, config: FitConfig) -> tuple[Cameras, Tensor]:
+    """Distillation cameras around the head, relative to the input yaw, and their weights
+    ``(1 − cos θ) / 2`` (θ: angle between the view and the input view). Returns (cameras, ``[V]``)."""
+    center = camera_centers(input_camera.viewmats)[0]  # [3]
+    yaw0 = math.degrees(math.atan2(float(center[0]), float(center[2])))
+    az = [yaw0 + a for e in config.distill_elevations for a in config.distill_azimuths]
+    el = [e for e in config.distill_elevations for _ in config.distill_azimuths]
+    r = model.config.render
+    cams = orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=config.distill_size)
+    d_in = F.normalize(center, dim=0)
+    d = F.normalize(camera_centers(cams.viewmats), dim=-1)  # [V, 3]
+    weights = (1 - d @ d_in) / 2  # [V]
+    return cams, weights
+
+
+# ------------------------------------------------------------------------------------------ the fit
+def fit_to_photo(
+    model,
+    gaussians: Gaussians,
+    image: Tensor,
+    mask: Tensor,
+    camera: Cameras | None = None,
+    config: FitConfig | None = None,
+    progress: Progress = no_progress,
+    progress_range: tuple[float, float] = (0.1, 0.3),
+) -> FitResult:
+    """Refines one predicted head so its render from the input camera matches the photo.
+
+    Args:
+        model: the PercHead (its renderer, refiner and render framing are used; its weights are not changed).
+        gaussians: the feed-forward head, ``[N, …]`` or ``[1, N, …]``.
+        image: the model input over white. ``[1, 3, S, S]`` or ``[3, S, S]``
+        mask: its matte. ``[1, 1, S, S]``, ``[1, S, S]`` or ``[S, S]``
+        camera: the input camera (e.g. :meth:`perchead.preprocess.Preprocessed.input_camera`); None =
+            render-and-compare search (``config.pose_search``) or the frontal model framing.
+        config: :class:`FitConfig` (default: the ``"fast"`` preset).
+        progress: called once per step with a fraction in ``progress_range``; may raise to cancel.
+        progress_range: the fractions of the first and last step.
+
+    Returns:
+        :class:`FitResult` (detached Gaussians ``[N, …]``).
+
+    Raises:
+        ValueError: a batch of heads, or images / masks / cameras of the wrong shape.
+    """
+    config = config or FitConfig()
+    if gaussians.is_batched:
+        if gaussians.batch_size != 1:
+            raise ValueError(f"fit_to_photo fits one head, got a batch of {gaussians.batch_size}")
+        gaussians = gaussians[0]
+    if image.dim() == 3:
+        image = image[None]
+    while mask.dim() < 4:
+        mask = mask[None]
+    if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[-1] != image.shape[-2]:
+        raise ValueError(f"image must be one square [1, 3, S, S] picture, got {tuple(image.shape)}")
+    if mask.shape != (1, 1, *image.shape[-2:]):
+        raise ValueError(f"mask must be [1, 1, S, S] matching the image, got {tuple(mask.shape)}")
+    if camera is not None and len(camera) != 1:
+        raise ValueError(f"camera must hold one view, got {len(camera)}")
+    device = gaussians.means.device
+    S = image.shape[-1]
+    image = image.to(device, torch.float32)
+    mask = mask.to(device, torch.float32).clamp(0, 1)
+    g0 = gaussians.detach().float()
+    notes: list[str] = []
+    r = model.config.render
+    # 1. the input camera: given (pose from landmarks), searched, or the frontal model framing
+    if camera is None:
+        if config.pose_search:
+            yaw, pitch = search_pose(model, g0, image, mask, config)
+            notes.append(f"photo-fit: head pose from render-and-compare search (yaw {yaw:+.0f}°, pitch {pitch:+.0f}°)")
+        else:
+            yaw, pitch = 0.0, 0.0
+            notes.append("photo-fit: no head pose, frontal camera")
+        camera = orbit_cameras([yaw], [pitch], radius=r.radius, fov_deg=r.fov_deg, size=S)
+    elif camera.width != S or camera.height != S:
+        scale = S / camera.width
+        Ks = camera.Ks.clone()
+        Ks[:, :2] *= scale
+        camera = Cameras(camera.viewmats, Ks, S, S)
+    camera = camera.to(device)
+
+    # 2. parameters: raw changes on top of the prediction (all zero = the prediction)
+    N = g0.num_gaussians
+    color_logit0 = torch.logit(g0.colors.clamp(1e-4, 1 - 1e-4))  # [N, 3]
+    opacity_logit0 = torch.logit(g0.opacities.clamp(1e-4, 1 - 1e-4))  # [N]
+    d_color = torch.zeros(N, 3, device=device, requires_grad=True)  # [N, 3]
+    d_opacity = torch.zeros(N, device=device, requires_grad=True)  # [N]
+    d_offset = torch.zeros(N, 3, device=device, requires_grad=True)  # [N, 3]
+    d_scale = torch.zeros(N, 3, device=device, requires_grad=True)  # [N, 3]
+    d_camera = torch.zeros(6, device=device, requires_grad=True)  # [6]
+    opt = torch.optim.Adam([
+        {"params": [d_color], "lr": config.lr_color},
+        {"params": [d_opacity], "lr": config.lr_opacity},
+        {"params": [d_offset], "lr": config.lr_offset},
+        {"params": [d_scale], "lr": config.lr_scale},
+        {"params": [d_camera], "lr": config.lr_camera},
+    ])
+
+    def current() -> Gaussians:
+        return Gaussians(
+            means=g0.means + config.max_offset * torch.tanh(d_offset),  # [N, 3] bounded
+            quats=g0.quats,
+            scales=g0.scales * torch.exp(config.max_log_scale * torch.tanh(d_scale)),  # [N, 3] bounded
+            opacities=torch.sigmoid(opacity_logit0 + d_opacity).clamp(1e-6, 1 - 1e-6),  # [N]
+            colors=torch.sigmoid(color_logit0 + d_color),  # [N, 3]
+        )
+
+    # 3. priors: distillation targets, mirror pairs, visibility
+    dcams, dweights = _distill_cameras(model, camera, config)
+    dcams, dweights = dcams.to(device), dweights.to(device)
+    with torch.no_grad():
+        d_rgb0, d_alpha0 = _render(model, g0, dcams.viewmats, dcams.Ks, config.distill_size, refine=False)  # [V, 3, s, s]
+    template = model.template
+    mirror = mirror_index(template.vertices).to(device)  # [N]
+    normals = template.normals.to(device, torch.float32)  # [N, 3]
+    flip = torch.tensor([-1.0, 1.0, 1.0], device=device)
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(dcams), generator=gen).tolist() if len(dcams) else []
+    geometry_step = int(round(config.geometry_from * config.steps))
+    mask_sum = mask.sum().clamp_min(1.0)
+
+    def photo_l1(rgb: Tensor) -> Tensor:
+        # the photo is cut out over white: outside the matte the render must be white too (no stray
+        # Gaussians); normalised by the matte's area so the term does not shrink with the head's size
+        return (rgb - image).abs().sum() / (3 * mask_sum)
+
+    losses: list[float] = []
+    first_photo = last_photo = float("nan")
+    lo, hi = progress_range
+    n = config.steps
+    for step in range(n):
+        progress(lo + (hi - lo) * step / max(n, 1), f"fitting to the photo {step + 1}/{n}")
+        refine_cam = step < config.camera_steps
+        d_camera.requires_grad_(refine_cam)
+        geometry = step >= geometry_step
+        d_offset.requires_grad_(geometry)
+        d_scale.requires_grad_(geometry)
+        g = current()
+        viewmats, Ks = adjust_camera(camera, d_camera if refine_cam else d_camera.detach(), config)
+        rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
+        photo = photo_l1(rgb)
+        loss = config.w_photo * photo + config.w_silhouette * (alpha - mask).abs().mean()
+        # self-distillation: the prediction's own renders from views away from the input
+        if config.w_distill > 0 and config.distill_per_step > 0 and len(order):
+            picks = [order[(step * config.distill_per_step + k) % len(order)] for k in range(config.distill_per_step)]
+            idx = torch.tensor(picks, device=device)
+            d_rgb, d_alpha = _render(model, g, dcams.viewmats[idx], dcams.Ks[idx], config.distill_size, refine=False)
+            per_view = (d_rgb - d_rgb0[idx]).abs().mean(dim=(1, 2, 3)) + (d_alpha - d_alpha0[idx]).abs().mean(dim=(1, 2, 3))
+            loss = loss + config.w_distill * (dweights[idx] * per_view).sum() / len(picks) * 4
+        # visibility of each Gaussian from the (current) input camera, by its template normal
+        with torch.no_grad():
+            eye = camera_centers(viewmats.detach())[0]  # [3]
+            vis = (normals * F.normalize(eye - g0.means, dim=-1)).sum(-1).clamp(0, 1)  # [N]
+            pull = (vis[mirror] - vis).clamp_min(0)  # [N] > 0 where the mirror is better seen
+        dcol = g.colors - g0.colors  # [N, 3]
+        doff = g.means - g0.means  # [N, 3]
+        if config.w_symmetry > 0:
+            sym = (pull[:, None] * (dcol - dcol[mirror].detach()).abs()).mean()
+            sym = sym + (pull[:, None] * (doff - doff[mirror].detach() * flip).abs()).mean() / max(config.max_offset, 1e-8) * 0.1
+            loss = loss + config.w_symmetry * sym
+        if config.w_smooth > 0:
+            patch = dcol.view(-1, PATCH, 3)  # [P, 16, 3]
+            loss = loss + config.w_smooth * (patch - patch.mean(dim=1, keepdim=True)).abs().mean()
+        if config.w_anchor > 0:
+            away = 1 - vis  # [N]
+            anchor = (away[:, None] * dcol.abs()).mean() + (away * (g.opacities - g0.opacities).abs()).mean()
+            loss = loss + config.w_anchor * anchor
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step == 0:
+            first_photo = float(photo.detach())
+    progress(hi, "fitted to the photo")
+    with torch.no_grad():
+        g = current().detach()
+        viewmats, Ks = adjust_camera(camera, d_camera.detach(), config)
+        if n:
+            rgb, _ = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)
+            last_photo = float(photo_l1(rgb))
+        b = torch.tanh(d_camera.detach())
+        if config.camera_steps and n:
+            notes.append("photo-fit: camera refined by yaw {:+.1f}°, pitch {:+.1f}°, roll {:+.1f}°".format(
+                *(b[:3] * config.max_camera_deg).tolist()))
+    fitted_camera = Cameras(viewmats.detach(), Ks.detach(), S, S)
+    return FitResult(gaussians=g, camera=fitted_camera, losses=losses, photo_loss=(first_photo, last_photo), notes=notes)
+
+
+def with_steps(config: FitConfig | None, steps: int) -> FitConfig:
+    """``config`` (default: the fast preset) with ``steps`` steps, keeping the camera steps within them."""
+    config = config or FitConfig()
+    return replace(config, steps=steps, camera_steps=min(config.camera_steps, steps))

@@ -1,0 +1,175 @@
+"""Tests for the photo-fit (perchead.pipelines.fit) and its place in the reconstruction pipeline."""
+
+import pytest
+import torch
+
+from perchead.models.config import PercHeadConfig
+from perchead.models.perchead import PercHead
+from perchead.pipelines.fit import MAX_FIT_STEPS, FitConfig, adjust_camera, fit_to_photo, mirror_index, search_pose
+from perchead.pipelines.reconstruct import PercHeadPipeline
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return PercHead(PercHeadConfig.preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def photo(model):
+    """A 'photo' the tiny model cannot predict: its own random head with other colours, seen from 10° yaw."""
+    torch.manual_seed(1)
+    S = model.config.render.image_size
+    image = torch.rand(1, 3, S, S)
+    mask = torch.ones(1, 1, S, S)
+    with torch.no_grad():
+        g = model(image, mask)[0]
+        colors = torch.rand_like(g.colors)
+        target = type(g)(means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities, colors=colors)
+        cam = model.default_cameras([10.0], [5.0], size=S)
+        out = model.render_at(target, cam.viewmats, cam.Ks, S, S, refine=False)
+    return out.rgb[0], out.alpha[0], g, cam, target  # [1, 3, S, S], [1, 1, S, S], head [N], camera, true head
+
+
+def tiny(**overrides):
+    return FitConfig.preset("tiny", **overrides)
+
+
+def test_fit_lowers_the_input_view_loss(model, photo):
+    image, mask, g, cam, _ = photo
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=12, through_refiner=False))
+    first, last = result.photo_loss
+    assert last < 0.8 * first
+    assert len(result.losses) == 12 and result.losses[-1] < result.losses[0]
+    assert not result.gaussians.is_batched and not result.gaussians.means.requires_grad
+    result.gaussians.validate()
+
+
+def test_offsets_and_scales_stay_within_their_bounds(model, photo):
+    image, mask, g, cam, _ = photo
+    config = tiny(steps=10, geometry_from=0.0, lr_offset=5.0, lr_scale=5.0, max_offset=0.002)
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
+    moved = (result.gaussians.means - g.means).abs()
+    assert moved.max() <= config.max_offset + 1e-6 and moved.max() > 0.5 * config.max_offset
+    ratio = (result.gaussians.scales / g.scales).log().abs()
+    assert ratio.max() <= config.max_log_scale + 1e-5
+    torch.testing.assert_close(result.gaussians.quats, g.quats)
+
+
+def test_geometry_waits_for_its_steps(model, photo):
+    image, mask, g, cam, _ = photo
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=4, geometry_from=1.0))
+    torch.testing.assert_close(result.gaussians.means, g.means)
+    torch.testing.assert_close(result.gaussians.scales, g.scales)
+
+
+def test_fit_is_deterministic_with_a_seed(model, photo):
+    image, mask, g, _, _ = photo
+    a = fit_to_photo(model, g, image, mask, config=tiny(seed=3))
+    b = fit_to_photo(model, g, image, mask, config=tiny(seed=3))
+    torch.testing.assert_close(a.gaussians.colors, b.gaussians.colors, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.gaussians.means, b.gaussians.means, rtol=0, atol=1e-6)
+    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+
+
+def test_progress_per_step_and_cancel(model, photo):
+    image, mask, g, cam, _ = photo
+    seen = []
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=5), progress=lambda f, s: seen.append((f, s)))
+    steps = [s for _, s in seen if s.startswith("fitting to the photo")]
+    assert steps == [f"fitting to the photo {i}/5" for i in range(1, 6)]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.1 <= fractions[0] and fractions[-1] <= 0.3
+
+    class Cancelled(Exception):
+        pass
+
+    calls = []
+
+    def cancel_at_third(fraction, stage):
+        calls.append(stage)
+        if len(calls) == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=50), progress=cancel_at_third)
+    assert len(calls) == 3
+
+
+def test_camera_refinement_is_bounded(model):
+    cam = model.default_cameras([0.0], size=64)
+    config = tiny(max_camera_deg=5.0)
+    vm, K = adjust_camera(cam, torch.full((6,), 50.0), config)  # saturated
+    R0, R1 = cam.viewmats[0, :3, :3], vm[0, :3, :3]
+    angle = torch.rad2deg(torch.arccos(((R0.T @ R1).trace() - 1) / 2).clamp(-1, 1))
+    assert angle <= 3 ** 0.5 * 5.0 + 0.5
+    assert (K[0, :2, 2] - cam.Ks[0, :2, 2]).abs().max() <= config.max_camera_shift * 64 + 1e-4
+    vm0, K0 = adjust_camera(cam, torch.zeros(6), config)  # zero = the given camera
+    torch.testing.assert_close(vm0[0], cam.viewmats[0])
+    torch.testing.assert_close(K0[0], cam.Ks[0])
+
+
+def test_pose_search_finds_the_rendered_yaw(model, photo):
+    *_, g = photo  # the random-coloured head: its sides differ
+    S = model.config.render.image_size
+    cam = model.default_cameras([20.0], [0.0], size=S)
+    with torch.no_grad():
+        out = model.render_at(g, cam.viewmats, cam.Ks, S, S, refine=False)
+    yaw, pitch = search_pose(model, g, out.rgb[0], out.alpha[0], tiny(search_size=32))
+    assert (yaw, pitch) == (20.0, 0.0)
+
+
+def test_mirror_index_pairs_left_and_right(model):
+    v = model.template.vertices
+    m = mirror_index(v)
+    assert m.shape == (v.shape[0],)
+    err = (v[m] * torch.tensor([-1.0, 1.0, 1.0]) - v).norm(dim=-1)
+    assert err.median() < 0.01
+
+
+@pytest.mark.parametrize("steps", [-1, MAX_FIT_STEPS + 1, 2.5, True, "10"])
+def test_bad_step_counts_are_refused(steps):
+    with pytest.raises(ValueError, match="fit steps"):
+        FitConfig(steps=steps)
+
+
+def test_bad_settings_are_refused(model, photo):
+    with pytest.raises(ValueError, match="lr_color"):
+        FitConfig(lr_color=-1.0)
+    with pytest.raises(ValueError, match="preset"):
+        FitConfig.preset("nope")
+    image, mask, g, _, _ = photo
+    with pytest.raises(ValueError, match="one head"):
+        fit_to_photo(model, type(g).stack([g, g]), image, mask)
+    with pytest.raises(ValueError, match="mask"):
+        fit_to_photo(model, g, image, mask[..., :10])
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+@pytest.fixture(scope="module")
+def pipe(model):
+    return PercHeadPipeline(model, device="cpu")
+
+
+def test_pipeline_fit_steps(pipe, photo):
+    image, mask, _, _, _ = photo
+    seen = []
+    cams = pipe.model.default_cameras([0, 90], size=32)
+    rec = pipe(image, mask, cameras=cams, fit_steps=3, fit=tiny(), progress=lambda f, s: seen.append((f, s)))
+    plain = pipe(image, mask)
+    assert "fit" in rec.timings and rec.timings["fit"] >= 0
+    assert rec.gaussians.batch_size == 1 and rec.views.rgb.shape == (1, 2, 3, 32, 32)
+    assert not torch.equal(rec.gaussians.colors, plain.gaussians.colors)  # the views come from the fitted head
+    assert [s for _, s in seen if s.startswith("fitting")] == [f"fitting to the photo {i}/3" for i in (1, 2, 3)]
+    assert all(0.1 <= f <= 0.3 for f, s in seen if s.startswith("fitting"))
+    assert any("photo-fit" in n for n in rec.notes)
+    assert "fit" not in plain.timings
+
+
+def test_pipeline_refuses_bad_fit_settings(pipe, photo):
+    image, mask, _, _, _ = photo
+    for steps in (-3, 10**6, 1.5):
+        with pytest.raises(ValueError, match="fit steps"):
+            pipe(image, mask, fit_steps=steps)
+    with pytest.raises(ValueError, match="FitConfig"):
+        pipe(image, mask, fit_steps=2, fit={"steps": 2})
