@@ -47,10 +47,9 @@ def _triangulate(points: np.ndarray, projections: np.ndarray) -> tuple[np.ndarra
     return X, float(np.median(err))
 
 
-def calibrate(n_heads: int, size: int = 320) -> dict[int, tuple[float, float, float]]:
+def calibrate(n_heads: int, size: int = 320, az=(-40, -30, -20, -10, 0, 10, 20, 30, 40), el=(-15, 0, 15)) -> dict[int, tuple[float, float, float]]:
+    """Triangulates :data:`CALIBRATED` landmarks on ``n_heads`` test-split heads seen from every (az, el)."""
     analyzer = F.FaceAnalyzer(F.find_models() or F.fetch_models())
-    az = [-40, -30, -20, -10, 0, 10, 20, 30, 40]
-    el = [-15, 0, 15]
     grid = [(a, e) for e in el for a in az]
     cams = orbit_cameras([a for a, _ in grid], [e for _, e in grid], size=size)
     P = (cams.Ks @ cams.viewmats[:, :3, :]).numpy().astype(np.float64)  # [V, 3, 4]

@@ -765,7 +765,7 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
     grayscale = _is_grayscale(rgb)
     if grayscale:
         notes.append("grayscale photo: accepted, but colours are guessed and quality will suffer")
-    analyzer = None
+    analyzer, fallback_note = None, None
     if config.detector != "haar" and (config.auto_crop or config.matting != "grabcut"):
         from perchead.pipelines import faces as face_module
 
@@ -774,7 +774,7 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
             reason = face_module.unavailable_reason()
             if config.detector == "mediapipe" or config.matting == "network":
                 raise PreprocessError(f"the MediaPipe face networks are unavailable: {reason}")
-            notes.append(f"face networks unavailable ({reason}): used the fallback OpenCV Haar cascade and GrabCut, expect rougher crops and masks")
+            fallback_note = f"face networks unavailable ({reason}): used the fallback OpenCV Haar cascade and GrabCut, expect rougher crops and masks"
     # 2. head: faces first (their pose is useful even when an alpha channel frames the crop)
     found, face, pose, face_index, roll = [], None, None, None, 0.0
     if analyzer is not None and (config.auto_crop or alpha is None):
@@ -813,6 +813,11 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
     else:
         haar = detect_face(rgb) if config.detector != "mediapipe" else None
         if haar is not None:
+            if config.face_index not in (None, 0):
+                raise PreprocessError(
+                    f"face_index {config.face_index} was asked for, but only 1 face was found (the fallback "
+                    "Haar detector reports the largest face only)"
+                )
             detector, head_source, head_box = "haar", "face", haar
             crop_box = face_to_crop(haar, config)
         elif config.use_whole_image:
@@ -856,6 +861,8 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
             head_in_crop = _box_in_crop(head_box, crop_box, size) if abs(roll) < 1e-6 else _centred_box(to_crop_pixels(
                 np.array([[head_box[0], head_box[1]], [head_box[2], head_box[3]]]), crop_box, size, roll))
             mask, mask_source = _grabcut_at(crop_rgb, head_in_crop, valid, config), "grabcut"
+    if fallback_note and (detector == "haar" or mask_source == "grabcut"):
+        notes.append(fallback_note)
     if mask.max() <= 0.01:
         raise PreprocessError("background removal left nothing of the head; try turning background removal off")
     # 5. composite over white

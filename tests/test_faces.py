@@ -138,6 +138,8 @@ def test_missing_models_fall_back_to_haar_and_grabcut_with_a_note(monkeypatch, t
         assert any("fallback" in note for note in result.notes)
         with pytest.raises(PreprocessError, match="unavailable"):
             preprocess(cartoon_face(), size=64, detector="mediapipe")
+        with pytest.raises(PreprocessError, match="only 1 face"):
+            preprocess(cartoon_face(), size=64, face_index=1)
     finally:
         faces.reset_analyzer()
 
