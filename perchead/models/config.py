@@ -1,22 +1,12 @@
 """Configuration of the PercHead model (paper §3.1–3.3, supplement §7): one dataclass per component.
 
-Every field carries a comment saying what it is and where its value comes from:
-
-- ``paper``: stated in the PercHead paper (or DINOv2's own published architecture);
-- ``ours``:  the paper does not give it (input resolution, widths and depths, CNN size, activation
-  bounds…); chosen here and written down as our choice.
-
-Presets (:meth:`PercHeadConfig.preset`):
-
-- ``paper``: DINOv2-giant (layers 9, 19, 29, 39) ∥ task ViT, 65,536 Gaussians in 4,096 patches, CNN
-  refiner on — what a GPU cluster would train.
-- ``demo``: no pretrained foundation model (the task ViT alone, because no machine here can download
-  DINOv2 weights), 16,384 Gaussians in 1,024 patches, 128×128 input; trains on a 2-core CPU in hours and
-  the checkpoint is a few MB.
-- ``tiny``: for tests; a tiny random DINOv2 built from a config in code, so the dual-branch path runs in
-  seconds on a CPU.
-
-``to_dict`` / ``from_dict`` round-trip through JSON (``config.json`` of a checkpoint).
+Every field's comment says what it is and where its value comes from: ``paper`` (stated in the PercHead
+paper, or DINOv2's published architecture) or ``ours`` (the paper does not give it; chosen here).
+Presets (:meth:`PercHeadConfig.preset`): ``paper`` — DINOv2-giant (layers 9, 19, 29, 39) ∥ task ViT,
+65,536 Gaussians in 4,096 patches, CNN refiner, what a GPU cluster would train; ``demo`` — the task ViT
+alone (no machine here can download DINOv2), 16,384 Gaussians, 128×128 input, trainable on a 2-core CPU
+in hours; ``tiny`` — a tiny random DINOv2 built in code, for tests. ``to_dict`` / ``from_dict``
+round-trip through a checkpoint's ``config.json``.
 """
 
 from __future__ import annotations

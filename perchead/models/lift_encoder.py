@@ -1,23 +1,14 @@
 """Dual-branch lift encoder (paper §3.1, eq. 1): frozen DINOv2 ∥ a trainable MAE-style task ViT.
 
-Both branches cut the image into the same ``p × p`` patches (matched patch size and receptive field) and
-keep only **foreground** patches — a patch is foreground when any of its mask pixels exceeds
-``fg_threshold`` — so background patches are never processed (the paper's "up to 30% fewer patches").
-The number of foreground patches varies per image; a batch is **padded** to the largest count:
-
-- tokens of image b are its foreground patches in raster order, followed by padding;
-- ``padding_mask [B, K]`` is ``True`` at padding positions (PyTorch's ``key_padding_mask`` convention);
-  every attention in the encoder and the decoder ignores those keys;
-- ``patch_index [B, K]`` gives each token's raster index in the ``h × w`` patch grid (−1 for padding).
-
-The two branches' features of the same patch are concatenated and projected by an MLP into the decoder
-width (eq. 1). DINOv2 (transformers' ``Dinov2Model``) sees ImageNet-normalised pixels, its position
-embeddings are interpolated to the input grid by transformers, its CLS token is kept as an extra key
-inside DINOv2 and dropped from the output, and each selected hidden state passes DINOv2's final
-LayerNorm (as DINOv2's ``get_intermediate_layers(norm=True)``). It is frozen: no gradients, always in
-eval mode, run under ``torch.no_grad()``.
-
-Input images are float ``[B, 3, H, W]`` in [0, 1] over a white background; masks ``[B, 1, H, W]``.
+Both branches cut the image into the same ``p × p`` patches and keep only **foreground** patches (any
+mask pixel above ``fg_threshold``), the paper's "up to 30% fewer patches". A batch is padded to its
+largest count: :class:`Tokens2D` holds the tokens (foreground patches in raster order, then padding), a
+``padding_mask [B, K]`` that is True at padding (every attention ignores those keys) and each token's
+``patch_index`` (−1 for padding). The branches' features of a patch are concatenated and projected by an
+MLP into the decoder width (eq. 1). DINOv2 (:class:`DinoBranch`) sees ImageNet-normalised pixels, keeps
+its CLS token as an extra key, and returns the chosen layers after its final LayerNorm (as
+``get_intermediate_layers(norm=True)``); it is frozen, always in eval mode and run without gradients.
+Images are float ``[B, 3, H, W]`` in [0, 1] over white; masks ``[B, 1, H, W]``.
 """
 
 from __future__ import annotations
