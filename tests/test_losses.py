@@ -5,6 +5,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model, Sam2HieraDetConfig, Sam2VisionConfig, Sam2VisionModel
 
 from perchead.models.similarity import MissingWeightsError, imagenet_normalize
+from perchead.training.config import PAPER_LOSS, TrainConfig
 from perchead.training.losses import LossConfig, PerceptualLoss, ReconstructionLoss
 
 
@@ -27,7 +28,7 @@ def tiny_sam() -> Sam2VisionModel:
 
 
 def paper_phase1_tiny() -> ReconstructionLoss:
-    cfg = LossConfig.preset("paper", 1, dino_image_size=28, sam_image_size=64)
+    cfg = LossConfig(**PAPER_LOSS["1"], dino_image_size=28, sam_image_size=64)
     return ReconstructionLoss(cfg, dino=tiny_dino(), sam=tiny_sam())
 
 
@@ -66,9 +67,11 @@ def test_dino_layers_are_zero_based_blocks():
 
 
 def test_demo_preset_terms_and_mask_loss():
-    cfg = LossConfig.preset("demo", 1)
+    weights = TrainConfig.preset_defaults("demo").loss_weights
+    cfg = LossConfig(**weights["1"])
     assert cfg.weights == {"l1": 0.8, "ssim": 0.2, "mask": 0.5}
-    assert LossConfig.preset("paper", 2).weights == {"l1": 1.0, "dino": 1.0, "lpips": 1.0}
+    paper = TrainConfig.preset_defaults("paper").loss_weights
+    assert LossConfig(**paper["2"]).weights == {"l1": 1.0, "dino": 1.0, "lpips": 1.0}
     loss = ReconstructionLoss(cfg)
     x = torch.rand(3, 3, 16, 16)
     a = torch.rand(3, 1, 16, 16)
@@ -95,6 +98,6 @@ def test_bad_config_values():
     with pytest.raises(ValueError, match="must be >= 0"):
         LossConfig(l1=-1)
     with pytest.raises(ValueError, match="unknown preset"):
-        LossConfig.preset("huge", 1)
+        TrainConfig.preset_defaults("huge")
     with pytest.raises(ValueError, match="no loss term"):
         ReconstructionLoss(LossConfig())

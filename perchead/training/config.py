@@ -9,6 +9,7 @@ defaults; ``edit`` uses ``reconstruct``'s.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +20,25 @@ from torch import Tensor, nn
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, float]]]
 TASK_NAMES = ("reconstruct", "edit", "style", "parser")
 
+# Loss weights per phase (perchead.training.losses.LossConfig fields). paper: phase 1 = DINOv2 + SAM 2.1,
+# phase 2 = DINOv2 + L1 + LPIPS (paper §3.4). demo / tiny (ours: CPU, no foundation-model weights): phase 1 =
+# 0.8 L1 + 0.2 (1 − SSIM) (the 3DGS pixel loss mix) + 0.5 silhouette; phase 2 = 0.8 L1 + 0.2 (1 − SSIM).
+PAPER_LOSS = {"1": dict(dino=1.0, sam=1.0), "2": dict(dino=1.0, l1=1.0, lpips=1.0)}
+PIXEL_LOSS = {"1": dict(l1=0.8, ssim=0.2, mask=0.5), "2": dict(l1=0.8, ssim=0.2)}
+
 # Per-(task, preset) defaults, all ours (the paper trains 70 h + 24 h on one RTX 3090 and uses pretrained
 # CLIP and FaRL). Values not listed take the TrainConfig field defaults.
 TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # 300k + 100k steps, batch 8 × 4 targets at 512², lr 1e-4 / 1e-4, 2k warm-up
     ("reconstruct", "paper"): dict(phase1_steps=300_000, phase2_steps=100_000, batch_size=8, n_targets=4, lr=1e-4,
-                                   lr_phase2=1e-4, warmup_steps=2000, save_every=2000, log_every=50, num_workers=8),
+                                   lr_phase2=1e-4, warmup_steps=2000, save_every=2000, log_every=50, num_workers=8,
+                                   loss_weights=PAPER_LOSS),
     # the bundled checkpoint: ~0.6–0.8 s/step on a 2-core CPU from pre-rendered heads: ~1.2 h
     ("reconstruct", "demo"): dict(phase1_steps=6000, phase2_steps=300, batch_size=4, n_targets=3, lr=1e-3,
-                                  lr_phase2=5e-4, warmup_steps=100, save_every=100, log_every=10, num_workers=1),
+                                  lr_phase2=5e-4, warmup_steps=100, save_every=100, log_every=10, num_workers=1,
+                                  loss_weights=PIXEL_LOSS),
     ("reconstruct", "tiny"): dict(phase1_steps=4, phase2_steps=2, batch_size=2, n_targets=2, lr=1e-3, lr_phase2=1e-3,
-                                  warmup_steps=1, save_every=2, log_every=1),
+                                  warmup_steps=1, save_every=2, log_every=1, loss_weights=PIXEL_LOSS),
     # CLIP's recipe scaled down: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.1 on matrices, a contrastive batch of 64
     ("style", "demo"): dict(phase1_steps=4000, phase2_steps=0, batch_size=64, lr=1e-3, weight_decay=0.1,
                             warmup_steps=200, grad_clip=0.0, adam_betas=(0.9, 0.98), adam_eps=1e-6, val_heads=64,
@@ -82,7 +91,9 @@ class TrainConfig:
         init_from: optional folder / repo id of weights to start from (fine-tuning).
         style: folder / id of the frozen style encoder
             (:class:`perchead.models.style_encoder.StyleEncoder`) of the ``edit`` task.
-        loss_overrides: LossConfig fields overriding the preset's, per phase: {"1": {...}, "2": {...}}.
+        loss_weights: the preset's :class:`~perchead.training.losses.LossConfig` fields per phase
+            (reconstruct, edit): ``{"1": {...}, "2": {...}}``.
+        loss_overrides: LossConfig fields replacing ``loss_weights``' per phase (``--loss``).
         options: task-specific settings (see each task's ``OPTIONS``), e.g. ``{"crop_size": 96}``.
     """
 
@@ -114,6 +125,7 @@ class TrainConfig:
     seed: int = 0
     init_from: str | None = None
     style: str | None = None
+    loss_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
     loss_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -153,7 +165,7 @@ class TrainConfig:
         if (row, preset) not in TRAIN_PRESETS:
             known = sorted(p for t, p in TRAIN_PRESETS if t == row) or sorted({p for _, p in TRAIN_PRESETS})
             raise ValueError(f"unknown preset {preset!r} for task {task!r}; expected one of {known}")
-        values = dict(TRAIN_PRESETS[(row, preset)], preset=preset, task=task, output=f"runs/{preset}")
+        values = copy.deepcopy(dict(TRAIN_PRESETS[(row, preset)], preset=preset, task=task, output=f"runs/{preset}"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -5,9 +5,10 @@ features from SAM 2.1", compared between the rendered and the target image "usin
 l2-normalized feature vectors". Phase 1 trains the base model with it; phase 2 (CNN refiner only)
 uses "a combination of DINOv2, L1 and LPIPS losses".
 
-Weights: :class:`LossConfig` holds one weight per term; ``LossConfig.preset(preset, phase)`` gives the
-per-phase weights (choices that are ours: :class:`PerceptualLoss`). A term whose weight is 0 loads nothing. A term with weight > 0 whose network weights
-are missing raises :class:`MissingWeightsError` naming the model id (``on_missing="error"``, default),
+Weights: :class:`LossConfig` holds one weight per term; the training preset table
+(:data:`perchead.training.config.TRAIN_PRESETS`) gives the per-phase weights; our own choices are listed
+in :class:`PerceptualLoss`. A term whose weight is 0 loads nothing. A term with weight > 0 whose network
+weights are missing raises :class:`MissingWeightsError` naming the model id (``on_missing="error"``, default),
 or, with ``on_missing="skip"``, prints a warning and drops the term. Loading never waits on the
 network when ``HF_HUB_OFFLINE=1``: it first looks in the local cache only.
 """
@@ -72,33 +73,6 @@ class LossConfig:
     def weights(self) -> dict[str, float]:
         """The enabled terms and their weights."""
         return {name: getattr(self, name) for name in TERMS if getattr(self, name) > 0}
-
-    @classmethod
-    def preset(cls, preset: str, phase: int, **overrides) -> "LossConfig":
-        """Per-phase loss weights.
-
-        ``paper``: phase 1 = DINOv2 + SAM 2.1 (paper §3.4); phase 2 = DINOv2 + L1 + LPIPS (paper §3.4).
-        ``demo`` / ``tiny`` (ours, CPU, no foundation-model weights): phase 1 = 0.8 L1 + 0.2 (1 − SSIM)
-        (the 3DGS pixel loss mix) + 0.5 mask; phase 2 = 0.8 L1 + 0.2 (1 − SSIM).
-
-        Args:
-            preset: "paper", "demo" or "tiny".
-            phase: 1 (base model) or 2 (CNN refiner only).
-            **overrides: field values replacing the preset's.
-
-        Returns:
-            A LossConfig.
-        """
-        if phase not in (1, 2):
-            raise ValueError(f"phase must be 1 or 2, got {phase}")
-        if preset == "paper":
-            base = dict(dino=1.0, sam=1.0) if phase == 1 else dict(dino=1.0, l1=1.0, lpips=1.0)
-        elif preset in ("demo", "tiny"):
-            base = dict(l1=0.8, ssim=0.2, mask=0.5) if phase == 1 else dict(l1=0.8, ssim=0.2)
-        else:
-            raise ValueError(f"unknown preset {preset!r}; expected paper, demo or tiny")
-        base.update(overrides)
-        return cls(**base)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

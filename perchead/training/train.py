@@ -92,8 +92,8 @@ def build_reconstruct_loss(config: TrainConfig, phase: int, predict: Callable | 
         predict: ``(model, batch) -> Gaussians`` (default :func:`predict_from_image`; the ``edit`` task
             predicts from label maps and style embeddings instead).
     """
-    overrides = config.loss_overrides.get(str(phase), {})
-    criterion = ReconstructionLoss(LossConfig.preset(config.preset, phase, **overrides))
+    weights = {**config.loss_weights.get(str(phase), {}), **config.loss_overrides.get(str(phase), {})}
+    criterion = ReconstructionLoss(LossConfig(**weights))
     predict = predict or predict_from_image
 
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
