@@ -220,7 +220,8 @@ def test_edit_task_smoke_run_then_resume(tmp_path, base, style_folder, capsys):
     from dataclasses import replace
 
     from perchead.models.style_encoder import style_config
-    from perchead.training.train import TrainConfig, edit_model_config
+    from perchead.training.config import TrainConfig
+    from perchead.training.edit import edit_model_config
 
     cont = TrainConfig.preset_defaults("tiny", task="edit", init_from=str(out), style=str(style_folder))
     assert edit_model_config(cont) == editor.edit_config

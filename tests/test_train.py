@@ -5,19 +5,9 @@ import json
 import pytest
 import torch
 
-from perchead.training.train import (
-    TASKS,
-    Task,
-    TrainConfig,
-    build_reconstruct_model,
-    index_stream,
-    load_optimizer,
-    main,
-    reconstruct_trainable,
-    register_task,
-    save_optimizer,
-    train,
-)
+from perchead.training.config import Task, TrainConfig
+from perchead.training.reconstruct import build_reconstruct_model, reconstruct_trainable
+from perchead.training.train import TASKS, index_stream, load_optimizer, main, register_task, save_optimizer, train
 
 
 def _lines(path):
@@ -116,7 +106,8 @@ def test_config_validation_and_presets():
 
 # ------------------------------------------------------------------------------------------ edit task (§3.5)
 def test_edit_task_registered_with_cli_flags(tmp_path):
-    from perchead.training.train import build_edit_model, parse_args, reconstruct_trainable
+    from perchead.training.edit import build_edit_model
+    from perchead.training.train import parse_args
 
     assert TASKS["edit"].trainable is reconstruct_trainable and TASKS["edit"].model_config is not None
     assert TASKS["reconstruct"].model_config is None  # reconstruction keeps PercHeadConfig.preset(preset)
@@ -140,9 +131,9 @@ def test_edit_task_registered_with_cli_flags(tmp_path):
 def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
     from types import SimpleNamespace
 
-    from perchead.training import train as train_module
+    from perchead.training import edit as edit_task
     from perchead.models.config import PercHeadConfig
-    from perchead.training.train import build_edit_loss, style_reference_views
+    from perchead.training.edit import build_edit_loss, style_reference_views
 
     images = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 3, 4, 4)  # [B, V, 3, H, W]
     picked = style_reference_views({"target_images": images})
@@ -153,7 +144,7 @@ def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
     class FakeStyle(torch.nn.Module):
         embed_dim = 4
 
-    monkeypatch.setitem(train_module._STYLE_ENCODERS, "fake", FakeStyle())
+    monkeypatch.setitem(edit_task._STYLE_ENCODERS, "fake", FakeStyle())
     loss_fn = build_edit_loss(TrainConfig.preset_defaults("tiny", task="edit", style="fake"), 1)
     with pytest.raises(ValueError, match="label map"):
         background_only = {"labels": torch.zeros(1, 8, 8, dtype=torch.long), "target_images": images[:1]}

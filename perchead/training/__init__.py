@@ -1,5 +1,5 @@
-"""Training: the Accelerate loop and its tasks (``train``), the losses, and the style encoder's and face
-parser's training recipes (``style``, ``parser``).
+"""Training: one loop (``train``) for every task — ``reconstruct``, ``edit``, ``style``, ``parser``, one module
+each — with the run settings and their one preset table (``config``) and the losses.
 
 Training imports the models, the data and the renderer; nothing below imports training.
 """

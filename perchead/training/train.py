@@ -21,101 +21,25 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from perchead.training import edit as edit_task
 from perchead.training import parser as parser_task
+from perchead.training import reconstruct as reconstruct_task
 from perchead.training import style as style_task
-from perchead.training.config import LossFn, Task, TrainConfig
-from perchead.training.losses import LossConfig, ReconstructionLoss
-
-
-# --------------------------------------------------------------------------------------------- reconstruct
-def build_reconstruct_model(model_config, init_from: str | None = None) -> nn.Module:
-    """The base lifting model (§3.1–3.3), fresh or from ``init_from``."""
-    from perchead.models.perchead import PercHead
-
-    if init_from:
-        return PercHead.from_pretrained(init_from)
-    return PercHead(model_config)
-
-
-def _refiner_params(model: nn.Module) -> set[int]:
-    refiner = getattr(model, "refiner", None)
-    return {id(p) for p in refiner.parameters()} if refiner is not None else set()
-
-
-def reconstruct_trainable(model: nn.Module, phase: int) -> list[nn.Parameter]:
-    """Phase 1: every parameter except the refiner CNN's. Phase 2: the refiner's only.
-
-    Frozen-by-design parameters (the DINOv2 branch, ``requires_grad=False`` when the model is built) are
-    removed by :func:`train`, which only optimises parameters that were trainable at construction.
-    """
-    refiner_ids = _refiner_params(model)
-    if phase == 2 and not refiner_ids:
-        raise ValueError("phase 2 trains the refiner CNN, but this model has none (refiner.enabled is False)")
-    return [p for p in model.parameters() if (id(p) in refiner_ids) == (phase == 2)]
-
-
-def target_cameras(batch: dict[str, Any], size: int):
-    """The batch's target cameras rescaled to ``size``: viewmats ``[B, V, 4, 4]``, Ks ``[B, V, 3, 3]``."""
-    h = batch["target_images"].shape[-2]
-    Ks = batch["target_Ks"].clone()  # [B, V, 3, 3]
-    Ks[..., :2, :] *= size / h
-    return batch["target_viewmats"], Ks
-
-
-def _resize(x: Tensor, size: int) -> Tensor:
-    """``[B, V, C, H, W]`` → ``[B, V, C, size, size]`` (area/bilinear)."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    b, v = x.shape[:2]
-    y = torch.nn.functional.interpolate(x.flatten(0, 1).float(), size=(size, size), mode="bilinear",
-                                        antialias=True, align_corners=False)
-    return y.reshape(b, v, *y.shape[1:])
-
-
-def predict_from_image(model: nn.Module, batch: dict[str, Any]):
-    """The reconstruction task's prediction: Gaussians from the input image and mask."""
-    return model(batch["image"], batch["mask"])
-
-
-def build_reconstruct_loss(config: TrainConfig, phase: int, predict: Callable | None = None) -> LossFn:
-    """Reconstruction loss of one phase: render the predicted Gaussians at the targets, compare.
-
-    Args:
-        config: run settings.
-        phase: 1 or 2.
-        predict: ``(model, batch) -> Gaussians`` (default :func:`predict_from_image`; the ``edit`` task
-            predicts from label maps and style embeddings instead).
-    """
-    weights = {**config.loss_weights.get(str(phase), {}), **config.loss_overrides.get(str(phase), {})}
-    criterion = ReconstructionLoss(LossConfig(**weights))
-    predict = predict or predict_from_image
-
-    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
-        size = config.render_size or model.config.render.render_size
-        if phase == 2:  # base frozen: no graph through the reconstruction
-            with torch.no_grad():
-                gaussians = predict(model, batch)
-        else:
-            gaussians = predict(model, batch)
-        viewmats, Ks = target_cameras(batch, size)
-        out = model.render_at(gaussians, viewmats, Ks, size, size, refine=(phase == 2))
-        rgb, alpha = out.rgb, out.alpha  # [B, V, 3, S, S], [B, V, 1, S, S]
-        target = _resize(batch["target_images"], size)  # [B, V, 3, S, S]
-        target_mask = _resize(batch["target_masks"], size)  # [B, V, 1, S, S]
-        criterion.to(rgb.device)
-        return criterion(rgb.flatten(0, 1), target.flatten(0, 1), alpha.flatten(0, 1), target_mask.flatten(0, 1))
-
-    return loss_fn
+from perchead.training.config import Task, TrainConfig
+from perchead.training.reconstruct import build_dataset
 
 
 TASKS: dict[str, Task] = {
-    "reconstruct": Task(build_reconstruct_model, build_reconstruct_loss, reconstruct_trainable),
+    "reconstruct": reconstruct_task.TASK,
+    "edit": edit_task.TASK,
+    "style": style_task.TASK,
+    "parser": parser_task.TASK,
 }
 
 
@@ -126,137 +50,7 @@ def register_task(name: str, task: Task) -> None:
     TASKS[name] = task
 
 
-# --------------------------------------------------------------------------------------------- edit task (§3.5)
-_STYLE_ENCODERS: dict[str, nn.Module] = {}
-
-
-def load_style_encoder(path: str | None) -> nn.Module:
-    """The frozen style encoder of the ``edit`` task (cached per path, eval mode, no gradients)."""
-    if not path:
-        raise ValueError("--task edit needs --style <style encoder folder or id> (perchead.models.style_encoder.StyleEncoder)")
-    if path not in _STYLE_ENCODERS:
-        from perchead.models.style_encoder import StyleEncoder
-
-        encoder = StyleEncoder.from_pretrained(path)
-        encoder.requires_grad_(False)
-        _STYLE_ENCODERS[path] = encoder.eval()
-    return _STYLE_ENCODERS[path]
-
-
-def edit_model_config(config: TrainConfig):
-    """The ``edit`` task's default model config: an EditConfig sized like the base checkpoint's task ViT,
-    with the style encoder's embedding size."""
-    from perchead.models.base import checkpoint_model_type, resolve_checkpoint
-    from perchead.models.edit_encoder import EditConfig
-    from perchead.models.editor import load_editor_config
-    from perchead.models.perchead import load_config
-
-    if not config.init_from:
-        raise ValueError("--task edit needs --init-from <base PercHead checkpoint> (paper §3.5: decoder, Gaussian "
-                         "head and refiner start from the base model)")
-    config_path, _ = resolve_checkpoint(config.init_from)
-    style_dim = int(load_style_encoder(config.style).embed_dim)
-    if checkpoint_model_type(config_path) != "perchead":  # an editor checkpoint: continue fine-tuning it
-        edit_config = load_editor_config(config_path)[1]
-        if edit_config.style_dim != style_dim:
-            raise ValueError(f"{config.init_from} expects {edit_config.style_dim}-d style embeddings, but the style "
-                             f"encoder {config.style} gives {style_dim}-d ones")
-        return edit_config
-    return EditConfig.for_base(load_config(config_path), style_dim)
-
-
-def build_edit_model(model_config, init_from: str | None = None) -> nn.Module:
-    """The editing model: from a base checkpoint (``PercHeadEditor.from_base``) or an editor checkpoint.
-
-    Args:
-        model_config: an :class:`perchead.models.edit_encoder.EditConfig` (used with a base checkpoint; None when resuming).
-        init_from: a base PercHead or PercHeadEditor checkpoint folder / repo id.
-    """
-    from perchead.models.base import checkpoint_model_type, resolve_checkpoint
-    from perchead.models.edit_encoder import EditConfig
-    from perchead.models.editor import PercHeadEditor
-    from perchead.models.perchead import PercHead
-
-    if not init_from:
-        raise ValueError("--task edit needs --init-from <base PercHead checkpoint>")
-    config_path, _ = resolve_checkpoint(init_from)
-    if checkpoint_model_type(config_path) != "perchead":
-        editor = PercHeadEditor.from_pretrained(init_from)
-        if model_config is not None and model_config != editor.edit_config:
-            raise ValueError(f"{init_from} is an editor with {editor.edit_config}, which differs from {model_config}")
-        return editor
-    if not isinstance(model_config, EditConfig):
-        raise ValueError("the edit task builds from a base checkpoint with an EditConfig, "
-                         f"got {type(model_config).__name__}")
-    return PercHeadEditor.from_base(PercHead.from_pretrained(init_from), model_config)
-
-
-def style_reference_views(batch: dict[str, Any]) -> Tensor:
-    """One random target view per subject: the style reference image (another view of the same subject).
-    ``[B, 3, H, W]``"""
-    images = batch["target_images"]  # [B, V, 3, H, W]
-    pick = torch.randint(images.shape[1], (images.shape[0],))  # [B]
-    return images[torch.arange(images.shape[0]), pick.to(images.device)]  # [B, 3, H, W]
-
-
-def build_edit_loss(config: TrainConfig, phase: int) -> LossFn:
-    """The ``edit`` task's loss: reconstruction of the target views from (input label map, style embedding)."""
-    if config.eval_every:
-        raise ValueError("--eval-every renders reconstructions from images; set it to 0 for --task edit")
-    style_encoder = load_style_encoder(config.style)
-
-    def predict(model: nn.Module, batch: dict[str, Any]):
-        labels = batch.get("labels")  # [B, H, W]
-        if labels is None or not (labels > 0).flatten(1).any(dim=1).all():
-            raise ValueError("the edit task needs the input view's label map (sample['labels'], classes 1..18 "
-                             "somewhere in every sample): use a dataset with labels/, e.g. runs/synthetic128")
-        device = labels.device
-        style_encoder.to(device)
-        with torch.no_grad():
-            style = style_encoder.encode_image(style_reference_views(batch).float())  # [B, E]
-        return model(labels, style.float())
-
-    return build_reconstruct_loss(config, phase, predict)
-
-
-register_task("edit", Task(build_edit_model, build_edit_loss, reconstruct_trainable, model_config=edit_model_config))
-register_task("style", style_task.TASK)
-register_task("parser", parser_task.TASK)
-
-
 # --------------------------------------------------------------------------------------------- data
-def build_dataset(config: TrainConfig, render_config, split: str = "train"):
-    """The training dataset: synthetic heads on the fly, or an on-disk multi-view folder.
-
-    Args:
-        config: run settings (``data``, ``n_targets``, ``seed``).
-        render_config: the model's :class:`perchead.models.config.RenderConfig` (input size and framing).
-        split: synthetic seed split.
-    """
-    if config.data == "synthetic":
-        from perchead.data.synthetic import SyntheticHeads
-
-        # views are a function of (seed, subject): reproducible, and every subject is new for ~100k samples
-        return SyntheticHeads(split=split, image_size=render_config.image_size, n_targets=config.n_targets,
-                              radius=render_config.radius, fov_deg=render_config.fov_deg, view_seed=config.seed)
-    from perchead.data.multiview import CAMERAS_FILE, MultiViewDataset, export_synthetic
-
-    if config.synthetic_subjects:
-        from perchead.data.synthetic import split_seeds
-
-        seeds = split_seeds("train")[: config.synthetic_subjects]
-        todo = [s for s in seeds if not (Path(config.data) / f"synthetic-{s}" / CAMERAS_FILE).is_file()]
-        if todo:
-            print(f"[perchead.training.train] pre-rendering {len(todo)} synthetic heads into {config.data}", flush=True)
-            export_synthetic(config.data, todo, views_per_subject=config.synthetic_views,
-                             image_size=render_config.image_size, radius=render_config.radius,
-                             fov_deg=render_config.fov_deg, progress=True)
-    if not Path(config.data).is_dir():
-        raise ValueError(f"--data must be 'synthetic' or an existing dataset folder, got {config.data!r}")
-
-    return MultiViewDataset(config.data, n_targets=config.n_targets, image_size=render_config.image_size)
-
-
 def index_stream(n: int, seed: int, start: int, rank: int = 0, world: int = 1) -> Iterator[int]:
     """An endless, reproducible shuffled stream of dataset indices, starting at position ``start``.
 
