@@ -13,9 +13,6 @@ The heads are deliberately *not* built from the model's template: the model has 
 Canonical head space: +Y up, the face looks toward +Z, origin at the head centre, metres;
 the head's own left is +X (``l_eye``, ``l_ear``, ``l_brow`` lie at x > 0). Every head fits in a sphere
 of radius :data:`CLIP_RADIUS`, so ``orbit_cameras(radius=0.7, fov_deg=30)`` frames it.
-
-Public API: :func:`make_head`, :class:`SyntheticHead`, :func:`render_head`, :data:`SPLITS`,
-:data:`CLASS_NAMES`, :func:`split_seeds`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Gaussian head (paper §3.3): PixelShuffle ×16 of each 3D patch token, then independent linear heads.
 
 As in GRM, each patch token ``[D]`` is expanded by a linear layer to ``16 · D'`` channels and reshaped
-into 16 per-Gaussian feature vectors (PixelShuffle over the patch's 16 slots). Gaussian k of patch p
-(global index ``16p + k``) descends from template vertex ``16p + k``: its mean is that vertex plus a
-bounded offset. Independent linear layers predict:
-
-- position offset: ``max_offset · tanh(·)`` per axis (metres), added to the template vertex;
-- scale: ``min_scale + (max_scale − min_scale) · sigmoid(·)`` per axis (standard deviations, metres);
-- rotation: a normalised quaternion (w, x, y, z);
-- opacity: ``sigmoid``;
-- colour: ``sigmoid`` (RGB in [0, 1]).
+into 16 per-Gaussian feature vectors. Gaussian k of patch p (global index ``16p + k``) descends from
+template vertex ``16p + k``. Independent linear layers predict a position offset ``max_offset · tanh(·)``
+added to that vertex (metres), scales ``min_scale + (max_scale − min_scale) · sigmoid(·)``, a normalised
+wxyz quaternion, and opacity and RGB colour through ``sigmoid``.
 
 Initialisation: the offset layer is zero, so an untrained model outputs the template exactly; the other
 layers start with tiny weights and biases chosen for isotropic grey Gaussians (``init_color``) whose
