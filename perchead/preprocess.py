@@ -96,6 +96,9 @@ class PreprocessConfig:
         align_roll: rotate the crop so the head is upright (MediaPipe path).
         photo_fov_deg: field of view assumed for a photo across its longer side, for the head pose.
         small_face_px: faces narrower than this many pixels are used with a note that quality suffers.
+        body_rows: the bottom rows (fraction of the frame) where the training views show only the top of
+            the torso; a network or GrabCut matte is cut there to ``body_half_width`` around the centre.
+        body_half_width: half the widest torso in those rows, as a fraction of the frame.
     """
 
     size: int = 256
@@ -121,6 +124,8 @@ class PreprocessConfig:
     align_roll: bool = True  # level the head (training views have no roll)
     photo_fov_deg: float = 30.0  # ours: the training cameras' field of view, close to a portrait lens
     small_face_px: int = 64  # below this face width a note warns that quality will suffer
+    body_rows: float = 0.16  # measured: training views below 0.84 of the frame show only the torso's top
+    body_half_width: float = 0.36  # measured: widest torso there 0.33 of the frame from the centre, + 0.03
 
     @property
     def frame_m(self) -> float:
@@ -638,6 +643,16 @@ def pose_to_crop(pose, config: PreprocessConfig) -> tuple[Box, float]:
     return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), roll
 
 
+def body_envelope(size: int, rows: float, half_width: float) -> np.ndarray:
+    """Where the training views can show foreground: everywhere, except in the bottom ``rows`` of the frame
+    farther than ``half_width`` from the vertical centre line (ramped over 3 % of the frame). ``[S, S]``"""
+    u = (np.arange(size, dtype=np.float32) + 0.5) / size  # [S] pixel centres in frame units
+    ramp = max(0.03, 1.0 / size)
+    across = np.clip((half_width - np.abs(u - 0.5)) / ramp + 0.5, 0.0, 1.0)  # [S] 1 inside the torso's width
+    down = np.clip((u - (1.0 - rows)) / ramp + 0.5, 0.0, 1.0)  # [S] 1 in the bottom rows
+    return (1.0 - down[:, None] * (1.0 - across[None, :])).astype(np.float32)
+
+
 def network_mask(analyzer, rgb: np.ndarray, crop_rgb: np.ndarray, crop_box: Box, roll_deg: float, valid: np.ndarray,
                  seed: tuple[float, float] | None) -> np.ndarray:
     """Selfie-segmentation matte in the crop, cut to the head's person (the connected part holding
@@ -861,6 +876,8 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
             head_in_crop = _box_in_crop(head_box, crop_box, size) if abs(roll) < 1e-6 else _centred_box(to_crop_pixels(
                 np.array([[head_box[0], head_box[1]], [head_box[2], head_box[3]]]), crop_box, size, roll))
             mask, mask_source = _grabcut_at(crop_rgb, head_in_crop, valid, config), "grabcut"
+    if mask_source in ("network", "grabcut") and config.body_rows > 0:
+        mask = mask * body_envelope(size, config.body_rows, config.body_half_width)  # no shoulders beyond the training torso
     if fallback_note and (detector == "haar" or mask_source == "grabcut"):
         notes.append(fallback_note)
     if mask.max() <= 0.01:

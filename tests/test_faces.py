@@ -335,3 +335,20 @@ def test_model_folders_are_searched_in_order(monkeypatch, tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert faces.find_models() == tmp_path
     assert faces.fetch_models(tmp_path) == tmp_path  # already there: nothing is downloaded
+
+
+def test_body_envelope_cuts_only_wide_shoulders_at_the_bottom():
+    from perchead.preprocess import body_envelope
+
+    env = body_envelope(100, 0.16, 0.36)
+    assert env.shape == (100, 100)
+    assert env[:80].min() == 1.0  # head, hair and neck rows are never cut
+    assert env[-1, 50] == 1.0 and env[-1, 0] == 0.0 and env[-1, -1] == 0.0
+    assert env[-1, 20] == 1.0  # 0.295 from the centre: inside the widest training torso
+
+
+def test_real_portrait_matte_keeps_the_training_torso(analyzer):
+    result = preprocess(portrait("astronaut.png"), size=SIZE)
+    mask = result.mask[0, 0]
+    assert mask[-3:, :6].max() < 0.05 and mask[-3:, -6:].max() < 0.05  # shoulders beyond the torso: cut
+    assert mask[-3:, SIZE // 2].min() > 0.9  # the chest stays
