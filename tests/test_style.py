@@ -34,7 +34,7 @@ def test_configs_build_open_clip_models(tiny):
     assert cfg["embed_dim"] == 128 and cfg["vision_cfg"]["image_size"] == 64 and cfg["text_cfg"]["context_length"] == 32
     n_tiny = sum(p.numel() for p in tiny.parameters())
     assert n_tiny < 1_000_000
-    with pytest.raises(ValueError, match="unknown style preset"):
+    with pytest.raises(ValueError, match="unknown preset"):
         style_config("huge")
 
 

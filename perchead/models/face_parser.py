@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from perchead.geometry.segmentation import BACKGROUND, CLASSES, NUM_CLASSES
 from perchead.models.base import hub_offline
+from perchead.models.config import model_preset
 from perchead.models.layers import IMAGENET_MEAN, IMAGENET_STD
 
 HUB_FACE_PARSER = "jonathandinu/face-parsing"  # 19-class CelebAMask-HQ SegFormer (MiT-b5) on the Hub
@@ -37,7 +38,7 @@ def segformer_config(preset: str = "demo", image_size: int = 128):
     """The SegFormer architecture of the project's own face parser (all values ours).
 
     Args:
-        preset: ``"demo"`` (about 0.9 M parameters, CPU-trainable in minutes) or ``"tiny"`` (tests).
+        preset: ``"demo"`` or ``"tiny"`` (:data:`perchead.models.config.MODEL_PRESETS`).
         image_size: input side in pixels the parser runs at (stored in the config).
 
     Returns:
@@ -45,15 +46,7 @@ def segformer_config(preset: str = "demo", image_size: int = 128):
     """
     from transformers import SegformerConfig
 
-    presets = {
-        # MiT-b0 is hidden (32, 64, 160, 256), depths (2, 2, 2, 2), decoder 256; ours is about 1/4 of it
-        "demo": dict(hidden_sizes=[16, 32, 80, 128], depths=[1, 2, 2, 1], num_attention_heads=[1, 1, 2, 4],
-                     decoder_hidden_size=128),
-        "tiny": dict(hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                     decoder_hidden_size=32),
-    }
-    if preset not in presets:
-        raise ValueError(f"unknown parser preset {preset!r}; expected one of {sorted(presets)}")
+    values = model_preset("parser", preset)
     return SegformerConfig(
         num_channels=3,
         num_encoder_blocks=4,  # four stages at strides 4, 8, 16, 32 (SegFormer's hierarchy)
@@ -71,7 +64,7 @@ def segformer_config(preset: str = "demo", image_size: int = 128):
         id2label={i: n for i, n in enumerate(CLASSES)},
         label2id={n: i for i, n in enumerate(CLASSES)},
         semantic_loss_ignore_index=255,
-        **presets[preset],
+        **values,
     )
 
 

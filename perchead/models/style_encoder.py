@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perchead.models.base import WEIGHTS_NAME, hub_offline
+from perchead.models.config import model_preset
 
 DEFAULT_STYLE_FOLDER = "weights_card/style"  # the bundled offline style model (perchead.training.style)
 STYLE_CONFIG_NAME = "open_clip_config.json"  # open_clip's local-dir config file
@@ -62,15 +63,8 @@ class StyleConfig:
 
 
 def style_config(preset: str = "demo") -> StyleConfig:
-    """The style-model presets: ``"demo"`` (bundled, 4.2 M parameters, 8.4 MB in float16) or ``"tiny"`` (tests)."""
-    presets = {
-        "demo": StyleConfig(),
-        "tiny": StyleConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1,
-                            vision_head_width=16, context_length=32, text_width=16, text_heads=1, text_layers=1),
-    }
-    if preset not in presets:
-        raise ValueError(f"unknown style preset {preset!r}; expected one of {sorted(presets)}")
-    return presets[preset]
+    """The style model of a preset of :data:`perchead.models.config.MODEL_PRESETS` (``"demo"`` or ``"tiny"``)."""
+    return StyleConfig(**model_preset("style", preset))
 
 
 def _preprocess_cfg(image_size: int) -> dict:
