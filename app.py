@@ -32,21 +32,29 @@ QUEUE_SIZE = 32  # requests waiting at once; more are refused with "queue is ful
 CONCURRENCY = 1  # model jobs at a time (the models share the device; CPUs are few)
 MODEL_QUEUE = "model"  # one concurrency group for /segment, /edit and /reconstruct
 MAX_FRAMES = 120  # longest turntable
+DEFAULT_FRAMES = 72  # 4.8 s per turn at 15 fps
+MAP_DISPLAY_SIZE = 512  # parsed maps are shown (and painted) at this side; labels go back to the model size
+STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
+EXPECT = (
+    "**What to expect.** The bundled demo model learned from this project's *synthetic* heads only (no real "
+    "faces, trained on a 2-core CPU): a real photo gives a smooth, rough head, not a likeness. "
+    "**Tips:** one face, looking roughly at the camera, head and shoulders in the frame, even light."
+)
+DOWNLOAD_HINTS = ("**.ply** — splat viewers and tools (SuperSplat, gsplat; +Y up, metres) · **.glb** — a mesh "
+                  "for Blender or three.js · **.splat** — web splat viewers")
+CSS = """
+#splat-viewer canvas, #edit-splat-viewer canvas { background: #ffffff !important; }
+#downloads .label-clear-button, #edit-downloads .label-clear-button { display: none; }
+"""  # the splat viewer ignores clear_color (its canvas is transparent over a dark box); results are not removable
 log = logging.getLogger("perchead.app")
 
 
-# --------------------------------------------------------------------------------------------- handlers
+# ------------------------------------------------------------------------------------------------ inputs
 def _guard(component, files_of, what: str):
-    """Makes an input component refuse unreadable uploads (empty, corrupt, non-image, bomb) with a clear message.
+    """Makes an input refuse unreadable uploads (empty, corrupt, non-image, bomb) with a message naming them.
 
     Wraps the instance's ``preprocess`` (a subclass would make Gradio write an ``app.pyi`` stub next to
-    this file): our header check of every file in the payload runs first, then Gradio's own (which only
-    opens the file for filepaths).
-
-    Args:
-        component: the Gradio input.
-        files_of: payload → the uploaded file objects (with ``.path``) to check.
-        what: how the error message names the input.
+    this file): our header check of every file in the payload runs first, then Gradio's own.
     """
     gradio_preprocess = component.preprocess
 
@@ -54,10 +62,9 @@ def _guard(component, files_of, what: str):
         from perchead.preprocess import PreprocessError, check_file
 
         for file in files_of(payload):
-            path = getattr(file, "path", None)
-            if path:
+            if getattr(file, "path", None):
                 try:
-                    check_file(path)
+                    check_file(file.path)
                 except PreprocessError as error:
                     log.info("upload refused (%s): %s", what, error)
                     raise visitor_error(f"{what}: {error}", "Unusable image") from None
@@ -70,20 +77,6 @@ def _guard(component, files_of, what: str):
 
     component.preprocess = preprocess
     return component
-
-
-def guard_uploads(component: gr.Image) -> gr.Image:
-    """:func:`_guard` for an image input."""
-    return _guard(component, lambda payload: [payload], "Bad input")
-
-
-def guard_editor(component: gr.ImageEditor) -> gr.ImageEditor:
-    """:func:`_guard` for a ``gr.ImageEditor``: its background, composite and layer files."""
-    return _guard(
-        component,
-        lambda payload: [] if payload is None else [payload.background, payload.composite, *(payload.layers or [])],
-        "Bad segmentation map",
-    )
 
 
 def guard_value(component, name: str, expected: str):
@@ -101,6 +94,75 @@ def guard_value(component, name: str, expected: str):
     return component
 
 
+def photo_input(label: str, elem_id: str, height: int = 300, visible: bool = True) -> gr.Image:
+    return _guard(gr.Image(label=label, type="filepath", sources=["upload", "webcam", "clipboard"], image_mode=None,
+                           height=height, visible=visible, elem_id=elem_id), lambda payload: [payload], "Bad input")
+
+
+def frames_input() -> gr.Slider:
+    return guard_value(gr.Slider(0, MAX_FRAMES, value=DEFAULT_FRAMES, step=12, label="Turntable length (frames)",
+                                 info="15 frames per second; 0 = no video"),
+                       "turntable_frames", f"a whole number from 0 to {MAX_FRAMES}")
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def output_panel(prefix: str = ""):
+    """The head viewer and summary (shown first), then the video, views, input and downloads.
+
+    Returns:
+        (ply, viewer, video, views, model_input, downloads, timings, summary, lower) where ``lower`` is a
+        function that builds the video / views / model input / downloads where it is called.
+    """
+    ply = gr.File(visible=False, elem_id=f"{prefix}ply")  # the canonical .ply: the API's first output
+    viewer = gr.Model3D(label="3D head — drag to turn, scroll to zoom", height=420, elem_id=f"{prefix}splat-viewer")
+    summary = gr.Markdown(elem_id=f"{prefix}summary")
+    timings = gr.JSON(visible=False)  # seconds per stage, for API clients
+    parts = {}
+
+    def lower():
+        parts["video"] = gr.Video(label="Turntable", autoplay=True, loop=True, height=360, elem_id=f"{prefix}turntable")
+        parts["views"] = gr.Gallery(label="Views: front, ¾ left, ¾ right, profiles, back, top", columns=4,
+                                    height=560, object_fit="contain", elem_id=f"{prefix}views")
+        with gr.Row():
+            parts["model_input"] = gr.Image(label="What the model saw", type="filepath", interactive=False,
+                                            height=200, elem_id=f"{prefix}model-input")
+            with gr.Column():
+                parts["downloads"] = gr.File(label="Downloads", file_count="multiple", interactive=False,
+                                             elem_id=f"{prefix}downloads")
+                gr.Markdown(DOWNLOAD_HINTS)
+        return parts["video"], parts["views"], parts["model_input"], parts["downloads"]
+
+    return ply, viewer, summary, timings, lower
+
+
+def plain_summary(timings: dict[str, float], notes: list[str], video_pending: bool) -> str:
+    """Timings in words ("3D head in 0.4 s · …") and the notes as a list."""
+    head = sum(timings.get(k, 0.0) for k in ("preprocess", "labels", "style_preprocess", "style", "encode",
+                                             "decode", "gaussians", "fit"))
+    files = sum(v for k, v in timings.items() if k.startswith("export_") or k == "novel_views")
+    line = f"**3D head in {head:.1f} s** · files and views in {files:.1f} s"
+    if "turntable" in timings:
+        line += f" · turntable in {timings['turntable']:.1f} s"
+    elif video_pending:
+        line += " · the turntable video is on its way…"
+    return "\n".join([line, *(f"- {note}" for note in notes)])
+
+
+def result(out, model_input: str, notes: list[str]) -> tuple:
+    """The handlers' 8 outputs (API order): .ply, viewer copy, video, views, model input, downloads, timings,
+    summary. Called with the outputs before the turntable too (then the video is None)."""
+    return (
+        str(out.files["ply"]),
+        str(out.viewer),
+        str(out.video) if out.video else None,
+        [(str(path), caption) for caption, path in out.views],
+        model_input,
+        [str(path) for path in out.files.values()],
+        {k: round(v, 3) for k, v in out.timings.items()},
+        plain_summary(out.timings, notes, video_pending=out.video is None and "turntable" not in out.timings),
+    )
+
+
 def reporter(job, progress: gr.Progress):
     """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage."""
 
@@ -111,105 +173,59 @@ def reporter(job, progress: gr.Progress):
     return report
 
 
-def output_panel(prefix: str = "") -> tuple:
-    """The result components shared by both tabs (``prefix`` keeps their elem_ids apart).
-
-    Returns:
-        (viewer, video, views, downloads, timings, notes).
-    """
-    viewer = gr.Model3D(
-        label="3D head (Gaussian splats, .ply)", clear_color=(1.0, 1.0, 1.0, 1.0), height=420,
-        elem_id=f"{prefix}splat-viewer",
-    )  # fmt: skip
-    video = gr.Video(label="Turntable", autoplay=True, loop=True, height=360, elem_id=f"{prefix}turntable")
-    views = gr.Gallery(label="Novel views", columns=7, height=200, object_fit="contain")
-    downloads = gr.File(label="Downloads (.ply, .splat, .glb)", file_count="multiple", elem_id=f"{prefix}downloads")
-    timings = gr.JSON(label="Timings (s)")
-    notes = gr.Markdown(label="Notes", elem_id=f"{prefix}notes")
-    return viewer, video, views, downloads, timings, notes
+def run_button(button: gr.Button, label: str, event, handler, inputs, outputs, api_name: str, progress_on):
+    """``button`` starts ``handler`` (one queue for every model job), greyed out with "Working…" meanwhile."""
+    busy = event(lambda: gr.Button(value="Working…", interactive=False), None, button, queue=False, api_name=False)
+    busy = busy.then(handler, inputs, outputs, api_name=api_name, concurrency_limit=CONCURRENCY,
+                     concurrency_id=MODEL_QUEUE, show_progress_on=progress_on)
+    busy.then(lambda: gr.Button(value=label, interactive=True), None, button, queue=False, api_name=False)
 
 
-def result_tuple(out, model_input, notes: list[str], folder: Path) -> tuple:
-    """The handlers' 7 outputs from :class:`perchead.pipelines.outputs.Outputs`: .ply first (both tabs, API order).
-
-    ``model_input`` (a PIL image) is written into the job's ``folder`` like every other output, so one
-    clean-up policy covers it and Gradio serves it without another copy.
-    """
-    model_input.save(folder / "model_input.png")
-    return (
-        str(out.files["ply"]),
-        str(out.video) if out.video else None,
-        [(str(path), caption) for caption, path in out.views],
-        str(folder / "model_input.png"),
-        [str(path) for path in out.files.values()],
-        {k: round(v, 3) for k, v in out.timings.items()},
-        "\n".join(f"- {note}" for note in notes) or "Done.",
-    )
-
-
-MAP_DISPLAY_SIZE = 512  # parsed maps are shown (and painted) at this side; labels go back to the model size
-STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
-
-
+# ----------------------------------------------------------------------------------------------- editing
 def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
-    """The Editing tab (paper §3.5, supplement §8), built inside the current Blocks; hidden until the editing
-    models have loaded. Endpoints ``/segment`` and ``/edit``; ``jobs`` runs them."""
+    """The Editing tab, hidden until the editing models have loaded. Endpoints ``/segment`` and ``/edit``."""
     from perchead.geometry.segmentation import PALETTE_HEX, labels_to_color, legend_html
 
-    async def segment(
-        photo: str | None,
-        remove_background: bool = True,
-        auto_crop: bool = True,
-        use_whole_image: bool = False,
-        request: gr.Request = None,
-    ):
+    async def segment(photo: str | None, remove_background: bool = True, auto_crop: bool = True,
+                      use_whole_image: bool = False, request: gr.Request = None):
         """Parses a portrait into the 19-class segmentation map the editing model takes (face parser).
 
         Args:
             photo: the portrait (PNG/JPEG/WebP...; RGBA alpha is used as the head mask).
-            remove_background: remove the background before parsing (alpha, else GrabCut); outside is background.
+            remove_background: remove the background before parsing; outside the head is background.
             auto_crop: detect the face and crop to the model's framing.
             use_whole_image: when no face is detected, use the whole image instead of failing.
 
         Returns:
             segmentation_map: the map as a palette-coloured PNG (first output; white = background).
             editor: the same map loaded into the map editor for painting.
-            notes: remarks (timings, preprocessing notes).
+            notes: remarks.
         """
         from PIL import Image
 
-        from perchead.preprocess import PreprocessError
         from perchead.geometry.segmentation import resize_labels
+        from perchead.preprocess import PreprocessError
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
-        options = dict(remove_background=check_flag(remove_background, "remove_background"),
-                       auto_crop=check_flag(auto_crop, "auto_crop"),
-                       use_whole_image=check_flag(use_whole_image, "use_whole_image"))
+        options = {name: check_flag(value, name) for name, value in (
+            ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
 
         def work(job):
-            pipeline = edit_holder.get()
             start = time.perf_counter()
-            labels, prep = pipeline.segment(photo, return_preprocessed=True, **options)
-            seconds = time.perf_counter() - start
+            labels, prep = edit_holder.get().segment(photo, return_preprocessed=True, **options)
             path = job.folder / "segmentation.png"
             Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
-            notes = [f"parsed in {seconds:.2f} s ({labels.shape[-1]}² map, shown at {MAP_DISPLAY_SIZE}²)", *prep.notes]
+            notes = [f"parsed in {time.perf_counter() - start:.1f} s", *prep.notes]
             if not (labels != 0).any():
-                notes.append("the parser found no head (all background): paint one, or try another photo")
+                notes.append("no head was found in the photo (all background): paint one, or try another photo")
             return str(path), str(path), "\n".join(f"- {note}" for note in notes)
 
         return await jobs.run(request, "segmentation", work, (PreprocessError,))
 
-    async def edit(
-        segmentation_map: dict | None,
-        style_prompt: str = "",
-        style_image: str | None = None,
-        snap_colors: bool = False,
-        turntable_frames: int = 60,
-        request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(),
-    ):
+    async def edit(segmentation_map: dict | None, style_prompt: str = "", style_image: str | None = None,
+                   snap_colors: bool = False, turntable_frames: int = DEFAULT_FRAMES, request: gr.Request = None,
+                   progress: gr.Progress = gr.Progress()):
         """Builds a 3D head (Gaussian splats) from a segmentation map (geometry) and a style (text or image).
 
         Args:
@@ -217,29 +233,28 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 ImageEditor value {"background": file, "layers": [...], "composite": file}; the composite is
                 used (the background when there is none).
             style_prompt: the style as text, e.g. "long blonde hair" (leave empty when giving a style image).
-            style_image: the style as a reference image (cropped like a portrait; leave empty with a prompt).
+            style_image: the style as a reference image (leave empty with a prompt).
             snap_colors: map colours that are not palette colours to the nearest one instead of failing.
-            turntable_frames: frames of the 360° turntable video (0 = no video).
+            turntable_frames: frames of the 360° turntable video at 15 fps (0 = no video).
 
         Returns:
-            ply: the Gaussians as a 3DGS .ply file (first output).
+            ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
+            viewer: a .splat copy turned and enlarged for web splat viewers (what the page shows).
             turntable: the turntable .mp4 (or None).
-            views: fixed novel views (front, ¾ left/right, profiles, back, top).
+            views: fixed views (front, ¾ left/right, profiles, back, top).
             model_input: what the model saw (label map | cropped style image).
             downloads: the .ply, .splat and .glb files.
             timings: seconds per stage.
-            notes: remarks.
+            summary: the timings in words and remarks.
         """
         import numpy as np
         from PIL import Image
 
-        from perchead.pipelines.edit import PercHeadEditPipeline
-        from perchead.pipelines.outputs import write_outputs
+        from perchead.pipelines import PercHeadEditPipeline, write_outputs
         from perchead.preprocess import PreprocessError, to_uint8
 
-        has_map = isinstance(segmentation_map, dict) and (
-            segmentation_map.get("composite") is not None or segmentation_map.get("background") is not None)
-        if not has_map:
+        if not (isinstance(segmentation_map, dict) and (segmentation_map.get("composite") is not None
+                                                        or segmentation_map.get("background") is not None)):
             raise visitor_error("Please parse a photo, pick an example map or paint a segmentation map first.",
                                 "No segmentation map")
         if style_prompt is not None and not isinstance(style_prompt, str):
@@ -261,36 +276,35 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
                 raise ValueError(f"Bad segmentation map: {error}{hint}") from None
             try:
-                result = pipeline(labels, style_prompt or None, style_image or None, progress=report)
+                edited = pipeline(labels, style_prompt or None, style_image or None, progress=report)
             except PreprocessError as error:  # only the style image is a photo here
                 raise PreprocessError(f"Bad style image: {error}") from None
-            out = write_outputs(pipeline.editor, result.gaussians, job.folder, turntable_frames=frames,
-                                progress=report, timings=result.timings, notes=map_notes + result.notes)
-            seen = labels_to_color(result.labels[0])  # [S, S, 3]
-            if result.style_input is not None:
-                seen = np.concatenate([seen, to_uint8(result.style_input.image[0])], axis=1)  # [S, 2S, 3]
-            style_note = f"style from the {result.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
-            return result_tuple(out, Image.fromarray(seen), [style_note, *out.notes], job.folder)
+            seen = labels_to_color(edited.labels[0])  # [S, S, 3]
+            if edited.style_input is not None:
+                seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
+            seen_path = str(job.folder / "model_input.png")
+            Image.fromarray(seen).save(seen_path)
+            style_note = f"style from the {edited.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
+            notes = [style_note, *map_notes, *edited.notes]
+            out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
+                                progress=report, timings=edited.timings, notes=notes,
+                                before_turntable=lambda part: job.publish(result(part, seen_path, part.notes)))
+            return result(out, seen_path, out.notes)
 
-        return await jobs.run(request, "editing", work, (PreprocessError, ValueError))
+        async for outputs in jobs.stream(request, "editing", work, (PreprocessError, ValueError)):
+            yield outputs
 
     def switch_style(source: str):
-        text = source == STYLE_TEXT
-        if text:
+        if source == STYLE_TEXT:
             return gr.Textbox(visible=True), gr.Image(visible=False, value=None)
         return gr.Textbox(visible=False, value=""), gr.Image(visible=True)
 
     with gr.Tab("Editing", visible=False, elem_id="editing-tab") as tab:
-        gr.Markdown(
-            "Geometry from a **segmentation map**, style from a **text prompt** or a **reference image** "
-            "(PercHead §3.5). Parse a photo, pick an example map, or paint with the class colours below."
-        )
+        gr.Markdown("Shape from a **segmentation map**, look from a **text prompt** or a **reference image**. "
+                    "Start from a photo, an example map, or paint with the named colours.")
         with gr.Row():
-            with gr.Column(scale=1):
-                photo = guard_uploads(
-                    gr.Image(label="Photo to parse", type="filepath", sources=["upload", "webcam", "clipboard"],
-                             image_mode=None, height=220, elem_id="edit-photo")
-                )  # fmt: skip
+            with gr.Column(scale=2, min_width=260):
+                photo = photo_input("Start from a photo", "edit-photo", height=220)
                 with gr.Accordion("Photo options", open=False):
                     seg_remove_background = gr.Checkbox(True, label="Remove background")
                     seg_auto_crop = gr.Checkbox(True, label="Auto-crop around the head")
@@ -299,169 +313,133 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 parsed = gr.Image(label="Parsed map", type="filepath", interactive=False, height=160,
                                   elem_id="parsed-map")
                 segment_notes = gr.Markdown()
-            with gr.Column(scale=2):
-                editor = guard_editor(
-                    gr.ImageEditor(
-                        label="Segmentation map (paint with the class colours; white = background)",
-                        type="pil", image_mode="RGB", format="png", sources=["upload", "clipboard"],
-                        brush=gr.Brush(colors=list(PALETTE_HEX), default_color=PALETTE_HEX[13], color_mode="fixed"),
-                        layers=False, transforms=(), canvas_size=(MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), height=560,
-                        elem_id="segmentation-editor",
-                    )
-                )  # fmt: skip
-                gr.HTML(legend_html(columns=5), label="Legend")
+            with gr.Column(scale=3, min_width=320):
+                gr.HTML(legend_html(columns=4))
+                editor = _guard(gr.ImageEditor(
+                    label="Segmentation map", type="pil", image_mode="RGB", format="png", sources=["upload", "clipboard"],
+                    brush=gr.Brush(colors=list(PALETTE_HEX), default_color=PALETTE_HEX[13], color_mode="fixed"),
+                    layers=False, transforms=(), canvas_size=(MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), height=520,
+                    elem_id="segmentation-editor",
+                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])], "Bad segmentation map")
                 maps = sorted(str(p) for p in (EXAMPLES / "maps").glob("*.png"))
                 if maps:
-                    gr.Examples(maps, inputs=[editor], label="Example maps: held-out synthetic heads")
-            with gr.Column(scale=1):
+                    gr.Examples(maps, inputs=[editor], label="Example maps (synthetic heads)")
+            with gr.Column(scale=3, min_width=320):
                 style_source = gr.Radio([STYLE_TEXT, STYLE_IMAGE], value=STYLE_TEXT, label="Style from")
                 style_prompt = gr.Textbox(label="Style prompt", placeholder="e.g. long blonde hair, glasses",
                                           elem_id="style-prompt")
-                style_image = guard_uploads(
-                    gr.Image(label="Style reference image", type="filepath", sources=["upload", "clipboard"],
-                             image_mode=None, height=200, visible=False, elem_id="style-image")
-                )  # fmt: skip
-                snap = gr.Checkbox(False, label="Snap foreign colours to the nearest class colour",
-                                   info="instead of an error (e.g. for maps saved as JPEG)")
-                edit_frames = guard_value(
-                    gr.Slider(0, MAX_FRAMES, value=60, step=12, label="Turntable length (frames, 0 = none)",
-                              info="30 fps, 512²"),
-                    "turntable_frames", f"a whole number from 0 to {MAX_FRAMES}",
-                )  # fmt: skip
+                style_image = photo_input("Style reference image", "style-image", height=200, visible=False)
+                with gr.Accordion("Options", open=False):
+                    snap = gr.Checkbox(False, label="Snap foreign colours to the nearest class colour",
+                                       info="instead of an error (e.g. for maps saved as JPEG)")
+                    edit_frames = frames_input()
                 edit_button = gr.Button("Edit", variant="primary", elem_id="edit-button")
-                edit_input = gr.Image(label="What the model saw (map | style image)", type="pil",
-                                      interactive=False, height=160, elem_id="edit-model-input")
-        viewer, video, views, downloads, timings, notes = output_panel("edit-")
-    style_source.change(switch_style, inputs=style_source, outputs=[style_prompt, style_image], api_name=False,
-                        queue=False)
-    segment_button.click(
-        segment, inputs=[photo, seg_remove_background, seg_auto_crop, seg_whole_image],
-        outputs=[parsed, editor, segment_notes], api_name="segment", concurrency_limit=CONCURRENCY,
-        concurrency_id=MODEL_QUEUE,
-    )  # fmt: skip
-    edit_button.click(
-        edit, inputs=[editor, style_prompt, style_image, snap, edit_frames],
-        outputs=[viewer, video, views, edit_input, downloads, timings, notes], api_name="edit",
-        concurrency_limit=CONCURRENCY, concurrency_id=MODEL_QUEUE,
-    )  # fmt: skip
+                ply, viewer, summary, timings, lower = output_panel("edit-")
+        video, views, model_input, downloads = lower()
+    style_source.change(switch_style, style_source, [style_prompt, style_image], api_name=False, queue=False)
+    run_button(segment_button, "Get segmentation map", segment_button.click, segment,
+               [photo, seg_remove_background, seg_auto_crop, seg_whole_image], [parsed, editor, segment_notes],
+               "segment", parsed)
+    run_button(edit_button, "Edit", edit_button.click, edit, [editor, style_prompt, style_image, snap, edit_frames],
+               [ply, viewer, video, views, model_input, downloads, timings, summary], "edit", viewer)
     return tab
 
 
+# ------------------------------------------------------------------------------------------ reconstruction
 def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs: JobRunner | None = None) -> gr.Blocks:
     """The Gradio UI: the Reconstruction tab (``holder`` supplies the model) and, when ``edit_holder`` has
     its checkpoints, the Editing tab (hidden until they have loaded). ``jobs`` runs the model jobs (default:
     one at a time, outputs under Gradio's cache folder)."""
     jobs = jobs or JobRunner(OutputStore(Path(get_upload_folder()) / "perchead"))
-    store = jobs.store
 
-    async def reconstruct(
-        image: str | None,
-        remove_background: bool = True,
-        auto_crop: bool = True,
-        use_whole_image: bool = False,
-        turntable_frames: int = 60,
-        request: gr.Request = None,
-        progress: gr.Progress = gr.Progress(),
-    ):
+    async def reconstruct(image: str | None, remove_background: bool = True, auto_crop: bool = True,
+                          use_whole_image: bool = False, turntable_frames: int = DEFAULT_FRAMES, face_index: int = 0,
+                          request: gr.Request = None, progress: gr.Progress = gr.Progress()):
         """Reconstructs a 3D head (Gaussian splats) from one portrait.
 
         Args:
-            image: the portrait (PNG/JPEG/WebP...; RGBA alpha is used as the head mask).
-            remove_background: remove the background (alpha channel, else GrabCut seeded by the face box).
-            auto_crop: detect the face and crop to the model's framing; off uses the whole image padded square.
-            use_whole_image: when no face is detected, use the whole image instead of failing.
-            turntable_frames: frames of the 360° turntable video (0 = no video).
+            image: the portrait (PNG/JPEG/WebP...; an RGBA alpha channel is used as the head mask).
+            remove_background: cut the head out of the background.
+            auto_crop: find the face and crop to the model's framing; off uses the whole image padded square.
+            use_whole_image: when no face is found, use the whole image instead of failing.
+            turntable_frames: frames of the 360° turntable video at 15 fps (0 = no video).
+            face_index: which face to use when the photo shows several (0 = the largest).
 
         Returns:
-            ply: the Gaussians as a 3DGS .ply file (first output).
+            ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
+            viewer: a .splat copy turned and enlarged for web splat viewers (what the page shows).
             turntable: the turntable .mp4 (or None).
-            views: fixed novel views (front, ¾ left/right, profiles, back, top).
+            views: fixed views (front, ¾ left/right, profiles, back, top).
             model_input: the preprocessed input (crop over white | mask).
             downloads: the .ply, .splat and .glb files.
             timings: seconds per stage.
-            notes: remarks (model notice, downscaling, fallbacks).
+            summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
-        from perchead.pipelines.outputs import write_outputs
+        from perchead.pipelines import write_outputs
         from perchead.preprocess import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
-        options = dict(remove_background=check_flag(remove_background, "remove_background"),
-                       auto_crop=check_flag(auto_crop, "auto_crop"),
-                       use_whole_image=check_flag(use_whole_image, "use_whole_image"))
+        options = {name: check_flag(value, name) for name, value in (
+            ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
+        options["face_index"] = check_count(face_index, "face_index", 0, 99)
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
 
         def work(job):
             pipeline = holder.get()
             report = reporter(job, progress)
             rec = pipeline(image, progress=report, **options)
+            model_input = str(job.folder / "model_input.png")
+            rec.preprocessed[0].preview().save(model_input)
+            notes = ([holder.notice] if holder.notice else []) + rec.notes
             out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
-                                timings=rec.timings, notes=([holder.notice] if holder.notice else []) + rec.notes)
-            return result_tuple(out, rec.preprocessed[0].preview(), out.notes, job.folder)
+                                timings=rec.timings, notes=notes,
+                                before_turntable=lambda part: job.publish(result(part, model_input, part.notes)))
+            return result(out, model_input, out.notes)
 
-        return await jobs.run(request, "reconstruction", work, (PreprocessError,))
+        async for outputs in jobs.stream(request, "reconstruction", work, (PreprocessError,)):
+            yield outputs
 
-    with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, store.max_age_s)) as demo:
-        gr.Markdown(
-            "# PercHead — a 3D head from one photo\n"
-            "Upload a portrait (or pick a synthetic example). The head is cropped and cut out, lifted to "
-            "3D Gaussians, and shown as splats, a turntable and fixed novel views."
-        )
-        status = gr.Markdown("Loading the model…")
+    with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, jobs.store.max_age_s)) as demo:
+        gr.Markdown("# PercHead — a 3D head from one photo\nUpload a portrait or pick an example: the head is cut "
+                    "out, lifted to 3D Gaussian splats, and shown in 3D, as a turntable and as downloads.")
+        gr.Markdown(EXPECT)
+        status = gr.Markdown("Loading the model…", elem_id="status")
         with gr.Tab("Reconstruction"):
             with gr.Row():
-                with gr.Column(scale=1):
-                    image = guard_uploads(
-                        gr.Image(
-                            label="Portrait", type="filepath", sources=["upload", "webcam", "clipboard"],
-                            image_mode=None, height=320,
-                        )
-                    )  # fmt: skip
-                    with gr.Accordion("Options", open=False):
-                        remove_background = gr.Checkbox(
-                            True, label="Remove background", info="alpha channel if present, else GrabCut seeded by the face"
-                        )
-                        auto_crop = gr.Checkbox(
-                            True, label="Auto-crop around the head", info="crop to the framing the model was trained on"
-                        )
-                        use_whole_image = gr.Checkbox(
-                            False, label="Use the whole image when no face is found", info="instead of an error"
-                        )
-                        turntable_frames = guard_value(
-                            gr.Slider(0, MAX_FRAMES, value=60, step=12, label="Turntable length (frames, 0 = none)",
-                                      info="30 fps, 512²"),
-                            "turntable_frames", f"a whole number from 0 to {MAX_FRAMES}",
-                        )  # fmt: skip
+                with gr.Column(scale=2, min_width=280):
+                    image = photo_input("Portrait", "portrait")
                     run = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
+                    with gr.Accordion("Options", open=False):
+                        remove_background = gr.Checkbox(True, label="Remove background")
+                        auto_crop = gr.Checkbox(True, label="Auto-crop around the head",
+                                                info="crop to the framing the model was trained on")
+                        use_whole_image = gr.Checkbox(False, label="Use the whole image when no face is found")
+                        face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
+                                                           info="when the photo shows several: 0 = the largest, "
+                                                                "1 = the next, …"),
+                                                 "face_index", "a whole number from 0 to 99")
+                        turntable_frames = frames_input()
                     examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
                     if examples:
-                        gr.Examples(examples, inputs=[image], label="Examples: held-out synthetic heads")
-                    model_input = gr.Image(
-                        label="What the model saw (crop | mask)", type="pil", interactive=False, height=180,
-                        elem_id="model-input",
-                    )
-                with gr.Column(scale=2):
-                    viewer, video, views, downloads, timings, notes = output_panel()
-        run.click(
-            reconstruct,
-            inputs=[image, remove_background, auto_crop, use_whole_image, turntable_frames],
-            outputs=[viewer, video, views, model_input, downloads, timings, notes],
-            api_name="reconstruct",
-            concurrency_limit=CONCURRENCY,
-            concurrency_id=MODEL_QUEUE,
-        )
-        edit_tab = None
-        if edit_holder is not None and edit_holder.available:
-            edit_tab = build_edit_tab(edit_holder, jobs)
+                        gr.Examples(examples, inputs=[image], label="Examples (synthetic heads, not photos)")
+                with gr.Column(scale=3, min_width=320):
+                    ply, viewer, summary, timings, lower = output_panel()
+            video, views, model_input, downloads = lower()
+        run_button(run, "Reconstruct", run.click, reconstruct,
+                   [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index],
+                   [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", viewer)
+        edit_tab = build_edit_tab(edit_holder, jobs) if edit_holder is not None and edit_holder.available else None
 
         def page_status():
             text = holder.status_markdown()
             if edit_holder is None:
                 return text
-            text = f"{text}\n\n{edit_holder.status_line()}"
+            text = f"{text} {edit_holder.status_line()}"
             return text if edit_tab is None else (text, gr.Tab(visible=edit_holder.ready()))
 
         demo.load(page_status, outputs=status if edit_tab is None else [status, edit_tab], api_name=False, queue=False)
+
         def end_session(request: gr.Request) -> None:
             """The page was closed: stop its running job and delete its outputs."""
             jobs.cancel_session(session_key(request))
@@ -494,10 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     edit_holder = load_edit_holder(args.edit_model, args.device)
     demo = build_demo(holder, edit_holder)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    demo.launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-        show_error=False,
-    )  # fmt: skip
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
+                show_error=False, css=CSS)
 
 
 if __name__ == "__main__":

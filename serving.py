@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
@@ -29,7 +29,6 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what Gradio's page and gradio
 MODEL_TIMEOUT_S = 300  # how long a request waits for the start-up model load
 MAX_AGE_S = int(os.environ.get("PERCHEAD_OUTPUT_MAX_AGE_S", 3600))  # outputs older than this are deleted
 MAX_OUTPUT_BYTES = int(os.environ.get("PERCHEAD_OUTPUT_MAX_BYTES", 2 * 1024**3))  # oldest deleted beyond this
-CANCEL_WAIT_S = 5.0  # how long a cancelled request waits for its worker to notice (it checks every frame)
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]+){2,}")  # absolute-looking paths in messages
 log = logging.getLogger("perchead.app")
 
@@ -109,9 +108,10 @@ class ModelHolder:
         return self.pipeline
 
     def status_markdown(self) -> str:
+        """One line for the page: ready with which model, or why not (the log has the details)."""
         if not self.ready():
-            return f"⚠️ **Model not loaded**: {self.error}"
-        text = f"Model: **{self.description}** (loaded in {self.seconds:.1f} s)."
+            return f"⚠️ The model could not be loaded ({self.error})."
+        text = f"Ready: {self.description}."
         return f"⚠️ {self.notice}\n\n{text}" if self.notice else text
 
 
@@ -130,20 +130,24 @@ def load_pipeline(requested: str | None, device: str | None = None):
     if requested:
         try:
             pipeline = PercHeadPipeline.from_pretrained(requested, device=device)
-            return pipeline, f"`{requested}` on {device}", ""
+            return pipeline, f"the model `{requested}`, on {_device_words(device)}", ""
         except Exception as error:
             log.warning("could not load the requested model %r: %s", requested, error)
             notices.append(f"Could not load the requested model `{requested}`; using the bundled one instead.")
     if (BUNDLED / "model.safetensors").is_file():
         pipeline = PercHeadPipeline.from_pretrained(str(BUNDLED), device=device)
-        return pipeline, f"bundled weights_card/ on {device}", " ".join(notices)
+        return pipeline, f"the bundled demo model (synthetic heads), on {_device_words(device)}", " ".join(notices)
     notices.append(
         "No trained checkpoint is bundled yet (weights_card/model.safetensors is missing): this is a freshly "
         "initialised `demo` model, so reconstructions are random-looking. Train one with "
         "`python -m perchead.training.train --preset demo` or pass `--model`."
     )
     pipeline = PercHeadPipeline(PercHead(PercHeadConfig.preset("demo")), device=device)
-    return pipeline, f"untrained `demo` preset on {device}", " ".join(notices)
+    return pipeline, f"an untrained demo model, on {_device_words(device)}", " ".join(notices)
+
+
+def _device_words(device: str) -> str:
+    return "the GPU" if str(device).startswith("cuda") else "the CPU"
 
 
 class EditHolder(ModelHolder):
@@ -182,12 +186,12 @@ class EditHolder(ModelHolder):
         from perchead.pipelines.reconstruct import default_device
 
         device = self.device or str(default_device())
-        return PercHeadEditPipeline.from_pretrained(self.requested, device=device), f"`{self.requested}` on {device}", ""
+        return PercHeadEditPipeline.from_pretrained(self.requested, device=device), "editing models", ""
 
     def status_line(self) -> str:
         """One line for the page's status markdown."""
         if self.ready():
-            return f"Editing models: **{self.description}** (loaded in {self.seconds:.1f} s)."
+            return "Editing: ready."
         if self.requested is None:
             return "ℹ️ No Editing tab (disabled with `--edit-model none`)."
         if not self.available:
@@ -320,6 +324,7 @@ class Job:
     session: str | None
     cancel: threading.Event = field(default_factory=threading.Event)
     alive: Callable[[], bool] = lambda: True  # False once the visitor's connection is gone
+    publish: Callable[[Any], None] = lambda value: None  # hands an early result to the visitor
 
     def check(self) -> None:
         """Raises :class:`Cancelled` when the job should stop (called between frames and stages)."""
@@ -375,29 +380,42 @@ class JobRunner:
                     job.cancel.set()
         self.store.end_session(session)
 
-    async def run(self, request: gr.Request | None, action: str, work: Callable[[Job], Any],
-                  bad_input: tuple[type[Exception], ...] = ()) -> Any:
-        """Runs ``work(job)`` in a worker thread under the model lock and turns its failures into messages.
+    async def stream(self, request: gr.Request | None, action: str, work: Callable[[Job], Any],
+                     bad_input: tuple[type[Exception], ...] = ()) -> AsyncIterator[Any]:
+        """Runs ``work(job)`` in a worker thread under the model lock; yields what it publishes, then its result.
+
+        Failures become messages for the visitor; a cancelled or abandoned stream tells the worker to stop
+        (it does at its next check, and the next job waits for the model lock until then).
 
         Args:
             request: the Gradio request (its session files the job folder for clean-up).
             action: what the job does, for messages and the log ("reconstruction", "editing").
-            work: does the job; writes only into ``job.folder``; calls ``job.check()`` between steps.
+            work: does the job; writes only into ``job.folder``; calls ``job.check()`` between steps and
+                ``job.publish(value)`` for early results (e.g. the head before its turntable).
             bad_input: exception types whose message tells the visitor what is wrong with the input.
 
-        Returns:
-            whatever ``work`` returns.
+        Yields:
+            every published value, then whatever ``work`` returns.
         """
-        job = Job(self.store.new_folder(session_key(request)), session_key(request), alive=_connection_probe())
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+        session = session_key(request)
+        job = Job(self.store.new_folder(session), session, alive=_connection_probe(),
+                  publish=lambda value: loop.call_soon_threadsafe(updates.put_nowait, (False, value)))
         with self._jobs_lock:
             self._jobs.add(job)
         future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, action, work))
         future.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved even if abandoned
+        future.add_done_callback(lambda done: updates.put_nowait((True, None)))  # after every published value
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:  # the visitor pressed stop or left: tell the worker, let it wind down
+            while True:
+                finished, value = await updates.get()
+                if finished:
+                    break
+                yield value
+            yield future.result()
+        except (asyncio.CancelledError, GeneratorExit):  # the visitor pressed stop or left: let the worker wind down
             job.cancel.set()
-            await asyncio.wait([future], timeout=CANCEL_WAIT_S)
             raise
         except Cancelled:
             raise visitor_error("The job was stopped.", "Stopped") from None
@@ -414,6 +432,14 @@ class JobRunner:
         finally:
             with self._jobs_lock:
                 self._jobs.discard(job)
+
+    async def run(self, request: gr.Request | None, action: str, work: Callable[[Job], Any],
+                  bad_input: tuple[type[Exception], ...] = ()) -> Any:
+        """:meth:`stream` for jobs without early results: returns ``work``'s result."""
+        result = None
+        async for result in self.stream(request, action, work, bad_input):
+            pass
+        return result
 
     def _locked(self, job: Job, action: str, work: Callable[[Job], Any]) -> Any:
         with self.lock:

@@ -132,8 +132,9 @@ def test_api_is_named_and_documented(client, server):
     info = client.view_api(return_format="dict", print_info=False)
     endpoint = info["named_endpoints"]["/reconstruct"]
     names = [p["parameter_name"] for p in endpoint["parameters"]]
-    assert names == ["image", "remove_background", "auto_crop", "use_whole_image", "turntable_frames"]
-    assert endpoint["returns"][0]["component"].lower() == "model3d"  # the .ply path comes first
+    assert names == ["image", "remove_background", "auto_crop", "use_whole_image", "turntable_frames", "face_index"]
+    returns = [r["component"].lower() for r in endpoint["returns"]]
+    assert returns[:2] == ["file", "model3d"]  # the canonical .ply first, then the viewer's copy
     raw = httpx.get(server["url"] + "gradio_api/info", timeout=10).json()["named_endpoints"]["/reconstruct"]
     assert raw["description"].startswith("Reconstructs a 3D head")  # from the handler's docstring
 
@@ -143,7 +144,8 @@ def test_reconstruct_example_returns_a_parsable_ply(client, tiny_model):
 
     from perchead.geometry.gaussians import load_ply
 
-    ply, video, views, model_input, downloads, timings, notes = reconstruct(client, EXAMPLE, frames=12)
+    ply, viewer, video, views, model_input, downloads, timings, notes = reconstruct(client, EXAMPLE, frames=12)
+    assert viewer.endswith(".splat") and Path(viewer).stat().st_size == 32 * tiny_model[1]
     assert ply.endswith(".ply")
     gaussians = load_ply(ply)
     assert gaussians.num_gaussians == tiny_model[1]

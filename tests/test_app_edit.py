@@ -79,8 +79,9 @@ def test_api_has_documented_segment_and_edit(client, server):
         "photo", "remove_background", "auto_crop", "use_whole_image"]
     assert [p["parameter_name"] for p in info["/edit"]["parameters"]] == [
         "segmentation_map", "style_prompt", "style_image", "snap_colors", "turntable_frames"]
-    assert info["/edit"]["returns"][0]["component"].lower() == "model3d"  # the .ply first
-    assert "/reconstruct" in info  # the Reconstruction tab's API is unchanged
+    returns = [r["component"].lower() for r in info["/edit"]["returns"]]
+    assert returns[:2] == ["file", "model3d"]  # the canonical .ply first, then the viewer's copy
+    assert "/reconstruct" in info
 
 
 def test_segment_then_edit_with_text_style(client, folders):
@@ -93,7 +94,7 @@ def test_segment_then_edit_with_text_style(client, folders):
     colours = np.unique(np.asarray(Image.open(map_path).convert("RGB")).reshape(-1, 3), axis=0)
     assert all((PALETTE == c).all(1).any() for c in colours)  # only palette colours
     assert "parsed in" in notes
-    ply, video, views, model_input, downloads, timings, notes = edit(client, map_path, prompt="long blonde hair",
+    ply, viewer, video, views, model_input, downloads, timings, notes = edit(client, map_path, prompt="long blonde hair",
                                                                      frames=4)
     gaussians = load_ply(ply)
     assert gaussians.num_gaussians == folders[1]["n_gaussians"]
@@ -108,7 +109,7 @@ def test_segment_then_edit_with_text_style(client, folders):
 def test_edit_example_map_with_image_style(client, folders):
     from perchead.geometry.gaussians import load_ply
 
-    ply, _, _, model_input, _, timings, notes = edit(client, MAP, image=PHOTO)
+    ply, _, _, _, model_input, _, timings, notes = edit(client, MAP, image=PHOTO)
     assert load_ply(ply).num_gaussians == folders[1]["n_gaussians"]
     size = folders[1]["image_size"]
     assert Image.open(model_input).size == (2 * size, size)  # map | cropped style image
@@ -197,4 +198,4 @@ def test_status_line_names_what_is_missing(tmp_path, folders):
     assert "\n" not in line  # one line
     assert "disabled" in load_edit_holder("none").status_line()
     holder = load_edit_holder(str(folders[0] / "editing"), device="cpu")
-    assert holder.ready() and holder.status_line().startswith("Editing models:")
+    assert holder.ready() and holder.status_line().startswith("Editing: ready")

@@ -17,7 +17,7 @@ from test_app import start_app, stop  # tests/ is on sys.path under pytest
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "examples").glob("*.png"))
 MAPS = sorted((ROOT / "examples" / "maps").glob("*.png"))
-UI_DEFAULTS = dict(remove_background=True, auto_crop=True, use_whole_image=False, turntable_frames=60)
+UI_DEFAULTS = dict(remove_background=True, auto_crop=True, use_whole_image=False, turntable_frames=72, face_index=0)
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def test_example_photo_reconstructs_with_default_settings(client, photo):
 
     from perchead.geometry.gaussians import load_ply
 
-    ply, video, views, model_input, downloads, timings, notes = client.predict(
+    ply, viewer, video, views, model_input, downloads, timings, summary = client.predict(
         handle_file(str(photo)), *UI_DEFAULTS.values(), api_name="/reconstruct")
     load_ply(ply).validate()
     reader = imageio.get_reader(video)
@@ -58,5 +58,5 @@ def test_example_map_edits_with_default_settings(client, map_path):
     from gradio_client import handle_file
 
     value = {"background": handle_file(str(map_path)), "layers": [], "composite": handle_file(str(map_path))}
-    ply, video, *_ = client.predict(value, "blonde", None, False, 60, api_name="/edit")
+    ply, viewer, video, *_ = client.predict(value, "blonde", None, False, 72, api_name="/edit")
     assert ply.endswith(".ply") and video.endswith(".mp4")

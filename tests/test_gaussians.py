@@ -152,3 +152,32 @@ def test_writers_refuse_batches(tmp_path):
         save_ply(random_gaussians(4, batch=2), tmp_path / "x.ply")
     save_ply(random_gaussians(4, batch=1), tmp_path / "one.ply")
     assert load_ply(tmp_path / "one.ply").num_gaussians == 4
+
+
+def test_transformed_moves_means_orientations_and_sizes():
+    import math
+
+    from perchead.geometry.gaussians import matrix_to_quaternion
+
+    def quat_matrix(q):  # wxyz → [.., 3, 3]
+        w, x, y, z = q.unbind(-1)
+        rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
+        return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
+
+    g = random_gaussians(50, seed=3)
+    c, s = math.cos(1.1), math.sin(1.1)
+    rotation = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]]) @ torch.tensor(
+        [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # a yaw after 180° about X
+    torch.testing.assert_close(quat_matrix(matrix_to_quaternion(rotation)), rotation, atol=1e-6, rtol=0)
+    h = g.transformed(rotation, 2.5, translation=torch.tensor([0.0, 1.0, 0.0])).validate()
+    torch.testing.assert_close(h.means, 2.5 * g.means @ rotation.T + torch.tensor([0.0, 1.0, 0.0]))
+    cov = quat_matrix(g.quats) @ torch.diag_embed(g.scales**2) @ quat_matrix(g.quats).transpose(-1, -2)
+    cov_h = quat_matrix(h.quats) @ torch.diag_embed(h.scales**2) @ quat_matrix(h.quats).transpose(-1, -2)
+    torch.testing.assert_close(cov_h, 2.5**2 * rotation @ cov @ rotation.T, atol=1e-6, rtol=1e-4)
+    assert torch.equal(h.colors, g.colors) and torch.equal(h.opacities, g.opacities)
+    with pytest.raises(ValueError, match="proper"):
+        g.transformed(torch.diag(torch.tensor([1.0, 1.0, -1.0])))  # a mirror
+    with pytest.raises(ValueError, match="positive"):
+        g.transformed(torch.eye(3), 0.0)

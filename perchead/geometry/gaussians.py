@@ -127,6 +127,37 @@ class Gaussians:
             raise ValueError("Gaussians.stack takes unbatched sets")
         return Gaussians(**{f.name: torch.stack([getattr(g, f.name) for g in items]) for f in fields(Gaussians)})
 
+    def transformed(self, rotation: Tensor, scale: float = 1.0, translation: Tensor | None = None) -> "Gaussians":
+        """The Gaussians moved by ``x → scale · rotation · x + translation``: means, orientations and sizes.
+
+        Args:
+            rotation: a proper rotation matrix (det +1; a mirror would flip handedness). ``[3, 3]``
+            scale: uniform scale factor (> 0).
+            translation: added after rotating and scaling, or None. ``[3]``
+
+        Returns:
+            new Gaussians (colours and opacities unchanged).
+
+        Raises:
+            ValueError: a rotation that is not orthonormal with det +1, or a scale ≤ 0.
+        """
+        rotation = torch.as_tensor(rotation, dtype=self.dtype, device=self.device)
+        eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+        if rotation.shape != (3, 3) or not torch.allclose(rotation @ rotation.T, eye, atol=1e-5) or torch.det(rotation) < 0:
+            raise ValueError("rotation must be a proper 3×3 rotation matrix (orthonormal, det +1)")
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        means = scale * self.means @ rotation.T  # [(B,) N, 3]
+        if translation is not None:
+            means = means + torch.as_tensor(translation, dtype=self.dtype, device=self.device)
+        q = matrix_to_quaternion(rotation)  # [4] wxyz
+        w1, v1 = q[0], q[1:]
+        w2, v2 = self.quats[..., :1], self.quats[..., 1:]  # [(B,) N, 1], [(B,) N, 3]
+        quats = torch.cat([w1 * w2 - (v2 * v1).sum(-1, keepdim=True),
+                           w1 * v2 + w2 * v1 + torch.cross(v1.expand_as(v2), v2, dim=-1)], dim=-1)  # q ⊗ quats
+        return Gaussians(means=means, quats=quats, scales=self.scales * scale, opacities=self.opacities,
+                         colors=self.colors)
+
     # ------------------------------------------------------------- validation
     def validate(self) -> "Gaussians":
         """Checks values: finite everywhere, unit quaternions, positive scales, opacities in (0, 1), colours in [0, 1].
@@ -154,6 +185,22 @@ class Gaussians:
         if ((self.colors < 0) | (self.colors > 1)).any():
             raise ValueError(f"colors must lie in [0, 1]; range {self.colors.min():.4g}..{self.colors.max():.4g}")
         return self
+
+
+def matrix_to_quaternion(rotation: Tensor) -> Tensor:
+    """The unit quaternion (wxyz, w ≥ 0) of a rotation matrix. ``[3, 3]`` → ``[4]``"""
+    m = rotation
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    candidates = torch.stack([
+        torch.stack([1 + trace, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]),
+        torch.stack([m[2, 1] - m[1, 2], 1 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]]),
+        torch.stack([m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1 - m[0, 0] + m[1, 1] - m[2, 2], m[1, 2] + m[2, 1]]),
+        torch.stack([m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1 - m[0, 0] - m[1, 1] + m[2, 2]]),
+    ])  # [4, 4]: each row is 4·q·q_i for one i; use the best-conditioned one
+    best = torch.stack([1 + trace, 1 + m[0, 0] - m[1, 1] - m[2, 2], 1 - m[0, 0] + m[1, 1] - m[2, 2],
+                        1 - m[0, 0] - m[1, 1] + m[2, 2]]).argmax()
+    q = candidates[best] / candidates[best].norm()
+    return q if q[0] >= 0 else -q
 
 
 # -------------------------------------------------------------------------------------------- files

@@ -27,6 +27,10 @@ CLASSES: tuple[str, ...] = (
     "background", "skin", "nose", "eyeglasses", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
     "mouth", "u_lip", "l_lip", "hair", "hat", "earring", "necklace", "neck", "cloth",
 )  # the 19 CelebAMask-HQ classes, in their usual order
+CLASS_LABELS: tuple[str, ...] = (
+    "background", "skin", "nose", "glasses", "left eye", "right eye", "left eyebrow", "right eyebrow", "left ear",
+    "right ear", "mouth (inside)", "upper lip", "lower lip", "hair", "hat", "earring", "necklace", "neck", "clothes",
+)  # the same classes in plain words, for people (the UI's legend)
 NUM_CLASSES = len(CLASSES)  # 19
 BACKGROUND = 0  # class id of the background
 _EXACT = 6.0  # RGB distance below which a colour is its palette class without looking at its neighbours
@@ -96,7 +100,7 @@ def legend() -> list[tuple[str, str]]:
 
 
 def legend_html(columns: int = 4) -> str:
-    """An HTML legend (coloured swatch + class name per entry) for ``gr.HTML`` / ``gr.Markdown``.
+    """An HTML legend (coloured swatch + the class in plain words per entry) for ``gr.HTML`` / ``gr.Markdown``.
 
     Args:
         columns: entries per row of the grid.
@@ -107,10 +111,10 @@ def legend_html(columns: int = 4) -> str:
     if columns < 1:
         raise ValueError(f"columns must be at least 1, got {columns}")
     items = []
-    for i, (name, hex_color) in enumerate(legend()):
+    for i, ((name, hex_color), label) in enumerate(zip(legend(), CLASS_LABELS)):
         swatch = (f'<span style="display:inline-block;width:1em;height:1em;background:{hex_color};'
                   f'border:1px solid #888;vertical-align:middle;margin-right:0.4em"></span>')
-        items.append(f'<div title="class {i}: {hex_color}">{swatch}{html.escape(name)}</div>')
+        items.append(f'<div title="class {i} ({name}): {hex_color}">{swatch}{html.escape(label)}</div>')
     return (f'<div class="perchead-legend" style="display:grid;grid-template-columns:repeat({columns},auto);'
             f'gap:0.2em 1em;font-size:0.9em">' + "".join(items) + "</div>")
 

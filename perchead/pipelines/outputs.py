@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -31,13 +32,22 @@ NOVEL_VIEWS: tuple[tuple[str, float, float], ...] = (
 )
 FORMATS = ("ply", "splat", "glb")
 
+# Web splat viewers built on gsplat.js (Gradio's Model3D among them) use the 3DGS/COLMAP world: +Y points
+# DOWN on screen, and their orbit camera starts at azimuth α = 0.5 rad, elevation β = 0.5 rad (from above),
+# radius 5, looking at the origin from the −Z side. Our canonical head (+Y up, face toward +Z, metres) would
+# show upside down, from behind and tiny there, so the viewer gets its own copy: turned 180° about X
+# (upright, facing −Z), then about the vertical axis so that the first view is the face, and enlarged.
+VIEWER_AZIMUTH_RAD = 0.5  # gsplat.js OrbitControls' initial alpha
+VIEWER_SCALE = 3.5  # ours: at radius 5 the head and neck (≈ 0.3 m) then fill about half of a 420-px-high viewer
+
 
 @dataclass
 class Outputs:
     """The files written for one head.
 
     Attributes:
-        files: format ("ply", "splat", "glb") → written path.
+        files: format ("ply", "splat", "glb") → written path (canonical frame: +Y up, face toward +Z, metres).
+        viewer: a ``.splat`` copy oriented and sized for web splat viewers (:func:`to_web_viewer`), or None.
         video: the turntable .mp4, or None when not requested.
         views: (caption, PNG path) of the fixed novel views.
         timings: stage → seconds (the pipeline's stages passed in, plus the writer's).
@@ -45,10 +55,25 @@ class Outputs:
     """
 
     files: dict[str, Path]
+    viewer: Path | None
     video: Path | None
     views: list[tuple[str, Path]]
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+
+
+def to_web_viewer(gaussians: Gaussians, scale: float = VIEWER_SCALE) -> Gaussians:
+    """A copy of a canonical head oriented and sized for gsplat.js viewers (see :data:`VIEWER_SCALE`).
+
+    The downloads keep the canonical frame (+Y up, face toward +Z, metres) that gsplat and SuperSplat read.
+    """
+    import math
+
+    c, s = math.cos(math.pi), math.sin(math.pi)
+    flip = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # 180° about X: up → −Y, face → −Z
+    a = -VIEWER_AZIMUTH_RAD  # turn the face toward the camera's start azimuth (about the vertical axis)
+    yaw = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
+    return gaussians.transformed(yaw @ flip, scale)
 
 
 def render_novel_views(model: PercHead, gaussians: Gaussians, size: int = 256, refine: bool = True) -> list[tuple[str, Image.Image]]:
@@ -118,8 +143,11 @@ def write_outputs(
     turntable_frames: int = 60,
     turntable_size: int = 512,
     turntable_refine: bool | None = None,
+    turntable_fps: int = 15,
     view_size: int = 256,
     formats=FORMATS,
+    viewer: bool = True,
+    before_turntable: Callable[[Outputs], None] | None = None,
     progress: Progress = no_progress,
     timings: dict[str, float] | None = None,
     notes: list[str] | None = None,
@@ -134,10 +162,14 @@ def write_outputs(
         device: where to render (default: the model's device).
         turntable_frames: frames in the orbit video; 0 skips the video.
         turntable_size: video frame side in pixels.
+        turntable_fps: video frame rate (ours: 15, so that 60–75 frames make a 4–5 s turn one can follow).
         turntable_refine: run the CNN refiner on the turntable frames; None = only on CUDA (on a CPU the
             refiner at 512² costs ~6× the rasteriser, see benchmarks/app.py; the novel views are always refined).
         view_size: side of the novel-view images; 0 skips them.
         formats: any of :data:`FORMATS`.
+        viewer: also write ``head_viewer.splat`` for web splat viewers (:func:`to_web_viewer`).
+        before_turntable: called with the outputs written so far (files, viewer copy, views; no video) before
+            the turntable is rendered, e.g. to show the head while the video is made.
         progress: called with (fraction, stage) between stages and turntable frame batches (fractions 0.3 ..
             1.0, after a pipeline's 0 .. 0.3); may raise to stop the work.
         timings: the pipeline's stage → seconds; copied, extended with the writer's stages, and ``total``
@@ -162,6 +194,10 @@ def write_outputs(
     files, export_timings, export_notes = export_files(gaussians, folder, model.template, formats)
     timings.update(export_timings)
     notes += export_notes
+    viewer_path = None
+    if viewer:
+        viewer_path = folder / "head_viewer.splat"
+        save_splat(to_web_viewer(gaussians), viewer_path)
     # 2. novel views
     views: list[tuple[str, Path]] = []
     if view_size > 0:
@@ -173,13 +209,15 @@ def write_outputs(
         timings["novel_views"] = time.perf_counter() - start
     # 3. turntable
     video = None
+    if before_turntable is not None:
+        before_turntable(Outputs(dict(files), viewer_path, None, list(views), dict(timings), list(notes)))
     if turntable_frames > 0:
         from perchead.pipelines.video import TurntableConfig, make_turntable
 
         progress(0.5, f"rendering a {turntable_frames}-frame turntable")
         render_config = model.config.render
         config_video = TurntableConfig(
-            n_frames=int(turntable_frames), size=int(turntable_size),
+            n_frames=int(turntable_frames), size=int(turntable_size), fps=int(turntable_fps),
             refine=(device.type == "cuda") if turntable_refine is None else bool(turntable_refine),
             radius=render_config.radius, fov_deg=render_config.fov_deg,
         )  # fmt: skip
@@ -190,7 +228,7 @@ def write_outputs(
         )  # fmt: skip
         timings["turntable"] = stats["seconds"]
         if not config_video.refine:
-            notes.append("turntable rendered without the CNN refiner (CPU speed); the novel views are refined")
+            notes.append("the turntable skips the final sharpening step to stay quick on a CPU; the still views have it")
     progress(1.0, "done")
     timings["total"] = sum(timings.values())
-    return Outputs(files, video, views, timings, notes)
+    return Outputs(files, viewer_path, video, views, timings, notes)
