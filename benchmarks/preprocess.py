@@ -268,9 +268,10 @@ def figure(path: Path, tile: int = 128) -> None:
         try:
             old = preprocess(image, size=tile, detector="haar", **options)
             cells.append(to_uint8(old.image[0]))
-        except PreprocessError:
+        except PreprocessError as error:
             cells.append(blank.copy())
-            cv2.putText(cells[-1], "no face", (20, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (200, 0, 0), 2)
+            text = "no face" if "no face" in str(error) else "1 face only"
+            cv2.putText(cells[-1], text, (12, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (200, 0, 0), 2)
         new = preprocess(image, size=tile, **options)
         cells.append(to_uint8(new.image[0]))
         cells.append(to_uint8(new.mask[0].expand(3, -1, -1)))
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calibrate", action="store_true", help="re-derive FACE_POINTS_3D and print it")
     parser.add_argument("--figure", action="store_true", help="only write docs/preprocessing.png")
+    parser.add_argument("--timing", action="store_true", help="only re-measure the time per photo (updates the JSON)")
     parser.add_argument("--heads", type=int, default=16, help="test-split heads (calibration; ×3 views measured)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "preprocess_results.json"), help="results JSON")
     args = parser.parse_args(argv)
@@ -335,6 +337,12 @@ def main(argv: list[str] | None = None) -> None:
         figure(ROOT / "docs" / "preprocessing.png")
         return
     torch.set_num_threads(2)
+    if args.timing:
+        out = Path(args.output)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["ms_per_photo_512"] = time_per_photo()
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        return
     results = {"synthetic": evaluate_synthetic(args.heads * 3), "portraits": evaluate_portraits(),
                "label_maps": evaluate_label_maps(),
                "ms_per_photo_512": time_per_photo(), "threads": torch.get_num_threads()}
