@@ -835,6 +835,8 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
                 )
             detector, head_source, head_box = "haar", "face", haar
             crop_box = face_to_crop(haar, config)
+            if analyzer is not None:
+                notes.append("the face networks found no face, the fallback Haar cascade did: framed by its box, no head pose")
         elif config.use_whole_image:
             detector, head_source, head_box = "none", "whole", (0.0, 0.0, float(width), float(height))
             crop_box = whole_image_crop(width, height)
