@@ -1,0 +1,178 @@
+"""Photo-fit benchmark: seconds per fit (median of several runs) and quality with vs. without the fit.
+
+    python benchmarks/fit.py speed [--model weights_card] [--runs 5] [--steps 40]
+    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search]
+    python benchmarks/fit.py summary [--out docs/fit_heads.jsonl] [--json docs/fit_results.json]
+
+``speed`` fits the first synthetic test head (the evaluation's novel-view input) ``--runs`` times and
+prints the median seconds with threads pinned to the machine's cores, plus a per-stage profile (renders,
+refiner, priors, optimiser). ``quality`` follows the evaluation protocol of
+:mod:`perchead.evaluation.reconstruction` on the held-out test heads (novel views: one near-frontal input,
+8 targets around the head; extreme views: profile and ±60° flips) and scores the bundled model's
+prediction with and without the fit; each head is appended to a JSON-lines file as it finishes, so an
+interrupted run resumes where it stopped. ``--pose oracle`` gives the fit the protocol's input camera (what
+the landmark pose gives for a photo), ``--pose search`` lets it find the yaw and pitch itself. The
+input-view PSNR is measured at the fit's refined camera (the camera it says the photo was taken from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
+from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_pairs, novel_views  # noqa: E402
+from perchead.models.perchead import PercHead  # noqa: E402
+from perchead.models.similarity import psnr, ssim  # noqa: E402
+from perchead.pipelines.fit import FitConfig, fit_to_photo  # noqa: E402
+
+
+def _input(model, head, view):
+    cams = _cameras([view], model, model.config.render.image_size)
+    image, mask = _ground_truth(head, cams)  # [1, 3, S, S], [1, 1, S, S]
+    return image, mask, cams
+
+
+@torch.no_grad()
+def _views(model, g, cams, size):
+    return model.render_at(g, cams.viewmats, cams.Ks, size, size).rgb[0].float().clamp(0, 1)  # [V, 3, S, S]
+
+
+def speed(args) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = PercHead.from_pretrained(args.model).eval()
+    head = make_head(split_seeds("test")[0])
+    inp, _ = novel_views(0, 8, 0)
+    image, mask, cams = _input(model, head, inp)
+    with torch.no_grad():
+        g = model(image, mask)[0]
+    config = FitConfig(steps=args.steps, camera_steps=min(FitConfig().camera_steps, args.steps))
+    fit_to_photo(model, g, image, mask, camera=cams, config=config)  # warm-up (kernel compile, mirror pairs)
+    times = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        fit_to_photo(model, g, image, mask, camera=cams, config=config)
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    fit_to_photo(model, g, image, mask, camera=None, config=config)
+    searched = time.perf_counter() - t
+    result = {"model": args.model, "gaussians": g.num_gaussians, "image_size": image.shape[-1], "steps": args.steps,
+              "threads": torch.get_num_threads(), "runs": args.runs, "median_s": statistics.median(times),
+              "times_s": times, "with_pose_search_s": searched}
+    print(json.dumps(result, indent=2))
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(fit_to_photo, model, g, image, mask, camera=cams, config=config)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+    return result
+
+
+def quality(args) -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = PercHead.from_pretrained(args.model).eval()
+    size = model.config.render.render_size
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["subject"] for line in out.read_text().splitlines() if line.strip()}
+    config = FitConfig(steps=args.steps, camera_steps=min(FitConfig().camera_steps, args.steps))
+    seeds = split_seeds("test")
+    for i in range(args.subjects):
+        if i in done:
+            continue
+        head = make_head(seeds[i])
+        row: dict = {"subject": i, "steps": args.steps, "pose": args.pose}
+        # novel views
+        inp, targets = novel_views(i, 8, 0)
+        image, mask, icams = _input(model, head, inp)
+        tcams = _cameras(targets, model, size)
+        gt, _ = _ground_truth(head, tcams)
+        with torch.no_grad():
+            g = model(image, mask)[0]
+        t = time.perf_counter()
+        fr = fit_to_photo(model, g, image, mask, camera=icams if args.pose == "oracle" else None, config=config)
+        row["fit_s"] = time.perf_counter() - t
+        for tag, head_g, cam in (("without", g, icams), ("with", fr.gaussians, fr.camera)):
+            pred = _views(model, head_g, tcams, size)
+            row[f"novel_psnr_{tag}"] = psnr(pred, gt).tolist()
+            row[f"novel_ssim_{tag}"] = ssim(pred, gt).tolist()
+            own = _views(model, head_g, cam, image.shape[-1])
+            row[f"input_psnr_{tag}"] = float(psnr(own, image)[0])
+        # extreme views (the fit always gets the protocol's input camera: the search covers ±40° yaw)
+        for k, (src, dst) in enumerate(extreme_pairs()):
+            if args.no_extreme:
+                break
+            image, mask, icams = _input(model, head, src)
+            tcam = _cameras([dst], model, size)
+            gt, _ = _ground_truth(head, tcam)
+            with torch.no_grad():
+                g = model(image, mask)[0]
+            fr = fit_to_photo(model, g, image, mask, camera=icams, config=config)
+            for tag, head_g in (("without", g), ("with", fr.gaussians)):
+                pred = _views(model, head_g, tcam, size)
+                row.setdefault(f"extreme_psnr_{tag}", []).append(float(psnr(pred, gt)[0]))
+                row.setdefault(f"extreme_ssim_{tag}", []).append(float(ssim(pred, gt)[0]))
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"head {i}: novel {statistics.mean(row['novel_psnr_without']):.2f} → "
+              f"{statistics.mean(row['novel_psnr_with']):.2f} dB, input {row['input_psnr_without']:.2f} → "
+              f"{row['input_psnr_with']:.2f} dB, fit {row['fit_s']:.1f} s", flush=True)
+    summary(args)
+
+
+def summary(args) -> dict:
+    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
+
+    def mean(key):
+        vals = [v for r in rows if key in r for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        return statistics.mean(vals) if vals else None
+
+    result = {"subjects": len(rows), "steps": sorted({r["steps"] for r in rows}), "pose": sorted({r["pose"] for r in rows}),
+              "extreme_subjects": sum("extreme_psnr_with" in r for r in rows)}
+    for key in ("novel_psnr", "novel_ssim", "input_psnr", "extreme_psnr", "extreme_ssim"):
+        result[key] = {tag: mean(f"{key}_{tag}") for tag in ("without", "with")}
+    lr = [(r["extreme_psnr_without"][:2], r["extreme_psnr_with"][:2]) for r in rows if "extreme_psnr_with" in r]
+    if lr:
+        result["extreme_left_right_psnr"] = {"without": statistics.mean(v for a, _ in lr for v in a),
+                                             "with": statistics.mean(v for _, b in lr for v in b)}
+    result["fit_s_median"] = statistics.median(r["fit_s"] for r in rows)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["speed", "quality", "summary"])
+    p.add_argument("--model", default="weights_card")
+    p.add_argument("--steps", type=int, default=FitConfig().steps)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--subjects", type=int, default=20)
+    p.add_argument("--pose", choices=["oracle", "search"], default="oracle")
+    p.add_argument("--no-extreme", action="store_true")
+    p.add_argument("--out", default="docs/fit_heads.jsonl")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    {"speed": speed, "quality": quality, "summary": summary}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
