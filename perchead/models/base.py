@@ -79,7 +79,8 @@ class CheckpointMixin:
     """``save_pretrained`` / ``from_pretrained`` for a module built from a JSON config.
 
     A subclass sets :attr:`model_type` and implements :meth:`config_dict` (the ``config.json`` content
-    without ``model_type``) and :meth:`from_config_dict` (its inverse); :meth:`unstored_keys` names tensors loaded some other way
+    without ``model_type``) and :meth:`from_config_dict` (its inverse); :meth:`unstored_keys` names tensors
+    loaded some other way
     (weights of a frozen foundation model loaded by its id).
     """
 

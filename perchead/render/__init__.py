@@ -179,7 +179,8 @@ def bin_tiles(proj: Projected, width: int, height: int) -> tuple[Tensor, Tensor]
 
 def _project(means, quats, scales, opacities, viewmats, Ks, width, height, pure: bool) -> Projected:
     """Step 1 through the C kernel when possible, else :func:`project_gaussians` (also when cameras need grads)."""
-    native = not pure and means.dtype in (torch.float32, torch.float64) and not (viewmats.requires_grad or Ks.requires_grad)
+    cameras_need_grads = viewmats.requires_grad or Ks.requires_grad
+    native = not pure and means.dtype in (torch.float32, torch.float64) and not cameras_need_grads
     if native and _native.library() is not None:
         return _native.project(means, quats, scales, opacities, viewmats, Ks, width, height)
     return project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height)

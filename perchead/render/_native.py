@@ -190,7 +190,8 @@ class RasterizeNative(torch.autograd.Function):
 
 
 class ProjectNative(torch.autograd.Function):
-    """C twin of :func:`perchead.render._torch_impl.project_gaussians` (forward and hand-written backward, Gaussian fields only)."""
+    """C twin of :func:`perchead.render._torch_impl.project_gaussians` (forward and hand-written backward,
+    gradients for the Gaussian fields only)."""
 
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height):

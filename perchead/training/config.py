@@ -47,7 +47,8 @@ TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                             grad_clip=0.0, adam_betas=(0.9, 0.98), adam_eps=1e-6, val_heads=0, save_every=10,
                             log_every=1, image_size=32),
     ("parser", "demo"): dict(phase1_steps=2000, phase2_steps=0, batch_size=16, lr=1e-3, weight_decay=0.01,
-                             warmup_steps=100, grad_clip=0.0, val_heads=8, save_every=500, log_every=50, image_size=128),
+                             warmup_steps=100, grad_clip=0.0, val_heads=8, save_every=500, log_every=50,
+                             image_size=128),
     ("parser", "tiny"): dict(phase1_steps=12, phase2_steps=0, batch_size=4, lr=3e-3, weight_decay=0.01, warmup_steps=1,
                              grad_clip=0.0, val_heads=1, save_every=6, log_every=1, image_size=32),
 }

@@ -23,7 +23,8 @@ _STYLE_ENCODERS: dict[str, nn.Module] = {}
 def load_style_encoder(path: str | None) -> nn.Module:
     """The frozen style encoder of the ``edit`` task (cached per path, eval mode, no gradients)."""
     if not path:
-        raise ValueError("--task edit needs --style <style encoder folder or id> (perchead.models.style_encoder.StyleEncoder)")
+        raise ValueError("--task edit needs --style <style encoder folder or id> "
+                         "(perchead.models.style_encoder.StyleEncoder)")
     if path not in _STYLE_ENCODERS:
         from perchead.models.style_encoder import StyleEncoder
 
@@ -59,7 +60,8 @@ def build_edit_model(model_config, init_from: str | None = None) -> nn.Module:
     """The editing model: from a base checkpoint (``PercHeadEditor.from_base``) or an editor checkpoint.
 
     Args:
-        model_config: an :class:`perchead.models.edit_encoder.EditConfig` (used with a base checkpoint; None when resuming).
+        model_config: an :class:`perchead.models.edit_encoder.EditConfig` (used with a base checkpoint; None
+            when resuming).
         init_from: a base PercHead or PercHeadEditor checkpoint folder / repo id.
     """
     from perchead.models.base import checkpoint_model_type, resolve_checkpoint
