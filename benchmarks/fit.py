@@ -5,8 +5,9 @@
     python benchmarks/fit.py summary [--out docs/fit_heads.jsonl] [--json docs/fit_results.json]
 
 ``speed`` fits the first synthetic test head (the evaluation's novel-view input) ``--runs`` times and
-prints the median seconds with threads pinned to the machine's cores, plus a per-stage profile (renders,
-refiner, priors, optimiser). ``quality`` follows the evaluation protocol of
+prints the median wall seconds with threads pinned to the machine's cores, the median CPU seconds (all
+threads: on a shared machine the wall time of an idle one is about CPU / cores) and the load average,
+and with ``--profile`` the functions that take the time. ``quality`` follows the evaluation protocol of
 :mod:`perchead.evaluation.reconstruction` on the held-out test heads (novel views: one near-frontal input,
 8 targets around the head; extreme views: profile and ±60° flips) and scores the bundled model's
 prediction with and without the fit; each head is appended to a JSON-lines file as it finishes, so an
@@ -60,17 +61,18 @@ def speed(args) -> dict:
         g = model(image, mask)[0]
     config = FitConfig(steps=args.steps, camera_steps=min(FitConfig().camera_steps, args.steps))
     fit_to_photo(model, g, image, mask, camera=cams, config=config)  # warm-up (kernel compile, mirror pairs)
-    times = []
+    times, cpu = [], []
     for _ in range(args.runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fit_to_photo(model, g, image, mask, camera=cams, config=config)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     t = time.perf_counter()
     fit_to_photo(model, g, image, mask, camera=None, config=config)
     searched = time.perf_counter() - t
     result = {"model": args.model, "gaussians": g.num_gaussians, "image_size": image.shape[-1], "steps": args.steps,
               "threads": torch.get_num_threads(), "runs": args.runs, "median_s": statistics.median(times),
-              "times_s": times, "with_pose_search_s": searched}
+              "times_s": times, "median_cpu_s": statistics.median(cpu), "load_average": os.getloadavg(), "with_pose_search_s": searched}
     print(json.dumps(result, indent=2))
     if args.profile:
         import cProfile

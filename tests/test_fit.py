@@ -173,3 +173,13 @@ def test_pipeline_refuses_bad_fit_settings(pipe, photo):
             pipe(image, mask, fit_steps=steps)
     with pytest.raises(ValueError, match="FitConfig"):
         pipe(image, mask, fit_steps=2, fit={"steps": 2})
+
+
+def test_evaluation_scores_the_fitted_head(model):
+    from perchead.evaluation.reconstruction import EvalConfig, evaluate, markdown_table
+
+    with pytest.raises(ValueError, match="fit steps"):
+        EvalConfig(fit_steps=-1)
+    results = evaluate(model, EvalConfig(subjects=1, novel_targets=2, eval_size=32, fit_steps=2), progress=False)
+    assert set(results["novel"]) >= {"ours", "ours_fit"} and results["novel"]["ours_fit"]["psnr"] > 0
+    assert "Ours + photo-fit" in markdown_table(results)

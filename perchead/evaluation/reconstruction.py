@@ -54,6 +54,8 @@ class EvalConfig:
         eval_size: size of rendered / ground-truth target views (None = the model's render_size).
         extreme_elevation: |elevation| of the top↔bottom extreme pair in degrees (ours: 60).
         seed: seed of the random input / target view draws.
+        fit_steps: photo-fit steps (:mod:`perchead.pipelines.fit`) for an extra row ``ours_fit``: our head
+            refined against its input picture from the protocol's input camera (0 = no such row).
     """
 
     subjects: int = 100
@@ -62,8 +64,12 @@ class EvalConfig:
     eval_size: int | None = None
     extreme_elevation: float = 60.0
     seed: int = 0
+    fit_steps: int = 0
 
     def __post_init__(self) -> None:
+        from perchead.pipelines.fit import check_steps
+
+        check_steps(self.fit_steps)
         if self.subjects < 1:
             raise ValueError(f"subjects must be >= 1, got {self.subjects}")
         if self.novel_targets < 1:
@@ -205,15 +211,25 @@ def _ground_truth(head, cameras: Cameras) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Tensor, input_cams: Cameras,
-             target_cams: Cameras, size: int) -> Tensor:
+             target_cams: Cameras, size: int, fit_steps: int = 0) -> Tensor:
     """Predicted target views ``[B, V, 3, S, S]`` of one method for B inputs with V targets each."""
     B = image.shape[0]
     V = len(target_cams) // B
     if method in BASELINE_CARDS:
         return billboard(image, input_cams, target_cams, **BASELINE_CARDS[method])
-    model = models[method]
+    model = models["ours" if method == "ours_fit" else method]
     device = next(model.parameters()).device
     gaussians = model(image.to(device), mask.to(device))
+    if method == "ours_fit":
+        from perchead.geometry.gaussians import Gaussians
+        from perchead.pipelines.fit import fit_to_photo, with_steps
+
+        with torch.enable_grad():
+            gaussians = Gaussians.stack([
+                fit_to_photo(model, gaussians[b], image[b : b + 1].to(device), mask[b : b + 1].to(device),
+                             camera=input_cams[b], config=with_steps(None, fit_steps)).gaussians
+                for b in range(B)
+            ])
     rgb = model.render_at(gaussians, target_cams.viewmats.reshape(B, V, 4, 4), target_cams.Ks.reshape(B, V, 3, 3),
                           size, size).rgb  # [B, V, 3, S, S]
     return rgb.float().cpu().clamp(0, 1)
@@ -254,7 +270,8 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
     seeds = split_seeds(config.split)
     if config.subjects > len(seeds):
         raise ValueError(f"split {config.split!r} has only {len(seeds)} subjects, asked for {config.subjects}")
-    values = {p: {m: {k: [] for k in METRICS} for m in METHODS} for p in PROTOCOLS}
+    methods = METHODS + (("ours_fit",) if config.fit_steps else ())
+    values = {p: {m: {k: [] for k in METRICS} for m in methods} for p in PROTOCOLS}
     for i in tqdm(range(config.subjects), disable=not progress, desc="evaluate", dynamic_ncols=True):
         head = make_head(seeds[i])
         # novel views: one input, several targets
@@ -269,18 +286,19 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
             flat_targets = [v for views in target_views for v in views]
             target_cams = _cameras(flat_targets, model, size)
             gt, _ = _ground_truth(head, target_cams)  # [B·V, 3, S, S]
-            for method in METHODS:
-                pred = _predict(method, models, image, mask, input_cams, target_cams, size).flatten(0, 1)
+            for method in methods:
+                pred = _predict(method, models, image, mask, input_cams, target_cams, size,
+                                config.fit_steps).flatten(0, 1)
                 for name, vals in _score(pred, gt, nets).items():
                     values[protocol][method][name].extend(vals)
     def means(v: dict[str, list[float]], keep=lambda j: True) -> dict[str, float | None]:
         kept = {name: [x for j, x in enumerate(v[name]) if keep(j)] for name in METRICS}
         return {name: (finite_mean(kept[name]) if kept[name] else None) for name in METRICS}
 
-    results: dict[str, Any] = {p: {m: means(values[p][m]) for m in METHODS} for p in PROTOCOLS}
+    results: dict[str, Any] = {p: {m: means(values[p][m]) for m in methods} for p in PROTOCOLS}
     groups = [pair_group(pair) for pair in extreme_pairs(config.extreme_elevation)]  # one view per pair
     results["extreme_by_pair"] = {
-        g: {m: means(values["extreme"][m], lambda j, g=g: groups[j % len(groups)] == g) for m in METHODS}
+        g: {m: means(values["extreme"][m], lambda j, g=g: groups[j % len(groups)] == g) for m in methods}
         for g in dict.fromkeys(groups)
     }
     results["meta"] = {
@@ -302,11 +320,13 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
 def markdown_table(results: dict[str, Any]) -> str:
     """Tables 1–2 layout: one table per protocol, methods as rows, PSNR↑ SSIM↑ LPIPS↓ DS↓ ArcFace↓."""
     names = {"billboard": "Billboard (faces the viewer)", "card_one_sided": "Fixed card (one-sided)",
-             "card_two_sided": "Fixed card (two-sided, mirrored)", "template": "Template (untrained)", "ours": "Ours"}
+             "card_two_sided": "Fixed card (two-sided, mirrored)", "template": "Template (untrained)", "ours": "Ours",
+             "ours_fit": "Ours + photo-fit"}
+    order = [m for m in TABLE_ORDER + ("ours_fit",) if m in results["novel"]]
     lines = []
     for protocol, title in (("novel", "Novel views"), ("extreme", "Extreme views")):
         lines += [f"| {title} | PSNR ↑ | SSIM ↑ | LPIPS ↓ | DS ↓ | ArcFace ↓ |", "|---|---|---|---|---|---|"]
-        for method in TABLE_ORDER:
+        for method in order:
             r = results[protocol][method]
             cells = [
                 "n/a" if r[k] is None else (f"{r[k]:.2f}" if k == "psnr" else f"{r[k]:.4f}") for k in METRICS
@@ -318,7 +338,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         titles = {"left_right": "left↔right", "top_bottom": "top↔bottom"}
         head = " | ".join(f"{titles.get(g, g)} {k}" for g in by_pair for k in ("PSNR ↑", "SSIM ↑"))
         lines += [f"| Extreme views by pair | {head} |", "|---|" + "---|" * (2 * len(by_pair))]
-        for method in TABLE_ORDER:
+        for method in order:
             cells = [f"{by_pair[g][method]['psnr']:.2f} | {by_pair[g][method]['ssim']:.4f}" for g in by_pair]
             lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -351,13 +371,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--novel-targets", type=int, default=8)
     p.add_argument("--eval-size", type=int, default=None, help="target view size (default: model render_size)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-steps", type=int, default=0, help="also score our head after this many photo-fit steps")
     p.add_argument("--contact-sheet", default=None, help="also write a contact-sheet PNG here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     model = PercHead.from_pretrained(args.model).to(args.device)
     config = EvalConfig(subjects=args.subjects, split=args.split, novel_targets=args.novel_targets,
-                        eval_size=args.eval_size, seed=args.seed)
+                        eval_size=args.eval_size, seed=args.seed, fit_steps=args.fit_steps)
     results = evaluate(model, config, contact_sheet_path=args.contact_sheet, progress=not args.no_progress)
     write_results(results, args.model, args.output, markdown_table(results))
     return results

