@@ -115,7 +115,7 @@ def output_panel(prefix: str = ""):
     """
     ply = gr.File(visible=False, elem_id=f"{prefix}ply")  # the canonical .ply: the API's first output
     viewer = gr.Model3D(label="3D head — drag to turn, scroll to zoom", height=420, elem_id=f"{prefix}splat-viewer")
-    summary = gr.Markdown(elem_id=f"{prefix}summary")
+    summary = gr.Markdown("The 3D head appears above; the turntable and downloads below.", elem_id=f"{prefix}summary")
     timings = gr.JSON(visible=False)  # seconds per stage, for API clients
     parts = {}
 
@@ -341,7 +341,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                [photo, seg_remove_background, seg_auto_crop, seg_whole_image], [parsed, editor, segment_notes],
                "segment", parsed)
     run_button(edit_button, "Edit", edit_button.click, edit, [editor, style_prompt, style_image, snap, edit_frames],
-               [ply, viewer, video, views, model_input, downloads, timings, summary], "edit", viewer)
+               [ply, viewer, video, views, model_input, downloads, timings, summary], "edit", summary)
     return tab
 
 
@@ -428,7 +428,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             video, views, model_input, downloads = lower()
         run_button(run, "Reconstruct", run.click, reconstruct,
                    [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index],
-                   [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", viewer)
+                   [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", summary)
         edit_tab = build_edit_tab(edit_holder, jobs) if edit_holder is not None and edit_holder.available else None
 
         def page_status():
