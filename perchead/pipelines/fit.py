@@ -55,7 +55,7 @@ class FitConfig:
         max_camera_deg: bound on the refined yaw / pitch / roll change, degrees.
         max_camera_shift: bound on the principal-point shift, as a fraction of the image size.
         max_camera_log_focal: bound on the log focal-length change (scale of the head in the image).
-        pose_search: without a known pose, search yaw × pitch by render-and-compare before the fit.
+        pose_search: without a known pose, search yaw, then pitch, by render-and-compare before the fit.
         search_azimuths: yaw grid of the search, degrees.
         search_elevations: pitch grid of the search, degrees.
         search_size: image size of the search renders.
@@ -242,19 +242,26 @@ def _render(model, g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine
 
 @torch.no_grad()
 def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig) -> tuple[float, float]:
-    """Render-and-compare: the (yaw, pitch) of ``config``'s grid whose render of the predicted head best
-    matches the photo (L1 of rgb and alpha vs matte at ``search_size``). Degrees."""
+    """Render-and-compare: the (yaw, pitch) on ``config``'s grids whose render of the predicted head best
+    matches the photo (L1 of rgb and alpha vs matte at ``search_size``), coarse to fine: the yaw at the
+    pitch nearest 0, then the pitch at that yaw. Degrees."""
     s = config.search_size
-    az = [a for a in config.search_azimuths for _ in config.search_elevations]
-    el = [e for _ in config.search_azimuths for e in config.search_elevations]
     r = model.config.render
-    cams = orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=s)
-    rgb, alpha = _render(model, gaussians, cams.viewmats, cams.Ks, s, refine=False)  # [V, 3, s, s]
     img = F.interpolate(image, size=(s, s), mode="area")  # [1, 3, s, s]
     msk = F.interpolate(mask, size=(s, s), mode="area")  # [1, 1, s, s]
-    err = (rgb - img).abs().mean(dim=(1, 2, 3)) + (alpha - msk).abs().mean(dim=(1, 2, 3))  # [V]
-    best = int(err.argmin())
-    return az[best], el[best]
+
+    def best(az: list[float], el: list[float]) -> int:
+        cams = orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=s)
+        rgb, alpha = _render(model, gaussians, cams.viewmats, cams.Ks, s, refine=False)  # [V, 3, s, s]
+        err = (rgb - img).abs().mean(dim=(1, 2, 3)) + (alpha - msk).abs().mean(dim=(1, 2, 3))  # [V]
+        return int(err.argmin())
+
+    level = min(config.search_elevations, key=abs)
+    yaws = list(config.search_azimuths)
+    yaw = yaws[best(yaws, [level] * len(yaws))]
+    pitches = list(config.search_elevations)
+    pitch = pitches[best([yaw] * len(pitches), pitches)] if len(pitches) > 1 else pitches[0]
+    return yaw, pitch
 
 
 def _distill_cameras(model, input_camera: Cameras, config: FitConfig) -> tuple[Cameras, Tensor]:
