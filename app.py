@@ -21,8 +21,8 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from serving import (
-    BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, load_edit_holder, session_key,
-    visitor_error,
+    BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, guard_uploads, guard_value,
+    load_edit_holder, session_key, visitor_error,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
@@ -50,53 +50,10 @@ log = logging.getLogger("perchead.app")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def _guard(component, files_of, what: str):
-    """Makes an input refuse unreadable uploads (empty, corrupt, non-image, bomb) with a message naming them.
-
-    Wraps the instance's ``preprocess`` (a subclass would make Gradio write an ``app.pyi`` stub next to
-    this file): our header check of every file in the payload runs first, then Gradio's own.
-    """
-    gradio_preprocess = component.preprocess
-
-    def preprocess(payload):
-        from perchead.preprocess import PreprocessError, check_file
-
-        for file in files_of(payload):
-            if getattr(file, "path", None):
-                try:
-                    check_file(file.path)
-                except PreprocessError as error:
-                    log.info("upload refused (%s): %s", what, error)
-                    raise visitor_error(f"{what}: {error}", "Unusable image") from None
-        try:
-            return gradio_preprocess(payload)
-        except Exception as error:  # anything PIL could not open
-            log.info("upload refused (%s): %s", what, type(error).__name__)
-            raise visitor_error(f"{what}: the file cannot be read as an image; please upload a PNG, JPEG or "
-                                "WebP photo.", "Unusable image") from None
-
-    component.preprocess = preprocess
-    return component
-
-
-def guard_value(component, name: str, expected: str):
-    """Makes an input refuse values Gradio cannot convert (e.g. text for a slider) with a message naming it."""
-    gradio_preprocess = component.preprocess
-
-    def preprocess(payload):
-        try:
-            return gradio_preprocess(payload)
-        except Exception:
-            log.info("parameter refused: %s = %.40r", name, payload)
-            raise visitor_error(f"{name} must be {expected}, got {str(payload)[:40]!r}.", "Bad parameter") from None
-
-    component.preprocess = preprocess
-    return component
-
-
 def photo_input(label: str, elem_id: str, height: int = 300, visible: bool = True) -> gr.Image:
-    return _guard(gr.Image(label=label, type="filepath", sources=["upload", "webcam", "clipboard"], image_mode=None,
-                           height=height, visible=visible, elem_id=elem_id), lambda payload: [payload], "Bad input")
+    return guard_uploads(gr.Image(label=label, type="filepath", sources=["upload", "webcam", "clipboard"],
+                                  image_mode=None, height=height, visible=visible, elem_id=elem_id),
+                         lambda payload: [payload], "Bad input")
 
 
 def frames_input() -> gr.Slider:
@@ -161,16 +118,6 @@ def result(out, model_input: str, notes: list[str]) -> tuple:
         {k: round(v, 3) for k, v in out.timings.items()},
         plain_summary(out.timings, notes, video_pending=out.video is None and "turntable" not in out.timings),
     )
-
-
-def reporter(job, progress: gr.Progress):
-    """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage."""
-
-    def report(fraction: float, stage: str) -> None:
-        job.check()
-        progress(fraction, desc=stage)
-
-    return report
 
 
 def run_button(button: gr.Button, label: str, event, handler, inputs, outputs, api_name: str, progress_on):
@@ -269,7 +216,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
 
         def work(job):
             pipeline = edit_holder.get()
-            report = reporter(job, progress)
+            report = job.reporter(progress)
             try:
                 labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
             except ValueError as error:
@@ -315,7 +262,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 segment_notes = gr.Markdown()
             with gr.Column(scale=3, min_width=320):
                 gr.HTML(legend_html(columns=4))
-                editor = _guard(gr.ImageEditor(
+                editor = guard_uploads(gr.ImageEditor(
                     label="Segmentation map", type="pil", image_mode="RGB", format="png", sources=["upload", "clipboard"],
                     brush=gr.Brush(colors=list(PALETTE_HEX), default_color=PALETTE_HEX[13], color_mode="fixed"),
                     layers=False, transforms=(), canvas_size=(MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), height=520,
@@ -387,7 +334,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
 
         def work(job):
             pipeline = holder.get()
-            report = reporter(job, progress)
+            report = job.reporter(progress)
             rec = pipeline(image, progress=report, **options)
             model_input = str(job.folder / "model_input.png")
             rec.preprocessed[0].preview().save(model_input)

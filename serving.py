@@ -60,6 +60,56 @@ def check_count(value: Any, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+# ---------------------------------------------------------------------------------------------- inputs
+def guard_uploads(component, files_of: Callable[[Any], list], what: str):
+    """Makes an input refuse unreadable uploads (empty, corrupt, non-image, bomb) with a message naming them.
+
+    Wraps the instance's ``preprocess`` (a subclass would make Gradio write a ``.pyi`` stub next to the
+    app): our header check of every file in the payload runs first, then Gradio's own.
+
+    Args:
+        component: the Gradio input.
+        files_of: payload → the uploaded file objects (with ``.path``) to check.
+        what: how the message names the input ("Bad input", "Bad segmentation map").
+    """
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        from perchead.preprocess import PreprocessError, check_file
+
+        for file in files_of(payload):
+            if getattr(file, "path", None):
+                try:
+                    check_file(file.path)
+                except PreprocessError as error:
+                    log.info("upload refused (%s): %s", what, error)
+                    raise visitor_error(f"{what}: {error}", "Unusable image") from None
+        try:
+            return gradio_preprocess(payload)
+        except Exception as error:  # anything PIL could not open
+            log.info("upload refused (%s): %s", what, type(error).__name__)
+            raise visitor_error(f"{what}: the file cannot be read as an image; please upload a PNG, JPEG or "
+                                "WebP photo.", "Unusable image") from None
+
+    component.preprocess = preprocess
+    return component
+
+
+def guard_value(component, name: str, expected: str):
+    """Makes an input refuse values Gradio cannot convert (e.g. text for a slider) with a message naming it."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(payload)
+        except Exception:
+            log.info("parameter refused: %s = %.40r", name, payload)
+            raise visitor_error(f"{name} must be {expected}, got {str(payload)[:40]!r}.", "Bad parameter") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 # ---------------------------------------------------------------------------------------------- model
 class ModelHolder:
     """Loads a pipeline once, in a background thread, and hands it to requests when ready."""
@@ -195,9 +245,9 @@ class EditHolder(ModelHolder):
         if self.requested is None:
             return "ℹ️ No Editing tab (disabled with `--edit-model none`)."
         if not self.available:
-            from perchead.pipelines.edit import PARTS
+            from perchead.pipelines.edit import train_command
 
-            commands = ", ".join(f"`{' '.join(PARTS[name][1].split()[:5])} ...`" for name in self.missing)
+            commands = ", ".join(f"`{' '.join(train_command(name).split()[:5])} ...`" for name in self.missing)
             return (f"ℹ️ No Editing tab: `{self.requested}` lacks the editing checkpoints "
                     f"{', '.join(name + '/' for name in self.missing)} (train them with {commands}; see docs/app.md).")
         return f"⚠️ No Editing tab: the editing models could not be loaded ({self.error})."
@@ -330,6 +380,15 @@ class Job:
         """Raises :class:`Cancelled` when the job should stop (called between frames and stages)."""
         if self.cancel.is_set() or not self.alive():
             raise Cancelled()
+
+    def reporter(self, progress: gr.Progress) -> Callable[[float, str], None]:
+        """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage."""
+
+        def report(fraction: float, stage: str) -> None:
+            self.check()
+            progress(fraction, desc=stage)
+
+        return report
 
 
 def _connection_probe() -> Callable[[], bool]:

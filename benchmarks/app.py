@@ -1,4 +1,4 @@
-"""App benchmark (issue 5): photo → downloadable .ply, the turntable, and process start → first page.
+"""App benchmark: photo → downloadable .ply, the turntable, and process start → first page.
 
 Targets with the bundled model on 2 CPU cores: end to end ≤ 1 s, a 60-frame 512² turntable ≤ 15 s,
 start-up ≤ 10 s. Measures exactly the app's code path (``PercHeadPipeline`` on the photo, then ``write_outputs``).

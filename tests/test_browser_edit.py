@@ -27,7 +27,7 @@ from test_browser import EXAMPLE, chromium  # noqa: F401  (the chromium fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-HAIR = 13  # perchead.segmentation.CLASSES.index("hair"); also the editor's default brush colour
+HAIR = 13  # perchead.geometry.segmentation.CLASSES.index("hair"); also the editor's default brush colour
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def gaussians_to_mesh(gaussians: Gaussians, template: Template | Tensor):
 
     Args:
         gaussians: one unbatched set (or a batch of one) with N = template vertex count.
-        template: the :class:`~perchead.template.Template` (or its faces ``[F, 3]``).
+        template: the :class:`~perchead.geometry.template.Template` (or its faces ``[F, 3]``).
 
     Returns:
         trimesh.Trimesh (not processed: vertex order and count are kept).

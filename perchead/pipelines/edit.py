@@ -19,6 +19,7 @@ disentanglement measures (same map + another style keeps the geometry; a hair-co
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,14 @@ import torch
 from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
+from perchead.models.base import WEIGHTS_NAME
 from perchead.models.editor import PercHeadEditor
 from perchead.geometry.gaussians import Gaussians
 from perchead.pipelines.common import (
     Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
 )  # fmt: skip
 from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
-from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
+from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, mask_iou, resize_labels
 
 if TYPE_CHECKING:
     from perchead.models.face_parser import FaceParser
@@ -43,14 +45,9 @@ if TYPE_CHECKING:
     from perchead.models.style_encoder import StyleEncoder
 
 # Sub-folders of an editing checkpoint folder (the bundled layout is weights_card/{edit,style,parser}):
-# name → (file that must exist, the command that trains it).
-PARTS: dict[str, tuple[str, str]] = {
-    "edit": ("config.json", "python -m perchead.training.train --task edit --init-from weights_card --style weights_card/style "
-                            "--data runs/synthetic128 --output weights_card/edit"),
-    "style": ("open_clip_config.json", "python -m perchead.training.train --task style --output weights_card/style"),
-    "parser": ("config.json", "python -m perchead.training.train --task parser --output weights_card/parser"),
-}
-WEIGHTS_NAME = "model.safetensors"
+# name → the config file that must exist beside the weights.
+PARTS: dict[str, str] = {"edit": "config.json", "style": "open_clip_config.json", "parser": "config.json"}
+RECIPE = Path(__file__).resolve().parents[1] / "weights_recipe.json"  # how every bundled checkpoint is trained
 MAX_MAP_SIDE = 1024  # painted maps above this side are downscaled (nearest) before colour → labels (speed)
 MIN_MAP_SIDE = 64  # smaller maps cannot show eyes, brows and lips; they are refused
 MAX_PROMPT_CHARS = 300  # longer style prompts are refused (CLIP reads a few dozen tokens anyway)
@@ -95,11 +92,17 @@ def missing_parts(folder: str | os.PathLike) -> dict[str, str]:
     """
     root = Path(folder)
     missing = {}
-    for name, (config_name, command) in PARTS.items():
+    for name, config_name in PARTS.items():
         part = root / name
         if not (part / config_name).is_file() or not (part / WEIGHTS_NAME).is_file():
-            missing[name] = f"{part} (needs {config_name} + {WEIGHTS_NAME}; train it with `{command}`)"
+            missing[name] = f"{part} (needs {config_name} + {WEIGHTS_NAME}; train it with `{train_command(name)}`)"
     return missing
+
+
+def train_command(part: str) -> str:
+    """The command of the bundled recipe that trains one part (``edit``, ``style``, ``parser``)."""
+    stages = json.loads(RECIPE.read_text())["stages"]
+    return "python " + " ".join(next(stage["args"] for stage in stages if stage["card"] == part))
 
 
 class PercHeadEditPipeline:
@@ -192,7 +195,7 @@ class PercHeadEditPipeline:
         """A painted / parsed colour map (palette colours) → the model's label map.
 
         Args:
-            image: anything :func:`perchead.segmentation.color_to_labels` reads (PIL, array, tensor, a
+            image: anything :func:`perchead.geometry.segmentation.color_to_labels` reads (PIL, array, tensor, a
                 ``gr.ImageEditor`` value dict; for such a dict without ``composite`` the ``background`` is used).
             snap: map colours that are neither palette colours nor blends of neighbouring ones to the nearest
                 palette colour instead of raising.
@@ -377,7 +380,7 @@ def render_and_parse(pipeline: PercHeadEditPipeline, gaussians: Gaussians, azimu
     Args:
         pipeline: supplies the editor (renderer + refiner, framing) and the face parser.
         gaussians: one head (unbatched or a batch of one).
-        azimuths_deg, elevations_deg: the views (see :func:`perchead.cameras.orbit_cameras`).
+        azimuths_deg, elevations_deg: the views (see :func:`perchead.geometry.cameras.orbit_cameras`).
         size: render side (default: the model size).
 
     Returns:
@@ -402,12 +405,8 @@ def label_iou(a: Tensor, b: Tensor, classes=None) -> float:
     """
     if a.shape != b.shape:
         raise ValueError(f"label maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ious = []
-    for c in classes if classes is not None else range(1, NUM_CLASSES):
-        x, y = a == c, b == c
-        union = int((x | y).sum())
-        if union:
-            ious.append(int((x & y).sum()) / union)
+    ious = [mask_iou(a == c, b == c) for c in (classes if classes is not None else range(1, NUM_CLASSES))]
+    ious = [iou for iou in ious if iou is not None]
     return float(sum(ious) / len(ious)) if ious else 1.0
 
 

@@ -101,7 +101,7 @@ def export_files(gaussians: Gaussians, folder: str | Path, template=None, format
     Args:
         gaussians: one head, unbatched.
         folder: output folder (created).
-        template: the model's :class:`perchead.template.Template` (needed for .glb).
+        template: the model's :class:`perchead.geometry.template.Template` (needed for .glb).
         formats: any of "ply", "splat", "glb".
         stem: file name stem.
 
