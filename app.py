@@ -33,6 +33,8 @@ CONCURRENCY = 1  # model jobs at a time (the models share the device; CPUs are f
 MODEL_QUEUE = "model"  # one concurrency group for /segment, /edit and /reconstruct
 MAX_FRAMES = 120  # longest turntable
 DEFAULT_FRAMES = 72  # 4.8 s per turn at 15 fps
+DEFAULT_FIT_STEPS = 40  # the photo-fit's "fast" preset: a few seconds on 2 CPU cores
+MAX_FIT_STEPS = 200  # a longer fit would hold the one model slot for minutes
 MAP_DISPLAY_SIZE = 512  # parsed maps are shown (and painted) at this side; labels go back to the model size
 STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
 EXPECT = (
@@ -97,7 +99,8 @@ def plain_summary(timings: dict[str, float], notes: list[str], video_pending: bo
     head = sum(timings.get(k, 0.0) for k in ("preprocess", "labels", "style_preprocess", "style", "encode",
                                              "decode", "gaussians", "fit"))
     files = sum(v for k, v in timings.items() if k.startswith("export_") or k == "novel_views")
-    line = f"**3D head in {head:.1f} s** · files and views in {files:.1f} s"
+    line = f"**3D head in {head:.1f} s**" + (f" (fitting to the photo: {timings['fit']:.1f} s)" if "fit" in timings else "")
+    line += f" · files and views in {files:.1f} s"
     if "turntable" in timings:
         line += f" · turntable in {timings['turntable']:.1f} s"
     elif video_pending:
@@ -301,7 +304,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
 
     async def reconstruct(image: str | None, remove_background: bool = True, auto_crop: bool = True,
                           use_whole_image: bool = False, turntable_frames: int = DEFAULT_FRAMES, face_index: int = 0,
-                          request: gr.Request = None, progress: gr.Progress = gr.Progress()):
+                          fit_steps: int = DEFAULT_FIT_STEPS, request: gr.Request = None,
+                          progress: gr.Progress = gr.Progress()):
         """Reconstructs a 3D head (Gaussian splats) from one portrait.
 
         Args:
@@ -311,6 +315,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             use_whole_image: when no face is found, use the whole image instead of failing.
             turntable_frames: frames of the 360° turntable video at 15 fps (0 = no video).
             face_index: which face to use when the photo shows several (0 = the largest).
+            fit_steps: photo-fit steps that refine the head against the photo so it looks more like the
+                person (0 = off; a few seconds on a CPU).
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
@@ -330,12 +336,13 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
         options["face_index"] = check_count(face_index, "face_index", 0, 99)
+        fit = check_count(fit_steps, "fit_steps", 0, MAX_FIT_STEPS)
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
 
         def work(job):
             pipeline = holder.get()
             report = job.reporter(progress)
-            rec = pipeline(image, progress=report, **options)
+            rec = pipeline(image, progress=report, fit_steps=fit, **options)
             model_input = str(job.folder / "model_input.png")
             rec.preprocessed[0].preview().save(model_input)
             notes = ([holder.notice] if holder.notice else []) + rec.notes
@@ -367,6 +374,10 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                                                 "1 = the next, …"),
                                                  "face_index", "a whole number from 0 to 99")
                         turntable_frames = frames_input()
+                        fit_steps = guard_value(
+                            gr.Slider(0, MAX_FIT_STEPS, value=DEFAULT_FIT_STEPS, step=10, label="Fit to the photo (steps)",
+                                      info="refines the head against your photo so it looks more like you; 0 = off"),
+                            "fit_steps", f"a whole number from 0 to {MAX_FIT_STEPS}")
                     examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
                     if examples:
                         gr.Examples(examples, inputs=[image], label="Examples (synthetic heads, not photos)")
@@ -374,7 +385,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                     ply, viewer, summary, timings, lower = output_panel()
             video, views, model_input, downloads = lower()
         run_button(run, "Reconstruct", run.click, reconstruct,
-                   [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index],
+                   [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index, fit_steps],
                    [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", summary)
         edit_tab = build_edit_tab(edit_holder, jobs) if edit_holder is not None and edit_holder.available else None
 

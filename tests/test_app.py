@@ -132,7 +132,8 @@ def test_api_is_named_and_documented(client, server):
     info = client.view_api(return_format="dict", print_info=False)
     endpoint = info["named_endpoints"]["/reconstruct"]
     names = [p["parameter_name"] for p in endpoint["parameters"]]
-    assert names == ["image", "remove_background", "auto_crop", "use_whole_image", "turntable_frames", "face_index"]
+    assert names == ["image", "remove_background", "auto_crop", "use_whole_image", "turntable_frames", "face_index",
+                     "fit_steps"]
     returns = [r["component"].lower() for r in endpoint["returns"]]
     assert returns[:2] == ["file", "model3d"]  # the canonical .ply first, then the viewer's copy
     raw = httpx.get(server["url"] + "gradio_api/info", timeout=10).json()["named_endpoints"]["/reconstruct"]
@@ -161,7 +162,8 @@ def test_reconstruct_example_returns_a_parsable_ply(client, tiny_model):
     assert Image.open(model_input).size[0] == 2 * Image.open(model_input).size[1]
     assert sorted(Path(p).suffix for p in downloads) == [".glb", ".ply", ".splat"]
     assert Path([p for p in downloads if p.endswith(".splat")][0]).stat().st_size == 32 * tiny_model[1]
-    assert {"preprocess", "encode", "decode", "export_ply", "total"} <= set(timings)
+    assert {"preprocess", "encode", "decode", "fit", "export_ply", "total"} <= set(timings)  # the fit is on by default
+    assert "fitting to the photo" in notes
 
 
 # ------------------------------------------------------------------------------------------- bad input

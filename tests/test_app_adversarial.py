@@ -85,11 +85,13 @@ def snapshot(sandbox: Path) -> set[str]:
     return {str(p.relative_to(sandbox)) for p in sandbox.rglob("*") if not p.relative_to(sandbox).parts[0] == "gradio"}
 
 
-def reconstruct(client, image, remove_background=True, auto_crop=True, use_whole_image=False, frames=0):
+def reconstruct(client, image, remove_background=True, auto_crop=True, use_whole_image=False, frames=0, face=0,
+                fit_steps=0):
     from gradio_client import handle_file
 
     image = handle_file(str(image)) if isinstance(image, Path) else image
-    return client.predict(image, remove_background, auto_crop, use_whole_image, frames, api_name="/reconstruct")
+    return client.predict(image, remove_background, auto_crop, use_whole_image, frames, face, fit_steps,
+                          api_name="/reconstruct")
 
 
 def assert_clear_error(error: Exception, pattern: str) -> None:
@@ -208,6 +210,11 @@ def test_unusual_but_valid_image_works(client, server, name):
     (dict(auto_crop=None), "true or false"),
     (dict(use_whole_image=1), "true or false"),
     (dict(image=None), "upload a portrait"),
+    (dict(fit_steps=-5), "0 to 200|from 0"),
+    (dict(fit_steps=100_000), "200"),
+    (dict(fit_steps=2.5), "whole number"),
+    (dict(face=-1), "0 to 99|from 0"),
+    (dict(face="first"), "whole number"),
 ])  # fmt: skip
 def test_bad_parameter_is_refused_clearly(client, server, case, pattern):
     from gradio_client.exceptions import AppError
