@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import perchead  # noqa: E402  (before torch: idle OpenMP threads sleep instead of spinning)
+import torch  # noqa: E402
 
 from perchead.data.synthetic import make_head, render_head, split_seeds  # noqa: E402
 from perchead.geometry.cameras import orbit_cameras  # noqa: E402

@@ -884,10 +884,12 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
         notes.append(fallback_note)
     if mask.max() <= 0.01:
         raise PreprocessError("background removal left nothing of the head; try turning background removal off")
-    # 5. composite over white
-    image = torch.from_numpy(crop_rgb).permute(2, 0, 1).float().div(255.0)  # [3, S, S]
-    mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]  # [1, S, S]
-    image = over_white(image, mask_t)
+    # 5. composite over white (in numpy: torch's parallel kernels would wake its OpenMP threads, which
+    # spin on the cores the networks need when torch was imported before perchead)
+    mask = np.ascontiguousarray(mask, dtype=np.float32)  # [S, S]
+    composite = over_white(crop_rgb.astype(np.float32) / 255.0, mask[..., None])  # [S, S, 3]
+    image = torch.from_numpy(np.ascontiguousarray(composite.transpose(2, 0, 1)))  # [3, S, S]
+    mask_t = torch.from_numpy(mask)[None]  # [1, S, S]
     face_boxes = [tuple(float(v) for v in f.box) for f in found] if found else ([tuple(float(v) for v in head_box)] if detector == "haar" else [])
     return Preprocessed(
         image=image[None].contiguous(),  # [1, 3, S, S]
