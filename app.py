@@ -378,9 +378,13 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                             gr.Slider(0, MAX_FIT_STEPS, value=DEFAULT_FIT_STEPS, step=10, label="Fit to the photo (steps)",
                                       info="refines the head against your photo so it looks more like you; 0 = off"),
                             "fit_steps", f"a whole number from 0 to {MAX_FIT_STEPS}")
-                    examples = sorted(str(p) for p in EXAMPLES.glob("*.png"))
-                    if examples:
-                        gr.Examples(examples, inputs=[image], label="Examples (synthetic heads, not photos)")
+                    photos = sorted(str(p) for p in EXAMPLES.glob("photo_*.jpg"))
+                    if photos:
+                        gr.Examples(photos, inputs=[image], label="Photos (public domain: Eileen Collins, NASA; "
+                                                                 "Grace Hopper, US Navy)")
+                    synthetic = sorted(str(p) for p in EXAMPLES.glob("head*.png"))
+                    if synthetic:
+                        gr.Examples(synthetic, inputs=[image], label="Synthetic heads (what the demo model learned from)")
                 with gr.Column(scale=3, min_width=320):
                     ply, viewer, summary, timings, lower = output_panel()
             video, views, model_input, downloads = lower()

@@ -15,7 +15,7 @@ import pytest
 from test_app import start_app, stop  # tests/ is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = sorted((ROOT / "examples").glob("*.png"))
+PHOTOS = sorted([*(ROOT / "examples").glob("*.png"), *(ROOT / "examples").glob("*.jpg")])
 MAPS = sorted((ROOT / "examples" / "maps").glob("*.png"))
 UI_DEFAULTS = dict(remove_background=True, auto_crop=True, use_whole_image=False, turntable_frames=72, face_index=0)
 
@@ -34,7 +34,8 @@ def client(tmp_path_factory):
 
 
 def test_there_are_examples():
-    assert len(PHOTOS) >= 6 and len(MAPS) >= 3
+    assert len(PHOTOS) >= 8 and len(MAPS) >= 3
+    assert {p.suffix for p in (ROOT / "examples").iterdir() if p.is_file()} <= {".png", ".jpg", ".py"}
 
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name)
