@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import perchead  # noqa: E402  (before torch: idle OpenMP threads sleep instead of spinning)
+import perchead  # noqa: E402,F401  (before torch: idle OpenMP threads sleep instead of spinning)
 import torch  # noqa: E402
 
 from perchead.data.synthetic import make_head, render_head, split_seeds  # noqa: E402

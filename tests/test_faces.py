@@ -43,7 +43,7 @@ def portrait(name: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def blank_like_box(result) -> tuple[float, float]:
+def crop_centre(result) -> tuple[float, float]:
     x0, y0, x1, y1 = result.crop_box
     return (x0 + x1) / 2, (y0 + y1) / 2
 
@@ -179,7 +179,7 @@ def test_group_photo_reports_every_face_and_index_selection_works(analyzer):
         chosen = preprocess(group, size=64, face_index=index)
         assert chosen.face_index == index
         box = chosen.face_boxes[index]
-        cx, cy = blank_like_box(chosen)
+        cx, cy = crop_centre(chosen)
         assert box[0] < cx < box[2] and box[1] - 0.2 * (box[3] - box[1]) < cy < box[3]  # crop on that face
         centres.append((cx, cy))
     assert len({(round(x), round(y)) for x, y in centres}) == result.face_count
@@ -197,7 +197,7 @@ def test_composed_group_of_public_domain_portraits(analyzer):
     assert result.face_count == 2 and result.face_index == 0
     assert result.face_boxes[0][2] < 512  # the astronaut's face is the larger one
     other = preprocess(canvas, size=64, face_index=1)
-    assert other.face_boxes[1][0] > 700 and blank_like_box(other)[0] > 700
+    assert other.face_boxes[1][0] > 700 and crop_centre(other)[0] > 700
 
 
 def test_tight_grayscale_crop_is_accepted_with_notes(analyzer):
@@ -262,7 +262,7 @@ def test_synthetic_render_pose_and_framing(analyzer):
     result = preprocess(image, size=64)
     assert abs(result.pose.yaw_deg - 30) < 10
     side = 256 * 0.7 / 0.9  # the training frame at this distance
-    cx, cy = blank_like_box(result)
+    cx, cy = crop_centre(result)
     assert math.hypot(cx - 128, cy - 128) / side < 0.06
     assert abs((result.crop_box[2] - result.crop_box[0]) / side - 1) < 0.1
 
