@@ -154,7 +154,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         from PIL import Image
 
         from perchead.geometry.segmentation import resize_labels
-        from perchead.preprocess import PreprocessError
+        from perchead.pipelines.preprocess import PreprocessError
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
@@ -201,7 +201,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         from PIL import Image
 
         from perchead.pipelines import PercHeadEditPipeline, write_outputs
-        from perchead.preprocess import PreprocessError, to_uint8
+        from perchead.pipelines.preprocess import PreprocessError, to_uint8
 
         if not (isinstance(segmentation_map, dict) and (segmentation_map.get("composite") is not None
                                                         or segmentation_map.get("background") is not None)):
@@ -329,7 +329,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
         from perchead.pipelines import write_outputs
-        from perchead.preprocess import PreprocessError
+        from perchead.pipelines.preprocess import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")

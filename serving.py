@@ -75,7 +75,7 @@ def guard_uploads(component, files_of: Callable[[Any], list], what: str):
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
-        from perchead.preprocess import PreprocessError, check_file
+        from perchead.pipelines.preprocess import PreprocessError, check_file
 
         for file in files_of(payload):
             if getattr(file, "path", None):
@@ -142,8 +142,14 @@ class ModelHolder:
         self._ready.set()
 
     def load(self):
-        """Returns (pipeline, description, notice); runs in the background thread."""
-        return load_pipeline(self.requested, self.device)
+        """Returns (pipeline, description, notice); runs in the background thread. Also readies the face
+        networks of the photo preprocessing (fetching their files once), so the first visitor does not wait."""
+        from perchead.pipelines.faces import load_analyzer, unavailable_reason
+
+        loaded = load_pipeline(self.requested, self.device)
+        if load_analyzer() is None:
+            log.warning("face networks unavailable (%s): photos use the Haar + GrabCut fallback", unavailable_reason())
+        return loaded
 
     def ready(self) -> bool:
         """Waits for the start-up load; True when the pipeline is usable."""

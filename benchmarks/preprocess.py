@@ -109,7 +109,7 @@ def synthetic_cases(n: int, size: int = 512, seed: int = 0):
 
 def evaluate_synthetic(n: int, size: int = 512) -> dict:
     """Old (Haar + GrabCut) vs new (MediaPipe) path on synthetic renders with known cameras."""
-    from perchead.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
+    from perchead.pipelines.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
 
     config = PreprocessConfig(size=256)
     rows = {"haar": [], "mediapipe": []}
@@ -191,7 +191,7 @@ def portrait_variants() -> dict[str, np.ndarray]:
 
 
 def evaluate_portraits() -> dict:
-    from perchead.preprocess import PreprocessError, preprocess
+    from perchead.pipelines.preprocess import PreprocessError, preprocess
 
     table = {}
     for name, image in portrait_variants().items():
@@ -213,7 +213,7 @@ def time_per_photo(repeats: int = 15) -> dict:
     of ``repeats`` runs (the fastest is the better guide when other jobs share the cores)."""
     import cv2
 
-    from perchead.preprocess import preprocess
+    from perchead.pipelines.preprocess import preprocess
 
     variants = portrait_variants()
     photos = {"astronaut": variants["astronaut"], "grace_hopper": cv2.resize(variants["grace_hopper"], (512, 512))}
@@ -244,7 +244,7 @@ def figure(path: Path, tile: int = 128) -> None:
 
     from perchead.geometry.segmentation import labels_to_color
     from perchead.models.face_parser import FaceParser
-    from perchead.preprocess import PreprocessError, preprocess, to_uint8
+    from perchead.pipelines.preprocess import PreprocessError, preprocess, to_uint8
 
     parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
     variants = portrait_variants()
@@ -293,7 +293,7 @@ def evaluate_label_maps(n: int = 24, size: int = 256) -> dict:
     """mIoU of 19-class maps on synthetic test renders (training framing, |yaw| ≤ 45°, |pitch| ≤ 15°):
     the face parser alone, landmarks + matte + colour, and landmarks + matte refined by the parser."""
     from perchead.models.face_parser import FaceParser
-    from perchead.preprocess import crop_square, preprocess
+    from perchead.pipelines.preprocess import crop_square, preprocess
 
     parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
     confusion = {k: np.zeros((19, 19), np.int64) for k in ("parser", "landmarks", "landmarks+parser")}

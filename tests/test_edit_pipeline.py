@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from perchead.pipelines.edit import Edit, PercHeadEditPipeline, missing_parts
-from perchead.preprocess import PreprocessError
+from perchead.pipelines.preprocess import PreprocessError
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "head0_front.png"  # RGBA render of a held-out synthetic head (alpha = mask)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from perchead.pipelines import faces
-from perchead.preprocess import PreprocessError, crop_resize, crop_square, preprocess, to_crop_pixels
+from perchead.pipelines.preprocess import PreprocessError, crop_resize, crop_square, preprocess, to_crop_pixels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import portraits  # noqa: E402
@@ -338,7 +338,7 @@ def test_model_folders_are_searched_in_order(monkeypatch, tmp_path):
 
 
 def test_body_envelope_cuts_only_wide_shoulders_at_the_bottom():
-    from perchead.preprocess import body_envelope
+    from perchead.pipelines.preprocess import body_envelope
 
     env = body_envelope(100, 0.16, 0.36)
     assert env.shape == (100, 100)

@@ -17,15 +17,12 @@ LAYERS = {
     "training": 5,
     "evaluation": 5,
 }
-# Single-file modules at the top of the package that belong to a part.
-TOP_MODULES = {"pipeline": "pipelines", "edit_pipeline": "pipelines", "preprocess": "pipelines",
-               "export": "pipelines", "video": "pipelines", "mesh": "pipelines"}
 
 
 def part_of(module: str) -> str | None:
     """``perchead.models.base`` → ``models``; ``perchead.pipelines.reconstruct`` → ``pipelines``; ``perchead`` → None."""
     names = module.split(".")
-    return TOP_MODULES.get(names[1], names[1]) if len(names) > 1 else None
+    return names[1] if len(names) > 1 else None
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -66,7 +66,7 @@ def test_from_pretrained_folder(pipe, tmp_path):
 
 
 def test_photo_is_preprocessed_inside(pipe):
-    from perchead.preprocess import PreprocessConfig, preprocess
+    from perchead.pipelines.preprocess import PreprocessConfig, preprocess
 
     rec = pipe(str(PHOTO), remove_background=True)
     assert rec.gaussians.batch_size == 1 and len(rec.preprocessed) == 1

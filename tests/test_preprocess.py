@@ -1,4 +1,4 @@
-"""Tests for perchead.preprocess: every image mode, EXIF, framing, masks and every bad input."""
+"""Tests for perchead.pipelines.preprocess: every image mode, EXIF, framing, masks and every bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.preprocess import (
+from perchead.pipelines.preprocess import (
     PreprocessConfig,
     PreprocessError,
     check_file,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from perchead.data.synthetic import make_head, render_head, split_seeds
-from perchead.preprocess import to_uint8
+from perchead.pipelines.preprocess import to_uint8
 
 CONTACT_VIEWS = (("front", 0.0, 0.0), ("side", 90.0, 0.0), ("back", 180.0, 0.0), ("top", 0.0, 75.0))
 

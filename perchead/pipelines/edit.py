@@ -36,7 +36,7 @@ from perchead.geometry.gaussians import Gaussians
 from perchead.pipelines.common import (
     Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
 )  # fmt: skip
-from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
+from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, mask_iou, resize_labels
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ class PercHeadEditPipeline:
         3. pixels outside the mask become background.
 
         Args:
-            photo: path, bytes, PIL image or uint8 array (see :func:`perchead.preprocess.preprocess`).
+            photo: path, bytes, PIL image or uint8 array (see :func:`perchead.pipelines.preprocess.preprocess`).
             remove_background: mask the background (alpha, else GrabCut) before parsing.
             auto_crop: find the head and crop to the model's framing.
             use_whole_image: when no face is found, use the whole image instead of failing.
@@ -182,7 +182,7 @@ class PercHeadEditPipeline:
             labels ``[S, S]`` long in 0..18 (S = :attr:`image_size`), or (labels, preprocessed).
 
         Raises:
-            perchead.preprocess.PreprocessError: an unusable photo (message says why).
+            perchead.pipelines.preprocess.PreprocessError: an unusable photo (message says why).
         """
         prep = preprocess(photo, self.preprocess_config(remove_background=remove_background, auto_crop=auto_crop,
                                                         use_whole_image=use_whole_image))
@@ -331,7 +331,7 @@ class PercHeadEditPipeline:
 
         Raises:
             ValueError: bad or empty maps, both or neither style input, a prompt that is too long.
-            perchead.preprocess.PreprocessError: an unusable style image.
+            perchead.pipelines.preprocess.PreprocessError: an unusable style image.
         """
         source = self.check_style(style_text, style_image)
         notes = self.prompt_notes(str(style_text).strip()) if source == "text" else []

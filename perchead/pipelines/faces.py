@@ -21,7 +21,7 @@ Head pose: the landmarks are matched by PnP (OpenCV ``solvePnP``) against :data:
 toward +Z, metres). Those positions were triangulated from the face mesh run on renders of the test-split
 synthetic heads seen by known cameras (``benchmarks/preprocess.py --calibrate``), so a pose found on a
 photo is in the frame of the training cameras: the crop built from it is centred on the head centre and
-as wide as the training frame at the head's depth (``perchead.preprocess.pose_to_crop``).
+as wide as the training frame at the head's depth (``perchead.pipelines.preprocess.pose_to_crop``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from perchead.models.base import hub_offline
 
 MEDIAPIPE_WHEEL = "mediapipe==0.10.14"  # Apache-2.0; only the .tflite files below are taken from it
 MODEL_FILES = {  # local name → member of the wheel
@@ -593,7 +595,7 @@ def load_analyzer(fetch: bool | None = None) -> FaceAnalyzer | None:
         folder = find_models()
         if folder is None:
             if fetch is None:
-                fetch = not (os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("PERCHEAD_NO_FETCH"))
+                fetch = not (hub_offline() or os.environ.get("PERCHEAD_NO_FETCH"))
             if fetch:
                 try:
                     folder = fetch_models()

@@ -297,7 +297,7 @@ def fit_to_photo(
         gaussians: the feed-forward head, ``[N, …]`` or ``[1, N, …]``.
         image: the model input over white. ``[1, 3, S, S]`` or ``[3, S, S]``
         mask: its matte. ``[1, 1, S, S]``, ``[1, S, S]`` or ``[S, S]``
-        camera: the input camera (e.g. :meth:`perchead.preprocess.Preprocessed.input_camera`); None =
+        camera: the input camera (e.g. :meth:`perchead.pipelines.preprocess.Preprocessed.input_camera`); None =
             render-and-compare search (``config.pose_search``) or the frontal model framing.
         config: :class:`FitConfig` (default: the ``"fast"`` preset).
         progress: called once per step with a fraction in ``progress_range``; may raise to cancel.

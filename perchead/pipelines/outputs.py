@@ -18,7 +18,7 @@ from PIL import Image
 from perchead.geometry.gaussians import Gaussians, save_ply, save_splat
 from perchead.models.perchead import PercHead
 from perchead.pipelines.common import Progress, no_progress
-from perchead.preprocess import to_uint8
+from perchead.pipelines.preprocess import to_uint8
 
 # (caption, azimuth°, elevation°): azimuth +90 is the head's own LEFT side (perchead.geometry.cameras).
 NOVEL_VIEWS: tuple[tuple[str, float, float], ...] = (

@@ -25,7 +25,7 @@ from perchead.pipelines.common import (
     Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
 )  # fmt: skip
 from perchead.pipelines.fit import FitConfig, check_steps, fit_to_photo, with_steps
-from perchead.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
+from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 
 if TYPE_CHECKING:
     from perchead.render import RenderOutput
@@ -130,7 +130,7 @@ class PercHeadPipeline:
 
         Args:
             image: a photo (path, bytes, PIL image or uint8 array: cropped and cut out by
-                :func:`perchead.preprocess.preprocess`), or prepared tensors ``[3, H, W]`` / ``[B, 3, H, W]`` in
+                :func:`perchead.pipelines.preprocess.preprocess`), or prepared tensors ``[3, H, W]`` / ``[B, 3, H, W]`` in
                 [0, 1] over white (resized to the model size) together with ``mask``.
             mask: the foreground mask of prepared tensors (same H, W); must be None for a photo.
             cameras: views to render (e.g. ``pipe.model.default_cameras([0, 90])``); None renders nothing.
@@ -143,14 +143,14 @@ class PercHeadPipeline:
                 landmarks) when known, else a render-and-compare search.
             fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``steps`` are
                 replaced by ``fit_steps``.
-            **preprocess_options: fields of :class:`perchead.preprocess.PreprocessConfig` for a photo
+            **preprocess_options: fields of :class:`perchead.pipelines.preprocess.PreprocessConfig` for a photo
                 (``remove_background``, ``auto_crop``, ``use_whole_image``, …).
 
         Returns:
             :class:`Reconstruction`.
 
         Raises:
-            perchead.preprocess.PreprocessError: a photo that cannot be used (the message says why).
+            perchead.pipelines.preprocess.PreprocessError: a photo that cannot be used (the message says why).
             ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors, a
                 negative or absurd ``fit_steps``, a ``fit`` that is not a FitConfig.
         """

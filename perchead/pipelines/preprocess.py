@@ -51,7 +51,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
-FaceParser = Callable[[np.ndarray], np.ndarray]  # RGB uint8 [H, W, 3] → class labels int [H, W] (0..18)
+ParseFn = Callable[[np.ndarray], np.ndarray]  # RGB uint8 [H, W, 3] → class labels int [H, W] (0..18)
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels, x1/y1 exclusive
 
 WHITE = 255
@@ -117,7 +117,7 @@ class PreprocessConfig:
     min_side: int = 32
     grabcut_size: int = 192
     grabcut_iters: int = 3
-    parser: FaceParser | None = None
+    parser: ParseFn | None = None
     detector: str = "auto"  # "auto" | "mediapipe" | "haar"
     matting: str = "auto"  # "auto" | "network" | "grabcut"
     face_index: int | None = None  # None = the largest face
@@ -139,7 +139,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_model_config(cls, render_config, **overrides) -> "PreprocessConfig":
-        """Takes ``size`` / ``radius`` / ``fov_deg`` from a model's :class:`perchead.config.RenderConfig`.
+        """Takes ``size`` / ``radius`` / ``fov_deg`` from a model's :class:`perchead.models.config.RenderConfig`.
 
         Args:
             render_config: ``model.config.render`` (its ``image_size``, ``radius`` and ``fov_deg``).
@@ -730,7 +730,7 @@ def grabcut_mask(rgb: np.ndarray, head: Box, valid: np.ndarray, iterations: int 
     return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=max(0.5, size / 256))  # soft edge
 
 
-def parser_mask(parser: FaceParser, rgb: np.ndarray) -> np.ndarray:
+def parser_mask(parser: ParseFn, rgb: np.ndarray) -> np.ndarray:
     """Foreground mask from a 19-class face parser (every class but 0 = background). ``[S, S]`` float32"""
     labels = np.asarray(parser(rgb))
     if labels.shape != rgb.shape[:2]:
@@ -810,7 +810,8 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
                 notes.append(f"head pose estimation failed ({error}): framed by the face box")
     if len(found) > 1:
         which = "the largest" if config.face_index is None else f"face {face_index} (by size, 0 = largest)"
-        notes.append(f"{len(found)} faces found: used {which}; choose another with face_index 0..{len(found) - 1}")
+        notes.append(f"{len(found)} faces found: used {which}; choose another with 'Face' in the options "
+                     f"(face_index 0..{len(found) - 1})")
     if face is not None and face.side < config.small_face_px:
         notes.append(f"the face is only {face.side:.0f} px wide (under {config.small_face_px} px): accepted, but quality will suffer")
     if not config.auto_crop:
