@@ -153,6 +153,14 @@ def summary(args) -> dict:
     if lr:
         result["extreme_left_right_psnr"] = {"without": statistics.mean(v for a, _ in lr for v in a),
                                              "with": statistics.mean(v for _, b in lr for v in b)}
+    # novel-view gain by the target's yaw distance from the input (the protocol's view draws)
+    bins = {"0-60": [], "60-120": [], "120-180": []}
+    for r in rows:
+        (a_in, _), targets = novel_views(r["subject"], len(r["novel_psnr_with"]), 0)
+        for (a, _), w, wo in zip(targets, r["novel_psnr_with"], r["novel_psnr_without"]):
+            d = abs((a - a_in + 180) % 360 - 180)
+            bins["0-60" if d < 60 else "60-120" if d < 120 else "120-180"].append(w - wo)
+    result["novel_psnr_gain_by_yaw_from_input"] = {k: statistics.mean(v) if v else None for k, v in bins.items()}
     result["fit_s_median"] = statistics.median(r["fit_s"] for r in rows)
     print(json.dumps(result, indent=2))
     if args.json:

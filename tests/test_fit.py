@@ -183,3 +183,15 @@ def test_evaluation_scores_the_fitted_head(model):
     results = evaluate(model, EvalConfig(subjects=1, novel_targets=2, eval_size=32, fit_steps=2), progress=False)
     assert set(results["novel"]) >= {"ours", "ours_fit"} and results["novel"]["ours_fit"]["psnr"] > 0
     assert "Ours + photo-fit" in markdown_table(results)
+
+
+def test_pipeline_fits_a_photo_from_its_landmark_pose(pipe):
+    from pathlib import Path
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "head0_front.png"
+    rec = pipe(str(photo), fit_steps=2, fit=tiny())
+    assert rec.timings["fit"] >= 0 and rec.gaussians.batch_size == 1
+    if rec.preprocessed[0].pose is None:  # no face mesh in this environment: the search stands in
+        assert any("render-and-compare" in n for n in rec.notes)
+    else:
+        assert "photo-fit: head pose from the face landmarks" in rec.notes
