@@ -195,3 +195,13 @@ def test_pipeline_fits_a_photo_from_its_landmark_pose(pipe):
         assert any("render-and-compare" in n for n in rec.notes)
     else:
         assert "photo-fit: head pose from the face landmarks" in rec.notes
+
+
+def test_large_inputs_are_fitted_at_fit_size(model, photo):
+    image, mask, g, cam, _ = photo
+    big = torch.nn.functional.interpolate(image, scale_factor=2, mode="bilinear")  # [1, 3, 2S, 2S]
+    big_mask = torch.nn.functional.interpolate(mask, scale_factor=2, mode="bilinear")
+    result = fit_to_photo(model, g, big, big_mask, camera=cam, config=tiny(steps=2, fit_size=image.shape[-1]))
+    assert result.camera.width == image.shape[-1]
+    with pytest.raises(ValueError, match="fit_size"):
+        tiny(fit_size=2)
