@@ -23,6 +23,8 @@ from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
+import perchead.pipelines  # noqa: F401 - imported here, before any thread: concurrent first imports can deadlock
+
 ROOT = Path(__file__).resolve().parent
 BUNDLED = ROOT / "weights_card"
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what Gradio's page and gradio_client issue

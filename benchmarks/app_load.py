@@ -15,43 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, report, start_app  # benchmarks/ is on sys.path when a script in it runs
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
-
-
-def start_server(model: str | None, temp: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--edit-model", "none"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(temp))
-    process = subprocess.Popen(args + (["--model", model] if model else []), cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.perf_counter() + 180
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise TimeoutError("the app did not answer within 180 s")
 
 
 def run_round(url: str, photo: Path, clients: int, frames: int) -> tuple[list[float], list[str]]:
@@ -93,7 +67,7 @@ def main() -> None:
     import psutil
 
     with tempfile.TemporaryDirectory() as temp:
-        process, url = start_server(args.model, Path(temp))
+        process, url = start_app(["--edit-model", "none"] + (["--model", args.model] if args.model else []), Path(temp))
         server = psutil.Process(process.pid)
         rows = []
         try:
@@ -122,10 +96,7 @@ def main() -> None:
     summary = {"clients": args.clients, "rounds": args.rounds, "frames": args.frames, "cpu_count": os.cpu_count(),
                "rounds_detail": rows, "rss_growth_first_to_last": round(growth, 3),
                "targets": {"no_errors": all(r["errors"] == 0 for r in rows), "rss_within_10_percent": growth <= 0.10}}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    report(summary, args.output)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ import io
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from common import ROOT, report, start_app  # benchmarks/ is on sys.path when a script in it runs
+
 SIZES = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
                  "--enable-unsafe-swiftshader"]  # software WebGL, as on a machine without a GPU
@@ -74,19 +72,10 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from test_app import free_port, wait_for_page
-
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     with tempfile.TemporaryDirectory() as temp:
-        env["GRADIO_TEMP_DIR"] = temp
-        log = open(Path(temp) / "app.log", "w+")
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
+        process, url = start_app([], Path(temp))  # the bundled base and editing models
         runs = []
         try:
-            wait_for_page(url, process, timeout=180)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport=SIZES["desktop"])
@@ -119,10 +108,7 @@ def main() -> None:
     summary = {"runs": runs, "cpu_count": os.cpu_count(), "head_in_viewer_median_s": round(head, 2),
                "turntable_playing_median_s": round(statistics.median(r["turntable_playing_s"] for r in runs), 2),
                "target_head_s": TARGET_HEAD_S, "met": head <= TARGET_HEAD_S}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    report(summary, args.output)
 
 
 if __name__ == "__main__":
