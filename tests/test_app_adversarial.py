@@ -22,8 +22,7 @@ import pytest
 from PIL import Image
 
 from test_app import free_port, stop, wait_for_page  # tests/ is on sys.path under pytest
-from test_app_edit import editor_value
-from test_edit_pipeline import make_edit_folder
+from test_app_edit import editor_value, write_tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "head0_front.png"
@@ -37,15 +36,8 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------------------------- server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import torch
-
-    from perchead.models.config import PercHeadConfig
-    from perchead.models.perchead import PercHead
-
-    torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("adversarial")
-    PercHead(PercHeadConfig.preset("tiny")).save_pretrained(tmp / "base")
-    make_edit_folder(tmp / "editing")
+    write_tiny_checkpoints(tmp)
     sandbox = tmp / "sandbox"  # the server's whole temp dir
     sandbox.mkdir()
     canaries = [sandbox / "canary.txt", tmp / "canary-outside.txt"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from test_app import start_app, stop  # tests/ is on sys.path under pytest
-from test_edit_pipeline import make_edit_folder
+from test_edit import make_edit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "head0_front.png"
@@ -24,17 +24,22 @@ MAP = ROOT / "examples" / "maps" / "map0_front.png"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def write_tiny_checkpoints(tmp: Path) -> dict:
+    """A tiny base checkpoint in ``tmp/base`` and a tiny editing folder in ``tmp/editing``; returns the latter's facts."""
     import torch
 
     from perchead.models.config import PercHeadConfig
     from perchead.models.perchead import PercHead
 
     torch.manual_seed(0)
-    tmp = tmp_path_factory.mktemp("edit_app")
     PercHead(PercHeadConfig.preset("tiny")).save_pretrained(tmp / "base")
-    facts = make_edit_folder(tmp / "editing")
+    return make_edit_folder(tmp / "editing")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("edit_app")
+    facts = write_tiny_checkpoints(tmp)
     return tmp, facts
 
 

@@ -1,6 +1,6 @@
 """Tests for perchead/evaluation/editing.py: disentanglement metrics of the editing model (§3.5 / §4.4).
 
-The CLI runs end to end on tiny random models built here (as in tests/test_edit_pipeline.py); the metric
+The CLI runs end to end on tiny random models built here (as in tests/test_edit.py); the metric
 helpers are checked on hand-made inputs. The hair-colour prompt test needs the TRAINED bundled editing
 checkpoint (``weights_card/{edit,style,parser}``) and is skipped, with the reason, only when it is absent.
 """
@@ -144,7 +144,7 @@ def test_config_validation():
 
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_on_tiny_models_writes_json_and_figure(tmp_path, capsys):
-    from test_edit_pipeline import make_edit_folder
+    from test_edit import make_edit_folder
 
     make_edit_folder(tmp_path / "model")
     out, fig = tmp_path / "res" / "edit_results.json", tmp_path / "docs" / "editing.png"

@@ -1,4 +1,4 @@
-"""Tests for perchead/edit_pipeline.py: photo → segmentation map, map + text / image style → 3D head (§3.5).
+"""Tests for perchead.pipelines.edit: photo → segmentation map, map + text / image style → 3D head (§3.5).
 
 Every model is tiny and random, built and saved here (no downloads): a tiny PercHead turned into an editor
 with :meth:`PercHeadEditor.from_base`, the ``tiny`` open_clip style model and a tiny SegFormer parser.

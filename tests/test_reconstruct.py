@@ -1,4 +1,4 @@
-"""Tests for the reconstruction pipeline: one ``__call__`` for photos and prepared tensors, always batched."""
+"""Tests for perchead.pipelines.reconstruct: one ``__call__`` for photos and prepared tensors, always batched."""
 
 from pathlib import Path
 
