@@ -205,3 +205,14 @@ def test_large_inputs_are_fitted_at_fit_size(model, photo):
     assert result.camera.width == image.shape[-1]
     with pytest.raises(ValueError, match="fit_size"):
         tiny(fit_size=2)
+
+
+def test_the_model_is_left_unchanged(model, photo):
+    image, mask, g, cam, _ = photo
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=2, through_refiner=True))
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])

@@ -22,6 +22,7 @@ No identity or perceptual network is optimised against, so identity measures sta
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -239,6 +240,19 @@ def adjust_camera(camera: Cameras, params: Tensor, config: FitConfig) -> tuple[T
     return viewmat[None], K[None]
 
 
+@contextmanager
+def _frozen(model):
+    """The model's parameters without gradients for the duration (the fit changes only the head)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _render(model, g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine: bool):
     """Renders ``[N]`` Gaussians into V views over white (``model.render_at``): rgb ``[V, 3, s, s]``, alpha."""
     out = model.render_at(g, viewmats, Ks, size, size, refine=refine)
@@ -315,6 +329,12 @@ def fit_to_photo(
         ValueError: a batch of heads, or images / masks / cameras of the wrong shape.
     """
     config = config or FitConfig()
+    with _frozen(model):
+        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range)
+
+
+def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Progress, progress_range) -> FitResult:
+    """:func:`fit_to_photo` with the model frozen."""
     if gaussians.is_batched:
         if gaussians.batch_size != 1:
             raise ValueError(f"fit_to_photo fits one head, got a batch of {gaussians.batch_size}")
