@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import os
 import re
 import secrets
@@ -54,7 +55,7 @@ def check_flag(value: Any, name: str) -> bool:
 
 def check_count(value: Any, name: str, low: int, high: int) -> int:
     """A whole number in ``[low, high]`` from the API (``7.5``, ``"ten"`` and ``True`` are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
         raise visitor_error(f"{name} must be a whole number from {low} to {high}, got {str(value)[:40]!r}.",
                             "Bad parameter")
     if not low <= int(value) <= high:

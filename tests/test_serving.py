@@ -108,7 +108,8 @@ def test_check_flag_refuses_non_booleans(value):
 
 
 @pytest.mark.parametrize("value,message", [(7.5, "whole number"), ("7", "whole number"), (True, "whole number"),
-                                           (float("nan"), "whole number"), (-1, "from 0 to 120"),
+                                           (float("nan"), "whole number"), (float("inf"), "whole number"),
+                                           (-1, "from 0 to 120"),
                                            (121, "from 0 to 120")])
 def test_check_count_refuses_fractions_and_out_of_range(value, message):
     with pytest.raises(gr.Error, match=message):
