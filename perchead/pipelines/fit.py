@@ -223,7 +223,7 @@ def adjust_camera(camera: Cameras, params: Tensor, config: FitConfig) -> tuple[T
     b = torch.tanh(params)  # [6] in (-1, 1)
     ang = b[:3] * math.radians(config.max_camera_deg)
     Rw, Rz = _rotation(ang[0], ang[1], ang[2])
-    eye = torch.eye(4, dtype=params.dtype)
+    eye = torch.eye(4, dtype=params.dtype, device=params.device)
     W = eye.clone()
     W[:3, :3] = Rw
     C = eye.clone()
@@ -442,6 +442,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             idx = torch.tensor(picks, device=device)
             d_rgb, d_alpha = _render(model, g, dcams.viewmats[idx], dcams.Ks[idx], config.distill_size, refine=False)
             per_view = (d_rgb - d_rgb0[idx]).abs().mean(dim=(1, 2, 3)) + (d_alpha - d_alpha0[idx]).abs().mean(dim=(1, 2, 3))
+            # × 4: the weights average about 1/4 over a ring of views (ours), so w_distill ≈ the photo's weight
             loss = loss + config.w_distill * (dweights[idx] * per_view).sum() / len(picks) * 4
         # visibility of each Gaussian from the (current) input camera, by its template normal
         with torch.no_grad():
@@ -452,6 +453,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         doff = g.means - g0.means  # [N, 3]
         if config.w_symmetry > 0:
             sym = (pull[:, None] * (dcol - dcol[mirror].detach()).abs()).mean()
+            # offsets in units of their bound, weighted a tenth of the colours (ours)
             sym = sym + (pull[:, None] * (doff - doff[mirror].detach() * flip).abs()).mean() / max(config.max_offset, 1e-8) * 0.1
             loss = loss + config.w_symmetry * sym
         if config.w_smooth > 0:
