@@ -93,13 +93,14 @@ def quality(args) -> None:
     done = set()
     if out.exists():
         done = {json.loads(line)["subject"] for line in out.read_text().splitlines() if line.strip()}
-    config = FitConfig(steps=args.steps, camera_steps=min(FitConfig().camera_steps, args.steps))
+    camera_steps = FitConfig().camera_steps if args.camera_steps is None else args.camera_steps
+    config = FitConfig(steps=args.steps, camera_steps=min(camera_steps, args.steps))
     seeds = split_seeds("test")
     for i in range(args.subjects):
         if i in done:
             continue
         head = make_head(seeds[i])
-        row: dict = {"subject": i, "steps": args.steps, "pose": args.pose}
+        row: dict = {"subject": i, "steps": args.steps, "pose": args.pose, "camera_steps": config.camera_steps}
         # novel views
         inp, targets = novel_views(i, 8, 0)
         image, mask, icams = _input(model, head, inp)
@@ -174,6 +175,7 @@ def main(argv=None):
     p.add_argument("--model", default="weights_card")
     p.add_argument("--steps", type=int, default=FitConfig().steps)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--camera-steps", type=int, default=None, help="quality: camera refinement steps (default: FitConfig's)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--subjects", type=int, default=20)
     p.add_argument("--pose", choices=["oracle", "search"], default="oracle")
