@@ -216,3 +216,13 @@ def test_the_model_is_left_unchanged(model, photo):
     assert [p.requires_grad for p in model.parameters()] == flags
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_pipeline_fits_each_head_of_a_batch(pipe, photo):
+    image, mask, _, _, _ = photo
+    seen = []
+    rec = pipe(torch.cat([image, image.flip(-1)]), torch.cat([mask, mask]), fit_steps=2, fit=tiny(),
+               progress=lambda f, s: seen.append(f))
+    assert rec.gaussians.batch_size == 2
+    assert not torch.equal(rec.gaussians.colors[0], rec.gaussians.colors[1])
+    assert seen == sorted(seen) and max(seen) <= 0.3
