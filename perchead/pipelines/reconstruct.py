@@ -209,10 +209,10 @@ class PercHeadPipeline:
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg)
                 if camera is not None:
                     notes.append("photo-fit: head pose from the face landmarks")
-            lo = 0.1 + 0.2 * b / B
+            span = ((1 + 2 * b / B) / 10, (1 + 2 * (b + 1) / B) / 10)  # this head's share of 0.1 … 0.3
             with torch.enable_grad():
                 result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
-                                      config=config, progress=progress, progress_range=(lo, lo + 0.2 / B))
+                                      config=config, progress=progress, progress_range=span)
             heads.append(result.gaussians)
             notes += result.notes
         return Gaussians.stack(heads), notes
