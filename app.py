@@ -94,23 +94,23 @@ def output_panel(prefix: str = ""):
     return ply, viewer, summary, timings, lower
 
 
-def plain_summary(timings: dict[str, float], notes: list[str], video_pending: bool) -> str:
-    """Timings in words ("3D head in 0.4 s · …") and the notes as a list."""
+def plain_summary(timings: dict[str, float], notes: list[str], pending: str | None) -> str:
+    """Timings in words ("3D head in 0.4 s · …"), what is still coming, and the notes as a list."""
     head = sum(timings.get(k, 0.0) for k in ("preprocess", "labels", "style_preprocess", "style", "encode",
                                              "decode", "gaussians", "fit"))
     files = sum(v for k, v in timings.items() if k.startswith("export_") or k == "novel_views")
     line = f"**3D head in {head:.1f} s**" + (f" (fitting to the photo: {timings['fit']:.1f} s)" if "fit" in timings else "")
-    line += f" · files and views in {files:.1f} s"
+    line += f" · files and views in {files:.1f} s" if files else ""
     if "turntable" in timings:
         line += f" · turntable in {timings['turntable']:.1f} s"
-    elif video_pending:
-        line += " · the turntable video is on its way…"
+    if pending:
+        line += f" · {pending}"
     return "\n".join([line, *(f"- {note}" for note in notes)])
 
 
-def result(out, model_input: str, notes: list[str]) -> tuple:
+def result(out, model_input: str, notes: list[str], pending: str | None = None) -> tuple:
     """The handlers' 8 outputs (API order): .ply, viewer copy, video, views, model input, downloads, timings,
-    summary. Called with the outputs before the turntable too (then the video is None)."""
+    summary. Also called for early results (``pending`` says what is still coming)."""
     return (
         str(out.files["ply"]),
         str(out.viewer),
@@ -119,7 +119,7 @@ def result(out, model_input: str, notes: list[str]) -> tuple:
         model_input,
         [str(path) for path in out.files.values()],
         {k: round(v, 3) for k, v in out.timings.items()},
-        plain_summary(out.timings, notes, video_pending=out.video is None and "turntable" not in out.timings),
+        plain_summary(out.timings, notes, pending),
     )
 
 
@@ -238,7 +238,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             notes = [style_note, *map_notes, *edited.notes]
             out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
                                 progress=report, timings=edited.timings, notes=notes,
-                                before_turntable=lambda part: job.publish(result(part, seen_path, part.notes)))
+                                before_turntable=lambda part: job.publish(
+                                    result(part, seen_path, part.notes, "the turntable video is on its way…")))
             return result(out, seen_path, out.notes)
 
         async for outputs in jobs.stream(request, "editing", work, (PreprocessError, ValueError)):
@@ -342,13 +343,21 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         def work(job):
             pipeline = holder.get()
             report = job.reporter(progress)
-            rec = pipeline(image, progress=report, fit_steps=fit, **options)
             model_input = str(job.folder / "model_input.png")
+            notice = [holder.notice] if holder.notice else []
+
+            def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
+                first.preprocessed[0].preview().save(model_input)
+                early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
+                                      view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
+                job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
+
+            rec = pipeline(image, progress=report, fit_steps=fit, before_fit=show_before_fit, **options)
             rec.preprocessed[0].preview().save(model_input)
-            notes = ([holder.notice] if holder.notice else []) + rec.notes
             out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
-                                timings=rec.timings, notes=notes,
-                                before_turntable=lambda part: job.publish(result(part, model_input, part.notes)))
+                                timings=rec.timings, notes=notice + rec.notes,
+                                before_turntable=lambda part: job.publish(
+                                    result(part, model_input, part.notes, "the turntable video is on its way…")))
             return result(out, model_input, out.notes)
 
         async for outputs in jobs.stream(request, "reconstruction", work, (PreprocessError,)):

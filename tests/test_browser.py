@@ -128,9 +128,9 @@ def test_upload_reconstruct_see_the_head_upright_then_download(chromium, app_url
     canvas = page.locator("#splat-viewer canvas").first
     canvas.wait_for(state="visible", timeout=120_000)  # the viewer's canvas exists once it has the head's file
     print(f"click → head in the viewer: {time.perf_counter() - clicked:.2f} s")
+    assert page.locator("#turntable video").count() == 0, "the viewer must get the head before the video is done"
     while foreground(canvas_rgb(canvas)).mean() < 0.01:  # (each screenshot of software WebGL takes seconds)
         assert time.perf_counter() - clicked < 120, "the head never appeared in the viewer"
-    assert page.locator("#turntable video").count() == 0, "the viewer must show the head before the video is done"
     box, viewport = canvas.bounding_box(), page.viewport_size
     assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"], f"viewer out of view: {box}"
 

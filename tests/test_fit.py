@@ -155,8 +155,12 @@ def test_pipeline_fit_steps(pipe, photo):
     image, mask, _, _, _ = photo
     seen = []
     cams = pipe.model.default_cameras([0, 90], size=32)
-    rec = pipe(image, mask, cameras=cams, fit_steps=3, fit=tiny(), progress=lambda f, s: seen.append((f, s)))
+    first = []
+    rec = pipe(image, mask, cameras=cams, fit_steps=3, fit=tiny(), progress=lambda f, s: seen.append((f, s)),
+               before_fit=first.append)
     plain = pipe(image, mask)
+    assert len(first) == 1 and "fit" not in first[0].timings and first[0].views is None  # shown while fitting
+    torch.testing.assert_close(first[0].gaussians.colors, plain.gaussians.colors)  # the feed-forward head
     assert "fit" in rec.timings and rec.timings["fit"] >= 0
     assert rec.gaussians.batch_size == 1 and rec.views.rgb.shape == (1, 2, 3, 32, 32)
     assert not torch.equal(rec.gaussians.colors, plain.gaussians.colors)  # the views come from the fitted head

@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,7 @@ class PercHeadPipeline:
         progress: Progress = no_progress,
         fit_steps: int = 0,
         fit: FitConfig | None = None,
+        before_fit: Callable[[Reconstruction], None] | None = None,
         **preprocess_options,
     ) -> Reconstruction:
         """Reconstructs the head in a photo, or the heads in a batch of prepared images.
@@ -143,6 +144,8 @@ class PercHeadPipeline:
                 landmarks) when known, else a render-and-compare search.
             fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``steps`` are
                 replaced by ``fit_steps``.
+            before_fit: called with the feed-forward result (no views) before the fit starts, e.g. to show
+                the head while it is being fitted.
             **preprocess_options: fields of :class:`perchead.pipelines.preprocess.PreprocessConfig` for a photo
                 (``remove_background``, ``auto_crop``, ``use_whole_image``, …).
 
@@ -184,6 +187,9 @@ class PercHeadPipeline:
         # 4.–5. Gaussian head (float32), optional renders + refiner
         if fit_steps:
             gaussians, _ = gaussians_and_views(self.model, tokens3d, None, refine, timer)
+            if before_fit is not None:
+                before_fit(Reconstruction(gaussians=gaussians, preprocessed=prepared, timings=dict(timer.timings),
+                                          notes=[note for prep in prepared or [] for note in prep.notes]))
             gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, with_steps(fit, fit_steps), progress)
             timer("fit")
             views = None
