@@ -184,7 +184,7 @@ def test_cli_on_tiny_models_writes_json_and_figure(tmp_path, capsys):
                            "`python -m perchead.training.train --task edit --init-from weights_card --style weights_card/style "
                            "--data runs/synthetic128 --output weights_card/edit`")
 def test_hair_colour_prompt_moves_rendered_hair_toward_that_colour():
-    """Issue 6: a hair-colour prompt moves the rendered hair's mean colour toward that colour (bundled model)."""
+    """A hair-colour prompt moves the rendered hair's mean colour toward that colour (bundled model)."""
     from perchead.data.synthetic import make_head, split_seeds
     from perchead.pipelines.edit import PercHeadEditPipeline
     from perchead.evaluation.editing import Style, input_map, map_region_colors, render_edit
