@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
         os.execve(str(PY), [str(PY), "-m", "pytest", *rest], env)
     elif command == "bench":
         install()
-        names = rest or sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
+        names = rest or sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
         for name in names:
             _run(str(PY), str(ROOT / "benchmarks" / f"{name}.py"), env=env)
     elif command == "install":

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, report, start_app  # benchmarks/ is on sys.path when a script in it runs
+from _common import ROOT, report, start_app  # benchmarks/ is on sys.path when a script in it runs
 
 
 def folder_bytes(folder: Path) -> int:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, report, start_app  # benchmarks/ is on sys.path when a script in it runs
+from _common import ROOT, report, start_app  # benchmarks/ is on sys.path when a script in it runs
 
 SIZES = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
