@@ -295,9 +295,10 @@ class OutputStore:
         self._orphans: set[Path] = set()  # folders of ended sessions whose job was still running
 
     def _inside(self, folder: Path) -> Path:
-        """``folder`` resolved, if it is a direct child of the root; raises otherwise."""
+        """``folder`` resolved (symlinks followed: a link out of the root resolves outside it), if it is a direct
+        child of the root; raises otherwise."""
         resolved = Path(folder).resolve()
-        if resolved.parent != self.root or resolved.is_symlink():
+        if resolved.parent != self.root:
             raise RuntimeError(f"refusing to touch {resolved}: not a job folder under {self.root}")
         return resolved
 
