@@ -849,52 +849,17 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
             )
     if face is None and detector == "haar":
         face_index = 0
-    # 3. crop (padding is white in the image, 0 in the masks)
-    size = config.size
-    crop_rgb = crop_square(rgb, crop_box, size, WHITE, roll)  # [S, S, 3]
-    valid = crop_square(np.full((height, width), 255, np.uint8), crop_box, size, 0, roll) > 127  # [S, S]
-    landmarks = to_crop_pixels(face.landmarks[:, :2], crop_box, size, roll).astype(np.float32) if face is not None and face.landmarks is not None else None
-    # 4. mask
-    mask_source = "none"
-    if alpha is not None:
-        mask = crop_square(alpha, crop_box, size, 0, roll).astype(np.float32) / 255.0
-        mask_source = "alpha"
-    elif not config.remove_background:
-        mask = valid.astype(np.float32)
-    else:
-        mask = None
-        if config.parser is not None:
-            try:
-                mask, mask_source = parser_mask(config.parser, crop_rgb), "parser"
-            except Exception as error:  # a configured but failing parser falls back, visibly
-                notes.append(f"face parser failed ({error}); used the fallback matting")
-        if mask is None and analyzer is not None and config.matting != "grabcut":
-            nose = tuple(landmarks[1]) if landmarks is not None else None
-            mask = network_mask(analyzer, rgb, crop_rgb, crop_box, roll, valid, nose)
-            mask_source = "network"
-            if mask.max() <= 0.01:
-                notes.append("the matting network found no person: used GrabCut")
-                mask = None
-        if mask is None:
-            head_in_crop = _box_in_crop(head_box, crop_box, size) if abs(roll) < 1e-6 else _centred_box(to_crop_pixels(
-                np.array([[head_box[0], head_box[1]], [head_box[2], head_box[3]]]), crop_box, size, roll))
-            mask, mask_source = _grabcut_at(crop_rgb, head_in_crop, valid, config), "grabcut"
-    if mask_source in ("network", "grabcut") and config.body_rows > 0:
-        mask = mask * body_envelope(size, config.body_rows, config.body_half_width)  # no shoulders beyond the training torso
+    # 3.–5. crop, mask, composite over white
+    image, mask_t, mask_source, landmarks, cut_notes = cut_out(
+        rgb, crop_box, roll, config, alpha=alpha, head_box=head_box,
+        landmarks=face.landmarks if face is not None else None, analyzer=analyzer)  # fmt: skip
+    notes += cut_notes
     if fallback_note and (detector == "haar" or mask_source == "grabcut"):
         notes.append(fallback_note)
-    if mask.max() <= 0.01:
-        raise PreprocessError("background removal left nothing of the head; try turning background removal off")
-    # 5. composite over white (in numpy: torch's parallel kernels would wake its OpenMP threads, which
-    # spin on the cores the networks need when torch was imported before perchead)
-    mask = np.ascontiguousarray(mask, dtype=np.float32)  # [S, S]
-    composite = over_white(crop_rgb.astype(np.float32) / 255.0, mask[..., None])  # [S, S, 3]
-    image = torch.from_numpy(np.ascontiguousarray(composite.transpose(2, 0, 1)))  # [3, S, S]
-    mask_t = torch.from_numpy(mask)[None]  # [1, S, S]
     face_boxes = [tuple(float(v) for v in f.box) for f in found] if found else ([tuple(float(v) for v in head_box)] if detector == "haar" else [])
     return Preprocessed(
-        image=image[None].contiguous(),  # [1, 3, S, S]
-        mask=mask_t[None].contiguous(),  # [1, 1, S, S]
+        image=image,  # [1, 3, S, S]
+        mask=mask_t,  # [1, 1, S, S]
         crop_box=tuple(float(v) for v in crop_box),
         head_box=tuple(float(v) for v in head_box),
         head_source=head_source,
@@ -910,6 +875,78 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
         landmarks=landmarks,
         grayscale=grayscale,
     )
+
+
+def cut_out(rgb: np.ndarray, crop_box: Box, roll_deg: float, config: PreprocessConfig, *, alpha: np.ndarray | None = None,
+            head_box: Box | None = None, landmarks: np.ndarray | None = None,
+            analyzer=None) -> tuple[Tensor, Tensor, str, np.ndarray | None, list[str]]:
+    """Steps 3–5 of :func:`preprocess` for a crop already chosen: crop, mask, composite over white.
+
+    Also used on video frames, whose crops are tracked and smoothed over time (:mod:`perchead.pipelines.sequence`).
+
+    Args:
+        rgb: the working image. ``[H, W, 3]`` uint8
+        crop_box: the square crop before the turn (working-image pixels; may reach outside the image).
+        roll_deg: the crop's turn (:func:`crop_square`).
+        config: size, matting and body-envelope settings.
+        alpha: the image's alpha channel (then the mask). ``[H, W]`` uint8
+        head_box: the head box that seeds GrabCut (default: the middle of the crop).
+        landmarks: face-mesh landmarks in working-image pixels (the nose seeds the matte's person). ``[468, 2+]``
+        analyzer: a :class:`perchead.pipelines.faces.FaceAnalyzer` for the selfie matte, or None (GrabCut).
+
+    Returns:
+        (image ``[1, 3, S, S]``, mask ``[1, 1, S, S]``, mask source, landmarks in crop pixels ``[468, 2]`` or
+        None, notes).
+
+    Raises:
+        PreprocessError: background removal left nothing.
+    """
+    height, width = rgb.shape[:2]
+    size = config.size
+    notes: list[str] = []
+    if head_box is None:  # the middle half of the crop
+        x0, y0, x1, y1 = crop_box
+        head_box = (x0 + (x1 - x0) / 4, y0 + (y1 - y0) / 4, x1 - (x1 - x0) / 4, y1 - (y1 - y0) / 4)
+    # 3. crop (padding is white in the image, 0 in the masks)
+    crop_rgb = crop_square(rgb, crop_box, size, WHITE, roll_deg)  # [S, S, 3]
+    valid = crop_square(np.full((height, width), 255, np.uint8), crop_box, size, 0, roll_deg) > 127  # [S, S]
+    if landmarks is not None:
+        landmarks = to_crop_pixels(landmarks[:, :2], crop_box, size, roll_deg).astype(np.float32)  # [468, 2]
+    # 4. mask
+    mask_source = "none"
+    if alpha is not None:
+        mask = crop_square(alpha, crop_box, size, 0, roll_deg).astype(np.float32) / 255.0
+        mask_source = "alpha"
+    elif not config.remove_background:
+        mask = valid.astype(np.float32)
+    else:
+        mask = None
+        if config.parser is not None:
+            try:
+                mask, mask_source = parser_mask(config.parser, crop_rgb), "parser"
+            except Exception as error:  # a configured but failing parser falls back, visibly
+                notes.append(f"face parser failed ({error}); used the fallback matting")
+        if mask is None and analyzer is not None and config.matting != "grabcut":
+            nose = tuple(landmarks[1]) if landmarks is not None else None
+            mask = network_mask(analyzer, rgb, crop_rgb, crop_box, roll_deg, valid, nose)
+            mask_source = "network"
+            if mask.max() <= 0.01:
+                notes.append("the matting network found no person: used GrabCut")
+                mask = None
+        if mask is None:
+            head_in_crop = _box_in_crop(head_box, crop_box, size) if abs(roll_deg) < 1e-6 else _centred_box(to_crop_pixels(
+                np.array([[head_box[0], head_box[1]], [head_box[2], head_box[3]]]), crop_box, size, roll_deg))
+            mask, mask_source = _grabcut_at(crop_rgb, head_in_crop, valid, config), "grabcut"
+    if mask_source in ("network", "grabcut") and config.body_rows > 0:
+        mask = mask * body_envelope(size, config.body_rows, config.body_half_width)  # no shoulders beyond the training torso
+    if mask.max() <= 0.01:
+        raise PreprocessError("background removal left nothing of the head; try turning background removal off")
+    # 5. composite over white (in numpy: torch's parallel kernels would wake its OpenMP threads, which
+    # spin on the cores the networks need when torch was imported before perchead)
+    mask = np.ascontiguousarray(mask, dtype=np.float32)  # [S, S]
+    composite = over_white(crop_rgb.astype(np.float32) / 255.0, mask[..., None])  # [S, S, 3]
+    image = torch.from_numpy(np.ascontiguousarray(composite.transpose(2, 0, 1)))  # [3, S, S]
+    return image[None].contiguous(), torch.from_numpy(mask)[None, None].contiguous(), mask_source, landmarks, notes
 
 
 def _is_grayscale(rgb: np.ndarray) -> bool:
