@@ -458,7 +458,7 @@ class SequencePipeline:
                     batch = range(first, min(T, first + config.batch_size))
                     images, masks = [], []
                     for t in batch:
-                        progress(0.3 + 0.7 * t / T, f"frame {t + 1}/{T}: cutting out and reconstructing")
+                        progress(0.3 + 0.7 * first / T, f"frame {t + 1}/{T}: cutting out")
                         image, mask, source, _, _ = cut_out(
                             frames[t], _box(crops[t]), float(crops[t, 3]), prep_config, head_box=boxes[t],
                             landmarks=landmarks[t], analyzer=analyzer)  # fmt: skip
@@ -481,7 +481,7 @@ class SequencePipeline:
                         path.unlink()
                         stage("write")
                         yield np.concatenate([left, right], axis=1)  # [P, 2P, 3]
-                        progress(0.3 + 0.7 * (t + 1) / T, f"frame {t + 1}/{T} done")
+                        progress(0.3 + 0.7 * (t + 1) / T, f"frame {t + 1}/{T}: 3D head rendered")
 
         written = write_mp4(side_by_side(), video_path, fps=clip.fps, crf=config.crf)
         stage("write")
