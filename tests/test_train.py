@@ -153,6 +153,97 @@ def test_edit_loss_needs_labels_and_picks_other_views(monkeypatch):
         build_edit_loss(TrainConfig.preset_defaults("tiny", task="edit", style="fake", eval_every=5), 1)
 
 
+def test_edit_captions_follow_a_recoloured_head():
+    from perchead.training.edit import caption_hair_color, replace_hair_color
+
+    assert caption_hair_color("long dark brown hair, glasses") == "dark brown"
+    assert caption_hair_color("bald, beard") is None
+    assert replace_hair_color("long dark brown hair, glasses", "red") == "long red hair, glasses"
+    assert replace_hair_color("brown hair with a fringe, brown skin", "blonde") == "blonde hair with a fringe, brown skin"
+    with pytest.raises(ValueError, match="no hair colour"):
+        replace_hair_color("bald, beard", "red")
+    with pytest.raises(ValueError, match="unknown hair colour"):
+        replace_hair_color("red hair", "chartreuse")
+
+
+def test_edit_recolouring_balances_hair_colours():
+    from perchead.data.augment import HAIR_CLASS
+    from perchead.training.edit import caption_hair_color, recolor_batch
+
+    b, size = 64, 8
+    labels = torch.full((b, 2, size, size), HAIR_CLASS, dtype=torch.long)
+    batch = {"caption": ["black hair, glasses"] * (b - 1) + ["bald"],
+             "target_images": torch.full((b, 2, 3, size, size), 0.05), "target_labels": labels}
+    out = recolor_batch(batch, 1.0, torch.Generator().manual_seed(0))
+    colours = [caption_hair_color(c) for c in out["caption"][:-1]]
+    assert len(set(colours)) >= 8  # drawn uniformly over the 11 colours, not the data's mostly dark ones
+    assert out["caption"][-1] == "bald" and torch.equal(out["target_images"][-1], batch["target_images"][-1])
+    blonde = [i for i, c in enumerate(colours) if c == "blonde"]
+    if blonde:  # the painted hair is light now
+        assert float(out["target_images"][blonde[0], :, :, 3, 3].mean()) > 0.3
+    kept = recolor_batch(batch, 0.0, torch.Generator().manual_seed(0))
+    assert kept["caption"] == batch["caption"] and torch.equal(kept["target_images"], batch["target_images"])
+
+
+def test_edit_loss_styles_by_text_for_its_text_fraction(monkeypatch):
+    from perchead.models.config import PercHeadConfig
+    from perchead.training import edit as edit_task
+    from perchead.training.edit import build_edit_loss
+
+    seen = []
+
+    class FakeStyle(torch.nn.Module):
+        embed_dim = 4
+
+        def encode_image(self, images):
+            return torch.zeros(images.shape[0], 4)
+
+        def encode_text(self, texts):
+            return torch.ones(len(texts), 4)
+
+    class FakeModel(torch.nn.Module):
+        config = PercHeadConfig.preset("tiny")
+
+        def forward(self, labels, style):
+            seen.append(style.clone())
+            raise StopIteration  # the loss itself is tested elsewhere
+
+    monkeypatch.setitem(edit_task._STYLE_ENCODERS, "fake", FakeStyle())
+    batch = {"labels": torch.ones(4, 8, 8, dtype=torch.long), "target_images": torch.rand(4, 2, 3, 8, 8),
+             "caption": ["long red hair, glasses"] * 4}
+    for fraction, expected in ((0.0, 0.0), (1.0, 1.0)):
+        config = TrainConfig.preset_defaults("tiny", task="edit", style="fake",
+                                             options={"text_fraction": fraction, "recolor_fraction": 0.0})
+        with pytest.raises(StopIteration):
+            build_edit_loss(config, 1)(FakeModel(), dict(batch))
+        assert torch.all(seen[-1] == expected)
+    with pytest.raises(ValueError, match="fraction"):
+        build_edit_loss(TrainConfig.preset_defaults("tiny", task="edit", style="fake", options={"text_fraction": 2}), 1)
+    with pytest.raises(ValueError, match="no option"):
+        build_edit_loss(TrainConfig.preset_defaults("tiny", task="edit", style="fake", options={"augment": 0.5}), 1)
+
+
+def test_reconstruct_augment_option_changes_only_the_inputs():
+    from perchead.training.reconstruct import photo_like_predict, predict_from_image
+
+    assert photo_like_predict(TrainConfig.preset_defaults("tiny"), 1) is predict_from_image  # off by default
+    received = []
+
+    class Echo(torch.nn.Module):
+        def forward(self, image, mask):
+            received.append((image, mask))
+            return image
+
+    predict = photo_like_predict(TrainConfig.preset_defaults("tiny", options={"augment": 1.0}), 1)
+    image, mask = torch.rand(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
+    batch = {"image": image, "mask": mask, "target_images": torch.rand(2, 2, 3, 16, 16)}
+    targets = batch["target_images"].clone()
+    predict(Echo(), batch)
+    assert not torch.equal(received[-1][0], image) and torch.equal(batch["target_images"], targets)
+    with pytest.raises(ValueError, match="fraction"):
+        photo_like_predict(TrainConfig.preset_defaults("tiny", options={"augment": -1}), 1)
+
+
 def test_weights_recipe_commands_parse_and_chain():
     """`python3 tasks.py weights`: every training stage parses, writes where the recipe copies from, and
     starts only from the outputs of earlier stages; the README shows the same commands."""

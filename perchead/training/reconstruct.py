@@ -2,7 +2,8 @@
 CNN, phase 2 the CNN only, scored by rendering the predicted Gaussians at the target views.
 
 Its data are synthetic heads rendered on the fly or an on-disk multi-view folder (:func:`build_dataset`),
-which the ``edit`` task shares.
+which the ``edit`` task shares. ``--options '{"augment": 0.8}'`` makes that fraction of input views look
+like matted photos (:func:`perchead.data.augment.augment_inputs`); the targets stay clean.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from perchead.training.config import LossFn, Task, TrainConfig
+from perchead.training.config import LossFn, Task, TrainConfig, task_options
 from perchead.training.losses import LossConfig, ReconstructionLoss
 
 
@@ -61,9 +62,34 @@ def _resize(x: Tensor, size: int) -> Tensor:
     return y.reshape(b, v, *y.shape[1:])
 
 
+OPTIONS = {  # --options of the reconstruct task (ours)
+    "augment": 0.0,  # fraction of input views made to look like matted photos (0 = clean renders)
+}
+
+
 def predict_from_image(model: nn.Module, batch: dict[str, Any]):
     """The reconstruction task's prediction: Gaussians from the input image and mask."""
     return model(batch["image"], batch["mask"])
+
+
+def photo_like_predict(config: TrainConfig, phase: int) -> Callable:
+    """:func:`predict_from_image` on inputs augmented with probability ``--options augment`` (reproducible
+    from ``config.seed`` and the phase)."""
+    from perchead.data.augment import InputAugmentConfig, augment_inputs
+
+    fraction = float(task_options(config, OPTIONS)["augment"])
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"--options augment must be a fraction in [0, 1], got {fraction}")
+    if fraction == 0.0:
+        return predict_from_image
+    augment = InputAugmentConfig(p=fraction)
+    generator = torch.Generator().manual_seed(config.seed + 104729 * phase)
+
+    def predict(model: nn.Module, batch: dict[str, Any]):
+        image, mask = augment_inputs(batch["image"], batch["mask"], augment, generator)
+        return model(image, mask)
+
+    return predict
 
 
 def build_reconstruct_loss(config: TrainConfig, phase: int, predict: Callable | None = None) -> LossFn:
@@ -129,5 +155,7 @@ def build_dataset(config: TrainConfig, render_config, split: str = "train"):
     return MultiViewDataset(config.data, n_targets=config.n_targets, image_size=render_config.image_size)
 
 
-TASK = Task(build_reconstruct_model, build_reconstruct_loss, reconstruct_trainable,
+TASK = Task(build_reconstruct_model,
+            lambda config, phase: build_reconstruct_loss(config, phase, photo_like_predict(config, phase)),
+            reconstruct_trainable,
             build_dataset=lambda config, model: build_dataset(config, model.config.render))
