@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 
 from serving import (
     BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, guard_uploads, guard_value,
-    load_edit_holder, session_key, visitor_error,
+    guard_video, load_edit_holder, session_key, visitor_error,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
@@ -296,6 +296,83 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
     return tab
 
 
+
+# ------------------------------------------------------------------------------------------------- video
+def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
+    """The Video tab: a short clip → one 3D head per frame (paper Fig. 4). Endpoint ``/reconstruct_video``."""
+    from perchead.pipelines.sequence import SequenceConfig
+
+    limits = SequenceConfig()
+
+    async def reconstruct_video(video: str | None, face_index: int = 0, remove_background: bool = True,
+                                use_whole_image: bool = False, request: gr.Request = None,
+                                progress: gr.Progress = gr.Progress()):
+        """Reconstructs a 3D head in every frame of a short video (the same face followed through the clip).
+
+        Args:
+            video: the clip (MP4, MOV, WebM, MKV or AVI; at most 10 s; 10 frames per second are used).
+            face_index: which face to follow when the video shows several (0 = the largest in the first frame
+                with faces).
+            remove_background: cut the head out of the background.
+            use_whole_image: when no frame shows a face, use the whole frames instead of failing.
+
+        Returns:
+            side_by_side: the .mp4: the model input | the head from a slowly swinging camera (first output).
+            heads: a .zip with one 3DGS .ply per frame (frame_0000.ply, …; +Y up, face toward +Z, metres).
+            timings: seconds per stage.
+            summary: the timings in words and remarks (frames used, faces found, fallbacks).
+        """
+        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.pipelines.sequence import ClipError, SequencePipeline
+
+        if not video:
+            raise visitor_error(f"Please upload a short video (up to {limits.max_seconds:g} s) first.", "No video")
+        face = check_count(face_index, "face_index", 0, 99)
+        options = {name: check_flag(value, name) for name, value in (
+            ("remove_background", remove_background), ("use_whole_image", use_whole_image))}
+
+        def work(job):
+            out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face,
+                                                          progress=job.reporter(progress), **options)
+            seconds = out.timings["total"]
+            line = (f"**{out.frames} heads in {seconds:.1f} s** ({out.frames / max(seconds, 1e-6):.1f} frames per "
+                    f"second) · {out.fps:g} frames per second of the clip")
+            summary = "\n".join([line, *(f"- {note}" for note in out.notes)])
+            return str(out.video), str(out.heads), {k: round(v, 3) for k, v in out.timings.items()}, summary
+
+        return await jobs.run(request, "video reconstruction", work, (ClipError, PreprocessError))
+
+    with gr.Tab("Video", elem_id="video-tab") as tab:
+        gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
+                    "followed through the clip and its framing steadied over time. You get the model's input beside "
+                    "the head seen from a slowly swinging camera, and every head as a `.ply`.")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=280):
+                clip = guard_video(gr.Video(label=f"Video (up to {limits.max_seconds:g} s)", sources=["upload"],
+                                            include_audio=True, height=300, elem_id="video-input"))
+                button = gr.Button("Reconstruct every frame", variant="primary", elem_id="video-button")
+                with gr.Accordion("Options", open=False):
+                    face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
+                                                       info="when the video shows several: 0 = the largest, 1 = "
+                                                            "the next, … (in the first frame with faces)"),
+                                             "face_index", "a whole number from 0 to 99")
+                    remove_background = gr.Checkbox(True, label="Remove background")
+                    use_whole_image = gr.Checkbox(False, label="Use the whole frames when no face is found")
+                clips = sorted(str(p) for p in EXAMPLES.glob("clip_*.mp4"))
+                if clips:
+                    gr.Examples(clips, inputs=[clip], label="Clip (a synthetic head, what the demo model learned from)")
+            with gr.Column(scale=3, min_width=320):
+                result = gr.Video(label="Input | 3D head", autoplay=True, loop=True, height=300, interactive=False,
+                                  elem_id="video-result")
+                summary = gr.Markdown("The heads appear here, beside the frames they came from.", elem_id="video-summary")
+                heads = gr.File(label="Heads: one .ply per frame (zip)", interactive=False, elem_id="video-heads")
+                timings = gr.JSON(visible=False)  # seconds per stage, for API clients
+    run_button(button, "Reconstruct every frame", button.click, reconstruct_video,
+               [clip, face_index, remove_background, use_whole_image], [result, heads, timings, summary],
+               "reconstruct_video", summary)
+    return tab
+
+
 # ------------------------------------------------------------------------------------------ reconstruction
 def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs: JobRunner | None = None) -> gr.Blocks:
     """The Gradio UI: the Reconstruction tab (``holder`` supplies the model) and, when ``edit_holder`` has
@@ -400,6 +477,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         run_button(run, "Reconstruct", run.click, reconstruct,
                    [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index, fit_steps],
                    [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", summary)
+        build_video_tab(holder, jobs)
         edit_tab = build_edit_tab(edit_holder, jobs) if edit_holder is not None and edit_holder.available else None
 
         def page_status():

@@ -98,6 +98,32 @@ def guard_uploads(component, files_of: Callable[[Any], list], what: str):
     return component
 
 
+def guard_video(component):
+    """Makes a video input refuse unusable uploads before any job starts: not a video (only MP4/MOV, WebM/MKV
+    and AVI containers are opened), longer than the pipeline's limit, frames too large or too small. Reads
+    the file's header only (:func:`perchead.pipelines.sequence.probe_clip`)."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        from perchead.pipelines.sequence import ClipError, probe_clip
+
+        if getattr(payload, "path", None):
+            try:
+                probe_clip(payload.path)
+            except ClipError as error:
+                log.info("upload refused (video): %s", error)
+                raise visitor_error(f"Bad video: {error}", "Unusable video") from None
+        try:
+            return gradio_preprocess(payload)
+        except Exception as error:
+            log.info("upload refused (video): %s", type(error).__name__)
+            raise visitor_error("Bad video: the file cannot be read; please upload an MP4, MOV, WebM, MKV or AVI "
+                                "clip.", "Unusable video") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def guard_value(component, name: str, expected: str):
     """Makes an input refuse values Gradio cannot convert (e.g. text for a slider) with a message naming it."""
     gradio_preprocess = component.preprocess
