@@ -72,7 +72,8 @@ class TrainConfig:
         task: one of :data:`TASK_NAMES` (or a task added with ``register_task``).
         phase1_steps: steps of phase 1 (reconstruct: base without CNN; style, parser: all their steps).
         phase2_steps: steps of phase 2 (CNN only, base frozen; 0 for style and parser).
-        batch_size: samples per step (per process).
+        batch_size: samples per step over all processes (the global batch; each of W processes takes
+            batch_size / W, which must be a whole number).
         n_targets: target views per subject per step (reconstruct, edit).
         lr: phase-1 peak learning rate.
         lr_phase2: phase-2 peak learning rate.

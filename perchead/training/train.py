@@ -2,7 +2,9 @@
 
     python -m perchead.training.train --task reconstruct --preset demo --data synthetic --output runs/demo
     python -m perchead.training.train --task style --data runs/synthetic128 --output runs/style
-    accelerate launch -m perchead.training.train --preset paper --data /data/nersemble_multiview --output runs/paper
+    accelerate launch --multi_gpu --num_processes 8 -m perchead.training.train --preset paper \
+        --data /data/nersemble_multiview --output runs/paper --batch-size 64
+    torchrun --nproc_per_node 2 -m perchead.training.train --preset tiny --output runs/tiny2   # CPU, gloo
 
 Tasks (:data:`TASKS`, see :class:`~perchead.training.config.Task`): ``reconstruct`` — phase 1 trains the
 base model without the refiner CNN, phase 2 freezes it and trains the CNN only, on renders at the target
@@ -12,12 +14,22 @@ embedding of another view; ``style`` and ``parser`` (:mod:`perchead.training.sty
 loss stops the run with a ``FloatingPointError`` naming the step. Checkpoints (``OUTPUT/checkpoint/``: the
 model's ``save_pretrained``, optimizer tensors as safetensors, JSON state; never pickle) make ``--resume``
 exact; the final weights go to ``OUTPUT`` and ``OUTPUT/metrics.jsonl`` logs every step.
+
+Data parallelism (``accelerate launch`` or ``torchrun``, any number of processes and machines):
+``batch_size`` is the global batch, split evenly over the W processes; process r reads positions
+``r, r + W, …`` of one shuffled index stream, so together the processes see exactly the samples one
+process would. Every process builds the model from ``seed``, then takes rank 0's trainable weights;
+gradients and the logged loss values are averaged over the processes after each backward pass, so
+the weights stay identical everywhere (checked at every checkpoint and at the end) and match a
+one-process run with the same global batch up to floating-point rounding. Only rank 0 writes files;
+checkpoints keep every process's random state, and a resumed run may use another process count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -69,17 +81,34 @@ def index_stream(n: int, seed: int, start: int, rank: int = 0, world: int = 1) -
         pos += world
 
 
+def per_process_batch(batch_size: int, world: int) -> int:
+    """Each of ``world`` processes' share of the global ``batch_size``.
+
+    Raises:
+        ValueError: if the global batch does not split evenly over the processes.
+    """
+    if batch_size % world:
+        raise ValueError(f"the global batch size {batch_size} does not split evenly over {world} processes; "
+                         f"use a multiple of {world}")
+    return batch_size // world
+
+
 def batches(dataset, config: TrainConfig, start_step: int, rank: int, world: int) -> Iterator[dict[str, Any]]:
-    """Batches of ``config.batch_size`` samples from position ``start_step * batch_size`` on."""
+    """Process ``rank``'s share of the global batches from global step ``start_step`` on.
+
+    Step s of process r holds stream positions ``s·batch_size + r + k·world`` (k < batch_size / world):
+    over all processes exactly the global batch a single process would draw at that step.
+    """
     from torch.utils.data import DataLoader
 
-    stream = index_stream(len(dataset), config.seed, start_step * config.batch_size, rank, world)
+    local = per_process_batch(config.batch_size, world)
+    stream = index_stream(len(dataset), config.seed, start_step * local, rank, world)
 
     class _Sampler(torch.utils.data.Sampler):
         def __iter__(self):
             return stream
 
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=_Sampler(), num_workers=config.num_workers,
+    loader = DataLoader(dataset, batch_size=local, sampler=_Sampler(), num_workers=config.num_workers,
                         persistent_workers=False)
     yield from loader
 
@@ -116,15 +145,22 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, step: int, config: TrainConfig) -> None:
-    """Writes a resumable checkpoint atomically (into ``folder.tmp``, then renamed)."""
+def save_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler, step: int, config: TrainConfig,
+                    rng_states: Tensor | None = None) -> None:
+    """Writes a resumable checkpoint atomically (into ``folder.tmp``, then renamed).
+
+    Args:
+        rng_states: every process's CPU random state, one row per rank ``[W, S]`` (default: this process's).
+    """
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         _rmtree(tmp)
     (tmp / "model").mkdir(parents=True)
     model.save_pretrained(str(tmp / "model"))
     save_optimizer(optimizer, tmp)
-    save_file({"cpu_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    if rng_states is None:
+        rng_states = torch.get_rng_state()[None]
+    save_file({"cpu_rng": rng_states.contiguous()}, str(tmp / "rng.safetensors"))
     state = {"step": step, "phase": config.phase_at(step - 1) if step > 0 else 1,  # phase of the optimizer
              "scheduler": scheduler.state_dict(), "train_config": config.to_dict()}
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -139,19 +175,102 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-# --------------------------------------------------------------------------------------------- loop
-def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
-    """Data parallelism: averages gradients over processes (a no-op on one process).
+def load_rng_state(folder: Path, rank: int) -> None:
+    """Restores process ``rank``'s CPU random state from a checkpoint.
 
-    The model is not wrapped in DistributedDataParallel because the trainable set changes between the
-    phases and the loss calls model methods other than ``forward``; an explicit all-reduce is simplest.
+    A checkpoint written by fewer processes than are resuming it gives the extra ranks a fresh stream
+    derived from the saved one (a different process count is not an exact resume anyway).
     """
+    states = load_file(str(folder / "rng.safetensors"))["cpu_rng"]
+    if states.dim() == 1:  # checkpoints of one process before the per-rank layout
+        states = states[None]
+    # a row is a view into the stacked tensor; set_rng_state needs a tensor of its own (a view crashes it)
+    torch.set_rng_state((states[rank] if rank < len(states) else states[0]).clone())
+    if rank >= len(states):
+        torch.manual_seed(int(torch.randint(2**62, (1,))) + rank)
+
+
+# --------------------------------------------------------------------------------------------- loop
+# Data parallelism without DistributedDataParallel: the trainable set changes between the phases and the
+# losses call model methods other than ``forward``, so the loop synchronises explicitly: rank 0's weights
+# at the start, averaged gradients after every backward pass (in flat buckets, one collective each).
+_BUCKET_NUMEL = 2**24
+
+
+def _buckets(tensors: list[Tensor]) -> Iterator[list[Tensor]]:
+    """Consecutive groups of same-dtype tensors of at most about ``_BUCKET_NUMEL`` elements."""
+    bucket: list[Tensor] = []
+    numel = 0
+    for t in tensors:
+        if bucket and (numel + t.numel() > _BUCKET_NUMEL or t.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, numel = [], 0
+        bucket.append(t)
+        numel += t.numel()
+    if bucket:
+        yield bucket
+
+
+def _broadcast_from_main(model: nn.Module, accelerator) -> None:
+    """Copies rank 0's trainable parameters to every process (a no-op on one process)."""
     if accelerator.num_processes == 1:
         return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for bucket in _buckets([p.data for p in model.parameters() if p.requires_grad]):
+            flat = torch.cat([t.reshape(-1) for t in bucket])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for t in bucket:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def _average_gradients(params: list[nn.Parameter], accelerator) -> None:
+    """Averages the gradients of ``params`` over the processes (a no-op on one process)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+    for bucket in _buckets([p.grad for p in params]):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat /= accelerator.num_processes
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def _average_logs(loss: Tensor, logs: dict[str, float], accelerator) -> tuple[float, dict[str, float]]:
+    """The step's loss and logged values averaged over the processes (one collective); floats."""
+    keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float)))
+    values = torch.tensor([float(loss.detach())] + [float(logs[k]) for k in keys], dtype=torch.float64,
+                          device=accelerator.device)
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values /= accelerator.num_processes
+    values = values.tolist()
+    return values[0], {**logs, **dict(zip(keys, values[1:]))}
+
+
+def _check_in_sync(model: nn.Module, accelerator, step: int) -> None:
+    """Raises if the processes' weights differ (they cannot by construction; this guards the construction)."""
+    if accelerator.num_processes == 1:
+        return
+    names, params = zip(*model.named_parameters())
+    with torch.no_grad():
+        fingerprint = torch.stack([p.detach().double().sum() for p in params])  # [n]
+    every = accelerator.gather(fingerprint).view(accelerator.num_processes, -1)  # [W, n]
+    if not torch.equal(every, every[:1].expand_as(every)):
+        bad = [names[i] for i in (every != every[:1]).any(0).nonzero().flatten().tolist()]
+        raise RuntimeError(f"the processes' weights differ after step {step}: {bad[:5]}")
 
 
 def _make_optimizer(groups: list[dict[str, Any]], lr: float, config: TrainConfig, phase_steps: int):
@@ -192,7 +311,9 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     ckpt = out / "checkpoint"
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_cuda else "no", cpu=not use_cuda)
-    torch.manual_seed(config.seed + accelerator.process_index)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_process_batch(config.batch_size, world)  # fails early when the batch does not split
+    torch.manual_seed(config.seed)  # the same initial weights on every process, as on one
 
     # 1. model, from the checkpoint when resuming
     step = 0
@@ -210,16 +331,22 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
         model = task.build_model(model_config, config.init_from)
     model.train()
     model.to(accelerator.device)
+    _broadcast_from_main(model, accelerator)
+    torch.manual_seed(config.seed + rank)  # each process's own stream for in-step randomness
     # Parameters frozen by design (e.g. the DINOv2 branch) stay frozen in every phase.
     trainable_ids = {id(p) for p in model.parameters() if p.requires_grad}
 
     # 2. data: per-process shards of an endless shuffled index stream
     if dataset is None:
-        dataset = (task.build_dataset(config, model) if task.build_dataset is not None
-                   else build_dataset(config, model.config.render))
+        with accelerator.main_process_first():  # rank 0 pre-renders (when asked to), the others then read
+            dataset = (task.build_dataset(config, model) if task.build_dataset is not None
+                       else build_dataset(config, model.config.render))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        if world > 1:
+            print(f"[perchead.training.train] {world} processes, global batch {config.batch_size} "
+                  f"({config.batch_size // world} per process)", flush=True)
     log_file = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
 
     data_iter = None
@@ -248,11 +375,11 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
                 if state and state.get("phase") == phase and (ckpt / "optimizer.json").exists():
                     load_optimizer(optimizer, ckpt)
                     scheduler.load_state_dict(state["scheduler"])
-                    torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["cpu_rng"])
+                    load_rng_state(ckpt, rank)
                 state = {}
                 loss_fn = task.build_loss(config, phase)
                 if data_iter is None:
-                    data_iter = batches(dataset, config, step, accelerator.process_index, accelerator.num_processes)
+                    data_iter = batches(dataset, config, step, rank, world)
                 if accelerator.is_main_process:
                     n = sum(p.numel() for p in params)
                     print(f"[perchead.training.train] phase {phase}: {n:,} trainable parameters, {phase_steps} steps",
@@ -262,8 +389,9 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
             batch = to_device(next(data_iter), accelerator.device)
             with accelerator.autocast():
                 loss, logs = loss_fn(model, batch)
-            if not torch.isfinite(loss.detach()).all():
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (phase {phase}): {logs}")
+            loss_value, logs = _average_logs(loss, logs, accelerator)  # every process stops together
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite loss {loss_value} at step {step} (phase {phase}): {logs}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _average_gradients(params, accelerator)
@@ -293,9 +421,11 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
             if step % config.log_every == 0:
                 bar.set_postfix(loss=f"{logs['total']:.4f}", phase=phase)
             if step % config.save_every == 0 or step == config.total_steps:
-                accelerator.wait_for_everyone()
+                _check_in_sync(model, accelerator, step)
+                rng_states = accelerator.gather(torch.get_rng_state()[None].to(accelerator.device)).cpu()  # [W, S]
                 if accelerator.is_main_process:
-                    save_checkpoint(ckpt, model, optimizer, scheduler, step, config)
+                    save_checkpoint(ckpt, model, optimizer, scheduler, step, config, rng_states)
+                accelerator.wait_for_everyone()
             if config.eval_every and step % config.eval_every == 0 and accelerator.is_main_process:
                 _eval_renders(model, out, step)
     finally:
