@@ -1,8 +1,9 @@
 """PercHead Space: one portrait → a 3D head as Gaussian splats (paper §3, Figure 1), and 3D editing (§3.5).
 
 This file only builds the UI and calls one pipeline per task (``perchead.pipelines``: ``PercHeadPipeline``
-for /reconstruct, ``PercHeadEditPipeline`` for /segment and /edit, ``write_outputs`` for the files);
-``serving.py`` loads the models and runs each job safely (see docs/app.md, "Limits and safety").
+for /reconstruct, ``SequencePipeline`` for /reconstruct_video, ``PercHeadEditPipeline`` for /segment and
+/edit, ``write_outputs`` for the files); ``serving.py`` loads the models and runs each job safely (see
+docs/app.md, "Limits and safety").
 
     python app.py                          # bundled weights_card/, http://127.0.0.1:7860
     python app.py --model user/perchead    # a Hub repo id or a local folder (also: PERCHEAD_MODEL=...)
@@ -358,9 +359,6 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
                                              "face_index", "a whole number from 0 to 99")
                     remove_background = gr.Checkbox(True, label="Remove background")
                     use_whole_image = gr.Checkbox(False, label="Use the whole frames when no face is found")
-                clips = sorted(str(p) for p in EXAMPLES.glob("clip_*.mp4"))
-                if clips:
-                    gr.Examples(clips, inputs=[clip], label="Clip (a synthetic head, what the demo model learned from)")
             with gr.Column(scale=3, min_width=320):
                 result = gr.Video(label="Input | 3D head", autoplay=True, loop=True, height=300, interactive=False,
                                   elem_id="video-result")
