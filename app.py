@@ -1,9 +1,9 @@
 """PercHead Space: one portrait → a 3D head as Gaussian splats (paper §3, Figure 1), and 3D editing (§3.5).
 
 This file only builds the UI and calls one pipeline per task (``perchead.pipelines``: ``PercHeadPipeline``
-for /reconstruct, ``SequencePipeline`` for /reconstruct_video, ``PercHeadEditPipeline`` for /segment and
-/edit, ``write_outputs`` for the files); ``serving.py`` loads the models and runs each job safely (see
-docs/app.md, "Limits and safety").
+for /reconstruct and /decoder_layers, ``SequencePipeline`` for /reconstruct_video, ``PercHeadEditPipeline``
+for /segment and /edit, ``write_outputs`` for the files); ``serving.py`` loads the models and runs each job
+safely (see docs/app.md, "Limits and safety").
 
     python app.py                          # bundled weights_card/, http://127.0.0.1:7860
     python app.py --model user/perchead    # a Hub repo id or a local folder (also: PERCHEAD_MODEL=...)
@@ -47,7 +47,7 @@ DOWNLOAD_HINTS = ("**.ply** — splat viewers and tools (SuperSplat, gsplat; +Y 
                   "for Blender or three.js · **.splat** — web splat viewers")
 CSS = """
 #splat-viewer canvas, #edit-splat-viewer canvas { background: #ffffff !important; }
-#downloads .label-clear-button, #edit-downloads .label-clear-button { display: none; }
+#downloads .label-clear-button, #edit-downloads .label-clear-button, #inside-downloads .label-clear-button { display: none; }
 """  # the splat viewer ignores clear_color (its canvas is transparent over a dark box); results are not removable
 log = logging.getLogger("perchead.app")
 
@@ -371,6 +371,87 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
     return tab
 
 
+# ------------------------------------------------------------------------------------ inside the model
+LAYER_VIEW_SIZE = 256  # side of each view in the decoder-layer strip
+INSIDE_INTRO = (
+    "The 3D decoder lifts the photo's 2D features into one token per patch of the template head, one layer at "
+    "a time, by cross-attention (paper §3.2). Column *k* is the head the model gives when only layers 1 … *k* "
+    "may look at the photo: the later layers still run, without it (supplement §7). What changes from one "
+    "column to the next is what that layer read from the photo; the last column is the head above."
+)
+
+
+def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image, options: list) -> None:
+    """The "Inside the model" accordion under the reconstruction: the head after each decoder layer, for the
+    current portrait and options (``options``: remove_background, auto_crop, use_whole_image, face_index).
+    Endpoint ``/decoder_layers``."""
+
+    async def decoder_layers(image: str | None, remove_background: bool = True, auto_crop: bool = True,
+                             use_whole_image: bool = False, face_index: int = 0, request: gr.Request = None,
+                             progress: gr.Progress = gr.Progress()):
+        """Shows what each layer of the 3D decoder adds: the head rendered with cross-attention to the photo
+        switched on in decoder layers 1 … k only, for k = 1 … L (PercHead supplement §7).
+
+        Args:
+            image: the portrait (PNG/JPEG/WebP...; an RGBA alpha channel is used as the head mask).
+            remove_background: cut the head out of the background.
+            auto_crop: find the face and crop to the model's framing; off uses the whole image padded square.
+            use_whole_image: when no face is found, use the whole image instead of failing.
+            face_index: which face to use when the photo shows several (0 = the largest).
+
+        Returns:
+            strip: one PNG, a column per decoder layer (front above ¾ left), the last column being the
+                normal model's head (first output).
+            layers: the columns one by one, captioned "layer k of L".
+            heads: the strip and each layer's head as a 3DGS .ply (layer_1.ply … layer_L.ply).
+            timings: seconds per stage.
+            summary: the timings in words and remarks.
+        """
+        from PIL import Image
+
+        from perchead.geometry.gaussians import save_ply
+        from perchead.pipelines.preprocess import PreprocessError
+
+        if not image:
+            raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
+        flags = {name: check_flag(value, name) for name, value in (
+            ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
+        flags["face_index"] = check_count(face_index, "face_index", 0, 99)
+
+        def work(job):
+            layers = holder.get().decoder_layers(image, size=LAYER_VIEW_SIZE, progress=job.reporter(progress), **flags)
+            start = time.perf_counter()
+            strip = job.folder / "decoder_layers.png"
+            Image.fromarray(layers.strip()).save(strip)
+            gallery, files = [], [str(strip)]
+            for k, (column, caption) in enumerate(zip(layers.columns(), layers.column_captions()), start=1):
+                job.check()
+                Image.fromarray(column).save(job.folder / f"layer_{k}.png")
+                gallery.append((str(job.folder / f"layer_{k}.png"), caption))
+                save_ply(layers.gaussians[k - 1][0], job.folder / f"layer_{k}.ply")
+                files.append(str(job.folder / f"layer_{k}.ply"))
+            timings = {**layers.timings, "export": time.perf_counter() - start}
+            line = (f"**{layers.n_layers} decoder layers in {layers.timings['total']:.1f} s** (files in "
+                    f"{timings['export']:.1f} s) · top: {layers.view_captions[0]}, bottom: {layers.view_captions[1]}")
+            summary = "\n".join([line, *(f"- {note}" for note in layers.notes)])
+            return str(strip), gallery, files, {k: round(v, 3) for k, v in timings.items()}, summary
+
+        return await jobs.run(request, "decoder visualisation", work, (PreprocessError,))
+
+    with gr.Accordion("Inside the model: what each decoder layer adds", open=False, elem_id="inside-panel"):
+        gr.Markdown(INSIDE_INTRO)
+        button = gr.Button("Show the decoder layers for this photo", elem_id="inside-button")
+        strip = gr.File(visible=False, elem_id="inside-strip")  # the whole strip as one PNG: the API's first output
+        gallery = gr.Gallery(label="The head after each decoder layer (top: front, bottom: ¾ left)", columns=4,
+                             height=340, object_fit="contain", elem_id="inside-layers")
+        summary = gr.Markdown("Press the button to see the head after each layer.", elem_id="inside-summary")
+        heads = gr.File(label="Each layer's head (.ply) and the strip (.png)", file_count="multiple",
+                        interactive=False, elem_id="inside-downloads")
+        timings = gr.JSON(visible=False)  # seconds per stage, for API clients
+    run_button(button, "Show the decoder layers for this photo", button.click, decoder_layers, [portrait, *options],
+               [strip, gallery, heads, timings, summary], "decoder_layers", summary)
+
+
 # ------------------------------------------------------------------------------------------ reconstruction
 def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs: JobRunner | None = None) -> gr.Blocks:
     """The Gradio UI: the Reconstruction tab (``holder`` supplies the model) and, when ``edit_holder`` has
@@ -472,6 +553,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                 with gr.Column(scale=3, min_width=320):
                     ply, viewer, summary, timings, lower = output_panel()
             video, views, model_input, downloads = lower()
+            build_inside_panel(holder, jobs, image, [remove_background, auto_crop, use_whole_image, face_index])
         run_button(run, "Reconstruct", run.click, reconstruct,
                    [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index, fit_steps],
                    [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", summary)

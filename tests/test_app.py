@@ -252,3 +252,61 @@ def test_unloadable_model_falls_back_with_a_visible_notice(tmp_path):
         assert "Could not load the requested model" in notes
     finally:
         stop(process)
+
+
+# -------------------------------------------------------------------------------- inside the model (supp. §7)
+def decoder_layers(client, path, *flags):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), *(flags or (True, True, False, 0)), api_name="/decoder_layers")
+
+
+def test_decoder_layers_endpoint_one_column_per_layer(client, server, tiny_model):
+    import torch
+    from gradio_client import handle_file
+
+    from perchead.geometry.gaussians import load_ply
+    from perchead.models.config import PercHeadConfig
+
+    L = PercHeadConfig.preset("tiny").decoder.depth
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/decoder_layers"]
+    assert [p["parameter_name"] for p in info["parameters"]] == [
+        "image", "remove_background", "auto_crop", "use_whole_image", "face_index"]
+    strip, layers, files, timings, summary = decoder_layers(client, EXAMPLE)
+    assert Image.open(strip).size == (L * 256, 2 * 256)  # a column per layer; front above ¾ left
+    assert [item["caption"] for item in layers] == [f"layer {k} of {L}" for k in range(1, L + 1)]
+    columns = [np.asarray(Image.open(item["image"]).convert("RGB"), dtype=np.float32) for item in layers]
+    assert all(c.shape == (512, 256, 3) for c in columns)
+    assert min(np.abs(a - b).mean() for a, b in zip(columns, columns[1:])) > 0  # each layer changes the picture
+    names = sorted(Path(f).name for f in files)
+    assert names == ["decoder_layers.png", *(f"layer_{k}.ply" for k in range(1, L + 1))]
+    assert {"encode", "decode", "render", "export", "total"} <= set(timings) and f"{L} decoder layers" in summary
+    # the last layer's head is the head /reconstruct gives without the photo-fit
+    ply, *_ = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 0, api_name="/reconstruct")
+    last = load_ply([f for f in files if f.endswith(f"layer_{L}.ply")][0])
+    torch.testing.assert_close(last.means, load_ply(ply).means)
+    torch.testing.assert_close(last.colors, load_ply(ply).colors)
+    assert server["process"].poll() is None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_image", "upload a portrait"),
+    ("corrupt.png", "corrupt|truncated"),
+    ("no_face.png", "no face"),
+    ("flag", "remove_background must be true or false"),
+    ("face_index", "face_index must be .*0 to 99"),
+])  # fmt: skip
+def test_decoder_layers_endpoint_refuses_bad_input(client, server, case, message):
+    from gradio_client.exceptions import AppError
+
+    path, flags = EXAMPLE, ()
+    if case in BAD_INPUTS:
+        path = server["tmp"] / f"layers_{case}"
+        path.write_bytes(BAD_INPUTS[case][0]())
+    with pytest.raises(AppError, match=message):
+        if case == "no_image":
+            client.predict(None, True, True, False, 0, api_name="/decoder_layers")
+        else:
+            decoder_layers(client, path, *{"flag": ("yes", True, False, 0), "face_index": (True, True, False, 100)}
+                           .get(case, flags))
+    assert server["process"].poll() is None

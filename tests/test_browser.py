@@ -162,3 +162,48 @@ def test_upload_reconstruct_see_the_head_upright_then_download(chromium, app_url
     assert min(distances, key=distances.get) == "front upright", distances
     assert not errors, errors
     page.close()
+
+
+def test_inside_the_model_shows_the_head_after_each_decoder_layer(chromium, app_url, tmp_path):
+    """The "Inside the model" panel: one picture per decoder layer, captioned, and exactly the pipeline's strip."""
+    from perchead.pipelines import PercHeadPipeline
+
+    shots = Path(os.environ.get("PERCHEAD_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page = chromium.new_page()
+    page.set_viewport_size({"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(app_url, timeout=60_000)
+    page.get_by_text("Ready:", exact=False).first.wait_for(timeout=90_000)
+    page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE))
+    page.wait_for_selector("#portrait img", timeout=30_000)
+
+    page.get_by_text("Inside the model: what each decoder layer adds").click()
+    page.locator("#inside-button").click()
+    expected = PercHeadPipeline.from_pretrained(str(ROOT / "weights_card"), device="cpu").decoder_layers(
+        str(EXAMPLE), size=256)
+    n = expected.n_layers
+    page.wait_for_function(
+        f"() => {{ const im = [...document.querySelectorAll('#inside-layers img')];"
+        f" return im.length >= {n} && im.every(i => i.complete && i.naturalWidth > 0) }}", timeout=120_000)
+    panel = page.locator("#inside-panel")
+    panel.scroll_into_view_if_needed()
+    panel.screenshot(path=str(shots / "app_inside_the_model.png"))
+    for k in range(1, n + 1):
+        assert page.locator("#inside-layers").get_by_text(f"layer {k} of {n}").count() >= 1, k
+    assert "decoder layers in" in page.locator("#inside-summary").inner_text()
+
+    # the pictures the page shows are the pipeline's columns, in order, and they differ from layer to layer
+    images = page.locator("#inside-layers img")
+    shown = []
+    for i in range(n):
+        body = page.request.get(images.nth(i).get_attribute("src")).body()
+        shown.append(np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.float32))
+    for k, (picture, column) in enumerate(zip(shown, expected.columns())):
+        assert picture.shape == column.shape and np.abs(picture - column).mean() < 1.0, k
+    assert min(np.abs(a - b).mean() for a, b in zip(shown, shown[1:])) > 0.5
+    thumbs = [np.asarray(Image.open(io.BytesIO(images.nth(i).screenshot())).convert("RGB")) for i in range(n)]
+    assert all(foreground(t).mean() > 0.05 for t in thumbs), "a layer's picture is blank on the page"
+    assert not errors, errors
+    page.close()

@@ -281,3 +281,28 @@ def test_mixing_ratios():
         MixedDataset([(a, -1.0)])
     with pytest.raises(ValueError, match="at least one"):
         MixedDataset([])
+
+
+def test_decoder_layers_figure(tmp_path):
+    from pathlib import Path
+
+    from perchead.data.figures import decoder_layers_figure, main
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
+    from perchead.pipelines.reconstruct import PercHeadPipeline
+
+    photo = Path(__file__).resolve().parents[1] / "examples" / "head0_front.png"
+    torch.manual_seed(0)
+    pipe = PercHeadPipeline(PercHead(PercHeadConfig.preset("tiny")), device="cpu")
+    L, S = pipe.model.config.decoder.depth, 40
+    path = decoder_layers_figure(pipe, [str(photo), str(photo)], tmp_path / "layers.png", size=S)
+    figure = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    header = figure.shape[0] - 4 * S  # two photos × (front, ¾) rows under one row of labels
+    assert figure.shape == (header + 4 * S, (1 + L) * S, 3) and 0 < header < 30
+    body = figure[header:]
+    assert (body[S : 2 * S, :S] == 255).all() and (body[:S, :S] < 200).any()  # the input above a blank tile
+    strip = pipe.decoder_layers(str(photo), size=S).strip()  # [2S, L·S, 3]
+    assert np.abs(body[: 2 * S, S:] - strip).max() <= 1  # then exactly the pipeline's strip
+    main(["--model", str(pipe.model.save_pretrained(tmp_path / "model")), "--output", str(tmp_path / "cli.png"),
+          "--size", str(S), str(photo)])
+    assert Image.open(tmp_path / "cli.png").size == ((1 + L) * S, header + 2 * S)

@@ -89,3 +89,44 @@ def test_bad_inputs(pipe):
         pipe(image, mask[:, :10])
     with pytest.raises(ValueError, match="float"):
         pipe((image * 255).to(torch.uint8), mask)
+
+
+# ------------------------------------------------------------------------------ decoder layers (supplement §7)
+def test_decoder_layers_one_column_per_layer_the_last_is_the_model(pipe):
+    image, mask = portrait()
+    layers = pipe.decoder_layers(torch.stack([image, image.flip(-1)]), torch.stack([mask, mask.flip(-1)]), size=40)
+    L = pipe.model.config.decoder.depth
+    assert layers.n_layers == L == len(layers.gaussians) and layers.view_captions == ["front", "¾ left"]
+    assert layers.rgb.shape == (2, L, 2, 3, 40, 40) and layers.alpha.shape == (2, L, 2, 1, 40, 40)
+    assert layers.column_captions() == [f"layer {k} of {L}" for k in range(1, L + 1)]
+    strip = layers.strip(1)
+    assert strip.shape == (2 * 40, L * 40, 3) and strip.dtype.name == "uint8"
+    assert set(layers.timings) == {"preprocess", "encode", "decode", "gaussians", "render", "total"}
+    # the last column is the normal model's head and render, exactly; column k is cross_attn_until=k
+    normal = pipe(torch.stack([image, image.flip(-1)]), torch.stack([mask, mask.flip(-1)]), cameras=layers.cameras)
+    assert torch.equal(layers.rgb[:, -1], normal.views.rgb)
+    assert torch.equal(layers.gaussians[-1].means, normal.gaussians.means)
+    first = pipe(image, mask, cameras=layers.cameras, cross_attn_until=0)
+    torch.testing.assert_close(layers.rgb[0, 0], first.views.rgb[0])
+    torch.testing.assert_close(layers.gaussians[0][0].colors, first.gaussians[0].colors)
+    # every layer's cross-attention changes the head (the columns would be equal if it were ignored)
+    for k in range(L - 1):
+        assert not torch.equal(layers.gaussians[k].colors, layers.gaussians[k + 1].colors), k  # (a fresh head predicts no offsets yet)
+
+
+def test_decoder_layers_of_the_bundled_model_on_a_photo():
+    from perchead.pipelines.preprocess import PreprocessError
+
+    trained = PercHeadPipeline.from_pretrained(str(PHOTO.parents[1] / "weights_card"), device="cpu")
+    layers = trained.decoder_layers(str(PHOTO))
+    assert layers.preprocessed is not None and layers.rgb.shape[1] == trained.model.config.decoder.depth
+    columns = layers.columns()
+    for k in range(layers.n_layers):
+        head = (columns[k].astype(float) < 200).any(-1).mean()  # non-white pixels
+        assert 0.1 < head < 0.9, (k, head)  # a head in every picture, not an empty or filled frame
+    change = [float((layers.rgb[0, k + 1] - layers.rgb[0, k]).abs().mean()) for k in range(layers.n_layers - 1)]
+    assert min(change) > 2e-3, change  # each layer visibly changes the render
+    with pytest.raises(ValueError, match="no mask"):
+        trained.decoder_layers(str(PHOTO), torch.ones(1, 64, 64))
+    with pytest.raises(PreprocessError):
+        trained.decoder_layers(b"not an image")

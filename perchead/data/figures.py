@@ -1,7 +1,11 @@
-"""Labelled image grids of synthetic heads: the contact sheet of a model's predictions beside ground truth.
+"""Labelled image grids: the contact sheet of a model's predictions beside ground truth, and the decoder layers.
 
-Training writes one every ``--eval-every`` steps and the reconstruction evaluation one per run; the
-editing evaluation writes its figure with :func:`save_labelled_grid`.
+Training writes a contact sheet every ``--eval-every`` steps and the reconstruction evaluation one per run;
+the editing evaluation writes its figure with :func:`save_labelled_grid`. :func:`decoder_layers_figure`
+shows the head after each 3D decoder layer (supplement §7); the README's figure is
+
+    python -m perchead.data.figures --model weights_card --output docs/decoder_layers.png \
+        examples/head0_front.png examples/head1_three_quarter.png examples/photo_astronaut.jpg
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import Tensor, nn
 
 from perchead.data.synthetic import make_head, render_head, split_seeds
 from perchead.pipelines.preprocess import to_uint8
+from perchead.pipelines.reconstruct import PercHeadPipeline
 
 CONTACT_VIEWS = (("front", 0.0, 0.0), ("side", 90.0, 0.0), ("back", 180.0, 0.0), ("top", 0.0, 75.0))
 
@@ -67,3 +72,49 @@ def save_labelled_grid(grid: Tensor, labels: list[str], size: int, path: str | P
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def decoder_layers_figure(pipeline: PercHeadPipeline, photos: list, path: str | Path, size: int | None = None) -> Path:
+    """Writes a PNG: per photo, the model input, then the head after decoder layer 1 … L (front above ¾ left).
+
+    Args:
+        pipeline: the reconstruction pipeline.
+        photos: portraits (paths or anything :meth:`PercHeadPipeline.decoder_layers` takes).
+        path: output PNG.
+        size: side of each picture (default: the model's render size).
+
+    Returns:
+        The path.
+    """
+    import torch.nn.functional as F
+
+    size = size or pipeline.model.config.render.render_size
+    rows = []
+    for photo in photos:
+        layers = pipeline.decoder_layers(photo, size=size)
+        image = F.interpolate(layers.preprocessed[0].image.float(), size=(size, size), mode="bilinear",
+                              antialias=True)[0].clamp(0, 1).cpu()  # [3, S, S]
+        inputs = torch.cat([image, torch.ones_like(image).expand(3, (len(layers.view_captions) - 1) * size, size)], 1)
+        columns = [layers.rgb[0, k].transpose(0, 1).flatten(1, 2).float().cpu() for k in range(layers.n_layers)]
+        rows.append(torch.cat([inputs, *columns], dim=-1))  # [3, V·S, (1 + L)·S]
+    labels = ["input", *(f"layer {k + 1}" + (" = model" if k + 1 == layers.n_layers else "")
+                         for k in range(layers.n_layers))]
+    return save_labelled_grid(torch.cat(rows, dim=-2), labels, size, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m perchead.data.figures",
+                                     description="the decoder-layer figure (supplement §7) of some portraits")
+    parser.add_argument("photos", nargs="+", help="portraits (one pair of rows each)")
+    parser.add_argument("--model", default="weights_card", help="checkpoint folder or Hub repo id")
+    parser.add_argument("--output", default="decoder_layers.png", help="PNG to write")
+    parser.add_argument("--size", type=int, default=None, help="side of each picture (default: the render size)")
+    args = parser.parse_args(argv)
+    pipeline = PercHeadPipeline.from_pretrained(args.model)
+    print(decoder_layers_figure(pipeline, args.photos, args.output, args.size))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ Example::
     rec.gaussians[0], rec.views.rgb[0], rec.timings               # always batched: [B, N, …], [B, V, …]
 
 ``perchead.pipelines.outputs.write_outputs`` turns a head into files, novel views and a turntable.
+:meth:`PercHeadPipeline.decoder_layers` shows what each 3D decoder layer adds (supplement §7).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from perchead.pipelines.fit import FitConfig, check_steps, fit_to_photo, with_st
 from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from perchead.render import RenderOutput
+
+# (caption, azimuth°, elevation°) of the decoder visualisation's views; azimuth +90 is the head's own left
+DECODER_VIEWS: tuple[tuple[str, float, float], ...] = (("front", 0.0, 0.0), ("¾ left", 45.0, 0.0))
 
 
 @dataclass
@@ -49,6 +55,55 @@ class Reconstruction:
     preprocessed: list[Preprocessed] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DecoderLayers:
+    """What :meth:`PercHeadPipeline.decoder_layers` returns: the head after each of the L decoder layers.
+
+    Column k (0-based) is a full forward pass with cross-attention in decoder layers 0..k only; the MLPs
+    and skip connections of the later layers still run (supplement §7). The last column is the normal model.
+
+    Attributes:
+        gaussians: the heads of each column, L × ``[B, N, …]``.
+        rgb: their renders. ``[B, L, V, 3, H, W]``
+        alpha: their alpha. ``[B, L, V, 1, H, W]``
+        cameras: the V views (front and ¾ left by default).
+        view_captions: a caption per view ("front", "¾ left").
+        preprocessed: how each photo became the model input; None for tensor input.
+        timings: seconds per stage: ``preprocess``, ``encode``, ``decode`` (all L passes), ``gaussians``,
+            ``render``, ``total``.
+        notes: remarks from preprocessing.
+    """
+
+    gaussians: list[Gaussians]
+    rgb: Tensor
+    alpha: Tensor
+    cameras: Cameras
+    view_captions: list[str]
+    preprocessed: list[Preprocessed] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.gaussians)
+
+    def column_captions(self) -> list[str]:
+        """One caption per column: "layer 1 of L", …"""
+        return [f"layer {k + 1} of {self.n_layers}" for k in range(self.n_layers)]
+
+    def columns(self, b: int = 0) -> list[np.ndarray]:
+        """Head ``b``'s columns as pictures, the views stacked top to bottom. L × ``[V·H, W, 3]`` uint8"""
+        from perchead.pipelines.preprocess import to_uint8
+
+        return [to_uint8(self.rgb[b, k].transpose(0, 1).flatten(1, 2)) for k in range(self.n_layers)]
+
+    def strip(self, b: int = 0) -> np.ndarray:
+        """Head ``b``'s columns side by side: one row per view, one column per layer. ``[V·H, L·W, 3]`` uint8"""
+        import numpy as np
+
+        return np.concatenate(self.columns(b), axis=1)
 
 
 class PercHeadPipeline:
@@ -163,18 +218,7 @@ class PercHeadPipeline:
         timer = StageTimer(self.device)
         # 1. a photo → crop + mask with the training framing; tensors → checked and resized
         progress(0.0, "preprocessing (crop + background removal)")
-        prepared = None
-        if isinstance(image, Tensor):
-            if preprocess_options:
-                raise ValueError(f"preprocessing options {sorted(preprocess_options)} apply to photos, not tensors")
-            if mask is None:
-                raise ValueError("prepared image tensors need their mask")
-        else:
-            if mask is not None:
-                raise ValueError("a photo is cut out by the pipeline: pass no mask with it")
-            prepared = [preprocess(image, self.preprocess_config(**preprocess_options))]
-            image, mask = prepared[0].image, prepared[0].mask
-        image, mask = self.prepare(image, mask)  # [B, 3, S, S], [B, 1, S, S]
+        image, mask, prepared = self._model_input(image, mask, preprocess_options)  # [B, 3, S, S], [B, 1, S, S]
         timer("preprocess")
         progress(0.1, "reconstructing the 3D head")
         with inference_autocast(self.device):
@@ -202,6 +246,91 @@ class PercHeadPipeline:
         notes = [note for prep in prepared or [] for note in prep.notes] + fit_notes
         return Reconstruction(gaussians=gaussians, views=views, preprocessed=prepared, timings=timer.total(),
                               notes=notes)
+
+    @torch.no_grad()
+    def decoder_layers(
+        self,
+        image: ImageSource | Tensor,
+        mask: Tensor | None = None,
+        *,
+        cameras: Cameras | None = None,
+        size: int | None = None,
+        refine: bool = True,
+        progress: Progress = no_progress,
+        **preprocess_options,
+    ) -> DecoderLayers:
+        """The head after each decoder layer: what each layer's cross-attention adds (supplement §7).
+
+        The 2D tokens are encoded once; the decoder then runs L times, with cross-attention switched off
+        after layer 1, 2, …, L (``cross_attn_until`` = 0 … L−1), and the L heads are rendered in one batch.
+
+        Args:
+            image, mask, **preprocess_options: as for :meth:`__call__` (a photo, or prepared tensors + mask).
+            cameras: the views of every column (default: front and ¾ left, :data:`DECODER_VIEWS`).
+            size: the side of the default views (default: the model's render size).
+            refine: apply the CNN refiner to the renders.
+            progress: called with (fraction, stage) before each stage and each layer; may raise to stop.
+
+        Returns:
+            :class:`DecoderLayers`; its last column is the normal model's head.
+
+        Raises:
+            perchead.pipelines.preprocess.PreprocessError: a photo that cannot be used.
+            ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors.
+        """
+        timer = StageTimer(self.device)
+        progress(0.0, "preprocessing (crop + background removal)")
+        image, mask, prepared = self._model_input(image, mask, preprocess_options)  # [B, 3, S, S], [B, 1, S, S]
+        timer("preprocess")
+        captions = [caption for caption, _, _ in DECODER_VIEWS]
+        if cameras is None:
+            cameras = self.model.default_cameras([v[1] for v in DECODER_VIEWS], [v[2] for v in DECODER_VIEWS], size=size)
+        else:
+            captions = [f"view {v + 1}" for v in range(cameras.viewmats.shape[0])]
+        n_layers = len(self.model.decoder.layers)
+        progress(0.1, "encoding the photo")
+        with inference_autocast(self.device):
+            tokens2d = self.model.encode(image, mask)
+            timer("encode")
+            tokens3d = []
+            for k in range(n_layers):
+                progress(0.1 + 0.6 * k / n_layers, f"decoding with cross-attention up to layer {k + 1} of {n_layers}")
+                tokens3d.append(self.model.decode(tokens2d, cross_attn_until=k))  # [B, P, D]
+            timer("decode")
+        B = image.shape[0]
+        progress(0.7, "rendering every layer's head")
+        heads = self.model.to_gaussians(torch.cat(tokens3d).float()).float()  # [L·B, N, …], layer-major
+        timer("gaussians")
+        out = self.model.render_views(heads, cameras, refine=refine)  # rgb [L·B, V, 3, H, W]
+        timer("render")
+        return DecoderLayers(
+            gaussians=[heads[k * B : (k + 1) * B] for k in range(n_layers)],
+            rgb=out.rgb.unflatten(0, (n_layers, B)).transpose(0, 1),  # [B, L, V, 3, H, W]
+            alpha=out.alpha.unflatten(0, (n_layers, B)).transpose(0, 1),  # [B, L, V, 1, H, W]
+            cameras=cameras, view_captions=captions, preprocessed=prepared, timings=timer.total(),
+            notes=[note for prep in prepared or [] for note in prep.notes],
+        )
+
+    def _model_input(self, image: ImageSource | Tensor, mask: Tensor | None,
+                     preprocess_options: dict) -> tuple[Tensor, Tensor, list[Preprocessed] | None]:
+        """A photo → its crop and mask (with the training framing); tensors → checked and resized.
+
+        Returns:
+            (image ``[B, 3, S, S]``, mask ``[B, 1, S, S]``, the photo's preprocessing or None for tensors).
+        """
+        prepared = None
+        if isinstance(image, Tensor):
+            if preprocess_options:
+                raise ValueError(f"preprocessing options {sorted(preprocess_options)} apply to photos, not tensors")
+            if mask is None:
+                raise ValueError("prepared image tensors need their mask")
+        else:
+            if mask is not None:
+                raise ValueError("a photo is cut out by the pipeline: pass no mask with it")
+            prepared = [preprocess(image, self.preprocess_config(**preprocess_options))]
+            image, mask = prepared[0].image, prepared[0].mask
+        image, mask = self.prepare(image, mask)
+        return image, mask, prepared
 
     def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
              config: FitConfig, progress: Progress) -> tuple[Gaussians, list[str]]:
