@@ -172,7 +172,8 @@ def probe_clip(path: str | os.PathLike, config: SequenceConfig | None = None) ->
             small, longer than ``max_seconds``.
     """
     config = config or SequenceConfig()
-    meta = _open(path, [])[0]
+    meta, frames = _open(path, ["-frames:v", "1"])
+    frames.close()  # stops ffmpeg: only the header was wanted
     width, height = meta["source_size"]
     if width * height > config.max_source_pixels:
         raise ClipError(f"the video's frames are {width}×{height}, above the {config.max_source_pixels / 1e6:.1f}-megapixel "
