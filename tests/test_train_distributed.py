@@ -14,9 +14,10 @@ import textwrap
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from perchead.training.config import TrainConfig
+from perchead.training.config import TrainConfig, process_seed
 from perchead.training.train import per_process_batch, train
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,7 @@ WORKER = textwrap.dedent('''
     import dataclasses, os, sys
     from safetensors.torch import save_file
     from perchead.training import train as T
+    from perchead.training.config import process_seed
 
     crash_in_step = int(os.environ.get("CRASH_IN_STEP", "0"))  # counted from this launch's first step
     built, steps = [], [0]
@@ -48,7 +50,8 @@ WORKER = textwrap.dedent('''
     argv = sys.argv[1:]
     T.main(argv)
     out = argv[argv.index("--output") + 1]
-    save_file(built[-1].checkpoint_state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.safetensors"))
+    save_file(built[-1].checkpoint_state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.safetensors"),
+              metadata={"augment_seed": str(process_seed(0))})
 ''')
 
 
@@ -95,6 +98,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
 
     # (a) both processes end with identical weights
     rank0, rank1 = load_file(str(multi / "rank0.safetensors")), load_file(str(multi / "rank1.safetensors"))
+    seeds = [safe_open(str(multi / f"rank{r}.safetensors"), "pt").metadata()["augment_seed"] for r in (0, 1)]
+    assert seeds[0] == "0" and seeds[1] != "0"  # the processes augment their shares independently
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
@@ -121,5 +126,6 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
 
 def test_global_batch_must_split_over_the_processes():
     assert per_process_batch(8, 2) == 4 and per_process_batch(3, 1) == 3
+    assert process_seed(5) == 5  # one process: the seed as given
     with pytest.raises(ValueError, match="does not split evenly over 2 processes"):
         per_process_batch(3, 2)

@@ -205,6 +205,16 @@ class Task:
     finish: Callable[[nn.Module, TrainConfig, Path, list[dict[str, Any]]], None] | None = None
 
 
+def process_seed(seed: int) -> int:
+    """The seed of a loss's own random draws (augmentation) in this process: ``seed`` on one process and on
+    rank 0, offset on the other ranks of a data-parallel run, so that the processes augment their shares of
+    the batch independently rather than all alike."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return seed + 1_000_003 * rank
+
+
 def all_parameters(model: nn.Module, phase: int) -> list[nn.Parameter]:
     """Every parameter, in every phase (tasks with one phase)."""
     return list(model.parameters())

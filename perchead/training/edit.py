@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perchead.training.config import LossFn, Task, TrainConfig, task_options
+from perchead.training.config import LossFn, Task, TrainConfig, process_seed, task_options
 from perchead.training.reconstruct import build_dataset, build_reconstruct_loss, reconstruct_trainable
 
 
@@ -179,8 +179,8 @@ def build_edit_loss(config: TrainConfig, phase: int) -> LossFn:
     for key, value in options.items():
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"--options {key} must be a fraction in [0, 1], got {value}")
-    generator = torch.Generator().manual_seed(config.seed + 7919 * phase)
-    rng = np.random.default_rng([config.seed, phase])
+    generator = torch.Generator().manual_seed(process_seed(config.seed) + 7919 * phase)
+    rng = np.random.default_rng([process_seed(config.seed), phase])
 
     def predict(model: nn.Module, batch: dict[str, Any]):
         labels = batch.get("labels")  # [B, H, W]

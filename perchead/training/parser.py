@@ -23,7 +23,7 @@ from torch import Tensor
 
 from perchead.geometry.segmentation import BACKGROUND, CLASSES, FLIP_PERMUTATION, NUM_CLASSES, mask_iou
 from perchead.models.face_parser import FaceParser, segformer_config
-from perchead.training.config import Task, TrainConfig, all_parameters, task_options
+from perchead.training.config import Task, TrainConfig, all_parameters, process_seed, task_options
 
 # ---------------------------------------------------------------------------------------------- training
 IGNORE = 255  # label id of unknown pixels in the uint8 training maps (the multi-view format's convention)
@@ -352,7 +352,7 @@ def build_parser_loss(config: TrainConfig, phase: int):
         raise ValueError("--eval-every renders reconstructions; set it to 0 for --task parser")
     options = task_options(config, OPTIONS)
     weights = parser_data(config)[2]
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(process_seed(config.seed))
 
     def loss_fn(model: FaceParser, batch: dict) -> tuple[Tensor, dict[str, float]]:
         x, y = batch["image"].cpu(), batch["labels"].cpu().long()  # [B, 3, S, S] uint8, [B, S, S]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from perchead.training.config import LossFn, Task, TrainConfig, task_options
+from perchead.training.config import LossFn, Task, TrainConfig, process_seed, task_options
 from perchead.training.losses import LossConfig, ReconstructionLoss
 
 
@@ -83,7 +83,7 @@ def photo_like_predict(config: TrainConfig, phase: int) -> Callable:
     if fraction == 0.0:
         return predict_from_image
     augment = InputAugmentConfig(p=fraction)
-    generator = torch.Generator().manual_seed(config.seed + 104729 * phase)
+    generator = torch.Generator().manual_seed(process_seed(config.seed) + 104729 * phase)
 
     def predict(model: nn.Module, batch: dict[str, Any]):
         image, mask = augment_inputs(batch["image"], batch["mask"], augment, generator)

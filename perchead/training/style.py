@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from perchead.models.base import WEIGHTS_NAME
 from perchead.models.style_encoder import StyleConfig, StyleEncoder, style_config
-from perchead.training.config import Task, TrainConfig, all_parameters, task_options
+from perchead.training.config import Task, TrainConfig, all_parameters, process_seed, task_options
 
 HAIR_COLOR_WORDS = ("black", "dark brown", "brown", "blonde", "red", "grey", "white", "blue", "pink", "green",
                     "purple")  # every hair colour of perchead.data.synthetic.HAIR_COLORS
@@ -381,8 +381,8 @@ def build_style_loss(config: TrainConfig, phase: int):
     """CLIP's symmetric InfoNCE over augmented images and captions, multi-positive by entailment."""
     if config.eval_every:
         raise ValueError("--eval-every renders reconstructions; set it to 0 for --task style")
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(process_seed(config.seed))
+    generator = torch.Generator().manual_seed(process_seed(config.seed))
 
     def loss_fn(model: StyleEncoder, batch: dict) -> tuple[Tensor, dict[str, float]]:
         captions = list(batch["caption"])
