@@ -98,3 +98,20 @@ def test_smoke_evaluation_writes_json(tmp_path, capsys):
 
     w, h = Image.open(sheet).size
     assert w == 9 * 64 and h == 2 * 64 + 14
+
+
+def test_photo_like_inputs_change_the_inputs_not_the_targets(tmp_path):
+    """The robustness protocol feeds augmented inputs: the billboard (the input picture itself) scores
+    differently, while the template model (which ignores the picture's colours) is unaffected in its targets."""
+    from perchead.evaluation.reconstruction import EvalConfig, evaluate
+    from perchead.models.config import PercHeadConfig
+    from perchead.models.perchead import PercHead
+
+    torch.manual_seed(0)
+    model = PercHead(PercHeadConfig.preset("tiny"))
+    clean = evaluate(model, EvalConfig(subjects=1, novel_targets=2), progress=False)
+    photo = evaluate(model, EvalConfig(subjects=1, novel_targets=2, photo_like_inputs=True), progress=False)
+    assert photo["novel"]["billboard"]["psnr"] != pytest.approx(clean["novel"]["billboard"]["psnr"], abs=1e-4)
+    again = evaluate(model, EvalConfig(subjects=1, novel_targets=2, photo_like_inputs=True), progress=False)
+    assert again["novel"]["billboard"]["psnr"] == photo["novel"]["billboard"]["psnr"]  # seeded per head
+    assert photo["meta"]["config"]["photo_like_inputs"] is True

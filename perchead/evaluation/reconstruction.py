@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perchead.data.augment import InputAugmentConfig, augment_inputs
 from perchead.data.figures import contact_sheet
 from perchead.geometry.cameras import Cameras
 from perchead.evaluation.metrics import finite_mean, network_metrics
@@ -56,6 +57,9 @@ class EvalConfig:
         seed: seed of the random input / target view draws.
         fit_steps: photo-fit steps (:mod:`perchead.pipelines.fit`) for an extra row ``ours_fit``: our head
             refined against its input picture from the protocol's input camera (0 = no such row).
+        photo_like_inputs: robustness protocol (ours): every input view goes through
+            :func:`perchead.data.augment.augment_inputs` (lighting, colour, blur, noise, JPEG, matte and crop
+            errors, seeded per head) while the targets stay clean renders, as with a matted real photo.
     """
 
     subjects: int = 100
@@ -65,6 +69,7 @@ class EvalConfig:
     extreme_elevation: float = 60.0
     seed: int = 0
     fit_steps: int = 0
+    photo_like_inputs: bool = False
 
     def __post_init__(self) -> None:
         from perchead.pipelines.fit import check_steps
@@ -283,6 +288,9 @@ def evaluate(model: nn.Module, config: EvalConfig, contact_sheet_path: str | Non
         ):
             input_cams = _cameras(inputs, model, in_size)
             image, mask = _ground_truth(head, input_cams)  # [B, 3, s, s], [B, 1, s, s]
+            if config.photo_like_inputs:
+                image, mask = augment_inputs(image, mask, InputAugmentConfig(p=1.0),
+                                             torch.Generator().manual_seed(config.seed * 100_003 + i))
             flat_targets = [v for views in target_views for v in views]
             target_cams = _cameras(flat_targets, model, size)
             gt, _ = _ground_truth(head, target_cams)  # [B·V, 3, S, S]
@@ -372,13 +380,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eval-size", type=int, default=None, help="target view size (default: model render_size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-steps", type=int, default=0, help="also score our head after this many photo-fit steps")
+    p.add_argument("--photo-like-inputs", action="store_true",
+                   help="robustness: inputs made to look like matted photos (targets stay clean)")
     p.add_argument("--contact-sheet", default=None, help="also write a contact-sheet PNG here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     model = PercHead.from_pretrained(args.model).to(args.device)
     config = EvalConfig(subjects=args.subjects, split=args.split, novel_targets=args.novel_targets,
-                        eval_size=args.eval_size, seed=args.seed, fit_steps=args.fit_steps)
+                        eval_size=args.eval_size, seed=args.seed, fit_steps=args.fit_steps,
+                        photo_like_inputs=args.photo_like_inputs)
     results = evaluate(model, config, contact_sheet_path=args.contact_sheet, progress=not args.no_progress)
     write_results(results, args.model, args.output, markdown_table(results))
     return results
