@@ -12,6 +12,7 @@
 
     python benchmarks/video.py                       # bundled weights_card/, 10 s
     python benchmarks/video.py --seconds 4 --heads 6 --output video.json
+    python benchmarks/video.py --figure docs/video_frames.jpg   # also: 4 frames of the speed clip's output
 """
 
 from __future__ import annotations
@@ -63,6 +64,17 @@ def run(pipe: SequencePipeline, frames: np.ndarray, folder: Path, name: str):
     return pipe(path, folder / name)
 
 
+def save_frames(video: Path, path: str, count: int = 4) -> None:
+    """Tiles ``count`` (even) evenly spaced frames of the side-by-side output video two per row into one JPEG."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    frames = np.stack(list(iio.imiter(video)))  # [T, H, W, 3]
+    picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
+    rows = [np.concatenate([frames[i] for i in picks[r:r + 2]], axis=1) for r in range(0, count, 2)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=85)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="weights_card")
@@ -70,6 +82,7 @@ def main() -> None:
     parser.add_argument("--still-frames", type=int, default=30, help="frames of the jittered still head")
     parser.add_argument("--heads", type=int, default=10, help="different heads for the identity comparison")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
+    parser.add_argument("--figure", default=None, help="also save 4 frames of the side-by-side video (JPEG) here")
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -95,6 +108,8 @@ def main() -> None:
             "frames_per_second": round(out.frames / out.timings["total"], 2),
             "seconds_per_frame": {k: round(v / out.frames, 4) for k, v in out.timings.items() if k != "total"},
         }  # fmt: skip
+        if args.figure:
+            save_frames(out.video, args.figure)
         # 2. stability: one head held still, the camera jittering
         S = args.still_frames
         still = np.zeros((1, S, 5), np.float32)
