@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 HAIR, SKIN = 13, 1  # CelebAMask-HQ class ids (perchead.geometry.segmentation.CLASSES)
 COLOR_CLASSES = {"hair": HAIR, "skin": SKIN}
-DEFAULT_COLORS = ("black", "blonde", "red", "white", "blue")  # hair colours of the prompts "<c> hair"
+DEFAULT_COLORS = ("black", "brown", "blonde", "red", "grey", "white", "blue", "pink", "green", "purple")  # "<c> hair"
 DEFAULT_VIEWS = (("front", 0.0, 0.0), ("three_quarter", 45.0, 0.0), ("profile", 90.0, 0.0))  # (name, az, el)
 MIN_PIXELS = 10  # a colour region with fewer pixels counts as absent
 

@@ -3,12 +3,12 @@
 It builds :class:`~perchead.models.editor.PercHeadEditor` from the base checkpoint (``--init-from``; decoder,
 Gaussian head and refiner copied, a fresh editing encoder) and trains it on the input view's label map
 (``sample["labels"]``) plus one style token from the frozen style encoder (``--style``): the image embedding
-of another view of the same subject, or for a fraction of samples the TEXT embedding of a prompt made from
-the subject's caption, so that the model learns the text side of CLIP's embedding space that the app's
-prompts use (text and image embeddings lie apart: the modality gap). For another fraction, the hair of
-every view is repainted with a uniformly drawn colour (:func:`perchead.data.augment.recolor_hair`) and
-the caption follows, so rare colours (blonde, red, blue, …) are as common as dark brown. Targets, losses,
-phases and data are those of ``reconstruct``.
+of another view of the same subject (as in the paper). Two options (``OPTIONS``, off by default) change the
+style input: ``text_fraction`` styles that fraction of samples by the TEXT embedding of a prompt made from
+the subject's caption (the app's prompts are text, and text and image embeddings lie apart: the modality
+gap); ``recolor_fraction`` repaints the hair of every view of that fraction of samples with a uniformly
+drawn colour (:func:`perchead.data.augment.recolor_hair`), the caption following, so that rare colours are
+as common as dark brown. Targets, losses, phases and data are those of ``reconstruct``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from perchead.training.reconstruct import build_dataset, build_reconstruct_loss,
 
 
 _STYLE_ENCODERS: dict[str, nn.Module] = {}
-OPTIONS = {  # --options of the edit task (ours)
-    "text_fraction": 0.5,  # samples styled by a caption prompt's text embedding (the rest: a reference view's image)
-    "recolor_fraction": 0.5,  # samples whose hair is repainted with a uniformly drawn hair colour
+OPTIONS = {  # --options of the edit task (ours; both off by default, as the bundled editing model was trained)
+    "text_fraction": 0.0,  # samples styled by a caption prompt's text embedding (the rest: a reference view's image)
+    "recolor_fraction": 0.0,  # samples whose hair is repainted with a uniformly drawn hair colour
 }
 
 
