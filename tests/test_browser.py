@@ -98,6 +98,17 @@ def reference_views(ply_path: Path) -> dict[str, np.ndarray]:
     return {"front upright": front, "back upright": back, "front flipped": front[::-1], "back flipped": back[::-1]}
 
 
+def open_app(chromium, url: str):
+    """A desktop-sized page on the app, once its models are ready; returns (page, the page's JS errors)."""
+    page = chromium.new_page()
+    page.set_viewport_size({"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url, timeout=60_000)
+    page.get_by_text("Ready:", exact=False).first.wait_for(timeout=90_000)
+    return page, errors
+
+
 def canvas_rgb(canvas) -> np.ndarray:
     """The viewer's picture; the top 40 px, under the component's label and download button, are blanked."""
     rgb = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).copy()
@@ -110,12 +121,7 @@ def test_upload_reconstruct_see_the_head_upright_then_download(chromium, app_url
 
     shots = Path(os.environ.get("PERCHEAD_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    page = chromium.new_page()
-    page.set_viewport_size({"width": 1366, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(app_url, timeout=60_000)
-    page.get_by_text("Ready:", exact=False).first.wait_for(timeout=90_000)
+    page, errors = open_app(chromium, app_url)
 
     page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE))
     page.wait_for_selector("#portrait img", timeout=30_000)
@@ -170,12 +176,7 @@ def test_inside_the_model_shows_the_head_after_each_decoder_layer(chromium, app_
 
     shots = Path(os.environ.get("PERCHEAD_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    page = chromium.new_page()
-    page.set_viewport_size({"width": 1366, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(app_url, timeout=60_000)
-    page.get_by_text("Ready:", exact=False).first.wait_for(timeout=90_000)
+    page, errors = open_app(chromium, app_url)
     page.locator("#portrait input[type=file]").set_input_files(str(EXAMPLE))
     page.wait_for_selector("#portrait img", timeout=30_000)
 

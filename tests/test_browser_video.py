@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_app import start_app, stop  # tests/ is on sys.path under pytest
-from test_browser import chromium  # noqa: F401  (the chromium fixture)
+from test_browser import chromium, open_app  # noqa: F401  (the chromium fixture)
 from test_sequence import FPS, SECONDS, moving_head
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -39,12 +39,7 @@ def test_upload_a_clip_and_see_the_side_by_side_video(chromium, video_app, tmp_p
     url, clip = video_app
     shots = Path(os.environ.get("PERCHEAD_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    page = chromium.new_page()
-    page.set_viewport_size({"width": 1366, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url, timeout=60_000)
-    page.get_by_text("Ready:", exact=False).first.wait_for(timeout=90_000)
+    page, errors = open_app(chromium, url)
 
     page.get_by_role("tab", name="Video").click()
     page.locator("#video-input input[type=file]").set_input_files(str(clip))
