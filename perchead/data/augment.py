@@ -204,7 +204,7 @@ def recolor_hair(images: Tensor, labels: Tensor, old_rgb: Tensor, new_rgb: Tenso
         images: ``[B, V, 3, H, W]`` in [0, 1].
         labels: ``[B, V, H, W]`` class ids (hair = 13; -1 = unknown, left alone).
         old_rgb: ``[B, 3]`` the hair albedo the heads were rendered with.
-        new_rgb: ``[B, 3]`` the albedo to paint (rows equal to ``old_rgb`` leave a sample unchanged).
+        new_rgb: ``[B, 3]`` the albedo to paint; a sample whose row equals ``old_rgb`` is returned unchanged.
 
     Returns:
         ``[B, V, 3, H, W]`` recoloured images (a new tensor).
@@ -219,4 +219,6 @@ def recolor_hair(images: Tensor, labels: Tensor, old_rgb: Tensor, new_rgb: Tenso
     not_hair = (labels != HAIR_CLASS).flatten(0, 1)[:, None].float()  # [B·V, 1, H, W]
     hair = F.max_pool2d(not_hair, 3, stride=1, padding=1) < 0.5  # eroded by one pixel
     hair = hair.view(*labels.shape[:2], 1, *labels.shape[-2:])  # [B, V, 1, H, W]
+    changed = (old_rgb != new_rgb).any(-1).to(hair.device)  # [B]
+    hair = hair & changed.view(-1, 1, 1, 1, 1)
     return torch.where(hair, painted, images)
