@@ -14,3 +14,14 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    """The MediaPipe face analyzer installed by tasks.py (skips with the reason when its files are absent)."""
+    from perchead.pipelines import faces
+
+    found = faces.load_analyzer(fetch=False)
+    if found is None:
+        pytest.skip(f"MediaPipe face models unavailable: {faces.unavailable_reason()}")
+    return found

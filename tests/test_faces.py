@@ -28,14 +28,6 @@ import portraits  # noqa: E402
 SIZE = 128
 
 
-@pytest.fixture(scope="module")
-def analyzer():
-    found = faces.load_analyzer(fetch=False)
-    if found is None:
-        pytest.skip(f"MediaPipe face models unavailable: {faces.unavailable_reason()}")
-    return found
-
-
 def portrait(name: str) -> np.ndarray:
     path = portraits.path(name)
     if path is None:

@@ -27,16 +27,6 @@ FPS, SECONDS = 10, 2
 
 
 @pytest.fixture(scope="module")
-def analyzer():
-    from perchead.pipelines import faces
-
-    found = faces.load_analyzer(fetch=False)
-    if found is None:
-        pytest.skip(f"MediaPipe face models unavailable: {faces.unavailable_reason()}")
-    return found
-
-
-@pytest.fixture(scope="module")
 def seq():
     torch.manual_seed(0)
     pipe = PercHeadPipeline(PercHead(PercHeadConfig.preset("tiny")), device="cpu")
