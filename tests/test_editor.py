@@ -228,3 +228,73 @@ def test_edit_task_smoke_run_then_resume(tmp_path, base, style_folder, capsys):
     StyleEncoder.from_config(replace(style_config("tiny"), embed_dim=24)).save_pretrained(tmp_path / "style24")
     with pytest.raises(ValueError, match="24-d"):
         edit_model_config(replace(cont, style=str(tmp_path / "style24")))
+
+
+# ------------------------------------------------------------------------------------------ style → colour
+def test_style_color_path_starts_at_zero_then_shifts_colours_of_gated_patches(trained_base):
+    editor = PercHeadEditor.from_base(trained_base, style_dim=E).eval()
+    assert editor.style_color is None
+    with_path = editor.with_style_color().eval()
+    assert with_path.edit_config.style_color and not editor.edit_config.style_color
+    labels, style = label_maps(), torch.randn(2, E)
+    with torch.no_grad():
+        before, after = editor(labels, style), with_path(labels, style)
+    assert torch.equal(before.colors, after.colors) and torch.equal(before.means, after.means)  # added at zero
+    with pytest.raises(ValueError, match="already has"):
+        with_path.with_style_color()
+
+    # a trained shift moves colours; patches whose gate is closed keep theirs; other styles shift differently
+    with torch.no_grad():
+        with_path.style_color.shift.weight.normal_(std=1.0)
+        tokens2d = with_path.encode(labels, style)
+        tokens3d = with_path.decode(tokens2d)
+        gate = torch.sigmoid(with_path.style_color.gate(with_path.style_color.gate_norm(tokens3d)))  # [B, P, 1]
+        bias = with_path.color_bias(tokens2d, tokens3d)  # [B, P, 3]
+        g = with_path(labels, style)
+        g_other = with_path(labels, torch.randn(2, E))
+    P = tokens3d.shape[1]
+    assert bias.shape == (2, P, 3) and (g.colors - before.colors).abs().max() > 1e-3
+    assert (g.colors - g_other.colors).abs().max() > 1e-3
+    assert torch.equal(g.means, before.means)  # colour only: the geometry is untouched
+    logit = torch.logit(before.colors.double())  # [B, N, 3]
+    expected = torch.sigmoid(logit + bias.double().repeat_interleave(16, dim=1))
+    assert torch.allclose(g.colors.double(), expected, atol=1e-5)
+    shift = bias / gate  # [B, P, 3]  one shift per head, scaled per patch by its gate
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
+    # with the gate shut everywhere no colour moves
+    with torch.no_grad():
+        with_path.style_color.gate.bias.fill_(-1e4)
+        shut = with_path(labels, style)
+    assert torch.allclose(shut.colors, before.colors, atol=1e-6)
+
+
+def test_style_color_round_trip_and_edit_task_option(tmp_path, trained_base, style_folder):
+    from dataclasses import replace
+
+    from perchead.training.config import TrainConfig
+    from perchead.training.edit import build_edit_model, edit_model_config
+
+    editor = PercHeadEditor.from_base(trained_base, style_dim=E).with_style_color().eval()
+    with torch.no_grad():
+        editor.style_color.shift.weight.normal_()
+    folder = editor.save_pretrained(tmp_path / "editor")
+    loaded = PercHeadEditor.from_pretrained(folder)
+    assert loaded.edit_config.style_color and torch.equal(loaded.style_color.shift.weight, editor.style_color.shift.weight)
+
+    # the edit task adds the path to an editor trained without it, and only that difference is accepted
+    plain = PercHeadEditor.from_base(trained_base, style_dim=32)
+    plain.save_pretrained(tmp_path / "plain")
+    cfg = TrainConfig.preset_defaults("tiny", task="edit", init_from=str(tmp_path / "plain"), style=str(style_folder),
+                                      options={"style_color": True})
+    edit_config = edit_model_config(cfg)
+    assert edit_config.style_color and replace(edit_config, style_color=False) == plain.edit_config
+    grown = build_edit_model(edit_config, str(tmp_path / "plain"))
+    assert grown.style_color is not None and torch.equal(grown.decoder.layers[0].mlp.fc1.weight,
+                                                         plain.decoder.layers[0].mlp.fc1.weight)
+    with pytest.raises(ValueError, match="differs"):
+        build_edit_model(replace(edit_config, depth=edit_config.depth + 1), str(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="true or false"):
+        edit_model_config(replace(cfg, options={"style_color": "yes"}))
+    # from a base checkpoint the option builds the editor with the path
+    trained_base.save_pretrained(tmp_path / "base")
+    assert edit_model_config(replace(cfg, init_from=str(tmp_path / "base"))).style_color

@@ -232,9 +232,10 @@ class HeadModel(CheckpointMixin, nn.Module):
             tokens2d, padding_mask = tokens2d.tokens, tokens2d.padding_mask
         return self.decoder(tokens2d, padding_mask, cross_attn_until=cross_attn_until, return_layers=return_layers)
 
-    def to_gaussians(self, tokens3d: Tensor) -> Gaussians:
-        """Patch tokens ``[B, P, D]`` → batched Gaussians ``[B, 16·P, …]`` (§3.3)."""
-        return self.head(tokens3d)
+    def to_gaussians(self, tokens3d: Tensor, color_bias: Tensor | None = None) -> Gaussians:
+        """Patch tokens ``[B, P, D]`` → batched Gaussians ``[B, 16·P, …]`` (§3.3); ``color_bias`` ``[B, P, 3]``
+        (optional) shifts each patch's colour pre-activations."""
+        return self.head(tokens3d, color_bias)
 
     # ------------------------------------------------------------------------------------------ rendering
     def default_cameras(self, azimuths_deg, elevations_deg=0.0, size: int | None = None) -> Cameras:

@@ -39,6 +39,7 @@ class EditConfig:
     num_classes: int = NUM_CLASSES  # paper: 19-channel (FaRL / CelebAMask-HQ) segmentation maps
     style_dim: int = 768  # ours: CLIP embedding size E (ViT-L/14's 768; the paper does not name its CLIP)
     style_hidden: int | None = None  # ours: hidden width of the style MLP (None = the decoder width)
+    style_color: bool = False  # ours: a gated path from the style token to the Gaussian colours (StyleColor)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "width", "depth", "heads", "num_classes", "style_dim"):
@@ -76,6 +77,46 @@ class EditConfig:
         if unknown:
             raise ValueError(f"unknown keys in the edit config: {sorted(unknown)}")
         return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------- style → colour
+class StyleColor(nn.Module):
+    """A gated path from the style token straight to the Gaussian colours (ours, ``EditConfig.style_color``).
+
+    Through the decoder alone, the style reaches the colours on a single (light–dark) axis: hues are lost.
+    This path adds a colour shift read from the style token to the colour pre-activations of every Gaussian
+    of a 3D patch, gated by that patch's decoder token (the decoder knows which patches are hair)::
+
+        bias[b, p] = sigmoid(gate(LN(tokens3d[b, p]))) · shift(LN(style_token[b]))
+
+    The shift layer starts at zero, so an editor with the path added starts exactly as it was.
+
+    Args:
+        width: the decoder width D.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.style_norm = nn.LayerNorm(width)
+        self.shift = nn.Linear(width, 3)
+        self.gate_norm = nn.LayerNorm(width)
+        self.gate = nn.Linear(width, 1)
+        nn.init.zeros_(self.shift.weight)
+        nn.init.zeros_(self.shift.bias)
+
+    def forward(self, style_token: Tensor, tokens3d: Tensor) -> Tensor:
+        """Colour pre-activation shifts per 3D patch.
+
+        Args:
+            style_token: ``[B, D]``.
+            tokens3d: decoder output ``[B, P, D]``.
+
+        Returns:
+            ``[B, P, 3]``, added to the colour logits of the patch's 16 Gaussians.
+        """
+        shift = self.shift(self.style_norm(style_token))  # [B, 3]
+        gate = torch.sigmoid(self.gate(self.gate_norm(tokens3d)))  # [B, P, 1]
+        return gate * shift[:, None]  # [B, P, 3]
 
 
 # --------------------------------------------------------------------------------------------- encoder

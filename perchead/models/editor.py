@@ -13,6 +13,7 @@ Checkpoints: ``config.json`` (``model_type`` ``"perchead-editor"``, the base
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from perchead.geometry.gaussians import Gaussians
 from perchead.models.base import HeadModel
 from perchead.models.config import PercHeadConfig
-from perchead.models.edit_encoder import EditConfig, EditEncoder
+from perchead.models.edit_encoder import EditConfig, EditEncoder, StyleColor
 from perchead.models.lift_encoder import Tokens2D
 from perchead.models.perchead import PercHead
 
@@ -51,6 +52,7 @@ class PercHeadEditor(HeadModel):
         super().__init__(config)
         self.edit_config = edit_config
         self.edit_encoder = EditEncoder(edit_config, config.decoder.width)
+        self.style_color = StyleColor(config.decoder.width) if edit_config.style_color else None
         self.build_3d()
 
     @classmethod
@@ -76,6 +78,21 @@ class PercHeadEditor(HeadModel):
         if editor.refiner is not None:
             editor.refiner.load_state_dict(base.refiner.state_dict())
         return editor.train(base.training)
+
+    def with_style_color(self) -> "PercHeadEditor":
+        """A copy of this editor with the style → colour path added (:class:`StyleColor`, starting at zero,
+        so the copy builds exactly the same heads until it is trained).
+
+        Raises:
+            ValueError: if the editor already has the path.
+        """
+        if self.style_color is not None:
+            raise ValueError("this editor already has the style -> colour path")
+        editor = type(self)(copy.deepcopy(self.config), dataclasses.replace(self.edit_config, style_color=True))
+        missing, unexpected = editor.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("style_color.") for k in missing):
+            raise ValueError(f"state dicts do not match: missing {missing}, unexpected {unexpected}")
+        return editor.train(self.training)
 
     # ------------------------------------------------------------------------------------------ stages
     def encode(self, labels: Tensor, style: Tensor | None = None) -> Tokens2D:
@@ -107,7 +124,22 @@ class PercHeadEditor(HeadModel):
             Batched Gaussians with N = ``config.template.n_gaussians``.
         """
         tokens2d = self.encode(labels, style)
-        return self.to_gaussians(self.decode(tokens2d, cross_attn_until=cross_attn_until))
+        tokens3d = self.decode(tokens2d, cross_attn_until=cross_attn_until)
+        return self.to_gaussians(tokens3d, self.color_bias(tokens2d, tokens3d))
+
+    def color_bias(self, tokens2d: Tokens2D, tokens3d: Tensor) -> Tensor | None:
+        """The style → colour path's shifts of the colour pre-activations (None without the path).
+
+        Args:
+            tokens2d: :meth:`encode` output (its last token is the style token).
+            tokens3d: :meth:`decode` output ``[B, P, D]``.
+
+        Returns:
+            ``[B, P, 3]`` or None.
+        """
+        if self.style_color is None:
+            return None
+        return self.style_color(tokens2d.tokens[:, -1], tokens3d)  # [B, P, 3]
 
     # ------------------------------------------------------------------------------------------ checkpoints
     model_type = MODEL_TYPE

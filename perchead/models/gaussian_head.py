@@ -118,8 +118,17 @@ class GaussianHead(nn.Module):
         nn.init.constant_(self.opacity.bias, logit(c.init_opacity))
         nn.init.constant_(self.color.bias, logit(c.init_color))
 
-    def forward(self, tokens3d: Tensor) -> Gaussians:
-        """Args: tokens3d ``[B, P, D]``. Returns: batched Gaussians ``[B, 16·P, …]`` in float32."""
+    def forward(self, tokens3d: Tensor, color_bias: Tensor | None = None) -> Gaussians:
+        """Patch tokens → Gaussians.
+
+        Args:
+            tokens3d: ``[B, P, D]``.
+            color_bias: optional ``[B, P, 3]`` added to the colour pre-activations of each patch's 16
+                Gaussians (the editor's style → colour path).
+
+        Returns:
+            Batched Gaussians ``[B, 16·P, …]`` in float32.
+        """
         B, P, _ = tokens3d.shape
         N = P * PATCH_GAUSSIANS
         if N != self.template_vertices.shape[0]:
@@ -131,5 +140,10 @@ class GaussianHead(nn.Module):
         scales = scale_activation(self.scale(x).float(), c.min_scale, c.max_scale)  # [B, N, 3]
         quats = quaternion_activation(self.rotation(x).float())  # [B, N, 4]
         opacities = opacity_activation(self.opacity(x).float())[..., 0]  # [B, N]
-        colors = color_activation(self.color(x).float())  # [B, N, 3]
+        color_logits = self.color(x).float()  # [B, N, 3]
+        if color_bias is not None:
+            if tuple(color_bias.shape) != (B, P, 3):
+                raise ValueError(f"color_bias must be [{B}, {P}, 3], got {tuple(color_bias.shape)}")
+            color_logits = color_logits + color_bias.float().repeat_interleave(PATCH_GAUSSIANS, dim=1)  # [B, N, 3]
+        colors = color_activation(color_logits)  # [B, N, 3]
         return Gaussians(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors)

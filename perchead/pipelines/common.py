@@ -57,7 +57,7 @@ class StageTimer:
 
 
 def gaussians_and_views(model, tokens3d: Tensor, cameras: Cameras | None, refine: bool,
-                        timer: StageTimer) -> tuple[Gaussians, RenderOutput | None]:
+                        timer: StageTimer, color_bias: Tensor | None = None) -> tuple[Gaussians, RenderOutput | None]:
     """The shared tail of reconstruction and editing: Gaussian head (float32), then optional renders.
 
     Args:
@@ -66,11 +66,14 @@ def gaussians_and_views(model, tokens3d: Tensor, cameras: Cameras | None, refine
         cameras: views to render, or None.
         refine: apply the CNN refiner to the renders.
         timer: records the "gaussians" and "render" stages.
+        color_bias: the editor's colour shifts ``[B, P, 3]`` (:meth:`PercHeadEditor.color_bias`), or None.
 
     Returns:
         (batched Gaussians, RenderOutput or None).
     """
-    gaussians = model.to_gaussians(tokens3d.float()).float()
+    if color_bias is not None:
+        color_bias = color_bias.float()
+    gaussians = model.to_gaussians(tokens3d.float(), color_bias).float()
     timer("gaussians")
     views = None
     if cameras is not None:

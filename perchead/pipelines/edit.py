@@ -361,9 +361,10 @@ class PercHeadEditPipeline:
             timer("encode")
             # 4. the base model's 3D decoder
             tokens3d = self.editor.decode(tokens2d)
+            color_bias = self.editor.color_bias(tokens2d, tokens3d)  # [1, P, 3] or None
             timer("decode")
         # 5.–6. Gaussian head (float32), optional renders + refiner
-        gaussians, views = gaussians_and_views(self.editor, tokens3d, cameras, refine, timer)
+        gaussians, views = gaussians_and_views(self.editor, tokens3d, cameras, refine, timer, color_bias)
         return Edit(gaussians=gaussians, labels=model_labels.cpu(), style=style.float().cpu(), style_source=source,
                     views=views, style_input=style_input, timings=timer.total(), notes=notes)
 

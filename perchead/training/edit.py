@@ -8,11 +8,14 @@ style input: ``text_fraction`` styles that fraction of samples by the TEXT embed
 the subject's caption (the app's prompts are text, and text and image embeddings lie apart: the modality
 gap); ``recolor_fraction`` repaints the hair of every view of that fraction of samples with a uniformly
 drawn colour (:func:`perchead.data.augment.recolor_hair`), the caption following, so that rare colours are
-as common as dark brown. Targets, losses, phases and data are those of ``reconstruct``.
+as common as dark brown; ``style_color`` gives the editor the gated style → colour path
+(:class:`~perchead.models.edit_encoder.StyleColor`), also when continuing from an editor trained without
+it. Targets, losses, phases and data are those of ``reconstruct``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -25,10 +28,12 @@ from perchead.training.reconstruct import build_dataset, build_reconstruct_loss,
 
 
 _STYLE_ENCODERS: dict[str, nn.Module] = {}
-OPTIONS = {  # --options of the edit task (ours; both off by default, as the bundled editing model was trained)
+OPTIONS = {  # --options of the edit task (ours)
     "text_fraction": 0.0,  # samples styled by a caption prompt's text embedding (the rest: a reference view's image)
     "recolor_fraction": 0.0,  # samples whose hair is repainted with a uniformly drawn hair colour
+    "style_color": False,  # add the gated style → colour path (EditConfig.style_color) to the editor
 }
+FRACTIONS = ("text_fraction", "recolor_fraction")
 
 
 def load_style_encoder(path: str | None) -> nn.Module:
@@ -58,13 +63,16 @@ def edit_model_config(config: TrainConfig):
                          "head and refiner start from the base model)")
     config_path, _ = resolve_checkpoint(config.init_from)
     style_dim = int(load_style_encoder(config.style).embed_dim)
+    style_color = task_options(config, OPTIONS)["style_color"]
+    if not isinstance(style_color, bool):
+        raise ValueError(f"--options style_color must be true or false, got {style_color!r}")
     if checkpoint_model_type(config_path) != "perchead":  # an editor checkpoint: continue fine-tuning it
         edit_config = load_editor_config(config_path)[1]
         if edit_config.style_dim != style_dim:
             raise ValueError(f"{config.init_from} expects {edit_config.style_dim}-d style embeddings, but the style "
                              f"encoder {config.style} gives {style_dim}-d ones")
-        return edit_config
-    return EditConfig.for_base(load_config(config_path), style_dim)
+        return dataclasses.replace(edit_config, style_color=True) if style_color else edit_config
+    return EditConfig.for_base(load_config(config_path), style_dim, style_color=style_color)
 
 
 def build_edit_model(model_config, init_from: str | None = None) -> nn.Module:
@@ -86,6 +94,8 @@ def build_edit_model(model_config, init_from: str | None = None) -> nn.Module:
     if checkpoint_model_type(config_path) != "perchead":
         editor = PercHeadEditor.from_pretrained(init_from)
         if model_config is not None and model_config != editor.edit_config:
+            if model_config == dataclasses.replace(editor.edit_config, style_color=True):
+                return editor.with_style_color()
             raise ValueError(f"{init_from} is an editor with {editor.edit_config}, which differs from {model_config}")
         return editor
     if not isinstance(model_config, EditConfig):
@@ -176,8 +186,9 @@ def build_edit_loss(config: TrainConfig, phase: int) -> LossFn:
         raise ValueError("--eval-every renders reconstructions from images; set it to 0 for --task edit")
     style_encoder = load_style_encoder(config.style)
     options = task_options(config, OPTIONS)
-    for key, value in options.items():
-        if not 0.0 <= float(value) <= 1.0:
+    for key in FRACTIONS:
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"--options {key} must be a fraction in [0, 1], got {value}")
     generator = torch.Generator().manual_seed(process_seed(config.seed) + 7919 * phase)
     rng = np.random.default_rng([process_seed(config.seed), phase])
