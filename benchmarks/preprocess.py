@@ -2,6 +2,7 @@
 
     python benchmarks/preprocess.py              # measure (writes docs/preprocess_results.json)
     python benchmarks/preprocess.py --calibrate  # re-derive perchead.pipelines.faces.FACE_POINTS_3D
+    python benchmarks/preprocess.py --fit-framing 1000  # re-fit perchead/pipelines/framing_model.json
 
 Synthetic renders (test-split heads, never trained on) are made with known cameras: azimuth (yaw) in
 [-60°, 60°], elevation in [-20°, 20°], distance 0.6–1.6 m, then rolled by up to ±25° and shifted inside a
@@ -84,27 +85,114 @@ def calibrate(n_heads: int, size: int = 320, az=(-40, -30, -20, -10, 0, 10, 20, 
     return result
 
 
-def synthetic_cases(n: int, size: int = 512, seed: int = 0):
-    """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads."""
+def _synthetic_view(head_seed: int, rng: np.random.Generator, size: int, yaw=(-60, 60), pitch=(-20, 20), radius=(0.7, 1.6),
+                    roll=25.0, shift=0.12):
+    """One render of a head from a random known camera over a random colour, rolled and shifted (the
+    benchmark's recipe): (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict)."""
     import cv2
 
+    az, el = rng.uniform(*yaw), rng.uniform(*pitch)
+    distance, turn = rng.uniform(*radius), rng.uniform(-roll, roll)
+    offset = rng.uniform(-shift, shift, 2) * size
+    background = rng.uniform(0.15, 0.85, 3)
+    out = render_head(make_head(int(head_seed)), orbit_cameras([az], [el], radius=distance, size=size))
+    rgb, alpha = out["rgb"][0].permute(1, 2, 0).numpy(), out["alpha"][0, 0].numpy()  # [S, S, 3], [S, S]
+    rgb = rgb - (1 - alpha[..., None]) + (1 - alpha[..., None]) * background  # over a coloured background
+    M = cv2.getRotationMatrix2D((size / 2, size / 2), turn, 1.0)  # + = counter-clockwise on screen
+    M[:, 2] += offset
+    rgb = cv2.warpAffine(rgb.astype(np.float32), M, (size, size), borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=tuple(float(b) for b in background))
+    alpha = cv2.warpAffine(alpha.astype(np.float32), M, (size, size))
+    truth = {"seed": int(head_seed), "yaw": az, "pitch": el, "roll": turn, "centre": np.array([size / 2, size / 2]) + offset,
+             "side": size * 0.7 / distance}
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), (np.clip(alpha, 0, 1) * 255).round().astype(np.uint8), truth
+
+
+def framing_sample(analyzer, image: np.ndarray, truth: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The framing regressor's features and targets for one view with a known camera, or None when no
+    face, no pose or no usable silhouette is found. Targets: the true crop centre's offset (x, y) and the log
+    of the true crop side, in the pose's upright crop (fractions of its side), and the yaw error."""
+    import math
+
+    from perchead.pipelines import framing
+    from perchead.pipelines.preprocess import PreprocessConfig, crop_square, pose_to_crop, to_crop_pixels
+
+    found = analyzer.detect(image)
+    if not found:
+        return None
+    face = found[0] if found[0].landmarks is not None else analyzer.landmarks(image, found[0])
+    try:
+        pose = F.estimate_pose(face.landmarks, image.shape[1], image.shape[0])
+    except RuntimeError:
+        return None
+    box, roll = pose_to_crop(pose, PreprocessConfig())
+    side = box[2] - box[0]
+    cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, side * framing.ENLARGE / 2
+    big = (cx - half, cy - half, cx + half, cy + half)
+    crop = crop_square(image, big, framing.SIZE, 255, roll)
+    valid = crop_square(np.full(image.shape[:2], 255, np.uint8), big, framing.SIZE, 0, roll) > 127
+    matte = analyzer.segment(crop) * valid
+    measured = framing.features(matte, to_crop_pixels(face.landmarks[:, :2], big, framing.SIZE, roll),
+                                to_crop_pixels(face.keypoints, big, framing.SIZE, roll), valid, pose.yaw_deg, pose.pitch_deg,
+                                pose.reprojection_px * framing.SIZE / (2 * half))
+    if measured is None:
+        return None
+    feats, mirrored = measured
+    centre = (to_crop_pixels(truth["centre"][None], big, framing.SIZE, roll)[0] - framing.SIZE / 2) / (framing.SIZE / framing.ENLARGE)
+    target = np.array([centre[0], centre[1], math.log(truth["side"] / side), truth["yaw"] - pose.yaw_deg])
+    if mirrored:
+        target[[0, 3]] *= -1
+    return feats, target
+
+
+def framing_data(n_heads: int, start: int = 0, seed: int = 1000, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Features and targets (:func:`framing_sample`) of ``n_heads`` train-split heads, each from one random
+    camera (a slightly wider range than the benchmark's) and mirrored. ``[N, F]``, ``[N, 4]``"""
+    analyzer = F.FaceAnalyzer(F.find_models() or F.fetch_models())
+    rng = np.random.default_rng(seed + start)
+    X, Y = [], []
+    for i, head_seed in enumerate(list(split_seeds("train"))[start : start + n_heads]):
+        image, _, truth = _synthetic_view(head_seed, rng, size, yaw=(-66, 66), pitch=(-22, 22), radius=(0.65, 1.7), roll=28.0)
+        mirrored = dict(truth, yaw=-truth["yaw"], roll=-truth["roll"], centre=np.array([size - truth["centre"][0], truth["centre"][1]]))
+        for im, tr in ((image, truth), (np.ascontiguousarray(image[:, ::-1]), mirrored)):
+            sample = framing_sample(analyzer, im, tr)
+            if sample is not None:
+                X.append(sample[0])
+                Y.append(sample[1])
+        if i % 100 == 0:
+            print(f"framing data: {i}/{n_heads} heads, {len(X)} samples", flush=True)
+    return np.stack(X), np.stack(Y)
+
+
+def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600, seed: int = 0) -> dict:
+    """Fits the framing regressor (one tanh layer; Huber loss on standardised targets; Adam with weight
+    decay) and returns it as :func:`perchead.pipelines.framing.load_model` reads it (lists of floats).
+    The outputs are clipped at run time to the 0.5–99.5 % range of the targets."""
+    torch.manual_seed(seed)
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    out_scale = Y.std(0) + 1e-6
+    x = torch.tensor(np.clip((X - mean) / std, -4, 4), dtype=torch.float32)
+    y = torch.tensor(Y / out_scale, dtype=torch.float32)
+    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, Y.shape[1]))
+    opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-3)
+    for _ in range(steps):
+        loss = torch.nn.functional.huber_loss(net(x), y, delta=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w1, b1 = net[0].weight.detach().numpy().T, net[0].bias.detach().numpy()
+    w2, b2 = net[2].weight.detach().numpy().T, net[2].bias.detach().numpy()
+    r = lambda a, d=6: np.round(np.asarray(a, np.float64), d).tolist()  # noqa: E731
+    return {"mean": r(mean), "std": r(std), "w1": r(w1), "b1": r(b1), "w2": r(w2), "b2": r(b2), "out_scale": r(out_scale),
+            "low": r(np.percentile(Y, 0.5, 0)), "high": r(np.percentile(Y, 99.5, 0)),
+            "outputs": ["dx", "dy", "log_scale", "dyaw_deg"], "samples": int(len(X)), "hidden": hidden}
+
+
+def synthetic_cases(n: int, size: int = 512, seed: int = 0):
+    """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads."""
     rng = np.random.default_rng(seed)
     for head_seed in list(split_seeds("test"))[:n]:
-        az, el = rng.uniform(-60, 60), rng.uniform(-20, 20)
-        radius, roll = rng.uniform(0.7, 1.6), rng.uniform(-25, 25)
-        shift = rng.uniform(-0.12, 0.12, 2) * size
-        background = rng.uniform(0.15, 0.85, 3)
-        out = render_head(make_head(int(head_seed)), orbit_cameras([az], [el], radius=radius, size=size))
-        rgb, alpha = out["rgb"][0].permute(1, 2, 0).numpy(), out["alpha"][0, 0].numpy()  # [S, S, 3], [S, S]
-        rgb = rgb - (1 - alpha[..., None]) + (1 - alpha[..., None]) * background  # over a coloured background
-        M = cv2.getRotationMatrix2D((size / 2, size / 2), roll, 1.0)  # + = counter-clockwise on screen
-        M[:, 2] += shift
-        rgb = cv2.warpAffine(rgb.astype(np.float32), M, (size, size), borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=tuple(float(b) for b in background))
-        alpha = cv2.warpAffine(alpha.astype(np.float32), M, (size, size))
-        truth = {"seed": int(head_seed), "yaw": az, "pitch": el, "roll": roll, "centre": np.array([size / 2, size / 2]) + shift,
-                 "side": size * 0.7 / radius}
-        yield (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), (np.clip(alpha, 0, 1) * 255).round().astype(np.uint8), truth
+        yield _synthetic_view(head_seed, rng, size)
 
 
 def evaluate_synthetic(n: int, size: int = 512) -> dict:
@@ -112,11 +200,13 @@ def evaluate_synthetic(n: int, size: int = 512) -> dict:
     from perchead.pipelines.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
 
     config = PreprocessConfig(size=256)
-    rows = {"haar": [], "mediapipe": []}
+    paths = {"haar": {"detector": "haar"}, "mediapipe_landmarks": {"detector": "mediapipe", "refine_framing": False},
+             "mediapipe": {"detector": "mediapipe"}}  # the landmark pose alone, and refined by the silhouette
+    rows = {name: [] for name in paths}
     for image, alpha, truth in synthetic_cases(n, size):
-        for detector in rows:
+        for detector, options in paths.items():
             try:
-                result = preprocess(image, config, detector=detector)
+                result = preprocess(image, config, **options)
             except PreprocessError:
                 rows[detector].append({"found": False, **{k: truth[k] for k in ("yaw", "pitch", "roll")}})
                 continue
@@ -139,7 +229,10 @@ def evaluate_synthetic(n: int, size: int = 512) -> dict:
     for d, r in rows.items():  # by yaw band
         summary[d]["yaw_0_30"] = _summary([x for x in r if abs(x["yaw"]) <= 30])
         summary[d]["yaw_30_60"] = _summary([x for x in r if abs(x["yaw"]) > 30])
-    return summary | {"cases": n, "image_size": size}
+        for lo in (0, 15, 30, 45):
+            summary[d][f"yaw_{lo}_{lo + 15}"] = _summary([x for x in r if lo < abs(x["yaw"]) <= lo + 15 or (lo == 0 and x["yaw"] == 0)])
+    return summary | {"cases": n, "image_size": size,
+                      "per_case": {d: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in x.items()} for x in r] for d, r in rows.items()}}
 
 
 def _short(row: dict) -> str:
@@ -155,7 +248,7 @@ def _summary(rows: list[dict]) -> dict:
     for key in ("centre_error", "scale_error", "roll_error", "matte_iou", "yaw_error", "pitch_error"):
         values = np.array([r[key] for r in found if key in r])
         if len(values):
-            out[key] = {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+            out[key] = {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)), "max": float(values.max()),
                         "share_within_0.03" if key in ("centre_error", "scale_error") else "mean": (
                             float((values <= 0.03).mean()) if key in ("centre_error", "scale_error") else float(values.mean()))}
     yaw60 = np.array([r["yaw_error"] for r in found if "yaw_error" in r and abs(r["yaw"]) <= 60])
@@ -327,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate", action="store_true", help="re-derive FACE_POINTS_3D and print it")
     parser.add_argument("--figure", action="store_true", help="only write docs/preprocessing.png")
     parser.add_argument("--timing", action="store_true", help="only re-measure the time per photo (updates the JSON)")
+    parser.add_argument("--fit-framing", type=int, default=0, metavar="HEADS",
+                        help="fit perchead/pipelines/framing_model.json on this many train-split heads (×2 mirrored)")
     parser.add_argument("--heads", type=int, default=16, help="test-split heads (calibration; ×3 views measured)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "preprocess_results.json"), help="results JSON")
     args = parser.parse_args(argv)
@@ -336,6 +431,14 @@ def main(argv: list[str] | None = None) -> None:
         for index, xyz in points.items():
             print(f"    {index}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}),")
         print("}")
+        return
+    if args.fit_framing:
+        torch.set_num_threads(2)
+        X, Y = framing_data(args.fit_framing)
+        model = fit_framing(X, Y)
+        path = ROOT / "perchead" / "pipelines" / "framing_model.json"
+        path.write_text(json.dumps(model) + "\n")
+        print(f"wrote {path} ({len(X)} samples)")
         return
     if args.figure:
         figure(ROOT / "docs" / "preprocessing.png")
@@ -352,8 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                "ms_per_photo_512": time_per_photo(), "threads": torch.get_num_threads()}
     out = Path(args.output)
     out.write_text(json.dumps(results, indent=1) + "\n")
-    for detector in ("haar", "mediapipe"):
-        print(detector, json.dumps(results["synthetic"][detector]))
+    for detector in ("haar", "mediapipe_landmarks", "mediapipe"):
+        print(detector, json.dumps({k: v for k, v in results["synthetic"][detector].items() if not k.startswith("yaw_")}))
     print(f"wrote {out}")
 
 

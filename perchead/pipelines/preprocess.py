@@ -99,6 +99,8 @@ class PreprocessConfig:
         body_rows: the bottom rows (fraction of the frame) where the training views show only the top of
             the torso; a network or GrabCut matte is cut there to ``body_half_width`` around the centre.
         body_half_width: half the widest torso in those rows, as a fraction of the frame.
+        refine_framing: correct the landmark pose's crop centre, side and yaw by the head's silhouette in
+            the selfie matte (:mod:`perchead.pipelines.framing`; one more run of the matting network).
     """
 
     size: int = 256
@@ -126,6 +128,7 @@ class PreprocessConfig:
     small_face_px: int = 64  # below this face width a note warns that quality will suffer
     body_rows: float = 0.16  # measured: training views below 0.84 of the frame show only the torso's top
     body_half_width: float = 0.36  # measured: widest torso there 0.33 of the frame from the centre, + 0.03
+    refine_framing: bool = True  # correct the landmark pose's crop and yaw by the head's silhouette
 
     @property
     def frame_m(self) -> float:
@@ -808,6 +811,12 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
                 pose = face_module.estimate_pose(face.landmarks, width, height, config.photo_fov_deg)
             except RuntimeError as error:
                 notes.append(f"head pose estimation failed ({error}): framed by the face box")
+            if pose is not None and config.refine_framing and config.auto_crop and alpha is None:
+                from perchead.pipelines import framing
+
+                refined = framing.refine(analyzer, rgb, face, pose, config)
+                if refined is not None:
+                    pose = refined[0]
     if len(found) > 1:
         which = "the largest" if config.face_index is None else f"face {face_index} (by size, 0 = largest)"
         notes.append(f"{len(found)} faces found: used {which}; choose another with 'Face' in the options "

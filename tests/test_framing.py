@@ -1,0 +1,130 @@
+"""Tests for perchead.pipelines.framing: the silhouette correction of the landmark pose's crop.
+
+The feature extraction and the regressor are tested on made-up mattes (mirror symmetry, refusals,
+clipping); the whole refinement on synthetic renders with known cameras and on a real portrait (skipped
+with the reason when the face models or the portraits are absent).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from perchead.pipelines import framing
+from perchead.pipelines.preprocess import preprocess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import portraits  # noqa: E402
+
+S = framing.SIZE
+
+
+def _made_up_view(shift: float = 0.0):
+    """An elliptical head silhouette with a neck, landmarks spread over its face and key points. Returns
+    (matte ``[S, S]``, landmarks ``[468, 2]``, key points ``[6, 2]``, valid ``[S, S]``)."""
+    matte = np.zeros((S, S), np.float32)
+    cx = S / 2 + shift
+    cv2.ellipse(matte, (int(cx), S // 2 - 10), (50, 64), 0, 0, 360, 1.0, -1)  # head
+    cv2.rectangle(matte, (int(cx) - 25, S // 2 + 40), (int(cx) + 25, S - 1), 1.0, -1)  # neck
+    rng = np.random.default_rng(0)
+    marks = np.stack([cx + 8 + rng.normal(0, 14, 468), S / 2 + rng.normal(0, 16, 468)], 1)  # [468, 2]
+    marks[152] = (cx + 8, S / 2 + 45)  # chin
+    points = np.array([[cx - 12, S / 2 - 8], [cx + 24, S / 2 - 8], [cx + 12, S / 2 + 10], [cx + 10, S / 2 + 25],
+                       [cx - 45, S / 2], [cx + 48, S / 2]])  # [6, 2]
+    return matte, marks, points, np.ones((S, S), bool)
+
+
+def _mirror(matte, marks, points, valid):
+    marks, points = marks.copy(), points.copy()
+    marks[:, 0], points[:, 0] = S - marks[:, 0], S - points[:, 0]
+    points[[4, 5]] = points[[5, 4]]
+    return np.ascontiguousarray(matte[:, ::-1]), marks, points, np.ascontiguousarray(valid[:, ::-1])
+
+
+def test_features_are_mirror_symmetric_and_so_is_the_correction():
+    view = _made_up_view(shift=6.0)
+    a, mirrored_a = framing.features(*view, yaw_deg=25.0, pitch_deg=5.0, reprojection_px=2.0)
+    b, mirrored_b = framing.features(*_mirror(*view), yaw_deg=-25.0, pitch_deg=5.0, reprojection_px=2.0)
+    assert not mirrored_a and mirrored_b
+    assert a.shape == (framing.FEATURES,)
+    assert np.allclose(a, b, atol=1.5 / (S / framing.ENLARGE))  # the same view, up to a pixel of rounding
+    model = framing.load_model()
+    assert model is not None, "perchead/pipelines/framing_model.json is missing"
+    p, q = framing.predict(model, a, False), framing.predict(model, a, True)
+    assert (p.dx, p.dyaw_deg) == (-q.dx, -q.dyaw_deg) and (p.dy, p.log_scale) == (q.dy, q.log_scale)
+
+
+def test_features_refuse_cut_or_missing_silhouettes_and_bad_shapes():
+    matte, marks, points, valid = _made_up_view()
+    cut = valid.copy()
+    cut[:60] = False  # the photo ends above the head: its top is cut
+    assert framing.features(matte * cut, marks, points, cut, 10.0, 0.0, 1.0) is None
+    low = valid.copy()
+    low[-20:] = False  # the photo ends below the chin: fine
+    assert framing.features(matte * low, marks, points, low, 10.0, 0.0, 1.0) is not None
+    assert framing.features(np.zeros_like(matte), marks, points, valid, 10.0, 0.0, 1.0) is None  # no matte at the face
+    with pytest.raises(ValueError):
+        framing.features(matte[:100], marks, points, valid, 10.0, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        framing.features(matte, marks[:68], points, valid, 10.0, 0.0, 1.0)
+
+
+def test_corrections_are_clipped_and_small_yaw_is_left_to_the_landmarks():
+    model = framing.load_model()
+    assert model["w1"].shape == (framing.FEATURES, len(model["b1"]))
+    for scale in (-50.0, 50.0):  # absurd inputs stay inside the fitted range
+        feats = np.asarray(model["mean"]) + scale * np.asarray(model["std"])
+        feats[0] = abs(feats[0])
+        c = framing.predict(model, feats, False)
+        out = np.array([c.dx, c.dy, c.log_scale, c.dyaw_deg])
+        assert np.all(out >= model["low"] - 1e-9) and np.all(out <= model["high"] + 1e-9)
+    frontal = np.asarray(model["mean"]).copy()
+    frontal[0] = math.radians(framing.YAW_RAMP_DEG[0] - 1)
+    assert framing.predict(model, frontal, False).dyaw_deg == 0.0
+
+
+def _render(seed_index: int, yaw: float, pitch: float, radius: float, size: int = 320):
+    from perchead.data.synthetic import make_head, render_head, split_seeds
+    from perchead.geometry.cameras import orbit_cameras
+
+    out = render_head(make_head(int(split_seeds("test")[seed_index])), orbit_cameras([yaw], [pitch], radius=radius, size=size))
+    rgb, alpha = out["rgb"][0].permute(1, 2, 0).numpy(), out["alpha"][0, 0].numpy()  # [S, S, 3], [S, S]
+    grey = rgb * alpha[..., None] + 0.45 * (1 - alpha[..., None])  # over grey, as a photo's background
+    return (np.clip(grey, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _framing_errors(result, size: int, radius: float, yaw: float) -> tuple[float, float, float]:
+    x0, y0, x1, y1 = result.crop_box
+    side = size * 0.7 / radius  # the training frame at this distance, centred on the image centre
+    return (math.hypot((x0 + x1) / 2 - size / 2, (y0 + y1) / 2 - size / 2) / side, abs((x1 - x0) / side - 1),
+            abs(result.pose.yaw_deg - yaw))
+
+
+def test_refined_framing_of_turned_synthetic_heads(analyzer):
+    cases = [(3, 50.0, 8.0, 1.0), (5, -45.0, -10.0, 1.2), (7, 55.0, 0.0, 1.1), (9, 20.0, 12.0, 0.9)]
+    before, after = [], []
+    for index, yaw, pitch, radius in cases:
+        image = _render(index, yaw, pitch, radius)
+        before.append(_framing_errors(preprocess(image, size=64, refine_framing=False), 320, radius, yaw))
+        after.append(_framing_errors(preprocess(image, size=64), 320, radius, yaw))
+    before, after = np.array(before), np.array(after)  # [4, 3] centre, scale, yaw errors
+    assert np.all(after[:, 0] < 0.05) and np.all(after[:, 1] < 0.08) and np.all(after[:, 2] < 10)
+    assert after[:, 0].mean() < before[:, 0].mean()
+
+
+def test_real_portrait_framing_barely_moves(analyzer):
+    path = portraits.path("astronaut.png")
+    if path is None:
+        pytest.skip("test portrait astronaut.png not fetched (python tests/portraits.py)")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    old, new = preprocess(image, size=64, refine_framing=False), preprocess(image, size=64)
+    side = old.crop_box[2] - old.crop_box[0]
+    assert max(abs(a - b) for a, b in zip(old.crop_box, new.crop_box)) < 0.06 * side
+    assert abs(new.pose.yaw_deg - old.pose.yaw_deg) < 1.0  # a frontal face: the landmarks' yaw stands
+    assert new.detector == "mediapipe" and new.mask_source == "network"
