@@ -131,6 +131,48 @@ def test_hair_color_scores_on_perfect_and_swapped_prompts():
         hair_color_scores({"black": [t["black"]]})
 
 
+def test_hair_color_scores_with_per_head_rendered_targets():
+    """Shaded renders lie darker than the albedos: a lighter wrong colour can win against albedo targets,
+    never against each head's own rendered targets."""
+    from perchead.data.synthetic import HAIR_COLORS
+
+    shade = (0.75, 0.6)  # two heads, two shadings
+    albedo = {c: torch.tensor(HAIR_COLORS[c]) for c in ("blonde", "white")}
+    rendered = {c: [albedo[c] * k for k in shade] for c in albedo}  # what the ground truth shows
+    out = hair_color_scores(rendered)  # against albedos: white's shaded render is nearer blonde's albedo
+    assert out["per_color"]["blonde"]["nearest_fraction"] == 0.0
+    out = hair_color_scores(rendered, targets=rendered)
+    assert out["nearest_fraction"] == 1.0 and out["matching_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert out["per_color"]["white"]["target"] == pytest.approx((albedo["white"] * 0.675).tolist(), abs=1e-4)
+    # a head without a target (bald) is skipped; targets must cover every colour and head
+    out = hair_color_scores(rendered, targets={c: [v[0], None] for c, v in rendered.items()})
+    assert out["heads"] == 1
+    with pytest.raises(ValueError, match="targets need"):
+        hair_color_scores(rendered, targets={"blonde": rendered["blonde"]})
+
+
+def test_repainted_hair_colors_follow_the_render_shading():
+    from perchead.data.synthetic import HAIR_COLORS, make_head, render_head, split_seeds
+    from perchead.evaluation.editing import repainted_hair_colors
+    from perchead.geometry.cameras import orbit_cameras
+
+    head = next(h for h in map(make_head, split_seeds("test")) if h.attributes["hair_style"] != "bald")
+    out = render_head(head, orbit_cameras([0.0], [0.0], radius=0.7, fov_deg=30.0, size=64))
+    labels, rgb = out["labels"][0], out["rgb"][0].float()
+    own = head.attributes["hair_color"]
+    colors = repainted_hair_colors(head, labels, rgb, [own, "blue", "white"])
+    # repainting in its own colour changes nothing: the target is the render's own hair colour
+    from perchead.evaluation.editing import region_mean_color
+
+    assert torch.allclose(colors[own], region_mean_color(rgb, labels == 13, labels > 0, erode=1), atol=1e-6)
+    # another colour keeps the shading: blue stays blue-dominant, white lighter than blue, both at most the albedo
+    assert colors["blue"][2] > colors["blue"][0] and colors["white"].mean() > colors["blue"].mean()
+    assert (colors["white"] <= torch.tensor(HAIR_COLORS["white"]) + 0.1).all()
+    bald = make_head(split_seeds("test")[0])
+    bald.attributes = {**bald.attributes, "hair_style": "bald"}
+    assert repainted_hair_colors(bald, labels, rgb, ["blue"]) == {"blue": None}
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown hair colours"):
         EditEvalConfig(colors=("black", "mauve"))
@@ -151,7 +193,7 @@ def test_cli_on_tiny_models_writes_json_and_figure(tmp_path, capsys):
     main(["--model", str(tmp_path / "model"), "--subjects", "2", "--output", str(out), "--figure", str(fig),
           "--colors", "black", "blonde", "red", "--references", "1", "--device", "cpu", "--no-progress"])
     results = json.loads(out.read_text())
-    assert set(results) == {"geometry", "style", "hair_color", "meta"}
+    assert set(results) == {"geometry", "style", "hair_color", "hair_color_rendered", "hair_color_ceiling", "meta"}
     g = results["geometry"]
     assert {"silhouette_iou", "parsed_iou", "depth_mm", "per_view", "across_maps", "input_fidelity"} <= set(g)
     assert set(g["per_view"]) == {"front", "three_quarter", "profile"}
@@ -169,6 +211,7 @@ def test_cli_on_tiny_models_writes_json_and_figure(tmp_path, capsys):
     h = results["hair_color"]
     assert set(h["per_color"]) == {"black", "blonde", "red"} and h["chance"] == pytest.approx(1 / 3)
     assert {"matching_distance", "other_prompts_distance", "nearest_fraction", "heads"} <= set(h)
+    assert set(results["hair_color_rendered"]["per_color"]) == {"black", "blonde", "red"}
     assert results["meta"]["seeds"] == [2_000_000, 2_000_001]
     assert [s["kind"] for s in results["meta"]["styles"]] == ["text"] * 3 + ["image"]
     with Image.open(fig) as image:

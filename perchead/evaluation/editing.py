@@ -235,17 +235,20 @@ def color_consistency(colors: Sequence[Sequence[Tensor | None]]) -> dict[str, fl
     return out
 
 
-def hair_color_scores(hair: dict[str, Sequence[Tensor | None]]) -> dict[str, Any]:
+def hair_color_scores(hair: dict[str, Sequence[Tensor | None]],
+                      targets: dict[str, Sequence[Tensor | None]] | None = None) -> dict[str, Any]:
     """How far each hair-colour prompt moves the hair toward its colour (metric 3).
 
     Args:
         hair: colour name (a ``HAIR_COLORS`` key) → per-head rendered hair colour ``[3]`` with the prompt
             ``"<c> hair"`` (None where the head has no hair); every list has one entry per head.
+        targets: colour name → per-head target colour ``[3]`` (e.g. the ground-truth render of that head
+            with its hair repainted in that colour), or None for the albedos ``HAIR_COLORS[c]`` for every head.
 
     Returns:
-        ``per_color[c]`` = ``target``, ``mean_rgb``, ``matching_distance``, ``other_prompts_distance``,
-        ``nearest_fraction``, ``heads``; and the means over colours of the three scores, ``chance`` and
-        ``heads`` (heads with hair in every render).
+        ``per_color[c]`` = ``target`` (mean over heads), ``mean_rgb``, ``matching_distance``,
+        ``other_prompts_distance``, ``nearest_fraction``, ``heads``; and the means over colours of the three
+        scores, ``chance`` and ``heads`` (heads with hair in every render).
     """
     from perchead.data.synthetic import HAIR_COLORS
 
@@ -258,15 +261,21 @@ def hair_color_scores(hair: dict[str, Sequence[Tensor | None]]) -> dict[str, Any
     n = {len(v) for v in hair.values()}
     if len(n) != 1:
         raise ValueError(f"every colour needs one entry per head, got lengths {sorted(n)}")
-    heads = [i for i in range(n.pop()) if all(hair[c][i] is not None for c in names)]
-    targets = {c: torch.tensor(HAIR_COLORS[c], dtype=torch.float32) for c in names}
+    n_heads = n.pop()
+    if targets is None:
+        targets = {c: [torch.tensor(HAIR_COLORS[c], dtype=torch.float32)] * n_heads for c in names}
+    elif set(targets) != set(names) or any(len(targets[c]) != n_heads for c in names):
+        raise ValueError(f"targets need the colours {names} with {n_heads} entries each")
+    heads = [i for i in range(n_heads)
+             if all(hair[c][i] is not None and targets[c][i] is not None for c in names)]
     per_color: dict[str, Any] = {}
     for c in names:
-        matching = [color_distance(hair[c][i], targets[c]) for i in heads]
-        others = [color_distance(hair[o][i], targets[c]) for i in heads for o in names if o != c]
-        nearest = [min(names, key=lambda o: color_distance(hair[o][i], targets[c])) == c for i in heads]
+        t = targets[c]
+        matching = [color_distance(hair[c][i], t[i]) for i in heads]
+        others = [color_distance(hair[o][i], t[i]) for i in heads for o in names if o != c]
+        nearest = [min(names, key=lambda o: color_distance(hair[o][i], t[i])) == c for i in heads]
         per_color[c] = {
-            "target": [round(v, 4) for v in HAIR_COLORS[c]],
+            "target": [round(v, 4) for v in torch.stack([t[i] for i in heads]).mean(0).tolist()] if heads else None,
             "mean_rgb": torch.stack([hair[c][i] for i in heads]).mean(0).tolist() if heads else None,
             "matching_distance": _mean(matching),
             "other_prompts_distance": _mean(others),
@@ -281,6 +290,34 @@ def hair_color_scores(hair: dict[str, Sequence[Tensor | None]]) -> dict[str, Any
         "chance": 1.0 / len(names),
         "heads": len(heads),
     }
+
+
+def repainted_hair_colors(head: SyntheticHead, labels: Tensor, rgb: Tensor, colors: Sequence[str], erode: int = 1
+                          ) -> dict[str, Tensor | None]:
+    """Per-colour rendered targets of one head: its ground-truth render with the hair repainted in each colour.
+
+    Args:
+        head: the synthetic head (its attributes name the hair albedo it was rendered with).
+        labels: its ground-truth label map ``[S, S]``; rgb: its render ``[3, S, S]`` (:func:`input_map`).
+        colors: ``HAIR_COLORS`` keys.
+        erode: as :attr:`EditEvalConfig.erode`.
+
+    Returns:
+        colour → mean repainted hair colour ``[3]`` in the map's eroded hair region, None for a bald head.
+    """
+    from perchead.data.augment import recolor_hair
+    from perchead.data.synthetic import HAIR_COLORS
+
+    old = head.attributes.get("hair_color")
+    if old is None or head.attributes.get("hair_style") == "bald":
+        return {c: None for c in colors}
+    hair, inside = labels == COLOR_CLASSES["hair"], labels != BACKGROUND  # [S, S] ×2
+    out: dict[str, Tensor | None] = {}
+    for c in colors:
+        image = recolor_hair(rgb[None, None], labels[None, None], torch.tensor([HAIR_COLORS[old]]),
+                             torch.tensor([HAIR_COLORS[c]]))[0, 0]  # [3, S, S]
+        out[c] = region_mean_color(image, hair, inside, erode=erode)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- inputs + edits
@@ -374,8 +411,12 @@ def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure
        = the same distance for the renders of the other colour prompts; ``nearest_fraction`` = fraction of
        heads whose render with "<c> hair" is, among the renders of all colour prompts, the nearest to
        ``HAIR_COLORS[c]`` (chance = 1 / number of colours). Heads whose map has no hair (bald) are skipped.
-       The targets are albedos, renders are shaded, so absolute distances carry a shading offset; the
-       comparisons (matching < others, nearest) do not depend on it.
+       The albedos are not what a render shows: shading darkens it, so a lighter wrong colour can lie
+       nearer the albedo than the right one (ground-truth renders repainted in each colour score only 0.70 on
+       ten colours: blonde, grey and pink lose to white, red and brown). ``hair_color_rendered`` therefore
+       scores against per-head RENDERED targets: the head's own ground-truth front render with its hair
+       repainted in c (:func:`perchead.data.augment.recolor_hair`, albedo × the render's shading), measured
+       in the same map region; ``hair_color_ceiling`` is the albedo score of those repainted renders.
 
     Args:
         pipeline: an :class:`~perchead.pipelines.edit.PercHeadEditPipeline`.
@@ -411,8 +452,12 @@ def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure
     region: dict[str, list[list]] = {name: [[] for _ in styles] for name in COLOR_CLASSES}  # [class][style][head]
     parsed_col: dict[str, list[list]] = {name: [[] for _ in styles] for name in COLOR_CLASSES}
     figure_rows: list[tuple[Tensor, list[Tensor]]] = []
+    repainted: dict[str, list[Tensor | None]] = {c: [] for c in config.colors}  # [colour][head] rendered target
     for i in tqdm(range(config.subjects), disable=not progress, desc="evaluate_edit", dynamic_ncols=True):
-        labels, _ = input_map(make_head(seeds[i]), pipeline)  # [S, S]
+        head = make_head(seeds[i])
+        labels, truth = input_map(head, pipeline)  # [S, S], [3, S, S]
+        for c, color in repainted_hair_colors(head, labels, truth, config.colors, config.erode).items():
+            repainted[c].append(color)
         eval_labels = labels if labels.shape[-1] == size else resize_labels(labels, size)  # [H, W]
         renders = [render_edit(pipeline, labels, style, config.views, size) for style in styles]
         # 2. geometry across styles of this map, per view and over all views
@@ -451,11 +496,13 @@ def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure
         "per_style": {st.name: {f"{name}_rgb": _mean_color(region[name][s]) for name in COLOR_CLASSES}
                       for s, st in enumerate(styles)},
     }
-    hair_color = hair_color_scores({c: region["hair"][k] for k, c in enumerate(config.colors)})
+    prompted = {c: region["hair"][k] for k, c in enumerate(config.colors)}
     results: dict[str, Any] = {
         "geometry": geometry,
         "style": style,
-        "hair_color": hair_color,
+        "hair_color": hair_color_scores(prompted),
+        "hair_color_rendered": hair_color_scores(prompted, targets=repainted),
+        "hair_color_ceiling": hair_color_scores(repainted),
         "meta": {
             "config": asdict(config),
             "styles": [{"name": st.name, "kind": "text" if st.text is not None else "image"} for st in styles],
@@ -473,6 +520,9 @@ def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure
                 "parsed": "class_mean_color of the parsed renders over all views (secondary; depends on the parser)",
                 "color_distance": "Euclidean RGB distance, channels in [0, 1]",
                 "hair_color": "distance of the rendered hair (map region) to HAIR_COLORS albedo targets",
+                "hair_color_rendered": "the same against each head's ground-truth front render with its hair "
+                                       "repainted in the prompted colour (same region)",
+                "hair_color_ceiling": "the albedo score of those repainted ground-truth renders",
             },
         },
     }
@@ -505,15 +555,23 @@ def markdown_summary(results: dict[str, Any]) -> str:
             lines.append(f"| {name} ({title}) | {_fmt(v['same_style_across_maps'])} | "
                          f"{_fmt(v['different_styles_across_maps'])} | {_fmt(v['different_styles_same_map'])} | "
                          f"{_fmt(v['ratio'], 2)} |")
-    h = results["hair_color"]
-    lines += ["", "| Prompt | target RGB | distance, matching prompt ↓ | distance, other prompts | nearest ↑ |",
-              "|---|---|---|---|---|"]
-    for c, v in h["per_color"].items():
-        target = ", ".join(f"{x:.2f}" for x in v["target"])
-        lines.append(f"| {c} hair | ({target}) | {_fmt(v['matching_distance'])} | "
-                     f"{_fmt(v['other_prompts_distance'])} | {_fmt(v['nearest_fraction'], 2)} |")
-    lines.append(f"| mean ({h['heads']} heads with hair) | | {_fmt(h['matching_distance'])} | "
-                 f"{_fmt(h['other_prompts_distance'])} | {_fmt(h['nearest_fraction'], 2)} (chance {h['chance']:.2f}) |")
+    for key, title in (("hair_color_rendered", "rendered target RGB (repainted ground truth, mean)"),
+                       ("hair_color", "albedo target RGB")):
+        if key not in results:
+            continue
+        h = results[key]
+        lines += ["", f"| Prompt | {title} | distance, matching prompt ↓ | distance, other prompts | nearest ↑ |",
+                  "|---|---|---|---|---|"]
+        for c, v in h["per_color"].items():
+            target = ", ".join(f"{x:.2f}" for x in v["target"] or [])
+            lines.append(f"| {c} hair | ({target}) | {_fmt(v['matching_distance'])} | "
+                         f"{_fmt(v['other_prompts_distance'])} | {_fmt(v['nearest_fraction'], 2)} |")
+        lines.append(f"| mean ({h['heads']} heads with hair) | | {_fmt(h['matching_distance'])} | "
+                     f"{_fmt(h['other_prompts_distance'])} | {_fmt(h['nearest_fraction'], 2)} "
+                     f"(chance {h['chance']:.2f}) |")
+    if "hair_color_ceiling" in results:
+        lines.append(f"\nalbedo score of the repainted ground truth itself (the albedo score's ceiling): "
+                     f"{_fmt(results['hair_color_ceiling']['nearest_fraction'], 2)}")
     return "\n".join(lines)
 
 
