@@ -138,14 +138,16 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
     from perchead.geometry.segmentation import PALETTE_HEX, labels_to_color, legend_html
 
     async def segment(photo: str | None, remove_background: bool = True, auto_crop: bool = True,
-                      use_whole_image: bool = False, request: gr.Request = None):
-        """Parses a portrait into the 19-class segmentation map the editing model takes (face parser).
+                      use_whole_image: bool = False, map_source: str = "auto", request: gr.Request = None):
+        """Turns a portrait into the 19-class segmentation map the editing model takes.
 
         Args:
             photo: the portrait (PNG/JPEG/WebP...; RGBA alpha is used as the head mask).
             remove_background: remove the background before parsing; outside the head is background.
             auto_crop: detect the face and crop to the model's framing.
             use_whole_image: when no face is detected, use the whole image instead of failing.
+            map_source: "auto" (from the face landmarks and the matte; the face parser when no landmarks
+                are found), "landmarks" (the same) or "parser" (the face parser, trained on synthetic heads).
 
         Returns:
             segmentation_map: the map as a palette-coloured PNG (first output; white = background).
@@ -155,12 +157,17 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         from PIL import Image
 
         from perchead.geometry.segmentation import resize_labels
+        from perchead.pipelines.edit import MAP_SOURCES
         from perchead.pipelines.preprocess import PreprocessError
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
+        if map_source not in MAP_SOURCES:
+            raise visitor_error(f"map_source must be one of {', '.join(MAP_SOURCES)}, got {str(map_source)[:40]!r}.",
+                                "Bad parameter")
+        options["source"] = map_source
 
         def work(job):
             start = time.perf_counter()
@@ -261,6 +268,9 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                     seg_remove_background = gr.Checkbox(True, label="Remove background")
                     seg_auto_crop = gr.Checkbox(True, label="Auto-crop around the head")
                     seg_whole_image = gr.Checkbox(False, label="Use the whole image when no face is found")
+                    seg_source = gr.Radio([("Face landmarks + matte (photos)", "auto"),
+                                           ("Face parser (synthetic renders)", "parser")], value="auto",
+                                          label="Map from", elem_id="map-source")
                 segment_button = gr.Button("Get segmentation map", elem_id="segment-button")
                 parsed = gr.Image(label="Parsed map", type="filepath", interactive=False, height=160,
                                   elem_id="parsed-map")
@@ -290,7 +300,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         video, views, model_input, downloads = lower()
     style_source.change(switch_style, style_source, [style_prompt, style_image], api_name=False, queue=False)
     run_button(segment_button, "Get segmentation map", segment_button.click, segment,
-               [photo, seg_remove_background, seg_auto_crop, seg_whole_image], [parsed, editor, segment_notes],
+               [photo, seg_remove_background, seg_auto_crop, seg_whole_image, seg_source], [parsed, editor, segment_notes],
                "segment", parsed)
     run_button(edit_button, "Edit", edit_button.click, edit, [editor, style_prompt, style_image, snap, edit_frames],
                [ply, viewer, video, views, model_input, downloads, timings, summary], "edit", summary)
@@ -492,6 +502,10 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
+        if map_source not in MAP_SOURCES:
+            raise visitor_error(f"map_source must be one of {', '.join(MAP_SOURCES)}, got {str(map_source)[:40]!r}.",
+                                "Bad parameter")
+        options["source"] = map_source
         options["face_index"] = check_count(face_index, "face_index", 0, 99)
         fit = check_count(fit_steps, "fit_steps", 0, MAX_FIT_STEPS)
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)

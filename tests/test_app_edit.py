@@ -81,7 +81,7 @@ def test_api_has_documented_segment_and_edit(client, server):
     assert {"Reconstruction", "Editing"} <= set(tabs)  # the Editing tab exists (shown once the models load)
     info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert [p["parameter_name"] for p in info["/segment"]["parameters"]] == [
-        "photo", "remove_background", "auto_crop", "use_whole_image"]
+        "photo", "remove_background", "auto_crop", "use_whole_image", "map_source"]
     assert [p["parameter_name"] for p in info["/edit"]["parameters"]] == [
         "segmentation_map", "style_prompt", "style_image", "snap_colors", "turntable_frames"]
     returns = [r["component"].lower() for r in info["/edit"]["returns"]]
@@ -91,6 +91,7 @@ def test_api_has_documented_segment_and_edit(client, server):
 
 def test_segment_then_edit_with_text_style(client, folders):
     from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
 
     from perchead.geometry.gaussians import load_ply
     from perchead.geometry.segmentation import PALETTE
@@ -99,6 +100,11 @@ def test_segment_then_edit_with_text_style(client, folders):
     colours = np.unique(np.asarray(Image.open(map_path).convert("RGB")).reshape(-1, 3), axis=0)
     assert all((PALETTE == c).all(1).any() for c in colours)  # only palette colours
     assert "parsed in" in notes
+    # the map's source can be chosen; an unknown one is refused with a short message
+    _, _, parser_notes = client.predict(handle_file(str(PHOTO)), True, True, False, "parser", api_name="/segment")
+    assert "map from the face parser" in parser_notes
+    with pytest.raises(AppError, match="map_source must be one of|not in the list of choices"):
+        client.predict(handle_file(str(PHOTO)), True, True, False, "../../etc", api_name="/segment")
     ply, viewer, video, views, model_input, downloads, timings, notes = edit(client, map_path, prompt="long blonde hair",
                                                                      frames=4)
     gaussians = load_ply(ply)

@@ -110,6 +110,39 @@ def test_segment_photo_gives_a_model_size_map_background_outside_the_mask(pipe, 
     assert torch.equal(pipe.segment(str(PHOTO)), labels)  # deterministic
 
 
+def test_segment_real_photo_uses_the_landmark_map_and_the_parser_on_request(pipe, analyzer):
+    """A real portrait's map comes from its face landmarks and matte: face parts where the face is (the
+    synthetic-trained parser scrambles them on photos); ``source="parser"`` asks for the parser."""
+    photo = str(ROOT / "examples" / "photo_astronaut.jpg")
+    labels, prep = pipe.segment(photo, return_preprocessed=True)
+    assert "map from the face landmarks and the matte" in prep.notes
+    expected = prep.label_map()
+    expected[prep.mask[0, 0] < 0.5] = 0
+    assert torch.equal(labels, expected)
+    assert {1, 2, 4, 5, 6, 7, 13, 18} <= set(labels.unique().tolist())  # skin, nose, eyes, brows, hair, cloth
+    assert torch.isin(labels, torch.tensor([10, 11, 12])).any()  # the mouth (a 64² map may lose a thin lip)
+
+    def row(*classes: int) -> float:  # mean image row of some classes
+        return float(torch.isin(labels, torch.tensor(classes)).nonzero()[:, 0].float().mean())
+
+    hair_top = int((labels == 13).nonzero()[:, 0].min())
+    assert hair_top < row(6, 7) < row(4, 5) < row(2) < row(10, 11, 12) < row(18)  # top to bottom, as in a face
+    parsed, prep_p = pipe.segment(photo, return_preprocessed=True, source="parser")
+    assert "map from the face parser (trained on synthetic heads)" in prep_p.notes
+    assert torch.equal(parsed, pipe.parser.parse(prep_p.image[0], mask=prep_p.mask[0]).long())
+    with pytest.raises(ValueError, match="unknown map source"):
+        pipe.segment(photo, source="magic")
+
+
+def test_segment_without_landmarks_falls_back_to_the_parser(pipe):
+    blob = np.full((96, 96, 3), 255, np.uint8)
+    blob[20:80, 30:66] = (150, 110, 90)  # a face-coloured block: no face to find, so the whole image
+    labels, prep = pipe.segment(blob, use_whole_image=True, return_preprocessed=True, source="landmarks")
+    assert prep.landmarks is None
+    assert any("no face landmarks were found" in note for note in prep.notes)
+    assert torch.equal(labels, pipe.parser.parse(prep.image[0], mask=prep.mask[0]).long())
+
+
 def test_segment_bad_photo_raises_preprocess_error(pipe, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
