@@ -502,10 +502,6 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
-        if map_source not in MAP_SOURCES:
-            raise visitor_error(f"map_source must be one of {', '.join(MAP_SOURCES)}, got {str(map_source)[:40]!r}.",
-                                "Bad parameter")
-        options["source"] = map_source
         options["face_index"] = check_count(face_index, "face_index", 0, 99)
         fit = check_count(fit_steps, "fit_steps", 0, MAX_FIT_STEPS)
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
