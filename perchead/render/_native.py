@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from perchead.render._torch_impl import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE, Projected, tile_rects
+from perchead.render import _torch_impl
+from perchead.render._torch_impl import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE, Projected
 
 MAIN_SOURCE = "render.c"  # the one translation unit; it includes the other files of csrc/
+REC_SIZE = 16  # values per Gaussian in the compositor's records (NREC in csrc/rasterize.h)
 
 _LIB: ctypes.CDLL | None = None
 _LIB_TRIED = False
@@ -99,10 +101,11 @@ def library() -> ctypes.CDLL | None:
             warnings.warn(f"perchead.render: C kernel unavailable, using the slower pure-PyTorch compositor ({msg})")
             return None
         P, i32 = ctypes.c_void_p, ctypes.c_int
-        lib.bin_tiles.argtypes = [i32, i32, i32, i32, P, P, P, P]
+        lib.bin_fill.argtypes = [i32] * 4 + [P] * 5 + [i32]
         for sfx, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-            getattr(lib, f"rasterize_fwd_{sfx}").argtypes = [i32] * 7 + [P] * 10 + [i32]
-            getattr(lib, f"rasterize_bwd_{sfx}").argtypes = [i32] * 7 + [P] * 15 + [i32, i32]
+            getattr(lib, f"bin_count_{sfx}").argtypes = [i32] * 4 + [P] * 7 + [i32]
+            getattr(lib, f"rasterize_fwd_{sfx}").argtypes = [i32] * 7 + [P] * 11 + [i32, i32]
+            getattr(lib, f"rasterize_bwd_{sfx}").argtypes = [i32] * 7 + [P] * 10 + [i32] + [P] * 4 + [i32] * 3
             getattr(lib, f"project_fwd_{sfx}").argtypes = [i32] * 3 + [P] * 6 + [i32] * 2 + [real] * 3 + [P] * 4 + [i32]
             getattr(lib, f"project_bwd_{sfx}").argtypes = [i32] * 3 + [P] * 5 + [i32] * 2 + [real] * 3 + [P] * 6 + [i32]
         _LIB = lib
@@ -111,16 +114,36 @@ def library() -> ctypes.CDLL | None:
 
 @torch.no_grad()
 def bin_tiles(proj: Projected, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """C twin of :func:`perchead.render._torch_impl.bin_tiles` (a counting sort; same outputs)."""
-    rects, order, tw, th = tile_rects(proj, width, height)
-    I, N = order.shape
-    device = order.device
-    rects, order = rects.cpu().contiguous(), order.cpu().contiguous()
-    area = ((rects[..., 2] - rects[..., 0]) * (rects[..., 3] - rects[..., 1])).to(torch.int64)
+    """C twin of :func:`perchead.render._torch_impl.bin_tiles`: tile rectangles, a stable radix sort by depth
+    and a counting sort into tiles (same outputs)."""
+    dt = proj.means2d.dtype
+    if dt not in (torch.float32, torch.float64):
+        return _torch_impl.bin_tiles(proj, width, height)
+    lib = library()
+    sfx = "f32" if dt == torch.float32 else "f64"
+    I, N = proj.depths.shape
+    tw, th = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+    device = proj.means2d.device
+    m2 = proj.means2d.detach().cpu().contiguous()  # [I, N, 2]
+    radii = proj.radii.cpu().to(torch.int32).contiguous()  # [I, N, 2]
+    depths = proj.depths.detach().cpu().to(dt).contiguous()  # [I, N]
+    rects = torch.empty(I, N, 4, dtype=torch.int32)
+    order = torch.empty(I, N, dtype=torch.int32)
+    nvalid = torch.empty(I, dtype=torch.int32)
     offsets = torch.empty(I * tw * th + 1, dtype=torch.int64)
-    ids = torch.empty(int(area.sum()), dtype=torch.int32)
-    library().bin_tiles(I, N, tw, th, rects.data_ptr(), order.data_ptr(), offsets.data_ptr(), ids.data_ptr())
+    n_threads = max(1, min(torch.get_num_threads(), I))
+    getattr(lib, f"bin_count_{sfx}")(I, N, tw, th, m2.data_ptr(), radii.data_ptr(), depths.data_ptr(), rects.data_ptr(),
+                                     order.data_ptr(), nvalid.data_ptr(), offsets.data_ptr(), n_threads)
+    ids = torch.empty(int(offsets[-1]), dtype=torch.int32)
+    lib.bin_fill(I, N, tw, th, rects.data_ptr(), order.data_ptr(), nvalid.data_ptr(), offsets.data_ptr(),
+                 ids.data_ptr(), n_threads)
     return offsets.to(device), ids.to(device)
+
+
+def _lanes() -> int:
+    """Pixels per vector lane group of the float compositor: 8 (AVX2 where the CPU has it, else 4) unless
+    ``PERCHEAD_RENDER_LANES=4``; both give the same images."""
+    return 4 if os.environ.get("PERCHEAD_RENDER_LANES") == "4" else 8
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -145,12 +168,14 @@ class RasterizeNative(torch.autograd.Function):
         out = torch.empty(I, D, height, width, dtype=dt)
         out_T = torch.empty(I, height, width, dtype=dt)
         last = torch.empty(I, height, width, dtype=torch.int32)
+        rec = torch.empty(I, N, REC_SIZE, dtype=dt)  # per-Gaussian constants of the compositor, for the backward
         n_threads = max(1, min(torch.get_num_threads(), I * tw * th))
         getattr(lib, f"rasterize_fwd_{sfx}")(
             I, N, D, width, height, tw, th, offsets.data_ptr(), ids.data_ptr(), m.data_ptr(), c.data_ptr(),
-            o.data_ptr(), col.data_ptr(), _ptr(bg), out.data_ptr(), out_T.data_ptr(), last.data_ptr(), n_threads,
+            o.data_ptr(), col.data_ptr(), _ptr(bg), out.data_ptr(), out_T.data_ptr(), last.data_ptr(),
+            rec.data_ptr(), _lanes(), n_threads,
         )
-        ctx.save_for_backward(m, c, o, col, bg, offsets, ids, out_T, last)
+        ctx.save_for_backward(rec, col, bg, offsets, ids, out_T, last)
         ctx.size = (width, height)
         ctx.dev = dev
         ctx.has_bg = background is not None
@@ -160,7 +185,7 @@ class RasterizeNative(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_out, v_alpha):
         lib = library()
-        m, c, o, col, bg, offsets, ids, out_T, last = ctx.saved_tensors
+        rec, col, bg, offsets, ids, out_T, last = ctx.saved_tensors
         width, height = ctx.size
         dt = col.dtype
         sfx = "f32" if dt == torch.float32 else "f64"
@@ -172,21 +197,22 @@ class RasterizeNative(torch.autograd.Function):
         n_threads = max(1, min(torch.get_num_threads(), nt))
         per_image = I >= n_threads  # images never share Gaussians' gradient slots → one shared buffer
         n_buf = 1 if per_image else n_threads
-        vm = torch.zeros(n_buf, I, N, 2, dtype=dt)
-        vcn = torch.zeros(n_buf, I, N, 3, dtype=dt)
-        vo = torch.zeros(n_buf, I, N, dtype=dt)
-        vcol = torch.zeros(n_buf, I, N, D, dtype=dt)
+        gs = 16 if D <= 10 else 6 + D  # gradient record: one 64-byte line per Gaussian for up to 10 channels
+        grad = torch.empty(n_buf, I, N, gs, dtype=dt)  # scratch, zeroed by the kernel
+        vm = torch.empty(I, N, 2, dtype=dt)
+        vcn = torch.empty(I, N, 3, dtype=dt)
+        vo = torch.empty(I, N, dtype=dt)
+        vcol = torch.empty(I, N, D, dtype=dt)
         getattr(lib, f"rasterize_bwd_{sfx}")(
-            I, N, D, width, height, tw, th, offsets.data_ptr(), ids.data_ptr(), m.data_ptr(), c.data_ptr(),
-            o.data_ptr(), col.data_ptr(), _ptr(bg), out_T.data_ptr(), last.data_ptr(), v_out.data_ptr(),
-            _ptr(v_alpha), vm.data_ptr(), vcn.data_ptr(), vo.data_ptr(), vcol.data_ptr(), int(not per_image), n_threads,
+            I, N, D, width, height, tw, th, offsets.data_ptr(), ids.data_ptr(), rec.data_ptr(), col.data_ptr(),
+            _ptr(bg), out_T.data_ptr(), last.data_ptr(), v_out.data_ptr(), _ptr(v_alpha), grad.data_ptr(), gs,
+            vm.data_ptr(), vcn.data_ptr(), vo.data_ptr(), vcol.data_ptr(), int(not per_image), _lanes(), n_threads,
         )
         dev = ctx.dev
         v_bg = None
         if ctx.has_bg and ctx.needs_input_grad[4]:
             v_bg = (v_out * out_T[:, None]).sum((-1, -2)).to(dev)  # [I, D]
-        return (vm.sum(0).to(dev), vcn.sum(0).to(dev), vo.sum(0).to(dev), vcol.sum(0).to(dev), v_bg,
-                None, None, None, None)
+        return vm.to(dev), vcn.to(dev), vo.to(dev), vcol.to(dev), v_bg, None, None, None, None
 
 
 class ProjectNative(torch.autograd.Function):

@@ -5,5 +5,7 @@
 #undef SFX
 #undef EXP
 #undef SQRT
-#undef NPACK
+#undef NREC
+#undef SPAN_MIN
+#undef PREFETCH
 #undef NPIX

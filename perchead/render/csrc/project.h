@@ -1,7 +1,7 @@
 /* EWA projection of Gaussians into pinhole cameras, as gsplat's fused projection, forward and backward.
    Written over REAL and SFX(name) and included once per precision by render.c (not a standalone file). */
 
-static void SFX(rotmat)(const REAL *q, REAL *qn, REAL *R) {
+static inline __attribute__((always_inline)) void SFX(rotmat)(const REAL *q, REAL *qn, REAL *R) {
     REAL inv = 1 / SQRT(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
     REAL w = q[0] * inv, x = q[1] * inv, y = q[2] * inv, z = q[3] * inv;
     qn[0] = w; qn[1] = x; qn[2] = y; qn[3] = z;
@@ -15,8 +15,9 @@ typedef struct {
 } SFX(proj_t);
 
 /* returns 1 if the depth is inside (near, far) */
-static int SFX(project_one)(const REAL *m, const REAL *M, const REAL *vm, const REAL *K, int W, int H,
-                            REAL eps2d, REAL near, REAL far, SFX(proj_t) *P) {
+static inline __attribute__((always_inline)) int SFX(project_one)(
+        const REAL *m, const REAL *M, const REAL *vm, const REAL *K, int W, int H, REAL eps2d, REAL near, REAL far,
+        SFX(proj_t) *P) {
     for (int i = 0; i < 3; ++i) P->mc[i] = vm[4 * i] * m[0] + vm[4 * i + 1] * m[1] + vm[4 * i + 2] * m[2] + vm[4 * i + 3];
     REAL z = P->mc[2];
     if (!(z > near && z < far)) return 0;

@@ -1,137 +1,450 @@
-/* Tile compositor, forward and backward, written over REAL and SFX(name): included once per precision by
-   render.c (not a standalone file). One work item is one TS x TS tile of one image. */
+/* Tile binning and the tile compositor, forward and backward, written over REAL and SFX(name): included
+   once per precision by render.c (not a standalone file). One work item is one TS x TS tile of one image. */
 
-#define NPACK 7
+#define NREC 16
 #define NPIX (TS * TS)
-/* packs x, y, conic a, b, c, opacity and the sigma above which alpha < 1/255 (-1: never visible) */
-static void SFX(pack)(REAL **buf, int64_t *cap, int64_t L, const int32_t *ids, int64_t base,
-                      const REAL *m, const REAL *c, const REAL *o) {
-    if (L > *cap) { free(*buf); *cap = L * 2; *buf = (REAL *)malloc(*cap * NPACK * sizeof(REAL)); }
-    REAL *p = *buf;
-    for (int64_t j = 0; j < L; ++j, p += NPACK) {
-        int64_t g = base + ids[j];
-        p[0] = m[2 * g]; p[1] = m[2 * g + 1];
-        p[2] = c[3 * g]; p[3] = c[3 * g + 1]; p[4] = c[3 * g + 2];
-        p[5] = o[g];
-        p[6] = o[g] * 255.0 > 1.0 ? (REAL)(log((double)o[g] * 255.0) + 1e-3) : (REAL)-1.0;
-    }
+#define PREFETCH 4 /* list entries ahead whose record and colours are prefetched */
+#define SPAN_MIN 4 /* row segments longer than this many pixels are cut to the ellipse's span */
+/* Per call, every Gaussian's per-image constants are computed once into a record (rec_prepare): its
+   alpha threshold, the pixel rows and columns its ellipse can touch and the constants of each row's span,
+   so the tile loops only intersect integer ranges. The spans are supersets of the pixels whose sigma is
+   below the threshold (widened by a pixel against rounding); the per-pixel test alone decides, so forward
+   and backward visit the same contributions whatever the span. */
+/* record fields: x, y, conic a, b, c, opacity, sigma threshold (-1: never visible), b / a, 2 thr / a,
+   det / a^2, span margin, first and last pixel row, first and last pixel column, 1 if the conic is
+   degenerate (whole bounding range, no span) */
+#ifndef REC_FIELDS
+#define REC_FIELDS /* once for both precisions */
+enum { R_X, R_Y, R_A, R_B, R_C, R_O, R_THR, R_BA, R_P, R_Q, R_MARGIN, R_Y0, R_Y1, R_X0, R_X1, R_FULL };
+/* the backward's gradient record of a Gaussian: mean x, y, conic a, b, c, opacity, then its D colours */
+enum { G_X, G_Y, G_A, G_B, G_C, G_O, G_COL };
+#endif
+
+/* One Gaussian's record (`m`, `c`, `o` point at its x, its conic and its opacity). */
+static void SFX(rec_one)(REAL *p, const REAL *m, const REAL *c, const REAL *o, int W, int H) {
+    double a = c[0], b = c[1], cc = c[2], det = a * cc - b * b, x = m[0], y = m[1];
+    double thr = *o * 255.0 > 1.0 ? log((double)*o * 255.0) + 1e-3 : -1.0;
+    p[R_X] = m[0]; p[R_Y] = m[1]; p[R_A] = c[0]; p[R_B] = c[1]; p[R_C] = c[2]; p[R_O] = *o;
+    p[R_THR] = (REAL)thr;
+    p[R_BA] = p[R_P] = p[R_Q] = p[R_MARGIN] = 0;
+    p[R_FULL] = 1;
+    p[R_Y0] = -1; p[R_Y1] = (REAL)H; p[R_X0] = -1; p[R_X1] = (REAL)W;
+    if (thr < 0) { p[R_Y0] = 1; p[R_Y1] = 0; return; }  /* empty */
+    if (!(a > 0) || !(det > 0) || !isfinite(x) || !isfinite(y) || !isfinite(a * cc)) return;
+    thr = (double)p[R_THR];  /* the threshold the pixels are tested against */
+    double ey = sqrt(2.0 * thr * a / det), ex = sqrt(2.0 * thr * cc / det);
+    /* a pixel's centre (X + 0.5, Y + 0.5) can have sigma <= thr only within ex, ey of the mean; e widens
+       that far beyond the rounding of the float sigma test */
+    double e = 0.01 + 1e-4 * (ex + ey) + 1e-6 * (fabs(x) + fabs(y));
+    double y0 = ceil(y - ey - 0.5 - e), y1 = floor(y + ey - 0.5 + e);
+    double x0 = ceil(x - ex - 0.5 - e), x1 = floor(x + ex - 0.5 + e);
+    p[R_Y0] = (REAL)(y0 < -1 ? -1 : (y0 > H ? H : y0));
+    p[R_Y1] = (REAL)(y1 < -1 ? -1 : (y1 > H ? H : y1));
+    p[R_X0] = (REAL)(x0 < -1 ? -1 : (x0 > W ? W : x0));
+    p[R_X1] = (REAL)(x1 < -1 ? -1 : (x1 > W ? W : x1));
+    p[R_FULL] = 0;
+    p[R_BA] = (REAL)(b / a);
+    p[R_P] = (REAL)(2.0 * thr / a);
+    p[R_Q] = (REAL)(det / (a * a));
+    /* the span's half-width sqrt(P - Q dy^2) in REAL is off by at most ~5e-4 sqrt(P) near the tips */
+    p[R_MARGIN] = (REAL)(1e-3 * sqrt(2.0 * thr / a) + e);
+    if (!isfinite(p[R_BA]) || !isfinite(p[R_P]) || !isfinite(p[R_Q]) || !isfinite(p[R_MARGIN])) p[R_FULL] = 1;
 }
 
-/* Rows [*r0, *r1] of the tile (local coordinates) that the ellipse sigma <= thr can touch. */
-static int SFX(rows)(const REAL *p, int x0, int y0, int tw_, int th_, int *r0, int *r1) {
-    double a = p[2], b = p[3], c = p[4], thr = p[6], det = a * c - b * b;
-    if (thr < 0) return 0;
-    if (!(a > 0) || !(det > 0)) { *r0 = 0; *r1 = th_ - 1; return 1; }
-    double ext = sqrt(2.0 * thr * a / det);
-    int lo = (int)ceil(p[1] - ext - 0.5) - 1 - y0, hi = (int)floor(p[1] + ext - 0.5) + 1 - y0;
+/* Records of all I x N Gaussians (inside a parallel region: the loop is shared by the team). */
+static void SFX(rec_prepare)(int64_t IN, const REAL *m, const REAL *c, const REAL *o, int W, int H, REAL *rec) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t g = 0; g < IN; ++g) SFX(rec_one)(rec + g * NREC, m + 2 * g, c + 3 * g, o + g, W, H);
+}
+
+/* Local rows [*r0, *r1] of the tile at (x0, y0) that the record's ellipse can touch. */
+static inline int SFX(rec_rows)(const REAL *p, int y0, int th_, int *r0, int *r1) {
+    int lo = (int)p[R_Y0] - y0, hi = (int)p[R_Y1] - y0;
     *r0 = lo < 0 ? 0 : lo;
     *r1 = hi > th_ - 1 ? th_ - 1 : hi;
     return *r0 <= *r1;
 }
 
-/* Columns [*c0, *c1] of local row `r` inside the ellipse (widened by one pixel against rounding). */
-static int SFX(span)(const REAL *p, int x0, int y0, int tw_, int r, int *c0, int *c1) {
-    double a = p[2], b = p[3], c = p[4], thr = p[6];
-    if (!(a > 0) || !(a * c - b * b > 0)) { *c0 = 0; *c1 = tw_ - 1; return 1; }
-    double dy = p[1] - (y0 + r + 0.5);
-    double disc = b * b * dy * dy - a * c * dy * dy + 2.0 * a * thr;
-    if (disc < 0) disc = 0;  /* the widened row range may graze the ellipse: keep a 1-pixel span */
-    double s = sqrt(disc);
-    /* dx = mean_x - px lies in [(-b dy - s) / a, (-b dy + s) / a]; px = centre - 0.5 */
-    double pmin = p[0] - (-b * dy + s) / a - 0.5, pmax = p[0] - (-b * dy - s) / a - 0.5;
-    int lo = (int)ceil(pmin) - 1 - x0, hi = (int)floor(pmax) + 1 - x0;
-    *c0 = lo < 0 ? 0 : lo;
-    *c1 = hi > tw_ - 1 ? tw_ - 1 : hi;
-    return *c0 <= *c1;
+/* Local columns [*c0, *c1] of local row r: the bounding range, cut to the ellipse's span (widened
+   against rounding) when long. */
+static inline int SFX(rec_span)(const REAL *p, int x0, int y0, int tw_, int r, int *c0, int *c1) {
+    int lo = (int)p[R_X0] - x0, hi = (int)p[R_X1] - x0;
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > tw_ - 1 ? tw_ - 1 : hi;
+    if (hi - lo >= SPAN_MIN && p[R_FULL] == 0) {
+        REAL dy = p[R_Y] - ((REAL)(y0 + r) + (REAL)0.5);
+        REAL s2 = p[R_P] - p[R_Q] * dy * dy;
+        REAL s = (s2 > 0 ? SQRT(s2) : 0) + p[R_MARGIN];
+        REAL ctr = p[R_X] + p[R_BA] * dy - (REAL)0.5 - (REAL)x0;  /* local column of the span's centre */
+        REAL pmin = ctr - s, pmax = ctr + s;
+        /* ceil and floor by truncation of values kept in [-2, TS + 2] (columns 0 .. TS - 1 are all that matter) */
+        pmin = pmin > -2 ? (pmin < TS + 2 ? pmin : TS + 2) : -2;  /* NaN: the whole range */
+        pmax = pmax < TS + 2 ? (pmax > -2 ? pmax : -2) : TS + 2;
+        int slo = 32 - (int)(32 - pmin), shi = (int)(pmax + 32) - 32;
+        if (slo > lo) lo = slo;
+        if (shi < hi) hi = shi;
+    }
+    *c0 = lo;
+    *c1 = hi;
+    return lo <= hi;
 }
+
+/* Per image (in parallel): the tile rectangle of every Gaussian with both radii > 0, as tile_rects in
+   _torch_impl.py, written to rects [I, N, 4]; those Gaussians in stable depth order, written to
+   order [I, N] (the first nvalid[i] entries of row i); and every tile's list length, as offsets[1 + tile],
+   then summed into the offsets of the lists ([I * tw * th + 1]). bin_fill writes the lists. */
+void SFX(bin_count)(int I, int N, int tw, int th, const REAL *means2d, const int32_t *radii, const REAL *depths,
+                    int32_t *rects, int32_t *order, int32_t *nvalid, int64_t *offsets, int nthreads) {
+    int64_t nt = (int64_t)tw * th;
+    offsets[0] = 0;
+    PARALLEL(nthreads)
+    {
+        uint64_t *key = (uint64_t *)malloc((size_t)2 * (N > 0 ? N : 1) * sizeof(uint64_t));
+        int32_t *tmp = (int32_t *)malloc((size_t)(N > 0 ? N : 1) * sizeof(int32_t));
+        size_t hist[256];
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int img = 0; img < I; ++img) {
+            int64_t *cnt = offsets + 1 + img * nt;
+            int32_t *ord = order + (int64_t)img * N;
+            uint64_t *k0 = key, *k1 = key + N, diff = 0;
+            memset(cnt, 0, (size_t)nt * sizeof(int64_t));
+            int n = 0;
+            for (int i = 0; i < N; ++i) {
+                int64_t gi = (int64_t)img * N + i;
+                const int32_t *rad = radii + 2 * gi;
+                if (!(rad[0] > 0 && rad[1] > 0)) continue;
+                REAL mx = means2d[2 * gi], my = means2d[2 * gi + 1], rx = (REAL)rad[0], ry = (REAL)rad[1];
+                REAL v[4] = {floor((mx - rx) / (REAL)TS), floor((my - ry) / (REAL)TS),
+                             ceil((mx + rx) / (REAL)TS), ceil((my + ry) / (REAL)TS)};
+                int32_t *rc = rects + 4 * gi;
+                for (int e = 0; e < 4; ++e) {
+                    REAL hi = (REAL)(e % 2 ? th : tw);
+                    rc[e] = (int32_t)(v[e] > 0 ? (v[e] < hi ? v[e] : hi) : 0);  /* NaN: 0 */
+                }
+                for (int y = rc[1]; y < rc[3]; ++y)
+                    for (int x = rc[0]; x < rc[2]; ++x) cnt[(int64_t)y * tw + x]++;
+                double d = (double)depths[gi];
+                uint64_t u;
+                memcpy(&u, &d, sizeof u);
+                u = (u >> 63) ? ~u : (u | ((uint64_t)1 << 63));  /* order of the doubles as unsigned */
+                k0[n] = u;
+                ord[n] = i;
+                diff |= u ^ k0[0];
+                ++n;
+            }
+            nvalid[img] = n;
+            /* stable LSD radix sort of (key, index) by bytes, skipping bytes that all keys share */
+            for (int shift = 0; shift < 64; shift += 8) {
+                if (!((diff >> shift) & 0xff)) continue;
+                memset(hist, 0, sizeof hist);
+                for (int i = 0; i < n; ++i) hist[(k0[i] >> shift) & 0xff]++;
+                size_t sum = 0;
+                for (int b = 0; b < 256; ++b) { size_t h = hist[b]; hist[b] = sum; sum += h; }
+                for (int i = 0; i < n; ++i) {
+                    size_t dst = hist[(k0[i] >> shift) & 0xff]++;
+                    k1[dst] = k0[i];
+                    tmp[dst] = ord[i];
+                }
+                uint64_t *kt = k0; k0 = k1; k1 = kt;
+                memcpy(ord, tmp, (size_t)n * sizeof(int32_t));
+            }
+        }
+        free(tmp);
+        free(key);
+    }
+    for (int64_t t = 0; t < (int64_t)I * nt; ++t) offsets[t + 1] += offsets[t];
+}
+
+/* Forward of one tile with D colour channels (D is a constant where the caller specialises it). */
+static inline __attribute__((always_inline)) void SFX(fwd_tile)(
+        int64_t img, int64_t gt, int N, int D, int W, int H, int tw, int th, const int64_t *offsets,
+        const int32_t *ids, const REAL *rec, const REAL *colors, const REAL *bg, REAL *out, REAL *out_T,
+        int32_t *last, REAL *acc) {
+    int64_t nt = (int64_t)tw * th, HW = (int64_t)H * W, t = gt % nt;
+    REAL T[NPIX];
+    int32_t lastj[NPIX];
+    unsigned char done[NPIX];
+    int x0 = (int)(t % tw) * TS, y0 = (int)(t / tw) * TS;
+    int tw_ = W - x0 < TS ? W - x0 : TS, th_ = H - y0 < TS ? H - y0 : TS;
+    int64_t s = offsets[gt], L = offsets[gt + 1] - s;
+    const int32_t *tid = ids + s;
+    for (int k = 0; k < NPIX; ++k) { T[k] = 1; lastj[k] = -1; done[k] = 0; }
+    memset(acc, 0, (size_t)NPIX * D * sizeof(REAL));
+    int remaining = tw_ * th_, row_left[TS];
+    for (int r = 0; r < TS; ++r) row_left[r] = tw_;
+    for (int64_t j = 0; j < L && remaining > 0; ++j) {
+        if (j + PREFETCH < L) {  /* the lists are in depth order, not memory order: fetch ahead */
+            int64_t gn = img * N + tid[j + PREFETCH];
+            __builtin_prefetch(rec + gn * NREC);
+            __builtin_prefetch(colors + gn * D);
+        }
+        int64_t g = img * N + tid[j];
+        const REAL *p = rec + g * NREC;
+        int r0, r1, c0, c1;
+        if (!SFX(rec_rows)(p, y0, th_, &r0, &r1)) continue;
+        const REAL *col = colors + g * D;
+        REAL px = p[R_X], py = p[R_Y], pa = p[R_A], pb = p[R_B], pc = p[R_C], po = p[R_O], thr = p[R_THR];
+        for (int r = r0; r <= r1; ++r) {
+            if (row_left[r] == 0 || !SFX(rec_span)(p, x0, y0, tw_, r, &c0, &c1)) continue;
+            REAL dy = py - ((REAL)(y0 + r) + (REAL)0.5);
+            REAL cdy = pc * dy * dy;
+            for (int cc = c0; cc <= c1; ++cc) {
+                int k = r * TS + cc;
+                if (done[k]) continue;
+                REAL dx = px - ((REAL)(x0 + cc) + (REAL)0.5);
+                REAL sigma = (REAL)0.5 * (pa * dx * dx + cdy) + pb * dx * dy;
+                if (sigma < 0 || sigma > thr) continue;
+                REAL alpha = po * EXP(-sigma);
+                if (alpha > (REAL)0.999) alpha = (REAL)0.999;
+                if (alpha < (REAL)(1.0 / 255.0)) continue;
+                REAL next_T = T[k] * (1 - alpha);
+                if (next_T <= (REAL)1e-4) { done[k] = 1; --remaining; --row_left[r]; continue; }
+                REAL vis = alpha * T[k];
+                REAL *ak = acc + (int64_t)k * D;
+                for (int d = 0; d < D; ++d) ak[d] += col[d] * vis;
+                T[k] = next_T;
+                lastj[k] = (int32_t)j;
+            }
+        }
+    }
+    const REAL *bgi = bg ? bg + img * D : NULL;
+    for (int r = 0; r < th_; ++r) {
+        for (int cc = 0; cc < tw_; ++cc) {
+            int k = r * TS + cc;
+            int64_t pix = (int64_t)(y0 + r) * W + x0 + cc;
+            for (int d = 0; d < D; ++d)
+                out[(img * D + d) * HW + pix] = acc[(int64_t)k * D + d] + (bgi ? T[k] * bgi[d] : 0);
+            out_T[img * HW + pix] = T[k];
+            last[img * HW + pix] = lastj[k];
+        }
+    }
+}
+
+
+#if RASTER_VEC
+#define VN(name) name##_v4
+#define VW 4
+#define VF v4f
+#define VI v4i
+#define VSPLAT v4f_splat
+#define VISPLAT v4i_splat
+#define VAND v4f_and
+#define VSEL v4f_sel
+#define VISEL v4i_sel
+#define VBITS v4_bits
+#define VEXP v4f_exp
+#define VSUM v4f_sum
+#define VATTR
+#include "raster_simd.h"
+#undef VN
+#undef VW
+#undef VF
+#undef VI
+#undef VSPLAT
+#undef VISPLAT
+#undef VAND
+#undef VSEL
+#undef VISEL
+#undef VBITS
+#undef VEXP
+#undef VSUM
+#undef VATTR
+#if SIMD_AVX2
+#define VN(name) name##_v8
+#define VW 8
+#define VF v8f
+#define VI v8i
+#define VSPLAT v8f_splat
+#define VISPLAT v8i_splat
+#define VAND v8f_and
+#define VSEL v8f_sel
+#define VISEL v8i_sel
+#define VBITS v8_bits
+#define VEXP v8f_exp
+#define VSUM v8f_sum
+#define VATTR AVX2_ATTR
+#include "raster_simd.h"
+#undef VN
+#undef VW
+#undef VF
+#undef VI
+#undef VSPLAT
+#undef VISPLAT
+#undef VAND
+#undef VSEL
+#undef VISEL
+#undef VBITS
+#undef VEXP
+#undef VSUM
+#undef VATTR
+#endif
+#endif
 
 static void SFX(rasterize_fwd_body)(int I, int N, int D, int W, int H, int tw, int th,
         const int64_t *offsets, const int32_t *ids,
         const REAL *means2d, const REAL *conics, const REAL *opac, const REAL *colors, const REAL *bg,
-        REAL *out, REAL *out_T, int32_t *last, int64_t *counter) {
-    int64_t nt = (int64_t)tw * th, total = (int64_t)I * nt, HW = (int64_t)H * W, cap = 0;
-    REAL *buf = NULL, T[NPIX];
-    int32_t lastj[NPIX];
-    unsigned char done[NPIX];
+        REAL *out, REAL *out_T, int32_t *last, REAL *rec, const int64_t *sched, int64_t *counter, int lanes) {
+    SFX(rec_prepare)((int64_t)I * N, means2d, conics, opac, W, H, rec);  /* ends with a barrier */
+#if RASTER_VEC
+#if SIMD_AVX2
+    if (lanes == 8) {
+        fwd_tiles_v8(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out, out_T, last, sched, counter);
+        return;
+    }
+#endif
+    (void)lanes;
+    fwd_tiles_v4(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out, out_T, last, sched, counter);
+#else
+    (void)lanes;
+    int64_t nt = (int64_t)tw * th, total = (int64_t)I * nt;
     REAL *acc = (REAL *)malloc((size_t)NPIX * (D > 0 ? D : 1) * sizeof(REAL));
     for (;;) {
-        int64_t gt = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
-        if (gt >= total) break;
-        int64_t img = gt / nt, t = gt % nt;
-        int x0 = (int)(t % tw) * TS, y0 = (int)(t / tw) * TS;
-        int tw_ = W - x0 < TS ? W - x0 : TS, th_ = H - y0 < TS ? H - y0 : TS;
-        int64_t s = offsets[gt], L = offsets[gt + 1] - s;
-        const int32_t *tid = ids + s;
-        SFX(pack)(&buf, &cap, L, tid, img * N, means2d, conics, opac);
-        for (int k = 0; k < NPIX; ++k) { T[k] = 1; lastj[k] = -1; done[k] = 0; }
-        memset(acc, 0, (size_t)NPIX * D * sizeof(REAL));
-        int remaining = tw_ * th_, row_left[TS];
-        for (int r = 0; r < TS; ++r) row_left[r] = tw_;
-        const REAL *p = buf;
-        for (int64_t j = 0; j < L && remaining > 0; ++j, p += NPACK) {
-            int r0, r1, c0, c1;
-            if (!SFX(rows)(p, x0, y0, tw_, th_, &r0, &r1)) continue;
-            const REAL *col = colors + (img * N + tid[j]) * D;
-            for (int r = r0; r <= r1; ++r) {
-                if (row_left[r] == 0 || !SFX(span)(p, x0, y0, tw_, r, &c0, &c1)) continue;
-                REAL dy = p[1] - ((REAL)(y0 + r) + (REAL)0.5);
-                for (int cc = c0; cc <= c1; ++cc) {
-                    int k = r * TS + cc;
-                    if (done[k]) continue;
-                    REAL dx = p[0] - ((REAL)(x0 + cc) + (REAL)0.5);
-                    REAL sigma = (REAL)0.5 * (p[2] * dx * dx + p[4] * dy * dy) + p[3] * dx * dy;
-                    if (sigma < 0 || sigma > p[6]) continue;
-                    REAL alpha = p[5] * EXP(-sigma);
-                    if (alpha > (REAL)0.999) alpha = (REAL)0.999;
-                    if (alpha < (REAL)(1.0 / 255.0)) continue;
-                    REAL next_T = T[k] * (1 - alpha);
-                    if (next_T <= (REAL)1e-4) { done[k] = 1; --remaining; --row_left[r]; continue; }
-                    REAL vis = alpha * T[k];
-                    REAL *ak = acc + (int64_t)k * D;
-                    for (int d = 0; d < D; ++d) ak[d] += col[d] * vis;
-                    T[k] = next_T;
-                    lastj[k] = (int32_t)j;
-                }
-            }
-        }
-        const REAL *bgi = bg ? bg + img * D : NULL;
-        for (int r = 0; r < th_; ++r) {
-            for (int cc = 0; cc < tw_; ++cc) {
-                int k = r * TS + cc;
-                int64_t pix = (int64_t)(y0 + r) * W + x0 + cc;
-                for (int d = 0; d < D; ++d)
-                    out[(img * D + d) * HW + pix] = acc[(int64_t)k * D + d] + (bgi ? T[k] * bgi[d] : 0);
-                out_T[img * HW + pix] = T[k];
-                last[img * HW + pix] = lastj[k];
-            }
-        }
+        int64_t u = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+        if (u >= total) break;
+        int64_t gt = sched[u], img = gt / nt;
+        if (D == 3)  /* the colours alone: a constant channel count */
+            SFX(fwd_tile)(img, gt, N, 3, W, H, tw, th, offsets, ids, rec, colors, bg, out, out_T, last, acc);
+        else
+            SFX(fwd_tile)(img, gt, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out, out_T, last, acc);
     }
     free(acc);
-    free(buf);
+#endif
 }
 
+/* rec: [I, N, NREC] scratch, filled here and passed on to the backward. lanes: 8 for eight-pixel lanes
+   where the CPU has AVX2, else four (float; double runs one pixel at a time). */
 void SFX(rasterize_fwd)(int I, int N, int D, int W, int H, int tw, int th,
         const int64_t *offsets, const int32_t *ids,
         const REAL *means2d, const REAL *conics, const REAL *opac, const REAL *colors, const REAL *bg,
-        REAL *out, REAL *out_T, int32_t *last, int nthreads) {
-    int64_t counter = 0;
+        REAL *out, REAL *out_T, int32_t *last, REAL *rec, int lanes, int nthreads) {
+    int64_t counter = 0, total = (int64_t)I * tw * th;
+    int64_t *sched = tile_schedule(offsets, total, 1);
     PARALLEL(nthreads)
     SFX(rasterize_fwd_body)(I, N, D, W, H, tw, th, offsets, ids, means2d, conics, opac, colors, bg, out, out_T,
-                            last, &counter);
+                            last, rec, sched, &counter, simd_lanes(lanes));
+    free(sched);
 }
 
-/* Back to front from each pixel's last contributor, as gsplat's CUDA backward, Gaussian by Gaussian over
-   the tile. A work unit is `unit` consecutive tiles; gradients go to this thread's buffers (shared when
-   units are whole images, which never share gradient slots). */
+/* Backward of one tile, back to front from each pixel's last contributor as gsplat's CUDA backward,
+   Gaussian by Gaussian; gradients are added to v_* (this thread's slice). */
+static inline __attribute__((always_inline)) void SFX(bwd_tile)(
+        int64_t img, int64_t gt, int N, int D, int W, int H, int tw, int th,
+        const int64_t *offsets, const int32_t *ids, const REAL *rec, const REAL *colors, const REAL *bg,
+        const REAL *out_T, const int32_t *last, const REAL *v_out, const REAL *v_alpha, REAL *grad, int gs,
+        REAL *buffer, REAL *vc, REAL *gcol) {
+    int64_t nt = (int64_t)tw * th, HW = (int64_t)H * W, t = gt % nt;
+    REAL T[NPIX], Tf[NPIX], va[NPIX], bgdot[NPIX];
+    int32_t lastj[NPIX], rowmax[TS];
+    int x0 = (int)(t % tw) * TS, y0 = (int)(t / tw) * TS;
+    int tw_ = W - x0 < TS ? W - x0 : TS, th_ = H - y0 < TS ? H - y0 : TS;
+    int64_t s = offsets[gt], L = offsets[gt + 1] - s;
+    if (L == 0) return;
+    const int32_t *tid = ids + s;
+    const REAL *bgi = bg ? bg + img * D : NULL;
+    int32_t jmax = -1;
+    for (int k = 0; k < NPIX; ++k) lastj[k] = -1;
+    for (int r = 0; r < TS; ++r) rowmax[r] = -1;
+    for (int r = 0; r < th_; ++r) {
+        for (int cc = 0; cc < tw_; ++cc) {
+            int k = r * TS + cc;
+            int64_t pix = img * HW + (int64_t)(y0 + r) * W + x0 + cc;
+            lastj[k] = last[pix];
+            if (lastj[k] > rowmax[r]) rowmax[r] = lastj[k];
+            T[k] = Tf[k] = out_T[pix];
+            va[k] = v_alpha ? v_alpha[pix] : 0;
+            bgdot[k] = 0;
+            for (int d = 0; d < D; ++d) {
+                buffer[(int64_t)k * D + d] = 0;
+                vc[(int64_t)k * D + d] = v_out[(img * D + d) * HW + (pix - img * HW)];
+                if (bgi) bgdot[k] += bgi[d] * vc[(int64_t)k * D + d];
+            }
+        }
+        if (rowmax[r] > jmax) jmax = rowmax[r];
+    }
+    for (int64_t j = jmax; j >= 0; --j) {
+        if (j >= PREFETCH) {
+            int64_t gn = img * N + tid[j - PREFETCH];
+            __builtin_prefetch(rec + gn * NREC);
+            __builtin_prefetch(colors + gn * D);
+            __builtin_prefetch(grad + gn * gs, 1);
+        }
+        int64_t g = img * N + tid[j];
+        const REAL *p = rec + g * NREC;
+        int r0, r1, c0, c1;
+        if (!SFX(rec_rows)(p, y0, th_, &r0, &r1)) continue;
+        const REAL *col = colors + g * D;
+        REAL px = p[R_X], py = p[R_Y], pa = p[R_A], pb = p[R_B], pc = p[R_C], po = p[R_O], thr = p[R_THR];
+        REAL gxy0 = 0, gxy1 = 0, gc0 = 0, gc1 = 0, gc2 = 0, gop = 0;
+        int touched = 0;
+        for (int d = 0; d < D; ++d) gcol[d] = 0;
+        for (int r = r0; r <= r1; ++r) {
+            if (rowmax[r] < j || !SFX(rec_span)(p, x0, y0, tw_, r, &c0, &c1)) continue;
+            REAL dy = py - ((REAL)(y0 + r) + (REAL)0.5);
+            REAL cdy = pc * dy * dy;
+            for (int cc = c0; cc <= c1; ++cc) {
+                int k = r * TS + cc;
+                if (lastj[k] < j) continue;
+                REAL dx = px - ((REAL)(x0 + cc) + (REAL)0.5);
+                REAL sigma = (REAL)0.5 * (pa * dx * dx + cdy) + pb * dx * dy;
+                if (sigma < 0 || sigma > thr) continue;
+                REAL vis = EXP(-sigma);
+                REAL alpha = po * vis;
+                if (alpha > (REAL)0.999) alpha = (REAL)0.999;
+                if (alpha < (REAL)(1.0 / 255.0)) continue;
+                touched = 1;
+                REAL ra = 1 / (1 - alpha);
+                T[k] *= ra;
+                REAL fac = alpha * T[k], v_a = 0;
+                REAL *bk = buffer + (int64_t)k * D;
+                const REAL *vk = vc + (int64_t)k * D;
+                for (int d = 0; d < D; ++d) {
+                    gcol[d] += fac * vk[d];
+                    v_a += (col[d] * T[k] - bk[d] * ra) * vk[d];
+                    bk[d] += col[d] * fac;
+                }
+                v_a += Tf[k] * ra * (va[k] - bgdot[k]);
+                if (po * vis <= (REAL)0.999) {
+                    REAL v_sigma = -po * vis * v_a;
+                    gc0 += (REAL)0.5 * v_sigma * dx * dx;
+                    gc1 += v_sigma * dx * dy;
+                    gc2 += (REAL)0.5 * v_sigma * dy * dy;
+                    gxy0 += v_sigma * (pa * dx + pb * dy);
+                    gxy1 += v_sigma * (pb * dx + pc * dy);
+                    gop += vis * v_a;
+                }
+            }
+        }
+        if (!touched) continue;
+        REAL *gr = grad + g * gs;
+        gr[G_X] += gxy0; gr[G_Y] += gxy1; gr[G_A] += gc0; gr[G_B] += gc1; gr[G_C] += gc2; gr[G_O] += gop;
+        for (int d = 0; d < D; ++d) gr[G_COL + d] += gcol[d];
+    }
+}
+
+/* A work unit is `unit` consecutive tiles; gradients go to this thread's buffers (shared when units are
+   whole images, which never share gradient slots). */
 static void SFX(rasterize_bwd_body)(int I, int N, int D, int W, int H, int tw, int th,
-        const int64_t *offsets, const int32_t *ids,
-        const REAL *means2d, const REAL *conics, const REAL *opac, const REAL *colors, const REAL *bg,
-        const REAL *out_T, const int32_t *last, const REAL *v_out, const REAL *v_alpha,
-        REAL *v_means2d, REAL *v_conics, REAL *v_opac, REAL *v_colors,
-        int64_t *counter, int64_t unit) {
-    int64_t nt = (int64_t)tw * th, total = (int64_t)I * nt, HW = (int64_t)H * W, cap = 0;
-    REAL *buf = NULL, T[NPIX], Tf[NPIX], va[NPIX], bgdot[NPIX];
-    int32_t lastj[NPIX];
+        const int64_t *offsets, const int32_t *ids, const REAL *rec, const REAL *colors, const REAL *bg,
+        const REAL *out_T, const int32_t *last, const REAL *v_out, const REAL *v_alpha, REAL *grad, int gs,
+        const int64_t *sched, int64_t *counter, int64_t unit, int lanes) {
+#if RASTER_VEC
+#if SIMD_AVX2
+    if (lanes == 8) {
+        bwd_tiles_v8(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha, grad, gs,
+                     sched, counter, unit);
+        return;
+    }
+#endif
+    (void)lanes;
+    bwd_tiles_v4(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha, grad, gs,
+                 sched, counter, unit);
+#else
+    (void)lanes;
+    int64_t nt = (int64_t)tw * th, total = (int64_t)I * nt;
     int Dm = D > 0 ? D : 1;
     REAL *buffer = (REAL *)malloc((size_t)NPIX * Dm * sizeof(REAL));
     REAL *vc = (REAL *)malloc((size_t)NPIX * Dm * sizeof(REAL));
@@ -139,105 +452,55 @@ static void SFX(rasterize_bwd_body)(int I, int N, int D, int W, int H, int tw, i
     for (;;) {
         int64_t u = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
         if (u * unit >= total) break;
-        for (int64_t gt = u * unit; gt < (u + 1) * unit && gt < total; ++gt) {
-            int64_t img = gt / nt, t = gt % nt;
-            int x0 = (int)(t % tw) * TS, y0 = (int)(t / tw) * TS;
-            int tw_ = W - x0 < TS ? W - x0 : TS, th_ = H - y0 < TS ? H - y0 : TS;
-            int64_t s = offsets[gt], L = offsets[gt + 1] - s;
-            if (L == 0) continue;
-            const int32_t *tid = ids + s;
-            const REAL *bgi = bg ? bg + img * D : NULL;
-            int32_t jmax = -1;
-            for (int k = 0; k < NPIX; ++k) lastj[k] = -1;
-            for (int r = 0; r < th_; ++r) {
-                for (int cc = 0; cc < tw_; ++cc) {
-                    int k = r * TS + cc;
-                    int64_t pix = img * HW + (int64_t)(y0 + r) * W + x0 + cc;
-                    lastj[k] = last[pix];
-                    if (lastj[k] > jmax) jmax = lastj[k];
-                    T[k] = Tf[k] = out_T[pix];
-                    va[k] = v_alpha ? v_alpha[pix] : 0;
-                    bgdot[k] = 0;
-                    for (int d = 0; d < D; ++d) {
-                        buffer[(int64_t)k * D + d] = 0;
-                        vc[(int64_t)k * D + d] = v_out[(img * D + d) * HW + (pix - img * HW)];
-                        if (bgi) bgdot[k] += bgi[d] * vc[(int64_t)k * D + d];
-                    }
-                }
-            }
-            if (jmax < 0) continue;
-            SFX(pack)(&buf, &cap, jmax + 1, tid, img * N, means2d, conics, opac);
-            const REAL *p = buf + (int64_t)jmax * NPACK;
-            for (int64_t j = jmax; j >= 0; --j, p -= NPACK) {
-                int r0, r1, c0, c1;
-                if (!SFX(rows)(p, x0, y0, tw_, th_, &r0, &r1)) continue;
-                int64_t g = img * N + tid[j];
-                const REAL *col = colors + g * D;
-                REAL gxy0 = 0, gxy1 = 0, gc0 = 0, gc1 = 0, gc2 = 0, gop = 0;
-                int touched = 0;
-                for (int d = 0; d < D; ++d) gcol[d] = 0;
-                for (int r = r0; r <= r1; ++r) {
-                    if (!SFX(span)(p, x0, y0, tw_, r, &c0, &c1)) continue;
-                    REAL dy = p[1] - ((REAL)(y0 + r) + (REAL)0.5);
-                    for (int cc = c0; cc <= c1; ++cc) {
-                        int k = r * TS + cc;
-                        if (lastj[k] < j) continue;
-                        REAL dx = p[0] - ((REAL)(x0 + cc) + (REAL)0.5);
-                        REAL sigma = (REAL)0.5 * (p[2] * dx * dx + p[4] * dy * dy) + p[3] * dx * dy;
-                        if (sigma < 0 || sigma > p[6]) continue;
-                        REAL vis = EXP(-sigma);
-                        REAL alpha = p[5] * vis;
-                        if (alpha > (REAL)0.999) alpha = (REAL)0.999;
-                        if (alpha < (REAL)(1.0 / 255.0)) continue;
-                        touched = 1;
-                        REAL ra = 1 / (1 - alpha);
-                        T[k] *= ra;
-                        REAL fac = alpha * T[k], v_a = 0;
-                        REAL *bk = buffer + (int64_t)k * D;
-                        const REAL *vk = vc + (int64_t)k * D;
-                        for (int d = 0; d < D; ++d) {
-                            gcol[d] += fac * vk[d];
-                            v_a += (col[d] * T[k] - bk[d] * ra) * vk[d];
-                            bk[d] += col[d] * fac;
-                        }
-                        v_a += Tf[k] * ra * (va[k] - bgdot[k]);
-                        if (p[5] * vis <= (REAL)0.999) {
-                            REAL v_sigma = -p[5] * vis * v_a;
-                            gc0 += (REAL)0.5 * v_sigma * dx * dx;
-                            gc1 += v_sigma * dx * dy;
-                            gc2 += (REAL)0.5 * v_sigma * dy * dy;
-                            gxy0 += v_sigma * (p[2] * dx + p[3] * dy);
-                            gxy1 += v_sigma * (p[3] * dx + p[4] * dy);
-                            gop += vis * v_a;
-                        }
-                    }
-                }
-                if (!touched) continue;
-                REAL *vcol = v_colors + g * D;
-                for (int d = 0; d < D; ++d) vcol[d] += gcol[d];
-                v_conics[3 * g] += gc0; v_conics[3 * g + 1] += gc1; v_conics[3 * g + 2] += gc2;
-                v_means2d[2 * g] += gxy0; v_means2d[2 * g + 1] += gxy1;
-                v_opac[g] += gop;
-            }
+        for (int64_t i = u * unit; i < (u + 1) * unit && i < total; ++i) {
+            int64_t gt = sched[i], img = gt / nt;
+            if (D == 3)
+                SFX(bwd_tile)(img, gt, N, 3, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out,
+                              v_alpha, grad, gs, buffer, vc, gcol);
+            else
+                SFX(bwd_tile)(img, gt, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out,
+                              v_alpha, grad, gs, buffer, vc, gcol);
         }
     }
     free(gcol); free(vc); free(buffer);
-    free(buf);
+#endif
 }
 
-/* per_thread: gradient buffers are [threads, I, N, k] and thread t writes slice t; else one shared slice
-   (work units are whole images then, which never share gradient slots). */
+/* per_thread: thread t accumulates into slice t of grad [nthreads, I * N, gs], else all share slice 0
+   (work units are whole images then, which never share gradient slots). grad is scratch (zeroed here); its
+   slices' sum goes to v_means2d [I, N, 2], v_conics [I, N, 3], v_opac [I, N] and v_colors [I, N, D]. */
 void SFX(rasterize_bwd)(int I, int N, int D, int W, int H, int tw, int th,
-        const int64_t *offsets, const int32_t *ids,
-        const REAL *means2d, const REAL *conics, const REAL *opac, const REAL *colors, const REAL *bg,
-        const REAL *out_T, const int32_t *last, const REAL *v_out, const REAL *v_alpha,
-        REAL *v_means2d, REAL *v_conics, REAL *v_opac, REAL *v_colors, int per_thread, int nthreads) {
+        const int64_t *offsets, const int32_t *ids, const REAL *rec, const REAL *colors, const REAL *bg,
+        const REAL *out_T, const int32_t *last, const REAL *v_out, const REAL *v_alpha, REAL *grad, int gs,
+        REAL *v_means2d, REAL *v_conics, REAL *v_opac, REAL *v_colors, int per_thread, int lanes, int nthreads) {
     int64_t counter = 0, unit = per_thread ? 1 : (int64_t)tw * th, IN = (int64_t)I * N;
+    int64_t *sched = tile_schedule(offsets, (int64_t)I * tw * th, per_thread);
+    int nbuf = per_thread ? nthreads : 1;
     PARALLEL(nthreads)
     {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t c = 0; c < nbuf * IN; c += 1024)
+            memset(grad + c * gs, 0, (size_t)((c + 1024 < nbuf * IN ? 1024 : nbuf * IN - c) * gs) * sizeof(REAL));
         int64_t k = per_thread ? THREAD_ID : 0;
-        SFX(rasterize_bwd_body)(I, N, D, W, H, tw, th, offsets, ids, means2d, conics, opac, colors, bg, out_T,
-                                last, v_out, v_alpha, v_means2d + k * IN * 2, v_conics + k * IN * 3,
-                                v_opac + k * IN, v_colors + k * IN * D, &counter, unit);
+        SFX(rasterize_bwd_body)(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha,
+                                grad + k * IN * gs, gs, sched, &counter, unit, simd_lanes(lanes));
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+        for (int64_t g = 0; g < IN; ++g) {
+            REAL *gr = grad + g * gs;
+            for (int b = 1; b < nbuf; ++b) {
+                const REAL *o = grad + (b * IN + g) * gs;
+                for (int e = 0; e < G_COL + D; ++e) gr[e] += o[e];
+            }
+            v_means2d[2 * g] = gr[G_X]; v_means2d[2 * g + 1] = gr[G_Y];
+            v_conics[3 * g] = gr[G_A]; v_conics[3 * g + 1] = gr[G_B]; v_conics[3 * g + 2] = gr[G_C];
+            v_opac[g] = gr[G_O];
+            for (int d = 0; d < D; ++d) v_colors[g * D + d] = gr[G_COL + d];
+        }
     }
+    free(sched);
 }
