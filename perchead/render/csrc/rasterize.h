@@ -118,12 +118,15 @@ void SFX(bin_count)(int I, int N, int tw, int th, const REAL *means2d, const int
                 const int32_t *rad = radii + 2 * gi;
                 if (!(rad[0] > 0 && rad[1] > 0)) continue;
                 REAL mx = means2d[2 * gi], my = means2d[2 * gi + 1], rx = (REAL)rad[0], ry = (REAL)rad[1];
-                REAL v[4] = {floor((mx - rx) / (REAL)TS), floor((my - ry) / (REAL)TS),
-                             ceil((mx + rx) / (REAL)TS), ceil((my + ry) / (REAL)TS)};
+                REAL v[4] = {(mx - rx) / (REAL)TS, (my - ry) / (REAL)TS, (mx + rx) / (REAL)TS, (my + ry) / (REAL)TS};
                 int32_t *rc = rects + 4 * gi;
                 for (int e = 0; e < 4; ++e) {
-                    REAL hi = (REAL)(e % 2 ? th : tw);
-                    rc[e] = (int32_t)(v[e] > 0 ? (v[e] < hi ? v[e] : hi) : 0);  /* NaN: 0 */
+                    /* floor (e < 2) or ceil, clamped to [0, tiles], from the truncation of a value clamped to
+                       [-1, tiles + 1] (exact, unlike a shifted truncation) */
+                    int hi = e % 2 ? th : tw;
+                    REAL x = v[e] > -1 ? (v[e] < (REAL)(hi + 1) ? v[e] : (REAL)(hi + 1)) : -1;  /* NaN: -1 */
+                    int t = (int)x, f = e < 2 ? t - (x < (REAL)t) : t + (x > (REAL)t);
+                    rc[e] = f < 0 ? 0 : (f > hi ? hi : f);
                 }
                 for (int y = rc[1]; y < rc[3]; ++y)
                     for (int x = rc[0]; x < rc[2]; ++x) cnt[(int64_t)y * tw + x]++;
