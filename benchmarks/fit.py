@@ -1,7 +1,7 @@
 """Photo-fit benchmark: seconds per fit (median of several runs) and quality with vs. without the fit.
 
     python benchmarks/fit.py speed [--model weights_card] [--runs 5] [--steps 40]
-    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search]
+    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search] [--set k=v ...]
     python benchmarks/fit.py summary [--out docs/fit_heads.jsonl] [--json docs/fit_results.json]
 
 ``speed`` fits the first synthetic test head (the evaluation's novel-view input) ``--runs`` times and
@@ -14,11 +14,13 @@ prediction with and without the fit; each head is appended to a JSON-lines file 
 interrupted run resumes where it stopped. ``--pose oracle`` gives the fit the protocol's input camera (what
 the landmark pose gives for a photo), ``--pose search`` lets it find the yaw and pitch itself. The
 input-view PSNR is measured at the fit's refined camera (the camera it says the photo was taken from).
+``--set name=value`` overrides a :class:`FitConfig` field (a Python literal or a bare word), for ablations.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -40,6 +42,21 @@ from perchead.models.similarity import psnr, ssim  # noqa: E402
 from perchead.pipelines.fit import FitConfig, fit_to_photo  # noqa: E402
 
 
+def _config(args) -> FitConfig:
+    """The fast preset with ``--steps``, ``--camera-steps`` and ``--set name=value`` overrides."""
+    overrides = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in FitConfig.__dataclass_fields__:
+            raise ValueError(f"--set expects FitConfig field=value, got {item!r}")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value  # a bare word: a string setting
+    camera_steps = FitConfig().camera_steps if getattr(args, "camera_steps", None) is None else args.camera_steps
+    return FitConfig(**{"steps": args.steps, "camera_steps": min(camera_steps, args.steps), **overrides})
+
+
 def _input(model, head, view):
     cams = _cameras([view], model, model.config.render.image_size)
     image, mask = _ground_truth(head, cams)  # [1, 3, S, S], [1, 1, S, S]
@@ -59,7 +76,7 @@ def speed(args) -> dict:
     image, mask, cams = _input(model, head, inp)
     with torch.no_grad():
         g = model(image, mask)[0]
-    config = FitConfig(steps=args.steps, camera_steps=min(FitConfig().camera_steps, args.steps))
+    config = _config(args)
     fit_to_photo(model, g, image, mask, camera=cams, config=config)  # warm-up (kernel compile, mirror pairs)
     times, cpu = [], []
     for _ in range(args.runs):
@@ -93,10 +110,9 @@ def quality(args) -> None:
     done = set()
     if out.exists():
         done = {json.loads(line)["subject"] for line in out.read_text().splitlines() if line.strip()}
-    camera_steps = FitConfig().camera_steps if args.camera_steps is None else args.camera_steps
-    config = FitConfig(steps=args.steps, camera_steps=min(camera_steps, args.steps))
+    config = _config(args)
     seeds = split_seeds("test")
-    for i in range(args.subjects):
+    for i in range(args.start, args.subjects):
         if i in done:
             continue
         head = make_head(seeds[i])
@@ -178,10 +194,12 @@ def main(argv=None):
     p.add_argument("--camera-steps", type=int, default=None, help="quality: camera refinement steps (default: FitConfig's)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--subjects", type=int, default=20)
+    p.add_argument("--start", type=int, default=0, help="quality: first head (to split a run over processes)")
     p.add_argument("--pose", choices=["oracle", "search"], default="oracle")
     p.add_argument("--no-extreme", action="store_true")
     p.add_argument("--out", default="docs/fit_heads.jsonl")
     p.add_argument("--json", default=None)
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
     args = p.parse_args(argv)
     {"speed": speed, "quality": quality, "summary": summary}[args.mode](args)
 

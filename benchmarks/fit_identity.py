@@ -2,19 +2,21 @@
 
     pip install --target /tmp/dlibpkgs dlib-bin face_recognition_models    # the yardstick (never a loss)
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
-        [--figure docs/photo_fit.png]
+        [--figure docs/photo_fit.png] [--set name=value ...]
 
 For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
 reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
 (elevation 0, 384²) and dlib's ResNet face descriptor (``face_recognition_models``) of each render is
 compared with the photo's: distance < 0.6 is dlib's "same person". The fit never sees this network. A
 render where dlib's detectors find no face counts as not recognised. The figure shows the public-domain
-portraits (photo, then front, ¾, profile and back without and with the fit).
+portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
+overrides a :class:`FitConfig` field of the fit (ablations; choose settings on synthetic heads, not here).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
+from perchead.pipelines.fit import FitConfig  # noqa: E402
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
@@ -82,7 +85,18 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=384)
     p.add_argument("--json", default="docs/fit_identity.json")
     p.add_argument("--figure", default="docs/photo_fit.png")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
     args = p.parse_args(argv)
+    overrides = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in FitConfig.__dataclass_fields__:
+            raise ValueError(f"--set expects FitConfig field=value, got {item!r}")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    config = FitConfig(**overrides)
     torch.set_num_threads(os.cpu_count() or 1)
     portraits.fetch()
     pipe = PercHeadPipeline.from_pretrained(args.model, device="cpu")
@@ -101,7 +115,7 @@ def main(argv=None):
             continue
         entry = {}
         for tag, steps in (("without", 0), ("with", args.steps)):
-            rec = pipe(str(path), fit_steps=steps)
+            rec = pipe(str(path), fit_steps=steps, fit=config)
             with torch.no_grad():
                 views = pipe.model.render_views(rec.gaussians, cams).rgb[0]  # [5, 3, s, s]
             dists = []

@@ -1,11 +1,22 @@
 """Tests for the photo-fit (perchead.pipelines.fit) and its place in the reconstruction pipeline."""
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 
 from perchead.models.config import PercHeadConfig
 from perchead.models.perchead import PercHead
-from perchead.pipelines.fit import MAX_FIT_STEPS, FitConfig, adjust_camera, fit_to_photo, mirror_index, search_pose
+from perchead.pipelines.fit import (
+    MAX_FIT_STEPS,
+    FitConfig,
+    adjust_camera,
+    fit_to_photo,
+    head_transform,
+    mirror_index,
+    search_pose,
+)
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
 
@@ -47,7 +58,7 @@ def test_fit_lowers_the_input_view_loss(model, photo):
 
 def test_offsets_and_scales_stay_within_their_bounds(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny(steps=10, geometry_from=0.0, lr_offset=5.0, lr_scale=5.0, max_offset=0.002)
+    config = tiny(steps=10, geometry_from=0.0, lr_offset=5.0, lr_scale=5.0, max_offset=0.002, head_transform=False)
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     moved = (result.gaussians.means - g.means).abs()
     assert moved.max() <= config.max_offset + 1e-6 and moved.max() > 0.5 * config.max_offset
@@ -58,9 +69,14 @@ def test_offsets_and_scales_stay_within_their_bounds(model, photo):
 
 def test_geometry_waits_for_its_steps(model, photo):
     image, mask, g, cam, _ = photo
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=4, geometry_from=1.0))
+    config = tiny(steps=4, geometry_from=1.0, head_transform=False)
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     torch.testing.assert_close(result.gaussians.means, g.means)
     torch.testing.assert_close(result.gaussians.scales, g.scales)
+    # the head transform moves the whole head from the first step, within its bounds
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=4, geometry_from=1.0))
+    assert not torch.equal(result.gaussians.means, g.means)
+    assert (result.gaussians.means - g.means).abs().max() < 0.05
 
 
 def test_fit_is_deterministic_with_a_seed(model, photo):
@@ -98,7 +114,7 @@ def test_progress_per_step_and_cancel(model, photo):
 
 def test_camera_refinement_is_bounded(model):
     cam = model.default_cameras([0.0], size=64)
-    config = tiny(max_camera_deg=5.0)
+    config = tiny(max_camera_deg=5.0, max_camera_shift=0.05, max_camera_log_focal=0.1)
     vm, K = adjust_camera(cam, torch.full((6,), 50.0), config)  # saturated
     R0, R1 = cam.viewmats[0, :3, :3], vm[0, :3, :3]
     angle = torch.rad2deg(torch.arccos(((R0.T @ R1).trace() - 1) / 2).clamp(-1, 1))
@@ -107,6 +123,67 @@ def test_camera_refinement_is_bounded(model):
     vm0, K0 = adjust_camera(cam, torch.zeros(6), config)  # zero = the given camera
     torch.testing.assert_close(vm0[0], cam.viewmats[0])
     torch.testing.assert_close(K0[0], cam.Ks[0])
+
+
+def _head_frame(model, g, yaw=0.0):
+    cam = model.default_cameras([yaw], size=32)
+    axes = cam.viewmats[0, :3, :3]  # [3, 3]
+    centre = g.means.mean(dim=0)
+    heights = (g.means - centre) @ axes[1]
+    return axes, centre, (heights.max() - heights.min()) / 2
+
+
+def test_head_transform_starts_at_identity_and_is_bounded(model, photo):
+    *_, g, _, _ = photo
+    axes, centre, half = _head_frame(model, g, yaw=30.0)
+    config = FitConfig()
+    zero = torch.zeros(2)
+    means, size = head_transform(g.means, axes, centre, half, zero, zero, zero, config)
+    torch.testing.assert_close(means, g.means)
+    assert float(size) == pytest.approx(1.0)
+    big = torch.full((2,), 50.0)  # saturated
+    means, size = head_transform(g.means, axes, centre, half, big, big, big, config)
+    local0, local1 = (g.means - centre) @ axes.T, (means - centre) @ axes.T  # [N, 3] camera frame
+    torch.testing.assert_close(local1[:, 2], local0[:, 2])  # the depth is kept
+    ratio_v = (local1[:, 1] - config.max_head_shift) / local0[:, 1]
+    assert ratio_v.max() <= math.exp(config.max_head_log_scale) + 1e-4
+    far = local0[:, 0].abs() > 1e-3
+    ratio_u = ((local1[:, 0] - config.max_head_shift) / local0[:, 0])[far]
+    # scale × taper: at most three times the bound in log (ŷ ≤ 1 in size, ŷ² − 1/3 ≤ 2/3)
+    assert ratio_u.max() <= math.exp(3 * config.max_head_log_scale) + 1e-4 and ratio_u.min() > 0
+    assert float(size) <= math.exp(2 * config.max_head_log_scale / 3) + 1e-6
+
+
+def test_head_transform_corrects_the_hidden_side_too(model):
+    """A head wider and shifted against the prediction, photographed from the front: the fit's head
+    transform learns it from the photo, and the back view (which the photo does not show) improves."""
+    torch.manual_seed(2)
+    S = model.config.render.image_size
+    with torch.no_grad():
+        g = model(torch.rand(1, 3, S, S), torch.ones(1, 1, S, S))[0]
+    stretch = torch.tensor([1.08, 1.0, 1.0])
+    centre = g.means.mean(dim=0)
+    truth = type(g)(means=centre + (g.means - centre) * stretch + torch.tensor([0.004, 0.0, 0.0]), quats=g.quats,
+                    scales=g.scales, opacities=g.opacities, colors=g.colors)
+    front = model.default_cameras([0.0], [0.0], size=S)
+    back = model.default_cameras([180.0], [0.0], size=S)
+    with torch.no_grad():
+        out = model.render_at(truth, front.viewmats, front.Ks, S, S, refine=False)
+        image, mask = out.rgb[0], out.alpha[0]
+        back_truth = model.render_at(truth, back.viewmats, back.Ks, S, S, refine=False).alpha[0]
+    config = tiny(steps=30, camera_steps=0, lr_head=0.05, geometry_from=1.0)
+
+    def back_error(head):
+        with torch.no_grad():
+            alpha = model.render_at(head, back.viewmats, back.Ks, S, S, refine=False).alpha[0]  # [1, S, S]
+            return float((alpha - back_truth).abs().mean())
+
+    fitted = fit_to_photo(model, g, image, mask, camera=front, config=config).gaussians
+    local = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, head_transform=False)).gaussians
+    assert back_error(fitted) < 0.7 * back_error(g)
+    assert back_error(fitted) < back_error(local)
+    width = lambda head: float(head.means[:, 0].max() - head.means[:, 0].min())  # noqa: E731
+    assert width(fitted) > width(g)
 
 
 def test_pose_search_finds_the_rendered_yaw(model, photo):
@@ -136,6 +213,8 @@ def test_bad_step_counts_are_refused(steps):
 def test_bad_settings_are_refused(model, photo):
     with pytest.raises(ValueError, match="lr_color"):
         FitConfig(lr_color=-1.0)
+    with pytest.raises(ValueError, match="max_head_shift"):
+        FitConfig(max_head_shift=float("nan"))
     with pytest.raises(ValueError, match="preset"):
         FitConfig.preset("nope")
     image, mask, g, _, _ = photo
