@@ -18,6 +18,19 @@ static inline __attribute__((always_inline)) VATTR void VN(fwd_tile)(
     int tw_ = W - x0 < TS ? W - x0 : TS, th_ = H - y0 < TS ? H - y0 : TS;
     int64_t s = offsets[gt], L = offsets[gt + 1] - s;
     const int32_t *tid = ids + s;
+    const REAL *bgi = bg ? bg + img * D : NULL;
+    if (L == 0) {  /* nothing to composite: the background */
+        for (int r = 0; r < th_; ++r) {
+            int64_t pix = (int64_t)(y0 + r) * W + x0;
+            for (int d = 0; d < D; ++d)
+                for (int cc = 0; cc < tw_; ++cc) out[(img * D + d) * HW + pix + cc] = bgi ? bgi[d] : 0;
+            for (int cc = 0; cc < tw_; ++cc) {
+                out_T[img * HW + pix + cc] = 1;
+                last[img * HW + pix + cc] = -1;
+            }
+        }
+        return;
+    }
     for (int b = 0; b < TS / VW; ++b)
         for (int l = 0; l < VW; ++l) colc[b][l] = (REAL)(x0 + VW * b + l) + (REAL)0.5;
     for (int kb = 0; kb < NB; ++kb) {
@@ -74,15 +87,27 @@ static inline __attribute__((always_inline)) VATTR void VN(fwd_tile)(
             }
         }
     }
-    const REAL *bgi = bg ? bg + img * D : NULL;
     for (int r = 0; r < th_; ++r) {
+        int64_t pix = (int64_t)(y0 + r) * W + x0;
+        if (tw_ == TS) {  /* whole blocks: vector stores */
+            for (int b = 0; b < TS / VW; ++b) {
+                int kb = r * (TS / VW) + b;
+                for (int d = 0; d < D; ++d) {
+                    VF v = acc[d * NB + kb] + (bgi ? T[kb] * bgi[d] : VSPLAT(0));
+                    memcpy(out + (img * D + d) * HW + pix + VW * b, &v, sizeof v);
+                }
+                memcpy(out_T + img * HW + pix + VW * b, &T[kb], sizeof(VF));
+                memcpy(last + img * HW + pix + VW * b, &lastj[kb], sizeof(VI));
+            }
+            continue;
+        }
         for (int cc = 0; cc < tw_; ++cc) {
             int kb = r * (TS / VW) + cc / VW, l = cc % VW;
-            int64_t pix = (int64_t)(y0 + r) * W + x0 + cc;
             REAL Tp = T[kb][l];
-            for (int d = 0; d < D; ++d) out[(img * D + d) * HW + pix] = acc[d * NB + kb][l] + (bgi ? Tp * bgi[d] : 0);
-            out_T[img * HW + pix] = Tp;
-            last[img * HW + pix] = lastj[kb][l];
+            for (int d = 0; d < D; ++d)
+                out[(img * D + d) * HW + pix + cc] = acc[d * NB + kb][l] + (bgi ? Tp * bgi[d] : 0);
+            out_T[img * HW + pix + cc] = Tp;
+            last[img * HW + pix + cc] = lastj[kb][l];
         }
     }
 }
@@ -108,6 +133,24 @@ static inline __attribute__((always_inline)) VATTR void VN(bwd_tile)(
     for (int r = 0; r < TS; ++r) rowmax[r] = -1;
     for (int kb = 0; kb < NB; ++kb) {
         int r = kb / (TS / VW), c = VW * (kb % (TS / VW));
+        if (tw_ == TS && r < th_) {  /* a whole block of pixels: vector loads */
+            int64_t pix = img * HW + (int64_t)(y0 + r) * W + x0 + c;
+            VF Tp, vap = VSPLAT(0), bgdot = VSPLAT(0);
+            memcpy(&lastj[kb], last + pix, sizeof(VI));
+            memcpy(&Tp, out_T + pix, sizeof Tp);
+            if (v_alpha) memcpy(&vap, v_alpha + pix, sizeof vap);
+            for (int d = 0; d < D; ++d) {
+                VF v;
+                memcpy(&v, v_out + (img * D + d) * HW + (pix - img * HW), sizeof v);
+                buffer[d * NB + kb] = VSPLAT(0);
+                vc[d * NB + kb] = v;
+                if (bgi) bgdot += bgi[d] * v;
+            }
+            T[kb] = Tp;
+            Tfv[kb] = Tp * (vap - bgdot);
+            for (int l = 0; l < VW; ++l) rowmax[r] = lastj[kb][l] > rowmax[r] ? lastj[kb][l] : rowmax[r];
+            continue;
+        }
         for (int l = 0; l < VW; ++l) {
             int cc = c + l;
             REAL Tp = 1, vap = 0, bgdot = 0;

@@ -20,34 +20,44 @@ enum { R_X, R_Y, R_A, R_B, R_C, R_O, R_THR, R_BA, R_P, R_Q, R_MARGIN, R_Y0, R_Y1
 enum { G_X, G_Y, G_A, G_B, G_C, G_O, G_COL };
 #endif
 
+/* floor and ceil of v clamped to [lo, hi] (integers), by truncation: no libm call without SSE4.1 */
+static inline double SFX(floor_in)(double v, double lo, double hi) {
+    v = v > lo ? (v < hi ? v : hi) : lo;
+    double t = (double)(int64_t)v;
+    return t - (v < t);
+}
+static inline double SFX(ceil_in)(double v, double lo, double hi) {
+    v = v > lo ? (v < hi ? v : hi) : lo;
+    double t = (double)(int64_t)v;
+    return t + (v > t);
+}
+
 /* One Gaussian's record (`m`, `c`, `o` point at its x, its conic and its opacity). */
 static void SFX(rec_one)(REAL *p, const REAL *m, const REAL *c, const REAL *o, int W, int H) {
     double a = c[0], b = c[1], cc = c[2], det = a * cc - b * b, x = m[0], y = m[1];
-    double thr = *o * 255.0 > 1.0 ? log((double)*o * 255.0) + 1e-3 : -1.0;
+    REAL thr = *o * 255.0 > 1.0 ? LOG(*o * (REAL)255) + (REAL)1e-3 : -1;  /* sigma where alpha < 1/255 */
     p[R_X] = m[0]; p[R_Y] = m[1]; p[R_A] = c[0]; p[R_B] = c[1]; p[R_C] = c[2]; p[R_O] = *o;
-    p[R_THR] = (REAL)thr;
+    p[R_THR] = thr;
     p[R_BA] = p[R_P] = p[R_Q] = p[R_MARGIN] = 0;
     p[R_FULL] = 1;
     p[R_Y0] = -1; p[R_Y1] = (REAL)H; p[R_X0] = -1; p[R_X1] = (REAL)W;
     if (thr < 0) { p[R_Y0] = 1; p[R_Y1] = 0; return; }  /* empty */
     if (!(a > 0) || !(det > 0) || !isfinite(x) || !isfinite(y) || !isfinite(a * cc)) return;
-    thr = (double)p[R_THR];  /* the threshold the pixels are tested against */
-    double ey = sqrt(2.0 * thr * a / det), ex = sqrt(2.0 * thr * cc / det);
+    double t2 = 2.0 * (double)thr, ia = 1 / a, idet = 1 / det;
+    double ey = sqrt(t2 * a * idet), ex = sqrt(t2 * cc * idet);
     /* a pixel's centre (X + 0.5, Y + 0.5) can have sigma <= thr only within ex, ey of the mean; e widens
        that far beyond the rounding of the float sigma test */
     double e = 0.01 + 1e-4 * (ex + ey) + 1e-6 * (fabs(x) + fabs(y));
-    double y0 = ceil(y - ey - 0.5 - e), y1 = floor(y + ey - 0.5 + e);
-    double x0 = ceil(x - ex - 0.5 - e), x1 = floor(x + ex - 0.5 + e);
-    p[R_Y0] = (REAL)(y0 < -1 ? -1 : (y0 > H ? H : y0));
-    p[R_Y1] = (REAL)(y1 < -1 ? -1 : (y1 > H ? H : y1));
-    p[R_X0] = (REAL)(x0 < -1 ? -1 : (x0 > W ? W : x0));
-    p[R_X1] = (REAL)(x1 < -1 ? -1 : (x1 > W ? W : x1));
+    p[R_Y0] = (REAL)SFX(ceil_in)(y - ey - 0.5 - e, -1, H);
+    p[R_Y1] = (REAL)SFX(floor_in)(y + ey - 0.5 + e, -1, H);
+    p[R_X0] = (REAL)SFX(ceil_in)(x - ex - 0.5 - e, -1, W);
+    p[R_X1] = (REAL)SFX(floor_in)(x + ex - 0.5 + e, -1, W);
     p[R_FULL] = 0;
-    p[R_BA] = (REAL)(b / a);
-    p[R_P] = (REAL)(2.0 * thr / a);
-    p[R_Q] = (REAL)(det / (a * a));
+    p[R_BA] = (REAL)(b * ia);
+    p[R_P] = (REAL)(t2 * ia);
+    p[R_Q] = (REAL)(det * ia * ia);
     /* the span's half-width sqrt(P - Q dy^2) in REAL is off by at most ~5e-4 sqrt(P) near the tips */
-    p[R_MARGIN] = (REAL)(1e-3 * sqrt(2.0 * thr / a) + e);
+    p[R_MARGIN] = (REAL)(1e-3 * sqrt(t2 * ia) + e);
     if (!isfinite(p[R_BA]) || !isfinite(p[R_P]) || !isfinite(p[R_Q]) || !isfinite(p[R_MARGIN])) p[R_FULL] = 1;
 }
 

@@ -91,6 +91,7 @@ static int simd_lanes(int requested) {
 #define REAL float
 #define SFX(name) name##_f32
 #define EXP expf
+#define LOG logf
 #define SQRT sqrtf
 #include "instantiate.h"
 
@@ -99,5 +100,6 @@ static int simd_lanes(int requested) {
 #define REAL double
 #define SFX(name) name##_f64
 #define EXP exp
+#define LOG log
 #define SQRT sqrt
 #include "instantiate.h"
