@@ -4,6 +4,8 @@ The C sources ship as package data and are found through :mod:`importlib.resourc
 wheel installs compile the same files; the library is cached under ``~/.cache/perchead`` (or
 ``$PERCHEAD_CACHE``) by a hash of the sources and flags, and parallelised with OpenMP on torch's own
 thread pool. Each kernel is a ``torch.autograd.Function`` with the hand-written backward from ``csrc/``.
+The float compositor runs on eight-pixel AVX2 lanes where the CPU has them, else four
+(``PERCHEAD_RENDER_LANES=4`` forces four; the images are the same).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@
 /* Per call, every Gaussian's per-image constants are computed once into a record (rec_prepare): its
    alpha threshold, the pixel rows and columns its ellipse can touch and the constants of each row's span,
    so the tile loops only intersect integer ranges. The spans are supersets of the pixels whose sigma is
-   below the threshold (widened by a pixel against rounding); the per-pixel test alone decides, so forward
-   and backward visit the same contributions whatever the span. */
+   below the threshold (widened by a margin beyond the float test's rounding); the per-pixel test alone
+   decides, so forward and backward make the same decisions whatever the span. */
 /* record fields: x, y, conic a, b, c, opacity, sigma threshold (-1: never visible), b / a, 2 thr / a,
    det / a^2, span margin, first and last pixel row, first and last pixel column, 1 if the conic is
    degenerate (whole bounding range, no span) */
