@@ -1,7 +1,9 @@
-"""What the app benchmarks share: starting app.py on a free local port, and printing (and saving) results."""
+"""What the benchmarks share: starting app.py on a free local port, printing (and saving) results, and
+``--set name=value`` overrides of a config dataclass."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -47,3 +49,22 @@ def report(results: dict, output: str | None) -> None:
     print(text)
     if output:
         Path(output).write_text(text + "\n")
+
+
+def config_overrides(cls, items: list[str] | None) -> dict:
+    """``--set name=value`` items → field overrides of the dataclass ``cls`` (values read as Python literals,
+    a bare word as a string).
+
+    Raises:
+        ValueError: an item without ``=`` or naming no field of ``cls``.
+    """
+    overrides = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in cls.__dataclass_fields__:
+            raise ValueError(f"--set expects {cls.__name__} field=value, got {item!r}")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value  # a bare word: a string setting
+    return overrides

@@ -20,7 +20,6 @@ input-view PSNR is measured at the fit's refined camera (the camera it says the 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import statistics
@@ -34,6 +33,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import config_overrides  # noqa: E402
 
 from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
 from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_pairs, novel_views  # noqa: E402
@@ -44,15 +46,7 @@ from perchead.pipelines.fit import FitConfig, fit_to_photo  # noqa: E402
 
 def _config(args) -> FitConfig:
     """The fast preset with ``--steps``, ``--camera-steps`` and ``--set name=value`` overrides."""
-    overrides = {}
-    for item in args.set or []:
-        name, sep, value = item.partition("=")
-        if not sep or name not in FitConfig.__dataclass_fields__:
-            raise ValueError(f"--set expects FitConfig field=value, got {item!r}")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name] = value  # a bare word: a string setting
+    overrides = config_overrides(FitConfig, args.set)
     camera_steps = FitConfig().camera_steps if getattr(args, "camera_steps", None) is None else args.camera_steps
     return FitConfig(**{"steps": args.steps, "camera_steps": min(camera_steps, args.steps), **overrides})
 

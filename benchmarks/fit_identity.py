@@ -16,7 +16,6 @@ overrides a :class:`FitConfig` field of the fit (ablations; choose settings on s
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -31,6 +30,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import config_overrides  # noqa: E402
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
 from perchead.pipelines.fit import FitConfig  # noqa: E402
@@ -87,16 +89,7 @@ def main(argv=None):
     p.add_argument("--figure", default="docs/photo_fit.png")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set or []:
-        name, sep, value = item.partition("=")
-        if not sep or name not in FitConfig.__dataclass_fields__:
-            raise ValueError(f"--set expects FitConfig field=value, got {item!r}")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name] = value
-    config = FitConfig(**overrides)
+    config = FitConfig(**config_overrides(FitConfig, args.set))
     torch.set_num_threads(os.cpu_count() or 1)
     portraits.fetch()
     pipe = PercHeadPipeline.from_pretrained(args.model, device="cpu")
