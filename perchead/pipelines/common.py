@@ -71,8 +71,6 @@ def gaussians_and_views(model, tokens3d: Tensor, cameras: Cameras | None, refine
     Returns:
         (batched Gaussians, RenderOutput or None).
     """
-    if color_bias is not None:
-        color_bias = color_bias.float()
     gaussians = model.to_gaussians(tokens3d.float(), color_bias).float()
     timer("gaussians")
     views = None

@@ -1,7 +1,7 @@
 /* The float compositor over lanes of VW neighbouring pixels of a tile row (simd.h), forward and backward:
    rasterize.h includes it once per lane count with VW, VF / VI (vector types), VSPLAT, VISPLAT, VAND,
    VSEL, VISEL, VBITS, VEXP, VSUM (simd.h's helpers of that width), VN(name) (the name with the width) and
-   VATTR (the target attribute) defined. A row segment is covered by whole aligned VW-pixel blocks, each
+   VATTR (the target attribute) defined, and undefines them at its end. A row segment is covered by whole aligned VW-pixel blocks, each
    lane running the scalar compositor's per-pixel test; exp is simd.h's. Every lane computes what the
    scalar code computes for its pixel, so the widths give the same images. */
 
@@ -283,3 +283,17 @@ static VATTR void VN(bwd_tiles)(int I, int N, int D, int W, int H, int tw, int t
 }
 
 #undef NB
+/* the including file's parameters end with this instantiation */
+#undef VN
+#undef VW
+#undef VF
+#undef VI
+#undef VSPLAT
+#undef VISPLAT
+#undef VAND
+#undef VSEL
+#undef VISEL
+#undef VBITS
+#undef VEXP
+#undef VSUM
+#undef VATTR

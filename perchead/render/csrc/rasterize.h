@@ -252,20 +252,7 @@ static inline __attribute__((always_inline)) void SFX(fwd_tile)(
 #define VEXP v4f_exp
 #define VSUM v4f_sum
 #define VATTR
-#include "raster_simd.h"
-#undef VN
-#undef VW
-#undef VF
-#undef VI
-#undef VSPLAT
-#undef VISPLAT
-#undef VAND
-#undef VSEL
-#undef VISEL
-#undef VBITS
-#undef VEXP
-#undef VSUM
-#undef VATTR
+#include "raster_simd.h" /* undefines the parameters above */
 #if SIMD_AVX2
 #define VN(name) name##_v8
 #define VW 8
@@ -280,20 +267,7 @@ static inline __attribute__((always_inline)) void SFX(fwd_tile)(
 #define VEXP v8f_exp
 #define VSUM v8f_sum
 #define VATTR AVX2_ATTR
-#include "raster_simd.h"
-#undef VN
-#undef VW
-#undef VF
-#undef VI
-#undef VSPLAT
-#undef VISPLAT
-#undef VAND
-#undef VSEL
-#undef VISEL
-#undef VBITS
-#undef VEXP
-#undef VSUM
-#undef VATTR
+#include "raster_simd.h" /* undefines the parameters above */
 #endif
 #endif
 
