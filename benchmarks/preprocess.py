@@ -2,12 +2,18 @@
 
     python benchmarks/preprocess.py              # measure (writes docs/preprocess_results.json)
     python benchmarks/preprocess.py --calibrate  # re-derive perchead.pipelines.faces.FACE_POINTS_3D
-    python benchmarks/preprocess.py --fit-framing 1000  # re-fit perchead/pipelines/framing_model.json
+    python benchmarks/preprocess.py --fit-framing 3600 --framing-cache /tmp/framing
+        # re-fit perchead/pipelines/framing_model.json (≈ 35 min on 2 cores; the cache keeps the views)
+    python benchmarks/preprocess.py --framing-floor 3600 --framing-cache /tmp/framing
+        # what an exact face and silhouette would allow, beside the refinement (JSON key framing_floor)
 
 Synthetic renders (test-split heads, never trained on) are made with known cameras: azimuth (yaw) in
-[-60°, 60°], elevation in [-20°, 20°], distance 0.6–1.6 m, then rolled by up to ±25° and shifted inside a
-larger canvas with a grey background, so the ideal crop (the training camera's frame around the head
-centre, upright) is known exactly. Errors are given as fractions of the ideal crop side.
+[-60°, 60°], elevation in [-20°, 20°], distance 0.7–1.6 m, then rolled by up to ±25° and shifted inside a
+larger canvas with a coloured background, so the ideal crop (the training camera's frame around the head
+centre, upright) is known exactly. Errors are given as fractions of the ideal crop side. 48 renders go
+through all three paths (key ``synthetic``), 240 more through the MediaPipe paths (``synthetic_more``).
+The framing regressor is fitted and chosen on train-split heads only (fit: heads 0–3,599; choice:
+50,000–50,799).
 """
 
 from __future__ import annotations
@@ -86,16 +92,18 @@ def calibrate(n_heads: int, size: int = 320, az=(-40, -30, -20, -10, 0, 10, 20, 
 
 
 def _synthetic_view(head_seed: int, rng: np.random.Generator, size: int, yaw=(-60, 60), pitch=(-20, 20), radius=(0.7, 1.6),
-                    roll=25.0, shift=0.12):
+                    roll=25.0, shift=0.12, anchors: bool = False):
     """One render of a head from a random known camera over a random colour, rolled and shifted (the
-    benchmark's recipe): (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict)."""
+    benchmark's recipe): (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict). With ``anchors``
+    the truth also holds ``anchors``: the image pixels of :func:`head_anchors`. ``[A, 2]``"""
     import cv2
 
     az, el = rng.uniform(*yaw), rng.uniform(*pitch)
     distance, turn = rng.uniform(*radius), rng.uniform(-roll, roll)
     offset = rng.uniform(-shift, shift, 2) * size
     background = rng.uniform(0.15, 0.85, 3)
-    out = render_head(make_head(int(head_seed)), orbit_cameras([az], [el], radius=distance, size=size))
+    cameras = orbit_cameras([az], [el], radius=distance, size=size)
+    out = render_head(make_head(int(head_seed)), cameras)
     rgb, alpha = out["rgb"][0].permute(1, 2, 0).numpy(), out["alpha"][0, 0].numpy()  # [S, S, 3], [S, S]
     rgb = rgb - (1 - alpha[..., None]) + (1 - alpha[..., None]) * background  # over a coloured background
     M = cv2.getRotationMatrix2D((size / 2, size / 2), turn, 1.0)  # + = counter-clockwise on screen
@@ -105,15 +113,46 @@ def _synthetic_view(head_seed: int, rng: np.random.Generator, size: int, yaw=(-6
     alpha = cv2.warpAffine(alpha.astype(np.float32), M, (size, size))
     truth = {"seed": int(head_seed), "yaw": az, "pitch": el, "roll": turn, "centre": np.array([size / 2, size / 2]) + offset,
              "side": size * 0.7 / distance}
+    if anchors:
+        from perchead.geometry.cameras import project_points
+
+        uv, _ = project_points(torch.tensor(head_anchors(int(head_seed)), dtype=torch.float32), cameras.viewmats, cameras.Ks)
+        truth["anchors"] = uv[0].numpy().astype(np.float64) @ M[:, :2].T + M[:, 2]  # [A, 2]
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), (np.clip(alpha, 0, 1) * 255).round().astype(np.uint8), truth
 
 
-def framing_sample(analyzer, image: np.ndarray, truth: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """The framing regressor's features and targets for one view with a known camera, or None when no
-    face, no pose or no usable silhouette is found. Targets: the true crop centre's offset (x, y) and the log
-    of the true crop side, in the pose's upright crop (fractions of its side), and the yaw error."""
-    import math
+ANCHORS = ("right eye", "left eye", "nose bridge", "nose tip", "mouth", "chin", "right ear", "left ear", "crown", "brow")
 
+
+def head_anchors(seed: int) -> np.ndarray:
+    """Exact head-space points of a synthetic head (:data:`ANCHORS`, the subject's sides; the crown is the
+    skull's top, under any hair), from its generator's own geometry, turned by its small pose. ``[A, 3]``"""
+    from perchead.data import synthetic as syn
+
+    a = syn._sample_attributes(np.random.default_rng(seed))  # make_head draws these first, from the same seed
+    s = syn._face_solids(a)
+    face = lambda x, y: s.head.point(np.array([[x, y, 0.09]]))[0]  # noqa: E731
+    eye_l, eye_r = (eye.centre + np.array([0, 0, s.eye_r]) for eye in s.eyes)  # front of the eyeballs (+x = left)
+    mouth_y = -0.064 - 0.1 * (a["nose_length"] - 0.05)  # as synthetic._face_decals draws the lips
+    ear_x = a["head_half_width"] - 0.004
+    points = np.array([eye_r, eye_l, face(0, -0.002), s.nose.point(np.array([[0, -0.5, 0.85]]))[0], face(0, mouth_y),
+                       s.head.point(np.array([[0, -0.8, 0.6]]))[0], [-ear_x, -0.018, -0.012], [ear_x, -0.018, -0.012],
+                       [0, a["crown_height"], 0], face(0, 0.02)])  # [A, 3]
+    pose = syn._rot_y(a["head_yaw"]) @ syn._rot_x(a["head_pitch"])  # as make_head's step 9
+    pivot = np.array([0.0, -0.1, -0.02])
+    w = syn._smoothstep(-0.16, -0.06, points[:, 1])[:, None]
+    return points * (1 - w) + ((points - pivot) @ pose.T + pivot) * w
+
+
+def framing_row(analyzer, image: np.ndarray, alpha: np.ndarray, truth: dict) -> dict | None:
+    """What the framing refinement sees of one view with a known camera, and the truth, in the pose's
+    enlarged upright crop (``framing.SIZE`` pixels); None when no face or no pose is found.
+
+    Keys: ``matte``, ``valid``, ``alpha`` (bit-packed ``[S, S]``: the selfie matte > 0.5, the photo's
+    extent, the render's alpha > 0.5), ``marks`` (face-mesh landmarks and depth, ``[468, 3]``), ``points``
+    (BlazeFace key points, ``[6, 2]``), ``anchors`` (exact :data:`ANCHORS`, ``[A, 2]``), ``pose`` (yaw,
+    pitch, roll in degrees, reprojection error in crop pixels) and ``truth`` (yaw, pitch, roll, centre x,
+    centre y, side, in degrees and crop pixels)."""
     from perchead.pipelines import framing
     from perchead.pipelines.preprocess import PreprocessConfig, crop_square, pose_to_crop, to_crop_pixels
 
@@ -126,84 +165,246 @@ def framing_sample(analyzer, image: np.ndarray, truth: dict) -> tuple[np.ndarray
     except RuntimeError:
         return None
     box, roll = pose_to_crop(pose, PreprocessConfig())
-    side = box[2] - box[0]
+    side, S = box[2] - box[0], framing.SIZE
     cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, side * framing.ENLARGE / 2
     big = (cx - half, cy - half, cx + half, cy + half)
-    crop = crop_square(image, big, framing.SIZE, 255, roll)
-    valid = crop_square(np.full(image.shape[:2], 255, np.uint8), big, framing.SIZE, 0, roll) > 127
-    matte = analyzer.segment(crop) * valid
-    measured = framing.features(matte, to_crop_pixels(face.landmarks[:, :2], big, framing.SIZE, roll),
-                                to_crop_pixels(face.keypoints, big, framing.SIZE, roll), valid, pose.yaw_deg, pose.pitch_deg,
-                                pose.reprojection_px * framing.SIZE / (2 * half))
-    if measured is None:
-        return None
-    feats, mirrored = measured
-    centre = (to_crop_pixels(truth["centre"][None], big, framing.SIZE, roll)[0] - framing.SIZE / 2) / (framing.SIZE / framing.ENLARGE)
-    target = np.array([centre[0], centre[1], math.log(truth["side"] / side), truth["yaw"] - pose.yaw_deg])
-    if mirrored:
-        target[[0, 3]] *= -1
-    return feats, target
+    valid = crop_square(np.full(image.shape[:2], 255, np.uint8), big, S, 0, roll) > 127  # [S, S]
+    matte = analyzer.segment(crop_square(image, big, S, 255, roll)) * valid  # [S, S]
+    to_crop = lambda p: to_crop_pixels(np.asarray(p, np.float64).reshape(-1, 2), big, S, roll)  # noqa: E731
+    marks = np.concatenate([to_crop(face.landmarks[:, :2]), face.landmarks[:, 2:3] * S / (2 * half)], 1)  # [468, 3]
+    centre = to_crop(truth["centre"])[0]
+    return {"matte": np.packbits(matte > 0.5), "valid": np.packbits(valid),
+            "alpha": np.packbits(crop_square(alpha, big, S, 0, roll) > 127), "marks": marks.astype(np.float32),
+            "points": to_crop(face.keypoints).astype(np.float32), "anchors": to_crop(truth["anchors"]).astype(np.float32),
+            "pose": np.array([pose.yaw_deg, pose.pitch_deg, pose.roll_deg, pose.reprojection_px * S / (2 * half)]),
+            "truth": np.array([truth["yaw"], truth["pitch"], truth["roll"], centre[0], centre[1], truth["side"] * S / (2 * half)])}
 
 
-def framing_data(n_heads: int, start: int = 0, seed: int = 1000, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Features and targets (:func:`framing_sample`) of ``n_heads`` train-split heads, each from one random
-    camera (a slightly wider range than the benchmark's) and mirrored. ``[N, F]``, ``[N, 4]``"""
+FRAMING_FIT = {"hidden": 96, "steps": 1500}  # chosen on held-out train-split heads (50,000–50,799)
+FRAMING_SHARD = 600  # heads per random stream of the framing data (each seeded by its first head)
+
+
+def framing_rows(heads: range, views: int = 1, size: int = 512, fitting: bool = True, seed: int = 1000) -> dict[str, np.ndarray]:
+    """:func:`framing_row` of renders of train-split ``heads`` (indices into the split), stacked.
+
+    ``fitting``: cameras a little wider than the benchmark's (yaw ±66°, pitch ±22°, 0.65–1.7 m, roll ±28°)
+    and every view also mirrored; else the benchmark's ranges, unmirrored (held-out heads for checking).
+    Each block of :data:`FRAMING_SHARD` heads draws its cameras from its own stream (``seed`` + its first
+    head's index), so blocks can be made apart (in parallel) and joined."""
     analyzer = F.FaceAnalyzer(F.find_models() or F.fetch_models())
-    rng = np.random.default_rng(seed + start)
-    X, Y = [], []
-    for i, head_seed in enumerate(list(split_seeds("train"))[start : start + n_heads]):
-        image, _, truth = _synthetic_view(head_seed, rng, size, yaw=(-66, 66), pitch=(-22, 22), radius=(0.65, 1.7), roll=28.0)
-        mirrored = dict(truth, yaw=-truth["yaw"], roll=-truth["roll"], centre=np.array([size - truth["centre"][0], truth["centre"][1]]))
-        for im, tr in ((image, truth), (np.ascontiguousarray(image[:, ::-1]), mirrored)):
-            sample = framing_sample(analyzer, im, tr)
-            if sample is not None:
-                X.append(sample[0])
-                Y.append(sample[1])
-        if i % 100 == 0:
-            print(f"framing data: {i}/{n_heads} heads, {len(X)} samples", flush=True)
-    return np.stack(X), np.stack(Y)
+    ranges = dict(yaw=(-66, 66), pitch=(-22, 22), radius=(0.65, 1.7), roll=28.0) if fitting else {}
+    seeds, rows = list(split_seeds("train")), []
+    for n, index in enumerate(heads):
+        if n % FRAMING_SHARD == 0:
+            rng = np.random.default_rng(seed + index)
+        for _ in range(views):
+            image, alpha, truth = _synthetic_view(seeds[index], rng, size, anchors=True, **ranges)
+            pairs = [(image, alpha, truth)]
+            if fitting:  # the mirrored view: opposite yaw and roll, the subject's sides swapped
+                anchors = truth["anchors"][[1, 0, 2, 3, 4, 5, 7, 6, 8, 9]] * np.array([-1, 1]) + np.array([size, 0])
+                pairs.append((np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(alpha[:, ::-1]),
+                              dict(truth, yaw=-truth["yaw"], roll=-truth["roll"], anchors=anchors,
+                                   centre=np.array([size - truth["centre"][0], truth["centre"][1]]))))
+            for im, al, tr in pairs:
+                row = framing_row(analyzer, im, al, tr)
+                if row is not None:
+                    rows.append(row | {"head": index})
+        if n % 100 == 0:
+            print(f"framing data: {n}/{len(heads)} heads, {len(rows)} views", flush=True)
+    return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
 
-def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600, seed: int = 0) -> dict:
+def _unpack(bits: np.ndarray) -> np.ndarray:
+    from perchead.pipelines.framing import SIZE
+
+    return np.unpackbits(bits)[: SIZE * SIZE].reshape(SIZE, SIZE).astype(bool)
+
+
+def framing_features(rows: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`perchead.pipelines.framing.features` of every row: (features ``[N, F]``, NaN where the
+    refinement does not apply; mirrored ``[N]``; applies ``[N]``)."""
+    from perchead.pipelines import framing
+
+    X, mirrored, ok = np.full((len(rows["pose"]), framing.FEATURES), np.nan), rows["pose"][:, 0] < 0, np.zeros(len(rows["pose"]), bool)
+    for i, (yaw, pitch, _, reprojection) in enumerate(rows["pose"]):
+        out = framing.features(_unpack(rows["matte"][i]).astype(np.float32), rows["marks"][i].astype(np.float64),
+                               rows["points"][i].astype(np.float64), _unpack(rows["valid"][i]), yaw, pitch, reprojection)
+        if out is not None:
+            X[i], mirrored[i], ok[i] = out[0], out[1], True
+    return X, mirrored, ok
+
+
+def framing_targets(rows: dict) -> np.ndarray:
+    """The corrections that would make each row's framing exact, unmirrored: crop centre shift (x, y) and
+    log crop side in the pose's crop (fractions of its side), yaw error in degrees. ``[N, 4]``"""
+    from perchead.pipelines import framing
+
+    t, unit = rows["truth"], framing.SIZE / framing.ENLARGE
+    return np.stack([(t[:, 3] - framing.SIZE / 2) / unit, (t[:, 4] - framing.SIZE / 2) / unit, np.log(t[:, 5] / unit),
+                     t[:, 0] - rows["pose"][:, 0]], 1)
+
+
+def framing_errors(rows: dict, corrections: np.ndarray) -> np.ndarray:
+    """Centre error, scale error (fractions of the true crop side) and yaw error (degrees) of each row
+    after ``corrections`` (``[N, 4]``, unmirrored, as :func:`framing_targets`). ``[N, 3]``"""
+    from perchead.pipelines import framing
+
+    t, unit = rows["truth"], framing.SIZE / framing.ENLARGE
+    centre = framing.SIZE / 2 + unit * corrections[:, :2]
+    side = unit * np.exp(corrections[:, 2])
+    return np.stack([np.hypot(*(centre - t[:, 3:5]).T) / t[:, 5], np.abs(side / t[:, 5] - 1),
+                     np.abs(rows["pose"][:, 0] + corrections[:, 3] - t[:, 0])], 1)
+
+
+def framing_data(n_heads: int, start: int = 0, views: int = 1, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features and mirrored targets of the views of ``n_heads`` train-split heads (:func:`framing_rows`,
+    fitting cameras) where the refinement applies. ``[N, F]``, ``[N, 4]``. ``cache``: an ``.npz`` of the
+    rows, read when it exists, else written."""
+    rows = _cached_rows(cache, lambda: framing_rows(range(start, start + n_heads), views))
+    X, mirrored, ok = framing_features(rows)
+    Y = framing_targets(rows)
+    Y[mirrored] *= np.array([-1, 1, 1, -1])
+    return X[ok], Y[ok]
+
+
+def _cached_rows(cache: Path | None, make) -> dict[str, np.ndarray]:
+    if cache is not None and Path(cache).is_file():
+        with np.load(cache) as data:
+            return dict(data)
+    rows = make()
+    if cache is not None:
+        np.savez_compressed(cache, **rows)
+    return rows
+
+
+def _oracle_features(rows: dict) -> np.ndarray:
+    """What a perfect landmark detector and matte would give: the exact :data:`ANCHORS` (but the skull's
+    centre) in the pose's crop, the log lengths eyes → mouth, between the eyes, eyes → chin and eyes →
+    crown, the exact silhouette (the render's alpha) measured as :func:`perchead.pipelines.framing.features`
+    does, the true yaw and pitch, and the pose's roll error. NaN where the silhouette is cut. ``[N, F']``"""
+    from perchead.pipelines import framing
+
+    S, unit = framing.SIZE, framing.SIZE / framing.ENLARGE
+    out = []
+    for i, exact in enumerate(rows["anchors"].astype(np.float64)):
+        a = (exact - S / 2) / unit  # [A, 2]
+        yaw, pitch = np.radians(rows["truth"][i, :2])
+        mid = (a[0] + a[1]) / 2
+        f = [np.sin(yaw), np.cos(yaw), pitch, yaw * pitch, np.radians(rows["truth"][i, 2] - rows["pose"][i, 2]), *a.ravel(),
+             *np.log([np.linalg.norm(a[4] - mid), np.linalg.norm(a[1] - a[0]) + 1e-3, np.linalg.norm(a[5] - mid),
+                      np.linalg.norm(a[8] - mid), abs(a[4, 1] - mid[1]) + 1e-3])]
+        marks = np.repeat(exact[2:3], 468, 0)  # the mesh indices framing.features reads, at the exact points
+        marks[[33, 133]], marks[[263, 362]], marks[[61, 291]], marks[152], marks[1] = exact[0], exact[1], exact[4], exact[5], exact[3]
+        measured = framing.features(_unpack(rows["alpha"][i]).astype(np.float32), marks, exact[[0, 1, 3, 4, 6, 7]],
+                                    _unpack(rows["valid"][i]), rows["truth"][i, 0] or 1e-3, rows["truth"][i, 1], 0.0)
+        if measured is None:
+            out.append(np.full(len(f) + 14, np.nan))
+            continue
+        silhouette = measured[0][2:16].copy()  # top, widths at framing.ROWS, area, centroid, spread
+        if measured[1]:  # measured mirrored: back to this view's sides
+            silhouette[1:9] = -silhouette[1:9].reshape(4, 2)[:, ::-1].ravel()
+            silhouette[10] *= -1
+        out.append(np.concatenate([f, silhouette]))
+    return np.asarray(out)
+
+
+def framing_floor(n_heads: int, held_out: int = 400, cache: Path | None = None) -> dict:
+    """How well any framing could do from one image of these heads: a regressor like the refinement's
+    (:func:`fit_framing`), given the exact projections of the face's points and the exact silhouette with
+    the true yaw and pitch (:func:`_oracle_features`), fitted on ``n_heads`` train-split heads (mirrored)
+    and measured on ``held_out`` other train-split heads (from index 50,000) seen from the benchmark's
+    cameras, beside the landmark pose alone and the refinement itself on the same views."""
+    from perchead.pipelines import framing
+
+    fit = _cached_rows(cache and Path(f"{cache}.fit.npz"), lambda: framing_rows(range(n_heads)))
+    test = _cached_rows(cache and Path(f"{cache}.test.npz"), lambda: framing_rows(range(50_000, 50_000 + held_out), fitting=False))
+    Xf, Xt = _oracle_features(fit), _oracle_features(test)
+    okf, okt = ~np.isnan(Xf).any(1), ~np.isnan(Xt).any(1)
+    oracle = fit_framing(Xf[okf], framing_targets(fit)[okf], hidden=64, steps=1200, members=3)
+    best = np.zeros((len(Xt), 4))
+    best[okt] = _mlp(oracle, Xt[okt])
+    best[:, 3] = test["truth"][:, 0] - test["pose"][:, 0]  # the yaw is given
+    model = framing.load_model()
+    X, mirrored, ok = framing_features(test)
+    refined = np.zeros((len(X), 4))
+    for i in np.nonzero(ok)[0]:
+        c = framing.predict(model, X[i], mirrored[i])
+        refined[i] = (c.dx, c.dy, c.log_scale, c.dyaw_deg)
+    from perchead.data.synthetic import _sample_attributes
+
+    seeds = split_seeds("train")  # the heads' own small turn, which no camera yaw estimate can see past
+    turn = [abs(np.degrees(_sample_attributes(np.random.default_rng(seeds[int(h)]))["head_yaw"])) for h in test["head"]]
+    out = {"fit_views": int(okf.sum()), "held_out_views": len(Xt), "head_turn_deg_median": float(np.median(turn))}
+    for name, corrections, keep in (("landmark_pose", np.zeros_like(refined), slice(None)), ("refined", refined, slice(None)),
+                                    ("oracle", best, okt)):
+        errors = framing_errors(test, corrections)[keep]
+        yaw = np.abs(test["truth"][keep, 0])
+        out[name] = {"cases": len(errors), "centre_median": float(np.median(errors[:, 0])), "centre_within_0.03": float((errors[:, 0] <= 0.03).mean()),
+                     "scale_median": float(np.median(errors[:, 1])), "scale_within_0.03": float((errors[:, 1] <= 0.03).mean()),
+                     "yaw_median": float(np.median(errors[:, 2])), "yaw_within_10deg": float((errors[:, 2] <= 10).mean()),
+                     "yaw_45_60_within_10deg": float((errors[yaw > 45, 2] <= 10).mean())}
+        print(name, out[name], flush=True)
+    return out
+
+
+def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600, seed: int = 0, members: int = 1) -> dict:
     """Fits the framing regressor (one tanh layer; Huber loss on standardised targets; Adam with weight
     decay) and returns it as :func:`perchead.pipelines.framing.load_model` reads it (lists of floats).
-    The outputs are clipped at run time to the 0.5–99.5 % range of the targets."""
-    torch.manual_seed(seed)
+    ``members`` nets fitted from seeds ``seed, seed + 1, …`` are averaged: one net whose hidden layer holds
+    all of theirs. The outputs are clipped at run time to the 0.5–99.5 % range of the targets."""
     mean, std = X.mean(0), X.std(0) + 1e-6
     out_scale = Y.std(0) + 1e-6
     x = torch.tensor(np.clip((X - mean) / std, -4, 4), dtype=torch.float32)
     y = torch.tensor(Y / out_scale, dtype=torch.float32)
-    net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, Y.shape[1]))
-    opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-3)
-    for _ in range(steps):
-        loss = torch.nn.functional.huber_loss(net(x), y, delta=1.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    w1, b1 = net[0].weight.detach().numpy().T, net[0].bias.detach().numpy()
-    w2, b2 = net[2].weight.detach().numpy().T, net[2].bias.detach().numpy()
+    w1, b1, w2, b2 = [], [], [], []
+    for member in range(members):
+        torch.manual_seed(seed + member)
+        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, Y.shape[1]))
+        opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-3)
+        for _ in range(steps):
+            loss = torch.nn.functional.huber_loss(net(x), y, delta=1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        w1.append(net[0].weight.detach().numpy().T)
+        b1.append(net[0].bias.detach().numpy())
+        w2.append(net[2].weight.detach().numpy().T / members)
+        b2.append(net[2].bias.detach().numpy() / members)
     r = lambda a, d=6: np.round(np.asarray(a, np.float64), d).tolist()  # noqa: E731
-    return {"mean": r(mean), "std": r(std), "w1": r(w1), "b1": r(b1), "w2": r(w2), "b2": r(b2), "out_scale": r(out_scale),
+    return {"mean": r(mean), "std": r(std), "w1": r(np.concatenate(w1, 1)), "b1": r(np.concatenate(b1)),
+            "w2": r(np.concatenate(w2, 0)), "b2": r(np.sum(b2, 0)), "out_scale": r(out_scale),
             "low": r(np.percentile(Y, 0.5, 0)), "high": r(np.percentile(Y, 99.5, 0)),
-            "outputs": ["dx", "dy", "log_scale", "dyaw_deg"], "samples": int(len(X)), "hidden": hidden}
+            "outputs": ["dx", "dy", "log_scale", "dyaw_deg"], "samples": int(len(X)), "hidden": hidden * members}
 
 
-def synthetic_cases(n: int, size: int = 512, seed: int = 0):
-    """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads."""
+def _mlp(model: dict, X: np.ndarray) -> np.ndarray:
+    """A :func:`fit_framing` model's raw outputs (unclipped, mirrored space). ``[N, F]`` → ``[N, 4]``"""
+    m = {k: np.asarray(v, np.float64) for k, v in model.items() if k in ("mean", "std", "w1", "b1", "w2", "b2", "out_scale")}
+    hidden = np.tanh(np.clip((X - m["mean"]) / m["std"], -4, 4) @ m["w1"] + m["b1"])
+    return (hidden @ m["w2"] + m["b2"]) * m["out_scale"]
+
+
+def synthetic_cases(n: int, size: int = 512, seed: int = 0, start: int = 0):
+    """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads
+    from index ``start``."""
     rng = np.random.default_rng(seed)
-    for head_seed in list(split_seeds("test"))[:n]:
+    for head_seed in list(split_seeds("test"))[start : start + n]:
         yield _synthetic_view(head_seed, rng, size)
 
 
-def evaluate_synthetic(n: int, size: int = 512) -> dict:
-    """Old (Haar + GrabCut) vs new (MediaPipe) path on synthetic renders with known cameras."""
+def evaluate_synthetic(n: int, size: int = 512, start: int = 0, seed: int = 0, haar: bool = True, per_case: bool = True) -> dict:
+    """Old (Haar + GrabCut) vs new (MediaPipe) path on ``n`` synthetic renders with known cameras (test-split
+    heads from index ``start``, cameras drawn from ``seed``; ``haar=False`` leaves the old path out;
+    ``per_case=False`` returns the summaries only)."""
     from perchead.pipelines.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
 
     config = PreprocessConfig(size=256)
     paths = {"haar": {"detector": "haar"}, "mediapipe_landmarks": {"detector": "mediapipe", "refine_framing": False},
              "mediapipe": {"detector": "mediapipe"}}  # the landmark pose alone, and refined by the silhouette
+    if not haar:
+        del paths["haar"]
     rows = {name: [] for name in paths}
-    for image, alpha, truth in synthetic_cases(n, size):
+    for image, alpha, truth in synthetic_cases(n, size, seed, start):
         for detector, options in paths.items():
             try:
                 result = preprocess(image, config, **options)
@@ -231,7 +432,9 @@ def evaluate_synthetic(n: int, size: int = 512) -> dict:
         summary[d]["yaw_30_60"] = _summary([x for x in r if abs(x["yaw"]) > 30])
         for lo in (0, 15, 30, 45):
             summary[d][f"yaw_{lo}_{lo + 15}"] = _summary([x for x in r if lo < abs(x["yaw"]) <= lo + 15 or (lo == 0 and x["yaw"] == 0)])
-    return summary | {"cases": n, "image_size": size,
+    if not per_case:
+        return summary | {"cases": n, "first_head": start, "camera_seed": seed, "image_size": size}
+    return summary | {"cases": n, "first_head": start, "camera_seed": seed, "image_size": size,
                       "per_case": {d: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in x.items()} for x in r] for d, r in rows.items()}}
 
 
@@ -422,7 +625,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing", action="store_true", help="only re-measure the time per photo (updates the JSON)")
     parser.add_argument("--fit-framing", type=int, default=0, metavar="HEADS",
                         help="fit perchead/pipelines/framing_model.json on this many train-split heads (×2 mirrored)")
+    parser.add_argument("--framing-floor", type=int, default=0, metavar="HEADS",
+                        help="only measure the framing an exact face and silhouette would allow (fitted on this many "
+                             "train-split heads; updates the JSON)")
+    parser.add_argument("--framing-cache", default=None, metavar="PATH",
+                        help="keep the framing views' measurements in PATH(.fit/.test).npz and reuse them")
     parser.add_argument("--heads", type=int, default=16, help="test-split heads (calibration; ×3 views measured)")
+    parser.add_argument("--more-cases", type=int, default=240,
+                        help="further test-split renders measured with the MediaPipe paths only (a steadier median)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "preprocess_results.json"), help="results JSON")
     args = parser.parse_args(argv)
     if args.calibrate:
@@ -432,10 +642,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"    {index}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}),")
         print("}")
         return
+    torch.set_num_threads(2)
+    out = Path(args.output)
     if args.fit_framing:
-        torch.set_num_threads(2)
-        X, Y = framing_data(args.fit_framing)
-        model = fit_framing(X, Y)
+        X, Y = framing_data(args.fit_framing, cache=args.framing_cache and Path(f"{args.framing_cache}.fit.npz"))
+        model = fit_framing(X, Y, **FRAMING_FIT)
         path = ROOT / "perchead" / "pipelines" / "framing_model.json"
         path.write_text(json.dumps(model) + "\n")
         print(f"wrote {path} ({len(X)} samples)")
@@ -443,20 +654,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.figure:
         figure(ROOT / "docs" / "preprocessing.png")
         return
-    torch.set_num_threads(2)
-    if args.timing:
-        out = Path(args.output)
+    if args.timing or args.framing_floor:
         results = json.loads(out.read_text()) if out.exists() else {}
-        results["ms_per_photo_512"] = time_per_photo()
+        if args.timing:
+            results["ms_per_photo_512"] = time_per_photo()
+        else:
+            results["framing_floor"] = framing_floor(args.framing_floor, cache=args.framing_cache)
         out.write_text(json.dumps(results, indent=1) + "\n")
         return
-    results = {"synthetic": evaluate_synthetic(args.heads * 3), "portraits": evaluate_portraits(),
-               "label_maps": evaluate_label_maps(),
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    results = {"synthetic": evaluate_synthetic(args.heads * 3),
+               "synthetic_more": evaluate_synthetic(args.more_cases, start=args.heads * 3, seed=1, haar=False, per_case=False),
+               "portraits": evaluate_portraits(), "label_maps": evaluate_label_maps(),
                "ms_per_photo_512": time_per_photo(), "threads": torch.get_num_threads()}
-    out = Path(args.output)
+    if "framing_floor" in previous:  # measured apart (--framing-floor): kept
+        results["framing_floor"] = previous["framing_floor"]
     out.write_text(json.dumps(results, indent=1) + "\n")
-    for detector in ("haar", "mediapipe_landmarks", "mediapipe"):
-        print(detector, json.dumps({k: v for k, v in results["synthetic"][detector].items() if not k.startswith("yaw_")}))
+    for key in ("synthetic", "synthetic_more"):
+        for detector in ("haar", "mediapipe_landmarks", "mediapipe"):
+            if detector in results[key]:
+                print(key, detector, json.dumps({k: v for k, v in results[key][detector].items() if not k.startswith("yaw_")}))
     print(f"wrote {out}")
 
 

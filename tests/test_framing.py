@@ -26,24 +26,28 @@ S = framing.SIZE
 
 
 def _made_up_view(shift: float = 0.0):
-    """An elliptical head silhouette with a neck, landmarks spread over its face and key points. Returns
-    (matte ``[S, S]``, landmarks ``[468, 2]``, key points ``[6, 2]``, valid ``[S, S]``)."""
+    """An elliptical head silhouette with a neck, landmarks (with depth) spread over its face and key
+    points. Returns (matte ``[S, S]``, landmarks ``[468, 3]``, key points ``[6, 2]``, valid ``[S, S]``)."""
     matte = np.zeros((S, S), np.float32)
     cx = S / 2 + shift
     cv2.ellipse(matte, (int(cx), S // 2 - 10), (50, 64), 0, 0, 360, 1.0, -1)  # head
     cv2.rectangle(matte, (int(cx) - 25, S // 2 + 40), (int(cx) + 25, S - 1), 1.0, -1)  # neck
     rng = np.random.default_rng(0)
-    marks = np.stack([cx + 8 + rng.normal(0, 14, 468), S / 2 + rng.normal(0, 16, 468)], 1)  # [468, 2]
-    marks[152] = (cx + 8, S / 2 + 45)  # chin
+    marks = np.stack([cx + 8 + rng.normal(0, 14, 468), S / 2 + rng.normal(0, 16, 468), rng.normal(0, 10, 468)], 1)  # [468, 3]
+    marks[152, :2] = (cx + 8, S / 2 + 45)  # chin
     points = np.array([[cx - 12, S / 2 - 8], [cx + 24, S / 2 - 8], [cx + 12, S / 2 + 10], [cx + 10, S / 2 + 25],
                        [cx - 45, S / 2], [cx + 48, S / 2]])  # [6, 2]
     return matte, marks, points, np.ones((S, S), bool)
 
 
 def _mirror(matte, marks, points, valid):
+    """The view of the mirrored photo, as the face networks report it: the subject's sides swap (the mesh's
+    left and right points of :data:`framing.PAIRS`, the ear key points)."""
     marks, points = marks.copy(), points.copy()
     marks[:, 0], points[:, 0] = S - marks[:, 0], S - points[:, 0]
     points[[4, 5]] = points[[5, 4]]
+    right, left = np.array(framing.PAIRS).T
+    marks[np.r_[right, left]] = marks[np.r_[left, right]]
     return np.ascontiguousarray(matte[:, ::-1]), marks, points, np.ascontiguousarray(valid[:, ::-1])
 
 
@@ -58,6 +62,21 @@ def test_features_are_mirror_symmetric_and_so_is_the_correction():
     assert model is not None, "perchead/pipelines/framing_model.json is missing"
     p, q = framing.predict(model, a, False), framing.predict(model, a, True)
     assert (p.dx, p.dyaw_deg) == (-q.dx, -q.dyaw_deg) and (p.dy, p.log_scale) == (q.dy, q.log_scale)
+
+
+def test_depth_and_height_features_follow_the_face_mesh():
+    matte, marks, points, valid = _made_up_view()
+    flat, _ = framing.features(matte, marks[:, :2], points, valid, 20.0, 0.0, 1.0)  # no depth given: taken as 0
+    zero = marks.copy()
+    zero[:, 2] = 0.0
+    assert np.array_equal(flat, framing.features(matte, zero, points, valid, 20.0, 0.0, 1.0)[0])
+    deep, _ = framing.features(matte, marks, points, valid, 20.0, 0.0, 1.0)
+    changed = np.nonzero(deep != flat)[0]
+    assert len(changed) > 0 and len(changed) <= len(framing.DEPTHS)  # only the depth block reads the third column
+    raised = marks.copy()
+    raised[13, 1] -= 6.0  # the upper lip 6 px higher: its height below the eyes and the brows shrinks
+    moved = framing.features(matte, raised, points, valid, 20.0, 0.0, 1.0)[0]
+    assert 0 < np.count_nonzero(moved != deep) <= 2
 
 
 def test_features_refuse_cut_or_missing_silhouettes_and_bad_shapes():

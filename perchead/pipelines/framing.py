@@ -9,9 +9,10 @@ landmarks miss: where the back of the head is, how large the whole head is.
 
 :func:`refine` measures the silhouette in an upright crop 1.4 × the pose's crop, around the pose's head
 centre (one more run of the selfie network, ≈ 6 ms), and a small calibrated regressor (one hidden layer
-of 32 tanh units, 27 inputs, 4 outputs; ``framing_model.json``, fitted on renders of train-split
+of 96 tanh units, 63 inputs, 4 outputs; ``framing_model.json``, fitted on renders of 3,600 train-split
 synthetic heads with known cameras by ``benchmarks/preprocess.py --fit-framing``) turns those
-measurements and the landmark pose into corrections of the crop centre, the crop side and the yaw.
+measurements, the landmark pose and the face mesh's proportions (heights below the eyes, depths) into
+corrections of the crop centre, the crop side and the yaw.
 Views are mirrored to a non-negative yaw first, so the correction is exactly left/right symmetric. The
 corrections are clipped to the range seen in fitting, and the refinement is skipped when the head's
 silhouette is cut by the photo's edge above the chin or is missing (the pose's crop is kept).
@@ -30,8 +31,14 @@ import numpy as np
 ENLARGE = 1.4  # the silhouette is measured in a crop this many times the pose's crop
 SIZE = 256  # that crop's side in pixels (the selfie network's input size)
 ROWS = (-0.15, -0.05, 0.02, 0.10)  # heights (fractions of the pose's crop, + = down) where widths are measured
+MORE_ROWS = (-0.3, -0.22, -0.15, -0.08, -0.02, 0.04, 0.10, 0.16)  # a finer set of such heights
+# Face-mesh points whose height below the eyes is measured (brows, nose tip and base, lips, chin,
+# forehead): on the synthetic heads the eyes, brows and mouth sit at fixed heights in metres.
+BELOW_EYES = (1, 2, 13, 14, 152, 10, 0, 17)
+DEPTHS = (1, 152, 10, 234, 454, 33, 263, 61, 291)  # face-mesh depths read (relative to the nose bridge, 168)
+PAIRS = ((33, 263), (133, 362), (61, 291), (105, 334), (70, 300), (234, 454))  # the subject's right / left
 MODEL_FILE = Path(__file__).with_name("framing_model.json")
-FEATURES = 27
+FEATURES = 63
 YAW_RAMP_DEG = (8.0, 20.0)  # the yaw correction fades in over this range of the landmark yaw
 
 
@@ -61,7 +68,8 @@ def features(matte: np.ndarray, landmarks: np.ndarray, keypoints: np.ndarray, va
 
     Args:
         matte: selfie matte of the enlarged crop. ``[SIZE, SIZE]`` float in [0, 1]
-        landmarks: face-mesh landmarks in that crop's pixels. ``[468, 2]``
+        landmarks: face-mesh landmarks in that crop's pixels, and their relative depth in the same units
+            (taken as 0 when given without it). ``[468, 3]`` or ``[468, 2]``
         keypoints: BlazeFace key points in that crop's pixels (right eye, left eye, nose, mouth, right ear,
             left ear). ``[6, 2]``
         valid: True where the crop shows the photo (not padding). ``[SIZE, SIZE]`` bool
@@ -84,12 +92,16 @@ def features(matte: np.ndarray, landmarks: np.ndarray, keypoints: np.ndarray, va
     unit = SIZE / ENLARGE
     mirrored = yaw_deg < 0
     hard = matte > 0.5  # [S, S]
-    marks = np.asarray(landmarks, np.float64)[:, :2].copy()  # [468, 2]
+    raw = np.asarray(landmarks, np.float64)
+    marks = raw[:, :2].copy()  # [468, 2]
+    depth = raw[:, 2].copy() if raw.shape[1] > 2 else np.zeros(len(raw))  # [468]
     points = np.asarray(keypoints, np.float64)[:, :2].copy()  # [6, 2]
-    if mirrored:  # x → S − x: the view with the opposite yaw
+    if mirrored:  # x → S − x: the view with the opposite yaw, the subject's sides swapped
         hard, valid = hard[:, ::-1], valid[:, ::-1]
         marks[:, 0], points[:, 0] = SIZE - marks[:, 0], SIZE - points[:, 0]
         points[[4, 5]] = points[[5, 4]]
+        right, left = np.array(PAIRS).T
+        marks[np.r_[right, left]], depth[np.r_[right, left]] = marks[np.r_[left, right]], depth[np.r_[left, right]]
     count, labels = cv2.connectedComponents(np.ascontiguousarray(hard, dtype=np.uint8), connectivity=8)
     seed = np.clip(marks.mean(0).round().astype(int), 0, SIZE - 1)
     k = labels[seed[1], seed[0]]
@@ -108,20 +120,27 @@ def features(matte: np.ndarray, landmarks: np.ndarray, keypoints: np.ndarray, va
         return None
     x, y = (xs + 0.5 - SIZE / 2) / unit, (ys + 0.5 - SIZE / 2) / unit
     top = (ys.min() - SIZE / 2) / unit
-    widths = []
-    for row in ROWS:
-        r = int(np.clip(round(SIZE / 2 + row * unit), 0, SIZE - 1))
-        cols = np.nonzero(head[r])[0]
-        widths += [0.0, 0.0] if len(cols) == 0 else [(cols.min() - SIZE / 2) / unit, (cols.max() + 1 - SIZE / 2) / unit]
+    def widths(rows):  # the head's left and right edge at each height
+        out = []
+        for row in rows:
+            r = int(np.clip(round(SIZE / 2 + row * unit), 0, SIZE - 1))
+            cols = np.nonzero(head[r])[0]
+            out += [0.0, 0.0] if len(cols) == 0 else [(cols.min() - SIZE / 2) / unit, (cols.max() + 1 - SIZE / 2) / unit]
+        return out
+
     L = (marks - SIZE / 2) / unit  # [468, 2]
     eye_r, eye_l = (L[33] + L[133]) / 2, (L[263] + L[362]) / 2
     mid = (eye_r + eye_l) / 2
     mouth = (L[61] + L[291]) / 2
     P = (points - SIZE / 2) / unit  # [6, 2]
     yaw = math.radians(abs(yaw_deg))
-    f = [yaw, math.radians(pitch_deg), top, *widths, math.sqrt(len(xs)) / unit, x.mean(), y.mean(), x.std(), y.std(),
+    brows = (L[105] + L[334]) / 2
+    brow_line = (L[105] + L[334] + L[70] + L[300]) / 4
+    below = [brows[1] - mid[1], *(L[list(BELOW_EYES), 1] - mid[1]), mouth[1] - brow_line[1], L[13, 1] - brow_line[1]]
+    f = [yaw, math.radians(pitch_deg), top, *widths(ROWS), math.sqrt(len(xs)) / unit, x.mean(), y.mean(), x.std(), y.std(),
          mid[0], mid[1], float(np.linalg.norm(eye_l - eye_r)), mouth[1] - mid[1], L[152, 1] - mid[1], L[1, 0] - mid[0],
-         P[4, 0] + P[5, 0], P[5, 0] - P[4, 0], reprojection_px / unit, yaw * yaw, yaw * math.radians(pitch_deg)]
+         P[4, 0] + P[5, 0], P[5, 0] - P[4, 0], reprojection_px / unit, yaw * yaw, yaw * math.radians(pitch_deg),
+         *np.log(np.maximum(np.abs(below), 1e-3)), *(depth[list(DEPTHS)] - depth[168]) / unit, *widths(MORE_ROWS)]
     return np.asarray(f, np.float64), mirrored
 
 
@@ -182,7 +201,8 @@ def refine(analyzer, rgb: np.ndarray, face, pose, config) -> tuple[object, Corre
     crop = crop_square(rgb, big, SIZE, 255, roll)  # [S, S, 3] upright
     valid = crop_square(np.full((height, width), 255, np.uint8), big, SIZE, 0, roll) > 127  # [S, S]
     matte = analyzer.segment(crop) * valid  # [S, S]
-    marks = to_crop_pixels(face.landmarks[:, :2], big, SIZE, roll)  # [468, 2]
+    marks = np.concatenate([to_crop_pixels(face.landmarks[:, :2], big, SIZE, roll),
+                            face.landmarks[:, 2:3] * SIZE / (side * ENLARGE)], 1)  # [468, 3] with depth
     points = to_crop_pixels(face.keypoints[:, :2], big, SIZE, roll)  # [6, 2]
     measured = features(matte, marks, points, valid, pose.yaw_deg, pose.pitch_deg, pose.reprojection_px * SIZE / (side * ENLARGE))
     if measured is None:
