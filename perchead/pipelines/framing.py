@@ -120,6 +120,7 @@ def features(matte: np.ndarray, landmarks: np.ndarray, keypoints: np.ndarray, va
         return None
     x, y = (xs + 0.5 - SIZE / 2) / unit, (ys + 0.5 - SIZE / 2) / unit
     top = (ys.min() - SIZE / 2) / unit
+
     def widths(rows):  # the head's left and right edge at each height
         out = []
         for row in rows:
