@@ -14,6 +14,7 @@ from perchead.pipelines.fit import (
     adjust_camera,
     fit_to_photo,
     head_transform,
+    lr_factor,
     mirror_index,
     search_pose,
 )
@@ -58,7 +59,8 @@ def test_fit_lowers_the_input_view_loss(model, photo):
 
 def test_offsets_and_scales_stay_within_their_bounds(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny(steps=10, geometry_from=0.0, lr_offset=5.0, lr_scale=5.0, max_offset=0.002, head_transform=False)
+    config = tiny(steps=10, geometry_from=0.0, lr_offset=5.0, lr_scale=5.0, max_offset=0.002, head_transform=False,
+                  rotate_head=False)
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     moved = (result.gaussians.means - g.means).abs()
     assert moved.max() <= config.max_offset + 1e-6 and moved.max() > 0.5 * config.max_offset
@@ -69,7 +71,7 @@ def test_offsets_and_scales_stay_within_their_bounds(model, photo):
 
 def test_geometry_waits_for_its_steps(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny(steps=4, geometry_from=1.0, head_transform=False)
+    config = tiny(steps=4, geometry_from=1.0, head_transform=False, rotate_head=False)
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     torch.testing.assert_close(result.gaussians.means, g.means)
     torch.testing.assert_close(result.gaussians.scales, g.scales)
@@ -309,3 +311,64 @@ def test_pipeline_fits_each_head_of_a_batch(pipe, photo):
     assert rec.gaussians.batch_size == 2
     assert not torch.equal(rec.gaussians.colors[0], rec.gaussians.colors[1])
     assert seen == sorted(seen) and max(seen) <= 0.3
+
+
+def test_rotate_head_turns_the_head_not_the_camera(model):
+    """A head turned by 6° against the prediction, photographed from the front: with ``rotate_head`` the
+    refined yaw turns the head (the side view improves) and the camera stays as given; without it the
+    camera turns and the side view keeps the prediction's pose."""
+    torch.manual_seed(3)
+    S = model.config.render.image_size
+    with torch.no_grad():
+        g = model(torch.rand(1, 3, S, S), torch.ones(1, 1, S, S))[0]
+    a = math.radians(6.0)
+    turn = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
+    truth = g.transformed(turn)
+    front = model.default_cameras([0.0], [0.0], size=S)
+    side = model.default_cameras([90.0], [0.0], size=S)
+    with torch.no_grad():
+        out = model.render_at(truth, front.viewmats, front.Ks, S, S, refine=False)
+        image, mask = out.rgb[0], out.alpha[0]
+        side_truth = model.render_at(truth, side.viewmats, side.Ks, S, S, refine=False).rgb[0]
+    config = tiny(steps=25, camera_steps=25, lr_camera=0.1, lr_color=0.0, lr_opacity=0.0, geometry_from=1.0,
+                  head_transform=False, w_distill=0.0, lr_final=1.0)
+
+    def side_error(head):
+        with torch.no_grad():
+            rgb = model.render_at(head, side.viewmats, side.Ks, S, S, refine=False).rgb[0]
+            return float((rgb - side_truth).abs().mean())
+
+    turned = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, rotate_head=True))
+    moved = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, rotate_head=False))
+    torch.testing.assert_close(turned.camera.viewmats, front.viewmats)
+    assert not torch.allclose(moved.camera.viewmats, front.viewmats)
+    torch.testing.assert_close(moved.gaussians.means, g.means)  # the camera moved, the head did not
+    assert side_error(turned.gaussians) < 0.8 * side_error(g)
+    assert side_error(moved.gaussians) == pytest.approx(side_error(g), rel=1e-4)
+    assert turned.photo_loss[1] < 0.8 * turned.photo_loss[0]
+    assert any("head turned by yaw" in n for n in turned.notes)
+    turned.gaussians.validate()
+
+
+def test_vertical_taper_scales_crown_and_chin_apart(model, photo):
+    *_, g, _, _ = photo
+    axes, centre, half = _head_frame(model, g)
+    zero = torch.zeros(2)
+    means, _ = head_transform(g.means, axes, centre, half, zero, torch.zeros(3), zero, FitConfig())
+    torch.testing.assert_close(means, g.means)  # zero = the identity
+    taper = torch.tensor([0.0, 0.0, 50.0])  # saturated: taller crown, shorter chin
+    means, _ = head_transform(g.means, axes, centre, half, zero, taper, zero, FitConfig())
+    v0, v1 = (g.means - centre) @ axes[1], (means - centre) @ axes[1]  # [N] height along the camera's y
+    top, bottom = v0 > 0.5 * half, v0 < -0.5 * half
+    assert (v1[top] / v0[top]).min() > 1.0 and (v1[bottom] / v0[bottom]).max() < 1.0
+    ratio = v1 / v0.where(v0.abs() > 1e-6, torch.ones_like(v0))  # [N]
+    assert ratio.max() <= math.exp(2 * FitConfig().max_head_log_scale) + 1e-4  # scale × linear term at the top
+
+
+@pytest.mark.parametrize("final", [0.0, 0.1, 1.0])
+def test_step_size_decays_to_its_final_fraction(final):
+    factors = [lr_factor(step, 20, final) for step in range(20)]
+    assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(final)
+    assert all(a >= b - 1e-12 for a, b in zip(factors, factors[1:]))  # never increases
+    with pytest.raises(ValueError, match="lr_final"):
+        FitConfig(lr_final=1.5)

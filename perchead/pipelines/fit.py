@@ -8,14 +8,17 @@ does not show close to the prediction:
 1. **Input camera**: the preprocessing's head pose (landmarks) when known, else a render-and-compare
    search over yaw/pitch; then yaw, pitch and roll are refined jointly in the first ``camera_steps``
    steps (bounded; focal scale and shift can be, but by default the head transform takes their place).
+   With ``rotate_head`` the refined rotation turns the head instead of the camera: the same input view,
+   but every other view sees the turn too.
 2. **Head transform** (``head_transform``): one bounded change of the whole head in the input camera's
-   image plane — width and height scales, a width that varies with the height (taper), and a shift —
-   with the depth left as predicted. A head predicted too wide, too narrow at the crown or off-centre
-   is seen so in the photo, and the change moves every view: the sides and the back share the outline
-   the photo shows. (Zoom and shift of the camera fit the photo equally well but leave the other views
-   as predicted.)
+   image plane — width and height scales, a width that varies with the height (taper), a height that
+   varies with the height (crown and chin scaled apart), and a shift — with the depth left as predicted.
+   A head predicted too wide, too narrow at the crown or off-centre is seen so in the photo, and the
+   change moves every view: the sides and the back share the outline the photo shows. (Zoom and shift
+   of the camera fit the photo equally well but leave the other views as predicted.)
 3. **Fit**: colours and opacities from the start, bounded position and scale offsets after
-   ``geometry_from`` of the steps. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
+   ``geometry_from`` of the steps; Adam, its step sizes decaying by a half cosine to ``lr_final`` of
+   their start. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
 4. **Priors**: self-distillation (the prediction's own renders from other views as soft targets,
    weighted by ``(1 − cos θ) / 2`` away from the input view, re-rendered through the current head
    transform so the prior keeps the predicted surface, not its predicted outline), left–right symmetry
@@ -67,9 +70,13 @@ class FitConfig:
             the head transform scales the head instead).
         head_transform: fit the bounded whole-head change in the input camera's image plane (module
             docstring); off = the head keeps its predicted size and place.
+        rotate_head: the refined yaw / pitch / roll turn the head (all views see it) rather than the
+            input camera (only the input view sees it); the returned camera is then the given one.
+        height_taper_degree: terms of the head transform's height change that vary with the height
+            (0: one height scale; 1: linear; 2: linear and quadratic), so crown and chin scale apart.
         lr_head: Adam step size on the head transform's raw parameters.
         max_head_log_scale: bound on the head transform's log width / height scale and on each of its
-            two taper terms.
+            taper terms.
         max_head_shift: bound on the head transform's shift along the image axes, metres.
         pose_search: without a known pose, search yaw, then pitch, by render-and-compare before the fit.
         search_azimuths: yaw grid of the search, degrees.
@@ -81,7 +88,8 @@ class FitConfig:
             default: the same PSNR on synthetic heads (measured) for a third less time.
         w_photo: weight of the masked L1 photo term in the input view.
         w_silhouette: weight of the L1 between rendered alpha and the matte in the input view.
-        w_distill: weight of self-distillation (rgb + alpha L1 against the prediction's renders).
+        w_distill: weight of self-distillation (rgb + alpha L1 against the prediction's renders; 1 ≈ the
+            photo's weight, 0.1 measured best: more holds the fitted outline and colours back).
         distill_azimuths: distillation views' yaw relative to the input camera, degrees.
         distill_elevations: the distillation views' elevations (absolute), degrees; one ring per value.
         distill_per_step: distillation views rendered per step (cycled in a seeded order).
@@ -90,6 +98,8 @@ class FitConfig:
             more visible (colour and x-mirrored offset).
         w_smooth: weight of colour-change smoothness within each 16-Gaussian patch.
         w_anchor: weight of the parameter anchor for Gaussians facing away from the input camera.
+        lr_final: every step size decays by a half cosine from its value at the first step to this
+            fraction of it at the last (1 = constant).
         seed: seed of the distillation view order (the fit is otherwise deterministic).
     """
 
@@ -107,7 +117,9 @@ class FitConfig:
     max_camera_shift: float = 0.0
     max_camera_log_focal: float = 0.0
     head_transform: bool = True
-    lr_head: float = 0.02
+    rotate_head: bool = True
+    height_taper_degree: int = 2
+    lr_head: float = 0.04
     max_head_log_scale: float = 0.1
     max_head_shift: float = 0.01
     pose_search: bool = True
@@ -118,11 +130,12 @@ class FitConfig:
     through_refiner: bool = False
     w_photo: float = 1.0
     w_silhouette: float = 1.0
-    w_distill: float = 0.5
+    w_distill: float = 0.1
     distill_azimuths: tuple[float, ...] = (60.0, 90.0, 135.0, 180.0, -135.0, -90.0, -60.0)
     distill_elevations: tuple[float, ...] = (0.0,)
     distill_per_step: int = 1
     distill_size: int = 64
+    lr_final: float = 0.1
     w_symmetry: float = 0.5
     w_smooth: float = 0.5
     w_anchor: float = 0.05
@@ -133,10 +146,14 @@ class FitConfig:
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
                      "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
                      "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "max_head_log_scale",
-                     "max_head_shift"):
+                     "max_head_shift", "lr_final"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.lr_final <= 1:
+            raise ValueError(f"FitConfig.lr_final must lie in [0, 1], got {self.lr_final}")
+        if self.height_taper_degree not in (0, 1, 2):
+            raise ValueError(f"FitConfig.height_taper_degree must be 0, 1 or 2, got {self.height_taper_degree!r}")
         if not 0 <= self.geometry_from <= 1:
             raise ValueError(f"FitConfig.geometry_from must lie in [0, 1], got {self.geometry_from}")
         if self.camera_steps < 0:
@@ -182,7 +199,8 @@ class FitResult:
 
     Attributes:
         gaussians: the fitted head. ``[N, …]``
-        camera: the refined input camera (one view, at the size the fit ran: ``FitConfig.fit_size`` at most).
+        camera: the refined input camera (one view, at the size the fit ran: ``FitConfig.fit_size`` at most;
+            with ``rotate_head`` the given camera, the head having turned instead).
         losses: the total loss per step (before each update).
         photo_loss: (first, last) masked L1 of the input-view render against the photo, without priors.
         notes: remarks for the user (pose source, camera change).
@@ -231,7 +249,8 @@ def head_transform(means: Tensor, axes: Tensor, centre: Tensor, half_height: Ten
     """The whole-head change of the fit, in the input camera's frame, from raw (unbounded) parameters.
 
     With ``u, v`` a centre's coordinates along the camera's image axes and ``ŷ = v / half_height``:
-    ``u' = u · exp(s_u + t₁ ŷ + t₂ (ŷ² − 1/3))``, ``v' = v · exp(s_v)``, plus a shift along the two axes;
+    ``u' = u · exp(s_u + t₁ ŷ + t₂ (ŷ² − 1/3))``, ``v' = v · exp(s_v + t₃ ŷ + t₄ (ŷ² − 1/3))`` (the height
+    terms as many as ``taper`` holds beyond two), plus a shift along the two axes;
     the depth along the viewing axis is kept. Scales and taper terms are ``max_head_log_scale · tanh(·)``,
     the shift ``max_head_shift · tanh(·)``; zero parameters are the identity.
 
@@ -241,7 +260,8 @@ def head_transform(means: Tensor, axes: Tensor, centre: Tensor, half_height: Ten
         centre: the point the head scales about. ``[3]``
         half_height: half the head's extent along the camera's y axis (normalises the taper). ``[]``
         scale: raw log-scales along the camera's x and y. ``[2]``
-        taper: raw linear and quadratic width-with-height terms. ``[2]``
+        taper: raw linear and quadratic width-with-height terms, then 0–2 height-with-height terms.
+            ``[2 + d]``
         shift: raw shift along the camera's x and y. ``[2]``
         config: the bounds.
 
@@ -249,13 +269,15 @@ def head_transform(means: Tensor, axes: Tensor, centre: Tensor, half_height: Ten
         (centres ``[N, 3]``, the mean size factor ``[]`` for the Gaussians' own scales).
     """
     s = config.max_head_log_scale * torch.tanh(scale)  # [2]
-    t = config.max_head_log_scale * torch.tanh(taper)  # [2]
+    t = config.max_head_log_scale * torch.tanh(taper)  # [2 + d]
     d = config.max_head_shift * torch.tanh(shift)  # [2]
     local = (means - centre) @ axes.T  # [N, 3] camera x, y, z
     y = local[:, 1] / half_height  # [N] about −1 … 1
-    log_u = s[0] + t[0] * y + t[1] * (y * y - 1 / 3)  # [N]
+    shapes = [y, y * y - 1 / 3]  # [N] each: the taper's shapes, zero-mean over −1 … 1
+    log_u = s[0] + t[0] * shapes[0] + t[1] * shapes[1]  # [N]
+    log_v = s[1] + sum(t[2 + k] * shapes[k] for k in range(len(t) - 2))  # [N] (or [] without a height taper)
     u = local[:, 0] * torch.exp(log_u) + d[0]  # [N]
-    v = local[:, 1] * torch.exp(s[1]) + d[1]  # [N]
+    v = local[:, 1] * torch.exp(log_v) + d[1]  # [N]
     moved = torch.stack([u, v, local[:, 2]], dim=-1)  # [N, 3]
     return centre + moved @ axes, torch.exp((s[0] + s[1]) / 3)  # [N, 3], [] (depth unscaled)
 
@@ -439,7 +461,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     d_scale = torch.zeros(N, 3, device=device, requires_grad=True)  # [N, 3]
     d_camera = torch.zeros(6, device=device, requires_grad=True)  # [6]
     h_scale = torch.zeros(2, device=device, requires_grad=config.head_transform)  # [2]
-    h_taper = torch.zeros(2, device=device, requires_grad=config.head_transform)  # [2]
+    h_taper = torch.zeros(2 + config.height_taper_degree, device=device, requires_grad=config.head_transform)  # [2 + d]
     h_shift = torch.zeros(2, device=device, requires_grad=config.head_transform)  # [2]
     axes = camera.viewmats[0, :3, :3].to(device, torch.float32)  # [3, 3] the given camera's axes
     centre = g0.means.mean(dim=0)  # [3]
@@ -494,7 +516,10 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     first_photo = last_photo = float("nan")
     lo, hi = progress_range
     n = config.steps
+    base_lrs = [group["lr"] for group in opt.param_groups]
     for step in range(n):
+        for group, lr in zip(opt.param_groups, base_lrs):
+            group["lr"] = lr * lr_factor(step, n, config.lr_final)
         progress(lo + (hi - lo) * step / max(n, 1), f"fitting to the photo {step + 1}/{n}")
         refine_cam = step < config.camera_steps
         d_camera.requires_grad_(refine_cam)
@@ -503,7 +528,13 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         d_scale.requires_grad_(geometry)
         g = current()
         viewmats, Ks = adjust_camera(camera, d_camera if refine_cam else d_camera.detach(), config)
-        rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
+        if config.rotate_head:
+            # the same view of the head, but the head turns (so every other view sees the turn too)
+            motion = torch.linalg.inv(camera.viewmats[0]) @ viewmats[0]  # [4, 4] rigid
+            turned = g.transformed(motion[:3, :3], translation=motion[:3, 3])
+            rgb, alpha = _render(model, turned, camera.viewmats, Ks, S, refine=config.through_refiner)
+        else:
+            rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
         photo = photo_l1(rgb)
         loss = config.w_photo * photo + config.w_silhouette * (alpha - mask).abs().mean()
         # self-distillation: the prediction's own renders from views away from the input
@@ -553,15 +584,28 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     with torch.no_grad():
         g = current().detach()
         viewmats, Ks = adjust_camera(camera, d_camera.detach(), config)
+        if config.rotate_head:
+            motion = torch.linalg.inv(camera.viewmats[0]) @ viewmats[0]  # [4, 4] rigid
+            g = g.transformed(motion[:3, :3], translation=motion[:3, 3])
+            viewmats = camera.viewmats
         if n:
             rgb, _ = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)
             last_photo = float(photo_l1(rgb))
         b = torch.tanh(d_camera.detach())
         if config.camera_steps and n:
-            notes.append("photo-fit: camera refined by yaw {:+.1f}°, pitch {:+.1f}°, roll {:+.1f}°".format(
-                *(b[:3] * config.max_camera_deg).tolist()))
+            what = "head turned by" if config.rotate_head else "camera refined by"
+            notes.append("photo-fit: {} yaw {:+.1f}°, pitch {:+.1f}°, roll {:+.1f}°".format(
+                what, *(b[:3] * config.max_camera_deg).tolist()))
     fitted_camera = Cameras(viewmats.detach(), Ks.detach(), S, S)
     return FitResult(gaussians=g, camera=fitted_camera, losses=losses, photo_loss=(first_photo, last_photo), notes=notes)
+
+
+def lr_factor(step: int, steps: int, final: float) -> float:
+    """The step-size factor at ``step`` of ``steps``: a half cosine from 1 at the first step to ``final`` at
+    the last."""
+    if steps <= 1:
+        return 1.0
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * step / (steps - 1)))
 
 
 def with_steps(config: FitConfig | None, steps: int) -> FitConfig:
