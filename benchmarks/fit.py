@@ -15,6 +15,10 @@ interrupted run resumes where it stopped. ``--pose oracle`` gives the fit the pr
 the landmark pose gives for a photo), ``--pose search`` lets it find the yaw and pitch itself. The
 input-view PSNR is measured at the fit's refined camera (the camera it says the photo was taken from).
 ``--set name=value`` overrides a :class:`FitConfig` field (a Python literal or a bare word), for ablations.
+``--face-mesh`` runs the face mesh on each input render and gives the fit its landmarks (for
+``--set face_shape=True``; :mod:`perchead.pipelines.face_shape`). Every head also records the face's depth
+error in the input view: mean |depth − true depth| over the true face pixels (skin, nose, eyes, brows,
+mouth, lips; alpha ≥ 0.95 in both), after removing its mean (shape, not distance), in millimetres.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
 from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_pairs, novel_views  # noqa: E402
 from perchead.models.perchead import PercHead  # noqa: E402
 from perchead.models.similarity import psnr, ssim  # noqa: E402
+from perchead.pipelines.face_shape import expected_depth, mesh_landmarks  # noqa: E402
 from perchead.pipelines.fit import FitConfig, fit_to_photo  # noqa: E402
+
+FACE_CLASSES = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
 
 
 def _config(args) -> FitConfig:
@@ -58,6 +65,25 @@ def _input(model, head, view):
 
 
 @torch.no_grad()
+def _face_depth_mm(head, g, cams) -> float:
+    """The face's depth-shape error of head ``g`` against the synthetic ``head`` from ``cams`` (one view), mm."""
+    from perchead.data.synthetic import render_head
+    from perchead.geometry.segmentation import CLASSES
+
+    labels = render_head(head, cams)["labels"][0]  # [S, S]
+    face = torch.zeros_like(labels, dtype=torch.bool)
+    for name in FACE_CLASSES:
+        face |= labels == CLASSES.index(name)
+    d_true, a_true = expected_depth(head.gaussians, cams)
+    d, a = expected_depth(g, cams)
+    face &= (a_true >= 0.95) & (a >= 0.95)
+    if int(face.sum()) < 10:
+        return float("nan")
+    diff = (d - d_true)[face]
+    return 1000 * float((diff - diff.mean()).abs().mean())
+
+
+@torch.no_grad()
 def _views(model, g, cams, size):
     return model.render_at(g, cams.viewmats, cams.Ks, size, size).rgb[0].float().clamp(0, 1)  # [V, 3, S, S]
 
@@ -71,11 +97,15 @@ def speed(args) -> dict:
     with torch.no_grad():
         g = model(image, mask)[0]
     config = _config(args)
-    fit_to_photo(model, g, image, mask, camera=cams, config=config)  # warm-up (kernel compile, mirror pairs)
+
+    def landmarks():  # the pipeline runs the face mesh on the model input before the fit (timed with it)
+        return mesh_landmarks(image) if args.face_mesh else None
+
+    fit_to_photo(model, g, image, mask, camera=cams, config=config, landmarks=landmarks())  # warm-up
     times, cpu = [], []
     for _ in range(args.runs):
         t, c = time.perf_counter(), time.process_time()
-        fit_to_photo(model, g, image, mask, camera=cams, config=config)
+        fit_to_photo(model, g, image, mask, camera=cams, config=config, landmarks=landmarks())
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     t = time.perf_counter()
@@ -119,8 +149,13 @@ def quality(args) -> None:
         with torch.no_grad():
             g = model(image, mask)[0]
         t = time.perf_counter()
-        fr = fit_to_photo(model, g, image, mask, camera=icams if args.pose == "oracle" else None, config=config)
+        landmarks = mesh_landmarks(image) if args.face_mesh else None
+        fr = fit_to_photo(model, g, image, mask, camera=icams if args.pose == "oracle" else None, config=config,
+                          landmarks=landmarks)
         row["fit_s"] = time.perf_counter() - t
+        row["face_mesh"] = landmarks is not None
+        for tag, head_g in (("without", g), ("with", fr.gaussians)):
+            row[f"face_depth_mm_{tag}"] = _face_depth_mm(head, head_g, icams)
         for tag, head_g, cam in (("without", g, icams), ("with", fr.gaussians, fr.camera)):
             pred = _views(model, head_g, tcams, size)
             row[f"novel_psnr_{tag}"] = psnr(pred, gt).tolist()
@@ -136,7 +171,8 @@ def quality(args) -> None:
             gt, _ = _ground_truth(head, tcam)
             with torch.no_grad():
                 g = model(image, mask)[0]
-            fr = fit_to_photo(model, g, image, mask, camera=icams, config=config)
+            landmarks = mesh_landmarks(image) if args.face_mesh else None
+            fr = fit_to_photo(model, g, image, mask, camera=icams, config=config, landmarks=landmarks)
             for tag, head_g in (("without", g), ("with", fr.gaussians)):
                 pred = _views(model, head_g, tcam, size)
                 row.setdefault(f"extreme_psnr_{tag}", []).append(float(psnr(pred, gt)[0]))
@@ -153,12 +189,12 @@ def summary(args) -> dict:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
 
     def mean(key):
-        vals = [v for r in rows if key in r for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        vals = [v for r in rows if key in r for v in (r[key] if isinstance(r[key], list) else [r[key]]) if v == v]  # not NaN
         return statistics.mean(vals) if vals else None
 
     result = {"subjects": len(rows), "steps": sorted({r["steps"] for r in rows}), "pose": sorted({r["pose"] for r in rows}),
               "extreme_subjects": sum("extreme_psnr_with" in r for r in rows)}
-    for key in ("novel_psnr", "novel_ssim", "input_psnr", "extreme_psnr", "extreme_ssim"):
+    for key in ("novel_psnr", "novel_ssim", "input_psnr", "extreme_psnr", "extreme_ssim", "face_depth_mm"):
         result[key] = {tag: mean(f"{key}_{tag}") for tag in ("without", "with")}
     lr = [(r["extreme_psnr_without"][:2], r["extreme_psnr_with"][:2]) for r in rows if "extreme_psnr_with" in r]
     if lr:
@@ -191,6 +227,7 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="quality: first head (to split a run over processes)")
     p.add_argument("--pose", choices=["oracle", "search"], default="oracle")
     p.add_argument("--no-extreme", action="store_true")
+    p.add_argument("--face-mesh", action="store_true", help="give the fit the face mesh of each input render")
     p.add_argument("--out", default="docs/fit_heads.jsonl")
     p.add_argument("--json", default=None)
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")

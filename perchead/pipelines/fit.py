@@ -101,6 +101,12 @@ class FitConfig:
         lr_final: every step size decays by a half cosine from its value at the first step to this
             fraction of it at the last (1 = constant).
         seed: seed of the distillation view order (the fit is otherwise deterministic).
+        face_shape: before the fit, move the head's face toward the face mesh's depth profile
+            (:mod:`perchead.pipelines.face_shape`; needs the landmarks, e.g. from the pipeline).
+        face_shape_weight: how far toward the mesh's profile (0 = the prediction's, 1 = the mesh's).
+        face_depth_scale: metres of depth per metre of the mesh's relative z.
+        face_sigma: width of the kernel that spreads the landmarks' changes to the Gaussians, metres.
+        face_max_depth: bound on each landmark's depth change, metres.
     """
 
     steps: int = 40
@@ -140,13 +146,18 @@ class FitConfig:
     w_smooth: float = 0.5
     w_anchor: float = 0.05
     seed: int = 0
+    face_shape: bool = False
+    face_shape_weight: float = 0.25
+    face_depth_scale: float = 0.6
+    face_sigma: float = 0.01
+    face_max_depth: float = 0.01
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
                      "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
                      "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "max_head_log_scale",
-                     "max_head_shift", "lr_final"):
+                     "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
@@ -166,6 +177,10 @@ class FitConfig:
             raise ValueError(f"FitConfig.distill_per_step must be >= 0, got {self.distill_per_step}")
         if not self.search_azimuths or not self.search_elevations:
             raise ValueError("FitConfig.search_azimuths and search_elevations must not be empty")
+        if not 0 <= self.face_shape_weight <= 1:
+            raise ValueError(f"FitConfig.face_shape_weight must lie in [0, 1], got {self.face_shape_weight}")
+        if not self.face_sigma > 0:
+            raise ValueError(f"FitConfig.face_sigma must be > 0, got {self.face_sigma}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FitConfig":
@@ -384,6 +399,7 @@ def fit_to_photo(
     config: FitConfig | None = None,
     progress: Progress = no_progress,
     progress_range: tuple[float, float] = (0.1, 0.3),
+    landmarks=None,
 ) -> FitResult:
     """Refines one predicted head so its render from the input camera matches the photo.
 
@@ -397,6 +413,9 @@ def fit_to_photo(
         config: :class:`FitConfig` (default: the ``"fast"`` preset).
         progress: called once per step with a fraction in ``progress_range``; may raise to cancel.
         progress_range: the fractions of the first and last step.
+        landmarks: the face mesh's 468 landmarks in ``image``'s pixels, (x, y, relative depth z) ``[468, 3]``
+            (:func:`perchead.pipelines.face_shape.mesh_landmarks`), for ``config.face_shape``; None = no
+            face-shape step.
 
     Returns:
         :class:`FitResult` (detached Gaussians ``[N, …]``).
@@ -406,10 +425,11 @@ def fit_to_photo(
     """
     config = config or FitConfig()
     with _frozen(model):
-        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range)
+        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks)
 
 
-def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Progress, progress_range) -> FitResult:
+def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Progress, progress_range,
+         landmarks=None) -> FitResult:
     """:func:`fit_to_photo` with the model frozen."""
     if gaussians.is_batched:
         if gaussians.batch_size != 1:
@@ -428,6 +448,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     device = gaussians.means.device
     image = image.to(device, torch.float32)
     mask = mask.to(device, torch.float32).clamp(0, 1)
+    input_size = image.shape[-1]
     if config.fit_size is not None and image.shape[-1] > config.fit_size:
         image = F.interpolate(image, size=(config.fit_size,) * 2, mode="area")  # [1, 3, s, s]
         mask = F.interpolate(mask, size=(config.fit_size,) * 2, mode="area")  # [1, 1, s, s]
@@ -450,6 +471,9 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         Ks[:, :2] *= scale
         camera = Cameras(camera.viewmats, Ks, S, S)
     camera = camera.to(device)
+    if config.face_shape and landmarks is not None:
+        g0, note = _face_shape(g0, landmarks, camera, S / input_size, config)
+        notes.append(note)
 
     # 2. parameters: raw changes on top of the prediction (all zero = the prediction)
     N = g0.num_gaussians
@@ -606,6 +630,20 @@ def lr_factor(step: int, steps: int, final: float) -> float:
     if steps <= 1:
         return 1.0
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * step / (steps - 1)))
+
+
+def _face_shape(g0: Gaussians, landmarks, camera: Cameras, scale: float, config: FitConfig) -> tuple[Gaussians, str]:
+    """The face-shape step (:func:`perchead.pipelines.face_shape.deform_face`) with landmarks given at
+    ``1 / scale`` of the fit's image size. Returns (the head, a note)."""
+    from perchead.pipelines.face_shape import deform_face
+
+    lm = torch.as_tensor(landmarks, dtype=torch.float32) * scale  # [468, 3] x, y, z in the fit's pixels
+    g, info = deform_face(g0, lm, camera, weight=config.face_shape_weight, depth_scale=config.face_depth_scale,
+                          sigma=config.face_sigma, max_depth=config.face_max_depth)
+    if not info.used:
+        return g0, "photo-fit: face shape skipped (too few landmarks on the head)"
+    return g, "photo-fit: face shape from {} landmarks (depth change up to {:.1f} mm)".format(
+        info.used, 1000 * float(info.change.abs().max()))
 
 
 def with_steps(config: FitConfig | None, steps: int) -> FitConfig:

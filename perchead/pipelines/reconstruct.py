@@ -338,16 +338,32 @@ class PercHeadPipeline:
         B = gaussians.batch_size
         heads, notes = [], []
         for b in range(B):
-            camera = None
+            camera = landmarks = None
             if prepared is not None:
                 r = self.model.config.render
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg)
                 if camera is not None:
                     notes.append("photo-fit: head pose from the face landmarks")
+            if config.face_shape:
+                landmarks = self._face_mesh(image[b : b + 1], prepared[b] if prepared is not None else None)
+                if landmarks is None:
+                    notes.append("photo-fit: no face mesh on the model input, face shape skipped")
             span = ((1 + 2 * b / B) / 10, (1 + 2 * (b + 1) / B) / 10)  # this head's share of 0.1 … 0.3
             with torch.enable_grad():
                 result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
-                                      config=config, progress=progress, progress_range=span)
+                                      config=config, progress=progress, progress_range=span, landmarks=landmarks)
             heads.append(result.gaussians)
             notes += result.notes
         return Gaussians.stack(heads), notes
+
+    @staticmethod
+    def _face_mesh(image: Tensor, prepared: Preprocessed | None):
+        """The face mesh (x, y, relative depth z) on the model input itself, started from the preprocessing's
+        landmarks when it has them (else a face detection); None without the face networks or a face.
+        ``[468, 3]`` in the model input's pixels."""
+        from perchead.pipelines.face_shape import mesh_landmarks
+
+        hint = None
+        if prepared is not None and prepared.landmarks is not None:
+            hint = prepared.landmarks * (image.shape[-1] / prepared.image.shape[-1])  # [468, 2]
+        return mesh_landmarks(image, hint=hint)
