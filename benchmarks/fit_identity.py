@@ -118,6 +118,9 @@ def main(argv=None):
             entry[tag] = {f"{a:+.0f}": d for a, d in zip(ANGLES, dists)}
             entry[f"{tag}_recognised"] = sum(d is not None and d < THRESHOLD for d in dists) / len(dists)
             entry[f"{tag}_fit_s"] = rec.timings.get("fit", 0.0)
+            if steps:
+                entry[f"{tag}_notes"] = [n for n in rec.notes if n.startswith("photo-fit: face shape")
+                                         or "face mesh" in n]
             if name in portraits.PUBLIC_DOMAIN:
                 with torch.no_grad():
                     fig = pipe.model.render_views(rec.gaussians, fig_cams).rgb[0]  # [4, 3, S, S]

@@ -74,6 +74,20 @@ def test_a_protruding_nose_pulls_the_face_toward_the_camera_and_nothing_else(bal
     assert float((d_out - d_flat)[far].abs().max()) < 0.25 * float(d_flat[tip] - d_out[tip])
 
 
+def test_landmarks_far_off_the_head_or_hidden_are_dropped(ball):
+    from perchead.pipelines.face_shape import hidden_landmarks
+
+    g, cam = ball
+    _, plain = deform_face(g, mesh_of(g, cam), cam)
+    _, off = deform_face(g, mesh_of(g, cam, nose_mm=60.0), cam)  # a "nose" 6 cm out: not this head's surface
+    assert off.used < plain.used and float(off.change.abs().max()) < 1e-3
+    lm = torch.as_tensor(mesh_of(g, cam))
+    assert not hidden_landmarks(lm).any()
+    lm[5, :2] = lm[7, :2]  # landmark 5 behind landmark 7, seen through the same pixel
+    lm[5, 2] = lm[7, 2] + 40
+    assert hidden_landmarks(lm).nonzero()[:, 0].tolist() == [5]
+
+
 def test_the_input_view_keeps_its_picture(ball):
     g, cam = ball
     out, _ = deform_face(g, mesh_of(g, cam, nose_mm=20.0), cam, weight=1.0, max_depth=0.02)

@@ -7,12 +7,13 @@ faces, gives every one of its 468 landmarks a relative depth ``z`` (weak perspec
 profile, seen from the input camera:
 
 1. **Where the head is**: the predicted head's expected depth (alpha-weighted camera ``z``) is rendered
-   from the input camera; each landmark inside the head's silhouette is lifted to the head's surface
-   at its pixel (a control point).
+   from the input camera; each landmark inside the head's silhouette and not hidden by the face itself
+   (:func:`hidden_landmarks`) is lifted to the head's surface at its pixel (a control point).
 2. **Where the landmark says it should be**: ``depth_scale · z / (pixels per metre at the face)`` plus
    one offset per head, the offset that matches the head's own mean depth over the landmarks (only the
-   shape is taken from the mesh, not the distance). Each control point moves ``weight`` of the way there
-   (a blend of the two profiles), at most ``max_depth``.
+   shape is taken from the mesh, not the distance). Landmarks more than ``max_gap`` off the median are
+   dropped (their pixel shows the neck or the hair behind the jaw). Each control point moves ``weight`` of
+   the way there (a blend of the two profiles), at most ``max_depth``.
 3. **Spread**: each Gaussian's depth change is a normalised Gaussian-kernel average of the control
    points' changes (``sigma`` metres) times ``Σw / (Σw + floor)``, so it fades to zero away from the face
    (ears, hair, the back of the head); every Gaussian moves along its own ray from the camera centre,
@@ -109,10 +110,22 @@ def expected_depth(gaussians: Gaussians, camera: Cameras) -> tuple[Tensor, Tenso
     return torch.where(alpha > 1e-3, depth, torch.zeros_like(depth)), alpha
 
 
+def hidden_landmarks(landmarks: Tensor, radius: float = 0.06, gap: float = 0.15) -> Tensor:
+    """Landmarks the face itself hides (the far cheek of a turned head): another landmark lies within
+    ``radius`` in the image and more than ``gap`` nearer the camera, both as fractions of the 3D distance
+    between the outer eye corners (about 9 cm). ``[468, 3]`` → ``[468]`` bool"""
+    from perchead.pipelines.faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
+    unit = (landmarks[LEFT_EYE_OUTER] - landmarks[RIGHT_EYE_OUTER]).norm().clamp_min(1e-6)
+    close = torch.cdist(landmarks[:, :2], landmarks[:, :2]) < radius * unit  # [468, 468]
+    nearer = landmarks[None, :, 2] < landmarks[:, None, 2] - gap * unit  # [i, j]: j nearer than i
+    return (close & nearer).any(-1)
+
+
 @torch.no_grad()
 def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Cameras, weight: float = 1.0,
                 depth_scale: float = 1.0, sigma: float = 0.01, floor: float = 1.0, max_depth: float = 0.01,
-                min_alpha: float = 0.95) -> tuple[Gaussians, FaceShapeInfo]:
+                min_alpha: float = 0.95, max_gap: float = 0.025) -> tuple[Gaussians, FaceShapeInfo]:
     """Moves the head's face along the input camera's rays toward the face mesh's depth profile.
 
     Args:
@@ -125,6 +138,8 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
         floor: the kernel weight sum below which the change fades out (one landmark at distance 0 = 1).
         max_depth: bound on each control point's depth change, metres.
         min_alpha: landmarks where the head's alpha is lower (its outline) are not used.
+        max_gap: landmarks whose depth differs from the head's by more than this from the median
+            difference, metres, are not used (their pixel shows another part of the head).
 
     Returns:
         (the deformed head ``[N, …]``, :class:`FaceShapeInfo`).
@@ -156,7 +171,7 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
     maps = torch.stack([depth * alpha, alpha])[None]  # [1, 2, H, W]
     at = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0]  # [2, 468]
     inside = (lm[:, 0] >= 0) & (lm[:, 0] < W) & (lm[:, 1] >= 0) & (lm[:, 1] < H)
-    ok = inside & (at[1] >= min_alpha)  # [468]
+    ok = inside & (at[1] >= min_alpha) & ~hidden_landmarks(lm)  # [468]
     empty = FaceShapeInfo(0, torch.zeros(0, 3), torch.zeros(0), torch.zeros(g.num_gaussians))
     if int(ok.sum()) < 20:  # too little of the face on the head to trust an offset
         return g, empty
@@ -164,16 +179,27 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
     # the mesh's z in metres at the face: weak perspective, one scale for the whole face
     pixels_per_metre = K[0, 0] / d_head.mean()
     d_mesh = depth_scale * lm[ok, 2] / pixels_per_metre  # [L]
-    change = weight * (d_mesh - d_mesh.mean() - (d_head - d_head.mean()))  # [L] shape only: same mean depth
-    change = change.clamp(-max_depth, max_depth)
+    gap = d_mesh - d_head  # [L] up to one offset per head
+    # a landmark whose pixel shows something else of the head (neck, collar, hair behind the jaw) is far off
+    on_face = (gap - gap.median()).abs() <= max_gap  # [L]
+    if int(on_face.sum()) < 20:
+        return g, empty
+    keep = ok.nonzero()[:, 0][on_face]
+    ok = torch.zeros_like(ok)
+    ok[keep] = True
+    d_head, gap = d_head[on_face], gap[on_face]
+    change = (weight * (gap - gap.mean())).clamp(-max_depth, max_depth)  # [L] shape only: same mean depth
     # control points on the head's surface (camera coordinates → world)
-    rays = torch.stack([(lm[ok, 0] - K[0, 2]) / K[0, 0], (lm[ok, 1] - K[1, 2]) / K[1, 1], torch.ones_like(d_head)], -1)
+    rays = torch.stack([(lm[ok, 0] - K[0, 2]) / K[0, 0], (lm[ok, 1] - K[1, 2]) / K[1, 1], torch.ones_like(d_head)], -1)  # [L, 3]
     cam_points = rays * d_head[:, None]  # [L, 3]
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     cam_means = g.means @ R.T + t  # [N, 3] camera coordinates
-    w = torch.exp(-torch.cdist(cam_means, cam_points).square() / (2 * sigma * sigma))  # [N, L]
-    total = w.sum(-1)  # [N]
-    moved = (w @ change) / (total + floor)  # [N] = kernel average × Σw / (Σw + floor)
+    # only Gaussians within 4 σ of the control points' box can move more than ~3e-4 of a change
+    lo, hi = cam_points.min(0).values - 4 * sigma, cam_points.max(0).values + 4 * sigma
+    near = ((cam_means >= lo) & (cam_means <= hi)).all(-1).nonzero()[:, 0]  # [n]
+    w = torch.exp(-torch.cdist(cam_means[near], cam_points).square() / (2 * sigma * sigma))  # [n, L]
+    moved = torch.zeros(g.num_gaussians, device=device)  # [N]
+    moved[near] = (w @ change) / (w.sum(-1) + floor)  # kernel average × Σw / (Σw + floor)
     z = cam_means[:, 2:3].clamp_min(1e-6)  # [N, 1]
     new_cam = cam_means * ((z + moved[:, None]) / z)  # [N, 3] along each Gaussian's own ray
     means = (new_cam - t) @ R  # [N, 3] back to the world
