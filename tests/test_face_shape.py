@@ -181,3 +181,23 @@ def test_bad_face_settings_are_refused(field, value):
 
     with pytest.raises(ValueError, match=field):
         FitConfig(**{field: value})
+
+
+def test_pipeline_runs_the_face_mesh_for_the_fit_only_when_asked(model):
+    from pathlib import Path
+
+    from perchead.pipelines.faces import load_analyzer
+    from perchead.pipelines.fit import FitConfig
+    from perchead.pipelines.reconstruct import PercHeadPipeline
+
+    pipe = PercHeadPipeline(model, device="cpu")
+    photo = Path(__file__).resolve().parents[1] / "examples" / "head0_front.png"
+    plain = pipe(str(photo), fit_steps=2, fit=FitConfig.preset("tiny"))
+    assert not any("face shape" in n or "face mesh" in n for n in plain.notes)
+    rec = pipe(str(photo), fit_steps=2, fit=FitConfig.preset("tiny", face_shape=True))
+    shape_notes = [n for n in rec.notes if "face shape" in n]
+    assert len(shape_notes) == 1
+    if load_analyzer() is None:  # no face networks here: the fit runs without the face shape
+        assert "no face mesh" in shape_notes[0]
+    else:  # the tiny random model's head may not cover the face: used, or skipped for that reason
+        assert "from" in shape_notes[0] or "too few landmarks" in shape_notes[0]
