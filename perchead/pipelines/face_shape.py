@@ -145,8 +145,8 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
         (the deformed head ``[N, …]``, :class:`FaceShapeInfo`).
 
     Raises:
-        ValueError: landmarks that are not ``[468, 3]`` or not finite, a batch of heads, a camera with several views or
-            settings out of range.
+        ValueError: landmarks that are not ``[468, 3]`` or not finite, a batch of heads, a camera with
+            several views or settings out of range.
     """
     lm = torch.as_tensor(np.asarray(landmarks, np.float32) if not isinstance(landmarks, Tensor) else landmarks)
     if lm.shape != (N_LANDMARKS, 3):
@@ -190,7 +190,8 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
     d_head, gap = d_head[on_face], gap[on_face]
     change = (weight * (gap - gap.mean())).clamp(-max_depth, max_depth)  # [L] shape only: same mean depth
     # control points on the head's surface (camera coordinates → world)
-    rays = torch.stack([(lm[ok, 0] - K[0, 2]) / K[0, 0], (lm[ok, 1] - K[1, 2]) / K[1, 1], torch.ones_like(d_head)], -1)  # [L, 3]
+    rays = torch.stack([(lm[ok, 0] - K[0, 2]) / K[0, 0], (lm[ok, 1] - K[1, 2]) / K[1, 1],
+                        torch.ones_like(d_head)], -1)  # [L, 3]
     cam_points = rays * d_head[:, None]  # [L, 3]
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     cam_means = g.means @ R.T + t  # [N, 3] camera coordinates
@@ -200,8 +201,9 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
     w = torch.exp(-torch.cdist(cam_means[near], cam_points).square() / (2 * sigma * sigma))  # [n, L]
     moved = torch.zeros(g.num_gaussians, device=device)  # [N]
     moved[near] = (w @ change) / (w.sum(-1) + floor)  # kernel average × Σw / (Σw + floor)
-    z = cam_means[:, 2:3].clamp_min(1e-6)  # [N, 1]
-    new_cam = cam_means * ((z + moved[:, None]) / z)  # [N, 3] along each Gaussian's own ray
-    means = (new_cam - t) @ R  # [N, 3] back to the world
+    z = cam_means[near, 2:3].clamp_min(1e-6)  # [n, 1]
+    new_cam = cam_means[near] * ((z + moved[near, None]) / z)  # [n, 3] along each Gaussian's own ray
+    means = g.means.clone()  # [N, 3]
+    means[near] = (new_cam - t) @ R  # back to the world
     points = (cam_points - t) @ R  # [L, 3]
     return replace(g, means=means), FaceShapeInfo(int(ok.sum()), points.cpu(), change.cpu(), moved.cpu())
