@@ -15,10 +15,12 @@ interrupted run resumes where it stopped. ``--pose oracle`` gives the fit the pr
 the landmark pose gives for a photo), ``--pose search`` lets it find the yaw and pitch itself. The
 input-view PSNR is measured at the fit's refined camera (the camera it says the photo was taken from).
 ``--set name=value`` overrides a :class:`FitConfig` field (a Python literal or a bare word), for ablations.
-``--face-mesh`` runs the face mesh on each input render and gives the fit its landmarks (for
-``--set face_shape=True``; :mod:`perchead.pipelines.face_shape`). Every head also records the face's depth
-error in the input view: mean |depth − true depth| over the true face pixels (skin, nose, eyes, brows,
-mouth, lips; alpha ≥ 0.95 in both), after removing its mean (shape, not distance), in millimetres.
+``--size N`` renders the fit's photo and scores the novel views at N² (the model still gets its own
+input size; ``--set fit_size=...`` then decides the size the fit compares at). ``--face-mesh`` runs the
+face mesh on each input render and gives the fit its landmarks (for ``--set face_shape=True``;
+:mod:`perchead.pipelines.face_shape`). Every head also records the face's depth error in the input view:
+mean |depth − true depth| over the true face pixels (skin, nose, eyes, brows, mouth, lips; alpha ≥ 0.95
+in both), after removing its mean (shape, not distance), in millimetres.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -58,8 +61,8 @@ def _config(args) -> FitConfig:
     return FitConfig(**{"steps": args.steps, "camera_steps": min(camera_steps, args.steps), **overrides})
 
 
-def _input(model, head, view):
-    cams = _cameras([view], model, model.config.render.image_size)
+def _input(model, head, view, size=None):
+    cams = _cameras([view], model, size or model.config.render.image_size)
     image, mask = _ground_truth(head, cams)  # [1, 3, S, S], [1, 1, S, S]
     return image, mask, cams
 
@@ -128,7 +131,7 @@ def speed(args) -> dict:
 def quality(args) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     model = PercHead.from_pretrained(args.model).eval()
-    size = model.config.render.render_size
+    size = args.size or model.config.render.render_size
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -144,14 +147,15 @@ def quality(args) -> None:
         # novel views
         inp, targets = novel_views(i, 8, 0)
         image, mask, icams = _input(model, head, inp)
+        photo, photo_mask, photo_cams = (image, mask, icams) if not args.size else _input(model, head, inp, args.size)
         tcams = _cameras(targets, model, size)
         gt, _ = _ground_truth(head, tcams)
         with torch.no_grad():
             g = model(image, mask)[0]
         t = time.perf_counter()
-        landmarks = mesh_landmarks(image) if args.face_mesh else None
-        fr = fit_to_photo(model, g, image, mask, camera=icams if args.pose == "oracle" else None, config=config,
-                          landmarks=landmarks)
+        landmarks = mesh_landmarks(photo) if args.face_mesh else None
+        fr = fit_to_photo(model, g, photo, photo_mask, camera=photo_cams if args.pose == "oracle" else None,
+                          config=config, landmarks=landmarks)
         row["fit_s"] = time.perf_counter() - t
         row["face_mesh"] = landmarks is not None
         for tag, head_g in (("without", g), ("with", fr.gaussians)):
@@ -160,8 +164,9 @@ def quality(args) -> None:
             pred = _views(model, head_g, tcams, size)
             row[f"novel_psnr_{tag}"] = psnr(pred, gt).tolist()
             row[f"novel_ssim_{tag}"] = ssim(pred, gt).tolist()
-            own = _views(model, head_g, cam, image.shape[-1])
-            row[f"input_psnr_{tag}"] = float(psnr(own, image)[0])
+            own = _views(model, head_g, cam, cam.width)
+            seen = F.interpolate(photo, size=(cam.width,) * 2, mode="area") if cam.width != photo.shape[-1] else photo
+            row[f"input_psnr_{tag}"] = float(psnr(own, seen)[0])
         # extreme views (the fit always gets the protocol's input camera: the search covers ±40° yaw)
         for k, (src, dst) in enumerate(extreme_pairs()):
             if args.no_extreme:
@@ -189,7 +194,8 @@ def summary(args) -> dict:
     rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
 
     def mean(key):
-        vals = [v for r in rows if key in r for v in (r[key] if isinstance(r[key], list) else [r[key]]) if v == v]  # not NaN
+        vals = [v for r in rows if key in r for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        vals = [v for v in vals if v == v]  # not NaN (a face metric without face pixels)
         return statistics.mean(vals) if vals else None
 
     result = {"subjects": len(rows), "steps": sorted({r["steps"] for r in rows}), "pose": sorted({r["pose"] for r in rows}),
@@ -227,6 +233,8 @@ def main(argv=None):
     p.add_argument("--start", type=int, default=0, help="quality: first head (to split a run over processes)")
     p.add_argument("--pose", choices=["oracle", "search"], default="oracle")
     p.add_argument("--no-extreme", action="store_true")
+    p.add_argument("--size", type=int, default=None,
+                   help="quality: the fit's photo and the novel views at this size (the model input stays at its own)")
     p.add_argument("--face-mesh", action="store_true", help="give the fit the face mesh of each input render")
     p.add_argument("--out", default="docs/fit_heads.jsonl")
     p.add_argument("--json", default=None)
