@@ -13,7 +13,8 @@ and with ``--profile`` the functions that take the time. ``quality`` follows the
 prediction with and without the fit; each head is appended to a JSON-lines file as it finishes, so an
 interrupted run resumes where it stopped. ``--pose oracle`` gives the fit the protocol's input camera (what
 the landmark pose gives for a photo), ``--pose search`` lets it find the yaw and pitch itself. The
-input-view PSNR is measured at the fit's refined camera (the camera it says the photo was taken from).
+input-view PSNR is measured at the camera the fit returns (the given one when the refined rotation turns the
+head, ``FitConfig.rotate_head``, the default; else the refined camera).
 ``--set name=value`` overrides a :class:`FitConfig` field (a Python literal or a bare word), for ablations.
 ``--size N`` renders the fit's photo and scores the novel views at N² (the model still gets its own
 input size; ``--set fit_size=...`` then decides the size the fit compares at). ``--face-mesh`` runs the
