@@ -157,7 +157,7 @@ class FitConfig:
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
                      "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
                      "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "max_head_log_scale",
-                     "max_head_shift", "lr_final"):
+                     "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
@@ -177,10 +177,6 @@ class FitConfig:
             raise ValueError(f"FitConfig.distill_per_step must be >= 0, got {self.distill_per_step}")
         if not self.search_azimuths or not self.search_elevations:
             raise ValueError("FitConfig.search_azimuths and search_elevations must not be empty")
-        for name in ("face_depth_scale", "face_max_depth"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
         if not 0 <= self.face_shape_weight <= 1:
             raise ValueError(f"FitConfig.face_shape_weight must lie in [0, 1], got {self.face_shape_weight}")
         if not self.face_sigma > 0:
