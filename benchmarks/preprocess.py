@@ -322,7 +322,7 @@ def framing_floor(n_heads: int, held_out: int = 400, cache: Path | None = None) 
     okf, okt = ~np.isnan(Xf).any(1), ~np.isnan(Xt).any(1)
     oracle = fit_framing(Xf[okf], framing_targets(fit)[okf], hidden=64, steps=1200, members=3)
     best = np.zeros((len(Xt), 4))
-    best[okt] = _mlp(oracle, Xt[okt])
+    best[okt] = framing.network({k: np.asarray(v, np.float64) for k, v in oracle.items() if k != "outputs"}, Xt[okt])
     best[:, 3] = test["truth"][:, 0] - test["pose"][:, 0]  # the yaw is given
     model = framing.load_model()
     X, mirrored, ok = framing_features(test)
@@ -377,13 +377,6 @@ def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600
             "outputs": ["dx", "dy", "log_scale", "dyaw_deg"], "samples": int(len(X)), "hidden": hidden * members}
 
 
-def _mlp(model: dict, X: np.ndarray) -> np.ndarray:
-    """A :func:`fit_framing` model's raw outputs (unclipped, mirrored space). ``[N, F]`` → ``[N, 4]``"""
-    m = {k: np.asarray(v, np.float64) for k, v in model.items() if k in ("mean", "std", "w1", "b1", "w2", "b2", "out_scale")}
-    hidden = np.tanh(np.clip((X - m["mean"]) / m["std"], -4, 4) @ m["w1"] + m["b1"])
-    return (hidden @ m["w2"] + m["b2"]) * m["out_scale"]
-
-
 def synthetic_cases(n: int, size: int = 512, seed: int = 0, start: int = 0):
     """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads
     from index ``start``."""
@@ -432,10 +425,11 @@ def evaluate_synthetic(n: int, size: int = 512, start: int = 0, seed: int = 0, h
         summary[d]["yaw_30_60"] = _summary([x for x in r if abs(x["yaw"]) > 30])
         for lo in (0, 15, 30, 45):
             summary[d][f"yaw_{lo}_{lo + 15}"] = _summary([x for x in r if lo < abs(x["yaw"]) <= lo + 15 or (lo == 0 and x["yaw"] == 0)])
-    if not per_case:
-        return summary | {"cases": n, "first_head": start, "camera_seed": seed, "image_size": size}
-    return summary | {"cases": n, "first_head": start, "camera_seed": seed, "image_size": size,
-                      "per_case": {d: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in x.items()} for x in r] for d, r in rows.items()}}
+    summary |= {"cases": n, "first_head": start, "camera_seed": seed, "image_size": size}
+    if per_case:
+        summary["per_case"] = {d: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in x.items()} for x in r]
+                               for d, r in rows.items()}
+    return summary
 
 
 def _short(row: dict) -> str:

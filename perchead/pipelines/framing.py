@@ -158,11 +158,16 @@ def load_model(path: str | None = None) -> dict | None:
     return model
 
 
+def network(model: dict, feats: np.ndarray) -> np.ndarray:
+    """The regressor's raw outputs (mirrored space, not clipped). ``[..., F]`` → ``[..., 4]``"""
+    z = np.clip((feats - model["mean"]) / model["std"], -4.0, 4.0)  # [..., F]
+    hidden = np.tanh(z @ model["w1"] + model["b1"])  # [..., H]
+    return (hidden @ model["w2"] + model["b2"]) * model["out_scale"]  # [..., 4]
+
+
 def predict(model: dict, feats: np.ndarray, mirrored: bool) -> Correction:
     """The regressor's correction for one view (clipped to the fitted range, unmirrored)."""
-    z = np.clip((feats - model["mean"]) / model["std"], -4.0, 4.0)  # [F]
-    hidden = np.tanh(z @ model["w1"] + model["b1"])  # [H]
-    out = np.clip((hidden @ model["w2"] + model["b2"]) * model["out_scale"], model["low"], model["high"])  # [4]
+    out = np.clip(network(model, feats), model["low"], model["high"])  # [4]
     dx, dy, log_scale, dyaw = (float(v) for v in out)
     # Near a frontal view the landmarks alone give the yaw within a few degrees, while a real person's
     # silhouette (a side parting, a hat, a collar) is asymmetric in ways the synthetic heads are not:
