@@ -156,29 +156,44 @@ def test_head_transform_starts_at_identity_and_is_bounded(model, photo):
     assert float(size) <= math.exp(2 * config.max_head_log_scale / 3) + 1e-6
 
 
+def _predicted_head(model, seed: int):
+    """The model's head for a random input (seeded)."""
+    torch.manual_seed(seed)
+    S = model.config.render.image_size
+    with torch.no_grad():
+        return model(torch.rand(1, 3, S, S), torch.ones(1, 1, S, S))[0]
+
+
+def _photo_and_view(model, truth, azimuth: float):
+    """``truth`` photographed from the front: (front camera, rgb ``[3, S, S]``, alpha ``[1, S, S]``, a function
+    rendering any head from ``azimuth`` as (rgb, alpha))."""
+    S = model.config.render.image_size
+    front = model.default_cameras([0.0], [0.0], size=S)
+    other = model.default_cameras([azimuth], [0.0], size=S)
+
+    def render(head, cams=other):
+        with torch.no_grad():
+            out = model.render_at(head, cams.viewmats, cams.Ks, S, S, refine=False)
+        return out.rgb[0], out.alpha[0]
+
+    image, mask = render(truth, front)
+    return front, image, mask, render
+
+
 def test_head_transform_corrects_the_hidden_side_too(model):
     """A head wider and shifted against the prediction, photographed from the front: the fit's head
     transform learns it from the photo, and the back view (which the photo does not show) improves."""
-    torch.manual_seed(2)
-    S = model.config.render.image_size
-    with torch.no_grad():
-        g = model(torch.rand(1, 3, S, S), torch.ones(1, 1, S, S))[0]
+    g = _predicted_head(model, 2)
     stretch = torch.tensor([1.08, 1.0, 1.0])
     centre = g.means.mean(dim=0)
     truth = type(g)(means=centre + (g.means - centre) * stretch + torch.tensor([0.004, 0.0, 0.0]), quats=g.quats,
                     scales=g.scales, opacities=g.opacities, colors=g.colors)
-    front = model.default_cameras([0.0], [0.0], size=S)
-    back = model.default_cameras([180.0], [0.0], size=S)
-    with torch.no_grad():
-        out = model.render_at(truth, front.viewmats, front.Ks, S, S, refine=False)
-        image, mask = out.rgb[0], out.alpha[0]
-        back_truth = model.render_at(truth, back.viewmats, back.Ks, S, S, refine=False).alpha[0]
+    front, image, mask, from_back = _photo_and_view(model, truth, 180.0)
+    back_truth = from_back(truth)[1]
     config = tiny(steps=30, camera_steps=0, lr_head=0.05, geometry_from=1.0)
 
     def back_error(head):
-        with torch.no_grad():
-            alpha = model.render_at(head, back.viewmats, back.Ks, S, S, refine=False).alpha[0]  # [1, S, S]
-            return float((alpha - back_truth).abs().mean())
+        return float((from_back(head)[1] - back_truth).abs().mean())  # alpha [1, S, S]
 
     fitted = fit_to_photo(model, g, image, mask, camera=front, config=config).gaussians
     local = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, head_transform=False)).gaussians
@@ -317,26 +332,17 @@ def test_rotate_head_turns_the_head_not_the_camera(model):
     """A head turned by 6° against the prediction, photographed from the front: with ``rotate_head`` the
     refined yaw turns the head (the side view improves) and the camera stays as given; without it the
     camera turns and the side view keeps the prediction's pose."""
-    torch.manual_seed(3)
-    S = model.config.render.image_size
-    with torch.no_grad():
-        g = model(torch.rand(1, 3, S, S), torch.ones(1, 1, S, S))[0]
+    g = _predicted_head(model, 3)
     a = math.radians(6.0)
     turn = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
     truth = g.transformed(turn)
-    front = model.default_cameras([0.0], [0.0], size=S)
-    side = model.default_cameras([90.0], [0.0], size=S)
-    with torch.no_grad():
-        out = model.render_at(truth, front.viewmats, front.Ks, S, S, refine=False)
-        image, mask = out.rgb[0], out.alpha[0]
-        side_truth = model.render_at(truth, side.viewmats, side.Ks, S, S, refine=False).rgb[0]
+    front, image, mask, from_side = _photo_and_view(model, truth, 90.0)
+    side_truth = from_side(truth)[0]
     config = tiny(steps=25, camera_steps=25, lr_camera=0.1, lr_color=0.0, lr_opacity=0.0, geometry_from=1.0,
                   head_transform=False, w_distill=0.0, lr_final=1.0)
 
     def side_error(head):
-        with torch.no_grad():
-            rgb = model.render_at(head, side.viewmats, side.Ks, S, S, refine=False).rgb[0]
-            return float((rgb - side_truth).abs().mean())
+        return float((from_side(head)[0] - side_truth).abs().mean())
 
     turned = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, rotate_head=True))
     moved = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, rotate_head=False))
