@@ -8,6 +8,7 @@ the portraits are skipped, with the reason, when these are absent.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import sys
@@ -200,6 +201,16 @@ def test_tight_grayscale_crop_is_accepted_with_notes(analyzer):
     assert result.mask[0, 0].mean() < 0.6  # padding around the tight crop is not foreground
     x0, y0, x1, y1 = result.crop_box
     assert (x1 - x0) > 112  # the training framing reaches beyond the tight crop
+    # the model input marks where it shows the photo: the 112² picture, not the white padding around it
+    inside = result.inside_photo()[0, 0]  # [S, S]
+    S = inside.shape[-1]
+    assert inside.shape == result.mask.shape[-2:] and 0 <= float(inside.min()) and float(inside.max()) <= 1
+    assert abs(float(inside.sum()) - (112 * S / (x1 - x0)) ** 2) < 3 * S
+    u0, v0 = to_crop_pixels(np.array([[0.0, 0.0]]), result.crop_box, S, result.crop_roll_deg)[0]
+    assert inside[:, : max(0, int(u0) - 1)].max() == 0 and inside[: max(0, int(v0) - 1)].max() == 0
+    assert inside[int(v0) + 2 : int(v0) + 10, int(u0) + 2 : int(u0) + 10].min() == 1
+    # a crop that the photo holds whole is all inside
+    assert float(dataclasses.replace(result, crop_box=(10.0, 10.0, 90.0, 90.0), crop_roll_deg=0.0).inside_photo().min()) == 1.0
 
 
 def test_grayscale_and_small_faces_get_notes(analyzer):

@@ -81,6 +81,34 @@ def test_geometry_waits_for_its_steps(model, photo):
     assert (result.gaussians.means - g.means).abs().max() < 0.05
 
 
+def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
+    # a crop that reaches past the photo's top edge: white padding, no matte, but the head goes on there
+    image, mask, g, cam, _ = photo
+    S = image.shape[-1]
+    cut = S // 3
+    image, mask = image.clone(), mask.clone()
+    image[..., :cut, :] = 1.0
+    mask[..., :cut, :] = 0.0
+    inside = torch.ones_like(mask)
+    inside[..., :cut, :] = 0.0
+    config = tiny(steps=12, w_distill=0.0, w_anchor=0.0, lr_opacity=1.0)
+    with torch.no_grad():
+        before = model.render_at(g, cam.viewmats, cam.Ks, S, S, refine=False).alpha[0, 0, 0, :cut]  # [cut, S]
+
+    def top_alpha(result):
+        with torch.no_grad():
+            return model.render_at(result.gaussians, cam.viewmats, cam.Ks, S, S, refine=False).alpha[0, 0, 0, :cut]
+
+    head = before > 0.5  # [cut, S] the crown's pixels
+    blind = top_alpha(fit_to_photo(model, g, image, mask, camera=cam, config=config))[head]
+    told = top_alpha(fit_to_photo(model, g, image, mask, camera=cam, config=config, inside=inside))[head]
+    assert head.sum() > 20
+    assert blind.mean() < 0.6 * before[head].mean()  # without the map the padding erases the crown
+    assert told.mean() > 0.9 * before[head].mean()  # with it the crown stays
+    with pytest.raises(ValueError, match="inside"):
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=1), inside=inside[..., :-1])
+
+
 def test_fit_is_deterministic_with_a_seed(model, photo):
     image, mask, g, _, _ = photo
     a = fit_to_photo(model, g, image, mask, config=tiny(seed=3))

@@ -351,19 +351,21 @@ def _render(model, g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine
 
 
 @torch.no_grad()
-def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig) -> tuple[float, float]:
+def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig,
+                known: Tensor | None = None) -> tuple[float, float]:
     """Render-and-compare: the (yaw, pitch) on ``config``'s grids whose render of the predicted head best
-    matches the photo (L1 of rgb and alpha vs matte at ``search_size``), coarse to fine: the yaw at the
-    pitch nearest 0, then the pitch at that yaw. Degrees."""
+    matches the photo (L1 of rgb and alpha vs matte at ``search_size``, where ``known`` ``[1, 1, S, S]`` is
+    1), coarse to fine: the yaw at the pitch nearest 0, then the pitch at that yaw. Degrees."""
     s = config.search_size
     r = model.config.render
     img = F.interpolate(image, size=(s, s), mode="area")  # [1, 3, s, s]
     msk = F.interpolate(mask, size=(s, s), mode="area")  # [1, 1, s, s]
+    weight = torch.ones_like(msk) if known is None else F.interpolate(known, size=(s, s), mode="area")  # [1, 1, s, s]
 
     def best(az: list[float], el: list[float]) -> int:
         cams = orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=s)
         rgb, alpha = _render(model, gaussians, cams.viewmats, cams.Ks, s, refine=False)  # [V, 3, s, s]
-        err = (rgb - img).abs().mean(dim=(1, 2, 3)) + (alpha - msk).abs().mean(dim=(1, 2, 3))  # [V]
+        err = (((rgb - img).abs() + (alpha - msk).abs()) * weight).mean(dim=(1, 2, 3))  # [V]
         return int(err.argmin())
 
     level = min(config.search_elevations, key=abs)
@@ -400,6 +402,7 @@ def fit_to_photo(
     progress: Progress = no_progress,
     progress_range: tuple[float, float] = (0.1, 0.3),
     landmarks=None,
+    inside: Tensor | None = None,
 ) -> FitResult:
     """Refines one predicted head so its render from the input camera matches the photo.
 
@@ -416,6 +419,9 @@ def fit_to_photo(
         landmarks: the face mesh's 468 landmarks in ``image``'s pixels, (x, y, relative depth z) ``[468, 3]``
             (:func:`perchead.pipelines.face_shape.mesh_landmarks`), for ``config.face_shape``; None = no
             face-shape step.
+        inside: where ``image`` shows the photo (:meth:`perchead.pipelines.preprocess.Preprocessed.inside_photo`),
+            like ``mask``; pixels outside it (a crop reaching past the photo's edge, e.g. a crown cut off)
+            are unknown and left out of the photo and silhouette terms. None = the whole image is photo.
 
     Returns:
         :class:`FitResult` (detached Gaussians ``[N, …]``).
@@ -425,11 +431,11 @@ def fit_to_photo(
     """
     config = config or FitConfig()
     with _frozen(model):
-        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks)
+        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks, inside)
 
 
 def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Progress, progress_range,
-         landmarks=None) -> FitResult:
+         landmarks=None, inside=None) -> FitResult:
     """:func:`fit_to_photo` with the model frozen."""
     if gaussians.is_batched:
         if gaussians.batch_size != 1:
@@ -443,15 +449,25 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         raise ValueError(f"image must be one square [1, 3, S, S] picture, got {tuple(image.shape)}")
     if mask.shape != (1, 1, *image.shape[-2:]):
         raise ValueError(f"mask must be [1, 1, S, S] matching the image, got {tuple(mask.shape)}")
+    if inside is None:
+        inside = torch.ones_like(mask)
+    while inside.dim() < 4:
+        inside = inside[None]
+    if inside.shape != mask.shape:
+        raise ValueError(f"inside must be [1, 1, S, S] like the mask, got {tuple(inside.shape)}")
     if camera is not None and len(camera) != 1:
         raise ValueError(f"camera must hold one view, got {len(camera)}")
     device = gaussians.means.device
     image = image.to(device, torch.float32)
     mask = mask.to(device, torch.float32).clamp(0, 1)
+    inside = inside.to(device, torch.float32).clamp(0, 1)
     input_size = image.shape[-1]
     if config.fit_size is not None and image.shape[-1] > config.fit_size:
         image = F.interpolate(image, size=(config.fit_size,) * 2, mode="area")  # [1, 3, s, s]
         mask = F.interpolate(mask, size=(config.fit_size,) * 2, mode="area")  # [1, 1, s, s]
+        inside = F.interpolate(inside, size=(config.fit_size,) * 2, mode="area")  # [1, 1, s, s]
+    # only pixels wholly inside the photo count (its edge pixels are blended with the padding)
+    known = (inside > 0.999).float()  # [1, 1, s, s]
     S = image.shape[-1]
     g0 = gaussians.detach().float()
     notes: list[str] = []
@@ -459,7 +475,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     # 1. the input camera: given (pose from landmarks), searched, or the frontal model framing
     if camera is None:
         if config.pose_search:
-            yaw, pitch = search_pose(model, g0, image, mask, config)
+            yaw, pitch = search_pose(model, g0, image, mask, config, known)
             notes.append(f"photo-fit: head pose from render-and-compare search (yaw {yaw:+.0f}°, pitch {pitch:+.0f}°)")
         else:
             yaw, pitch = 0.0, 0.0
@@ -529,12 +545,13 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(dcams), generator=gen).tolist() if len(dcams) else []
     geometry_step = int(round(config.geometry_from * config.steps))
-    mask_sum = mask.sum().clamp_min(1.0)
+    mask_sum = (mask * known).sum().clamp_min(1.0)
 
     def photo_l1(rgb: Tensor) -> Tensor:
         # the photo is cut out over white: outside the matte the render must be white too (no stray
-        # Gaussians); normalised by the matte's area so the term does not shrink with the head's size
-        return (rgb - image).abs().sum() / (3 * mask_sum)
+        # Gaussians); normalised by the matte's area so the term does not shrink with the head's size;
+        # past the photo's edges nothing is known
+        return ((rgb - image).abs() * known).sum() / (3 * mask_sum)
 
     losses: list[float] = []
     first_photo = last_photo = float("nan")
@@ -560,7 +577,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         else:
             rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
         photo = photo_l1(rgb)
-        loss = config.w_photo * photo + config.w_silhouette * (alpha - mask).abs().mean()
+        loss = config.w_photo * photo + config.w_silhouette * ((alpha - mask).abs() * known).mean()
         # self-distillation: the prediction's own renders from views away from the input
         if config.w_distill > 0 and config.distill_per_step > 0 and len(order):
             picks = [order[(step * config.distill_per_step + k) % len(order)] for k in range(config.distill_per_step)]

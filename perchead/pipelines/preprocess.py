@@ -214,6 +214,14 @@ class Preprocessed:
         pitch = max(-89.0, min(89.0, float(self.pose.pitch_deg)))
         return orbit_cameras([float(self.pose.yaw_deg)], [pitch], radius=radius, fov_deg=fov_deg, size=self.image.shape[-1])
 
+    def inside_photo(self) -> Tensor:
+        """Where the model input shows the photo: 1 inside it, 0 where the crop reaches past its edges (the
+        white there is padding, not background), fractions along the edges. ``[1, 1, S, S]`` float32."""
+        width, height = self.working_size
+        inside = crop_square(np.full((height, width), 255, np.uint8), self.crop_box, self.image.shape[-1], 0,
+                             self.crop_roll_deg)  # [S, S]
+        return torch.from_numpy(inside).float().div(255)[None, None]
+
     def label_map(self, parsed: Tensor | np.ndarray | None = None) -> Tensor | None:
         """A 19-class CelebAMask-HQ map of the model input from the face landmarks and the matte
         (:func:`perchead.pipelines.faces.photo_label_map`), or None without landmarks.

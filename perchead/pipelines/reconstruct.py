@@ -338,8 +338,9 @@ class PercHeadPipeline:
         B = gaussians.batch_size
         heads, notes = [], []
         for b in range(B):
-            camera = landmarks = None
+            camera = landmarks = inside = None
             if prepared is not None:
+                inside = F.interpolate(prepared[b].inside_photo(), size=image.shape[-2:], mode="area")  # [1, 1, S, S]
                 r = self.model.config.render
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg)
                 if camera is not None:
@@ -351,7 +352,8 @@ class PercHeadPipeline:
             span = ((1 + 2 * b / B) / 10, (1 + 2 * (b + 1) / B) / 10)  # this head's share of 0.1 … 0.3
             with torch.enable_grad():
                 result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
-                                      config=config, progress=progress, progress_range=span, landmarks=landmarks)
+                                      config=config, progress=progress, progress_range=span, landmarks=landmarks,
+                                      inside=inside)
             heads.append(result.gaussians)
             notes += result.notes
         return Gaussians.stack(heads), notes
