@@ -1,6 +1,7 @@
 """Tests for the photo-fit (perchead.pipelines.fit) and its place in the reconstruction pipeline."""
 
 import math
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,8 @@ from perchead.pipelines.fit import (
     search_pose,
 )
 from perchead.pipelines.reconstruct import PercHeadPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +114,8 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
 
 def test_fit_is_deterministic_with_a_seed(model, photo):
     image, mask, g, _, _ = photo
-    a = fit_to_photo(model, g, image, mask, config=tiny(seed=3))
-    b = fit_to_photo(model, g, image, mask, config=tiny(seed=3))
+    a = fit_to_photo(model, g, image, mask, config=tiny(seed=3, latent_steps=2))
+    b = fit_to_photo(model, g, image, mask, config=tiny(seed=3, latent_steps=2))
     torch.testing.assert_close(a.gaussians.colors, b.gaussians.colors, rtol=0, atol=1e-6)
     torch.testing.assert_close(a.gaussians.means, b.gaussians.means, rtol=0, atol=1e-6)
     assert a.losses == pytest.approx(b.losses, rel=1e-5)
@@ -140,6 +143,49 @@ def test_progress_per_step_and_cancel(model, photo):
     with pytest.raises(Cancelled):
         fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=50), progress=cancel_at_third)
     assert len(calls) == 3
+    # the latent stage reports its own steps first and stops on cancel too
+    seen.clear()
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=3, latent_steps=2),
+                 progress=lambda f, s: seen.append((f, s)))
+    assert [s for _, s in seen if s.startswith("fitting")] == [
+        "fitting the network's view of the photo 1/2", "fitting the network's view of the photo 2/2",
+        "fitting to the photo 1/3", "fitting to the photo 2/3", "fitting to the photo 3/3"]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.1 <= fractions[0] and fractions[-1] <= 0.3
+    calls.clear()
+    with pytest.raises(Cancelled):
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=5, latent_steps=50), progress=cancel_at_third)
+    assert calls[-1] == "fitting the network's view of the photo 3/50"
+
+
+def test_latent_stage_carries_the_photo_to_the_hidden_side():
+    # the bundled model on a held-out synthetic head: an offset to the 2D tokens, the network frozen
+    from perchead.data.synthetic import make_head, split_seeds
+    from perchead.evaluation.reconstruction import _ground_truth
+
+    model = PercHead.from_pretrained(str(ROOT / "weights_card")).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    head = make_head(split_seeds("test")[0])
+    cam = model.default_cameras([10.0], [5.0], size=model.config.render.image_size)
+    image, mask = _ground_truth(head, cam)  # [1, 3, S, S], [1, 1, S, S]
+    with torch.no_grad():
+        g = model(image, mask)[0]
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig(steps=0, latent_steps=8))
+    first, last = result.photo_loss
+    assert len(result.losses) == 8 and last < 0.7 * first
+    # every Gaussian comes from the decoder again: the back of the head changes with the front
+    back = model.default_cameras([180.0], size=64)
+    with torch.no_grad():
+        before, after = (model.render_at(h, back.viewmats, back.Ks, 64, 64, refine=False).rgb for h in (g, result.gaussians))
+    assert (after - before).abs().mean() > 0.01
+    # the network itself is untouched and its parameters keep their flags
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="fit steps"):
+        FitConfig(latent_steps=-1)
+    with pytest.raises(ValueError, match="lr_latent"):
+        FitConfig(lr_latent=float("nan"))
 
 
 def test_camera_refinement_is_bounded(model):

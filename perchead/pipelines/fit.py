@@ -10,16 +10,22 @@ does not show close to the prediction:
    steps (bounded; focal scale and shift can be, but by default the head transform takes their place).
    With ``rotate_head`` the refined rotation turns the head instead of the camera: the same input view,
    but every other view sees the turn too.
-2. **Head transform** (``head_transform``): one bounded change of the whole head in the input camera's
+2. **Latent stage** (``latent_steps``): first the network itself is asked for a head that matches the
+   photo better. An offset to the lift encoder's 2D tokens is optimised (the network frozen) so that the
+   decoded head's render from the input camera matches the photo. Every 3D patch reads all 2D tokens, so
+   what the photo corrects on the visible side reaches the hidden side the way the network learned it
+   would; per-Gaussian changes cannot do that. The decoded head replaces the prediction for the steps below.
+3. **Head transform** (``head_transform``): one bounded change of the whole head in the input camera's
    image plane — width and height scales, a width that varies with the height (taper), a height that
    varies with the height (crown and chin scaled apart), and a shift — with the depth left as predicted.
    A head predicted too wide, too narrow at the crown or off-centre is seen so in the photo, and the
    change moves every view: the sides and the back share the outline the photo shows. (Zoom and shift
    of the camera fit the photo equally well but leave the other views as predicted.)
-3. **Fit**: colours and opacities from the start, bounded position and scale offsets after
+4. **Fit**: colours and opacities from the start, bounded position and scale offsets after
    ``geometry_from`` of the steps; Adam, its step sizes decaying by a half cosine to ``lr_final`` of
    their start. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
-4. **Priors**: self-distillation (the prediction's own renders from other views as soft targets,
+5. **Priors**: self-distillation (the latent stage's head, or else the prediction, rendered from other
+   views as soft targets,
    weighted by ``(1 − cos θ) / 2`` away from the input view, re-rendered through the current head
    transform so the prior keeps the predicted surface, not its predicted outline), left–right symmetry
    (the hidden side follows the mirrored visible side), colour smoothness within each 16-Gaussian patch,
@@ -53,7 +59,10 @@ class FitConfig:
     for ~400 s on a GPU, this fit is sized for seconds on a CPU).
 
     Attributes:
-        steps: optimisation steps (0 = no fit).
+        steps: optimisation steps of the Gaussians themselves (0 = none).
+        latent_steps: steps of the latent stage before them (0 = none): an offset to the lift encoder's 2D
+            tokens is optimised, the network frozen, so that the decoded head's render matches the photo.
+        lr_latent: Adam step size on the 2D-token offset.
         lr_color: Adam step size on colour logits.
         lr_opacity: Adam step size on opacity logits.
         lr_offset: Adam step size on the (tanh) position-offset parameters.
@@ -110,6 +119,8 @@ class FitConfig:
     """
 
     steps: int = 40
+    latent_steps: int = 20
+    lr_latent: float = 0.1
     lr_color: float = 0.1
     lr_opacity: float = 0.2
     lr_offset: float = 0.05
@@ -154,9 +165,10 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
+        check_steps(self.latent_steps)
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
                      "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
-                     "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "max_head_log_scale",
+                     "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "lr_latent", "max_head_log_scale",
                      "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -185,11 +197,12 @@ class FitConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "FitConfig":
         """A named preset with field ``overrides``: ``"fast"`` (the app default: seconds on 2 CPU cores for
-        the bundled model), ``"quality"`` (3× the steps, two distillation views per step), ``"tiny"`` (tests)."""
+        the bundled model), ``"quality"`` (3× the steps, two distillation views per step), ``"tiny"`` (tests; no
+        latent stage)."""
         presets = {
             "fast": {},
             "quality": {"steps": 120, "distill_per_step": 2, "camera_steps": 20},
-            "tiny": {"steps": 8, "camera_steps": 2, "search_size": 16, "distill_size": 16,
+            "tiny": {"steps": 8, "latent_steps": 0, "camera_steps": 2, "search_size": 16, "distill_size": 16,
                      "search_azimuths": (-20.0, 0.0, 20.0), "search_elevations": (0.0,)},
         }
         if name not in presets:
@@ -462,6 +475,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     mask = mask.to(device, torch.float32).clamp(0, 1)
     inside = inside.to(device, torch.float32).clamp(0, 1)
     input_size = image.shape[-1]
+    model_input = image, mask  # the latent stage encodes the photo at the model's own input size
     if config.fit_size is not None and image.shape[-1] > config.fit_size:
         image = F.interpolate(image, size=(config.fit_size,) * 2, mode="area")  # [1, 3, s, s]
         mask = F.interpolate(mask, size=(config.fit_size,) * 2, mode="area")  # [1, 1, s, s]
@@ -487,6 +501,25 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         Ks[:, :2] *= scale
         camera = Cameras(camera.viewmats, Ks, S, S)
     camera = camera.to(device)
+    mask_sum = (mask * known).sum().clamp_min(1.0)
+
+    def photo_l1(rgb: Tensor) -> Tensor:
+        # the photo is cut out over white: outside the matte the render must be white too (no stray
+        # Gaussians); normalised by the matte's area so the term does not shrink with the head's size;
+        # past the photo's edges nothing is known
+        return ((rgb - image).abs() * known).sum() / (3 * mask_sum)
+
+    def silhouette_l1(alpha: Tensor) -> Tensor:
+        return ((alpha - mask).abs() * known).mean()
+
+    # 1b. the latent stage: the network's own prior carries what the photo shows to every view
+    lo, hi = progress_range
+    split = lo + (hi - lo) * config.latent_steps / max(config.latent_steps + config.steps, 1)
+    losses: list[float] = []
+    first_photo = last_photo = float("nan")
+    if config.latent_steps:
+        g0, losses, first_photo = _latent_stage(model, *model_input, camera, photo_l1, silhouette_l1, config,
+                                                progress, (lo, split))
     if config.face_shape and landmarks is not None:
         g0, note = _face_shape(g0, landmarks, camera, S / input_size, config)
         notes.append(note)
@@ -545,17 +578,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(dcams), generator=gen).tolist() if len(dcams) else []
     geometry_step = int(round(config.geometry_from * config.steps))
-    mask_sum = (mask * known).sum().clamp_min(1.0)
-
-    def photo_l1(rgb: Tensor) -> Tensor:
-        # the photo is cut out over white: outside the matte the render must be white too (no stray
-        # Gaussians); normalised by the matte's area so the term does not shrink with the head's size;
-        # past the photo's edges nothing is known
-        return ((rgb - image).abs() * known).sum() / (3 * mask_sum)
-
-    losses: list[float] = []
-    first_photo = last_photo = float("nan")
-    lo, hi = progress_range
+    lo = split
     n = config.steps
     base_lrs = [group["lr"] for group in opt.param_groups]
     for step in range(n):
@@ -577,7 +600,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         else:
             rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
         photo = photo_l1(rgb)
-        loss = config.w_photo * photo + config.w_silhouette * ((alpha - mask).abs() * known).mean()
+        loss = config.w_photo * photo + config.w_silhouette * silhouette_l1(alpha)
         # self-distillation: the prediction's own renders from views away from the input
         if config.w_distill > 0 and config.distill_per_step > 0 and len(order):
             picks = [order[(step * config.distill_per_step + k) % len(order)] for k in range(config.distill_per_step)]
@@ -619,7 +642,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        if step == 0:
+        if step == 0 and not config.latent_steps:
             first_photo = float(photo.detach())
     progress(hi, "fitted to the photo")
     with torch.no_grad():
@@ -629,7 +652,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             motion = torch.linalg.inv(camera.viewmats[0]) @ viewmats[0]  # [4, 4] rigid
             g = g.transformed(motion[:3, :3], translation=motion[:3, 3])
             viewmats = camera.viewmats
-        if n:
+        if n or config.latent_steps:
             rgb, _ = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)
             last_photo = float(photo_l1(rgb))
         b = torch.tanh(d_camera.detach())
@@ -639,6 +662,55 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
                 what, *(b[:3] * config.max_camera_deg).tolist()))
     fitted_camera = Cameras(viewmats.detach(), Ks.detach(), S, S)
     return FitResult(gaussians=g, camera=fitted_camera, losses=losses, photo_loss=(first_photo, last_photo), notes=notes)
+
+
+def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1, silhouette_l1, config: FitConfig,
+                  progress: Progress, span: tuple[float, float]) -> tuple[Gaussians, list[float], float]:
+    """Optimises an offset to the lift encoder's 2D tokens (the network frozen) so that the decoded head's
+    render from ``camera`` matches the photo (``photo_l1`` + ``silhouette_l1`` of the render).
+
+    The decoder reads every 3D patch from all 2D tokens, so what the photo corrects on the visible side
+    reaches the hidden side as the network learned it would (hair colour, head shape), which per-Gaussian
+    changes cannot do.
+
+    Args:
+        image: the photo at any size ``[1, 3, s, s]`` (encoded at the model's input size).
+        mask: its matte ``[1, 1, s, s]``.
+
+    Returns:
+        (the decoded head ``[N, …]``, the loss per step, the photo term of the prediction before the first step).
+    """
+    size = model.config.render.image_size
+    if image.shape[-1] != size:
+        mode = dict(mode="area") if image.shape[-1] > size else dict(mode="bilinear", align_corners=False)
+        image = F.interpolate(image, size=(size, size), **mode)  # [1, 3, S, S]
+        mask = F.interpolate(mask, size=(size, size), **mode)  # [1, 1, S, S]
+    with torch.no_grad():
+        tokens = model.encode(image, mask)
+    base = tokens.tokens.detach().float()  # [1, K, D]
+    offset = torch.zeros_like(base, requires_grad=True)  # [1, K, D]
+    opt = torch.optim.Adam([offset], lr=config.lr_latent)
+    S = camera.width
+
+    def head() -> Gaussians:
+        return model.to_gaussians(model.decode(base + offset, tokens.padding_mask))[0]  # [N, …]
+
+    losses, first = [], float("nan")
+    lo, hi = span
+    n = config.latent_steps
+    for step in range(n):
+        progress(lo + (hi - lo) * step / n, f"fitting the network's view of the photo {step + 1}/{n}")
+        rgb, alpha = _render(model, head(), camera.viewmats, camera.Ks, S, refine=config.through_refiner)
+        photo = photo_l1(rgb)
+        loss = config.w_photo * photo + config.w_silhouette * silhouette_l1(alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step == 0:
+            first = float(photo.detach())
+    with torch.no_grad():
+        return head().detach().float(), losses, first
 
 
 def lr_factor(step: int, steps: int, final: float) -> float:
