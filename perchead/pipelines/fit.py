@@ -229,8 +229,9 @@ class FitResult:
         gaussians: the fitted head. ``[N, …]``
         camera: the refined input camera (one view, at the size the fit ran: ``FitConfig.fit_size`` at most;
             with ``rotate_head`` the given camera, the head having turned instead).
-        losses: the total loss per step (before each update).
-        photo_loss: (first, last) masked L1 of the input-view render against the photo, without priors.
+        losses: the total loss per step (before each update), the latent stage's steps first.
+        photo_loss: (first, last) masked L1 of the input-view render against the photo, without priors
+            (first: the given head's, before any step).
         notes: remarks for the user (pose source, camera change).
     """
 
