@@ -483,8 +483,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             turntable_frames: frames of the 360° turntable video at 15 fps (0 = no video).
             face_index: which face to use when the photo shows several (0 = the largest).
             fit_steps: photo-fit steps that refine the head's Gaussians against the photo so it looks more
-                like the person, after 20 steps that ask the network itself for a closer head (0 = off; a
-                few seconds on a CPU).
+                like the person, after the fit's latent stage asks the network itself for a closer head (0 =
+                off; a few seconds on a CPU).
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).

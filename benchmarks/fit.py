@@ -116,6 +116,7 @@ def speed(args) -> dict:
     fit_to_photo(model, g, image, mask, camera=None, config=config)
     searched = time.perf_counter() - t
     result = {"model": args.model, "gaussians": g.num_gaussians, "image_size": image.shape[-1], "steps": args.steps,
+              "latent_steps": config.latent_steps,
               "threads": torch.get_num_threads(), "runs": args.runs, "median_s": statistics.median(times),
               "times_s": times, "median_cpu_s": statistics.median(cpu), "load_average": os.getloadavg(), "with_pose_search_s": searched}
     print(json.dumps(result, indent=2))
@@ -144,7 +145,8 @@ def quality(args) -> None:
         if i in done:
             continue
         head = make_head(seeds[i])
-        row: dict = {"subject": i, "steps": args.steps, "pose": args.pose, "camera_steps": config.camera_steps}
+        row: dict = {"subject": i, "steps": args.steps, "latent_steps": config.latent_steps, "pose": args.pose,
+                     "camera_steps": config.camera_steps}
         # novel views
         inp, targets = novel_views(i, 8, 0)
         image, mask, icams = _input(model, head, inp)

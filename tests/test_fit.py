@@ -110,6 +110,10 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
     assert told.mean() > 0.9 * before[head].mean()  # with it the crown stays
     with pytest.raises(ValueError, match="inside"):
         fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=1), inside=inside[..., :-1])
+    # the pose search and the latent stage take the map too
+    searched = fit_to_photo(model, g, image, mask, config=tiny(steps=2, latent_steps=2), inside=inside)
+    assert len(searched.losses) == 4 and all(math.isfinite(x) for x in searched.photo_loss)
+    searched.gaussians.validate()
 
 
 def test_fit_is_deterministic_with_a_seed(model, photo):
@@ -338,6 +342,24 @@ def test_pipeline_fit_steps(pipe, photo):
     assert all(0.1 <= f <= 0.3 for f, s in seen if s.startswith("fitting"))
     assert any("photo-fit" in n for n in rec.notes)
     assert "fit" not in plain.timings
+
+
+def test_pipeline_latent_stage_starts_from_the_pipelines_tokens(pipe, photo):
+    image, mask, _, _, _ = photo
+    seen = []
+    rec = pipe(image, mask, fit_steps=2, fit=tiny(latent_steps=3), progress=lambda f, s: seen.append(s))
+    assert [s for s in seen if s.startswith("fitting")] == [
+        "fitting the network's view of the photo 1/3", "fitting the network's view of the photo 2/3",
+        "fitting the network's view of the photo 3/3", "fitting to the photo 1/2", "fitting to the photo 2/2"]
+    # without steps the latent stage returns the feed-forward head itself: the tokens it starts from are
+    # the pipeline's own
+    plain = pipe(image, mask)
+    latent_only = pipe(image, mask, fit_steps=1, fit=tiny(latent_steps=1, lr_latent=0.0, lr_color=0.0,
+                                                          lr_opacity=0.0, head_transform=False, camera_steps=0,
+                                                          geometry_from=1.0))
+    torch.testing.assert_close(latent_only.gaussians.colors, plain.gaussians.colors)
+    torch.testing.assert_close(latent_only.gaussians.means, plain.gaussians.means)
+    assert rec.gaussians.batch_size == 1
 
 
 def test_pipeline_refuses_bad_fit_settings(pipe, photo):

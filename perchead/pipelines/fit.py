@@ -25,9 +25,9 @@ does not show close to the prediction:
    ``geometry_from`` of the steps; Adam, its step sizes decaying by a half cosine to ``lr_final`` of
    their start. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
 5. **Priors**: self-distillation (the latent stage's head, or else the prediction, rendered from other
-   views as soft targets,
-   weighted by ``(1 − cos θ) / 2`` away from the input view, re-rendered through the current head
-   transform so the prior keeps the predicted surface, not its predicted outline), left–right symmetry
+   views as soft targets, weighted by ``(1 − cos θ) / 2`` away from the input view, re-rendered through
+   the current head transform so the prior keeps the predicted surface, not its predicted outline),
+   left–right symmetry
    (the hidden side follows the mirrored visible side), colour smoothness within each 16-Gaussian patch,
    an anchor on the parameters of Gaussians facing away from the camera, and silhouette consistency
    (alpha vs matte in the input view, alpha vs the prediction's alpha in the other views).
@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -417,11 +418,13 @@ def fit_to_photo(
     progress_range: tuple[float, float] = (0.1, 0.3),
     landmarks=None,
     inside: Tensor | None = None,
+    tokens=None,
 ) -> FitResult:
     """Refines one predicted head so its render from the input camera matches the photo.
 
     Args:
-        model: the PercHead (its renderer, refiner and render framing are used; its weights are not changed).
+        model: the PercHead (its renderer, refiner and render framing; for the latent stage also its encoder,
+            decoder and Gaussian head; its weights are not changed).
         gaussians: the feed-forward head, ``[N, …]`` or ``[1, N, …]``.
         image: the model input over white. ``[1, 3, S, S]`` or ``[3, S, S]``
         mask: its matte. ``[1, 1, S, S]``, ``[1, S, S]`` or ``[S, S]``
@@ -436,20 +439,24 @@ def fit_to_photo(
         inside: where ``image`` shows the photo (:meth:`perchead.pipelines.preprocess.Preprocessed.inside_photo`),
             like ``mask``; pixels outside it (a crop reaching past the photo's edge, e.g. a crown cut off)
             are unknown and left out of the photo and silhouette terms. None = the whole image is photo.
+        tokens: the lift encoder's :class:`~perchead.models.lift_encoder.Tokens2D` of this one image (batch
+            of 1), for the latent stage, so a caller that has them does not run the encoder again; None =
+            encoded here from ``image`` and ``mask``.
 
     Returns:
         :class:`FitResult` (detached Gaussians ``[N, …]``).
 
     Raises:
-        ValueError: a batch of heads, or images / masks / cameras of the wrong shape.
+        ValueError: a batch of heads, or images / masks / ``inside`` maps / cameras of the wrong shape.
     """
     config = config or FitConfig()
     with _frozen(model):
-        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks, inside)
+        return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks, inside,
+                    tokens)
 
 
 def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Progress, progress_range,
-         landmarks=None, inside=None) -> FitResult:
+         landmarks=None, inside=None, tokens=None) -> FitResult:
     """:func:`fit_to_photo` with the model frozen."""
     if gaussians.is_batched:
         if gaussians.batch_size != 1:
@@ -519,8 +526,10 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     losses: list[float] = []
     first_photo = last_photo = float("nan")
     if config.latent_steps:
-        g0, losses, first_photo = _latent_stage(model, *model_input, camera, photo_l1, silhouette_l1, config,
-                                                progress, (lo, split))
+        with torch.no_grad():  # the given head's score, before any step
+            first_photo = float(photo_l1(_render(model, g0, camera.viewmats, camera.Ks, S, config.through_refiner)[0]))
+        g0, losses = _latent_stage(model, *model_input, camera, photo_l1, silhouette_l1, config, progress,
+                                   (lo, split), tokens)
     if config.face_shape and landmarks is not None:
         g0, note = _face_shape(g0, landmarks, camera, S / input_size, config)
         notes.append(note)
@@ -602,7 +611,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
         photo = photo_l1(rgb)
         loss = config.w_photo * photo + config.w_silhouette * silhouette_l1(alpha)
-        # self-distillation: the prediction's own renders from views away from the input
+        # self-distillation: the (latent stage's) predicted head's own renders from views away from the input
         if config.w_distill > 0 and config.distill_per_step > 0 and len(order):
             picks = [order[(step * config.distill_per_step + k) % len(order)] for k in range(config.distill_per_step)]
             idx = torch.tensor(picks, device=device)
@@ -665,8 +674,9 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     return FitResult(gaussians=g, camera=fitted_camera, losses=losses, photo_loss=(first_photo, last_photo), notes=notes)
 
 
-def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1, silhouette_l1, config: FitConfig,
-                  progress: Progress, span: tuple[float, float]) -> tuple[Gaussians, list[float], float]:
+def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1: Callable[[Tensor], Tensor],
+                  silhouette_l1: Callable[[Tensor], Tensor], config: FitConfig, progress: Progress,
+                  span: tuple[float, float], tokens=None) -> tuple[Gaussians, list[float]]:
     """Optimises an offset to the lift encoder's 2D tokens (the network frozen) so that the decoded head's
     render from ``camera`` matches the photo (``photo_l1`` + ``silhouette_l1`` of the render).
 
@@ -675,19 +685,28 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1,
     changes cannot do.
 
     Args:
+        model: the PercHead (its encoder, decoder, Gaussian head and renderer; weights frozen by the caller).
         image: the photo at any size ``[1, 3, s, s]`` (encoded at the model's input size).
         mask: its matte ``[1, 1, s, s]``.
+        camera: the input camera at the size the losses compare at.
+        photo_l1: the photo term of an rgb render ``[1, 3, S, S]``.
+        silhouette_l1: the silhouette term of an alpha render ``[1, 1, S, S]``.
+        config: the fit's settings (``latent_steps``, ``lr_latent``, weights).
+        progress: called once per step with a fraction in ``span``; may raise to cancel.
+        span: the fractions of the first and last step.
+        tokens: the encoder's tokens of ``image`` if the caller has them (else encoded here).
 
     Returns:
-        (the decoded head ``[N, …]``, the loss per step, the photo term of the prediction before the first step).
+        (the decoded head ``[N, …]``, the loss per step).
     """
-    size = model.config.render.image_size
-    if image.shape[-1] != size:
-        mode = dict(mode="area") if image.shape[-1] > size else dict(mode="bilinear", align_corners=False)
-        image = F.interpolate(image, size=(size, size), **mode)  # [1, 3, S, S]
-        mask = F.interpolate(mask, size=(size, size), **mode)  # [1, 1, S, S]
-    with torch.no_grad():
-        tokens = model.encode(image, mask)
+    if tokens is None:
+        size = model.config.render.image_size
+        if image.shape[-1] != size:
+            mode = dict(mode="area") if image.shape[-1] > size else dict(mode="bilinear", align_corners=False)
+            image = F.interpolate(image, size=(size, size), **mode)  # [1, 3, S, S]
+            mask = F.interpolate(mask, size=(size, size), **mode)  # [1, 1, S, S]
+        with torch.no_grad():
+            tokens = model.encode(image, mask)
     base = tokens.tokens.detach().float()  # [1, K, D]
     offset = torch.zeros_like(base, requires_grad=True)  # [1, K, D]
     opt = torch.optim.Adam([offset], lr=config.lr_latent)
@@ -696,7 +715,7 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1,
     def head() -> Gaussians:
         return model.to_gaussians(model.decode(base + offset, tokens.padding_mask))[0]  # [N, …]
 
-    losses, first = [], float("nan")
+    losses = []
     lo, hi = span
     n = config.latent_steps
     for step in range(n):
@@ -708,10 +727,8 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1,
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        if step == 0:
-            first = float(photo.detach())
     with torch.no_grad():
-        return head().detach().float(), losses, first
+        return head().detach().float(), losses
 
 
 def lr_factor(step: int, steps: int, final: float) -> float:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
+from perchead.models.lift_encoder import Tokens2D
 from perchead.models.perchead import PercHead
 from perchead.pipelines.common import (
     Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
@@ -195,8 +196,9 @@ class PercHeadPipeline:
             progress: called with (fraction, stage) before each stage and each fit step; may raise to stop
                 the work.
             fit_steps: photo-fit steps (:mod:`perchead.pipelines.fit`) after the Gaussian head: each head is
-                refined against its own input; 0 = no fit. The input camera is the photo's head pose (from
-                landmarks) when known, else a render-and-compare search.
+                refined against its own input, its Gaussians for ``fit_steps`` steps after the fit's latent
+                stage (``fit.latent_steps``); 0 = no fit at all, the latent stage included. The input camera
+                is the photo's head pose (from landmarks) when known, else a render-and-compare search.
             fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``steps`` are
                 replaced by ``fit_steps``.
             before_fit: called with the feed-forward result (no views) before the fit starts, e.g. to show
@@ -234,7 +236,8 @@ class PercHeadPipeline:
             if before_fit is not None:
                 before_fit(Reconstruction(gaussians=gaussians, preprocessed=prepared, timings=dict(timer.timings),
                                           notes=[note for prep in prepared or [] for note in prep.notes]))
-            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, with_steps(fit, fit_steps), progress)
+            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, with_steps(fit, fit_steps), progress,
+                                             tokens2d)
             timer("fit")
             views = None
             if cameras is not None:
@@ -333,8 +336,9 @@ class PercHeadPipeline:
         return image, mask, prepared
 
     def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
-             config: FitConfig, progress: Progress) -> tuple[Gaussians, list[str]]:
-        """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads). Returns (heads, notes)."""
+             config: FitConfig, progress: Progress, tokens2d: Tokens2D) -> tuple[Gaussians, list[str]]:
+        """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads), its latent stage
+        starting from the encoder's tokens ``tokens2d`` of the batch. Returns (heads, notes)."""
         B = gaussians.batch_size
         heads, notes = [], []
         for b in range(B):
@@ -353,7 +357,9 @@ class PercHeadPipeline:
             with torch.enable_grad():
                 result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
                                       config=config, progress=progress, progress_range=span, landmarks=landmarks,
-                                      inside=inside)
+                                      inside=inside, tokens=Tokens2D(tokens2d.tokens[b : b + 1],
+                                                                     tokens2d.padding_mask[b : b + 1],
+                                                                     tokens2d.patch_index[b : b + 1], tokens2d.grid))
             heads.append(result.gaussians)
             notes += result.notes
         return Gaussians.stack(heads), notes
