@@ -217,9 +217,7 @@ class Preprocessed:
     def inside_photo(self) -> Tensor:
         """Where the model input shows the photo: 1 inside it, 0 where the crop reaches past its edges (the
         white there is padding, not background), fractions along the edges. ``[1, 1, S, S]`` float32."""
-        width, height = self.working_size
-        inside = crop_square(np.full((height, width), 255, np.uint8), self.crop_box, self.image.shape[-1], 0,
-                             self.crop_roll_deg)  # [S, S]
+        inside = inside_crop(self.working_size, self.crop_box, self.image.shape[-1], self.crop_roll_deg)  # [S, S]
         return torch.from_numpy(inside).float().div(255)[None, None]
 
     def label_map(self, parsed: Tensor | np.ndarray | None = None) -> Tensor | None:
@@ -632,6 +630,13 @@ def crop_square(array: np.ndarray, box: Box, size: int, fill: int, roll_deg: flo
     return warped.reshape((size, size) + array.shape[2:])
 
 
+def inside_crop(working_size: tuple[int, int], box: Box, size: int, roll_deg: float = 0.0) -> np.ndarray:
+    """Where :func:`crop_square` of ``box`` shows the image of ``working_size`` (width, height): 255 inside,
+    0 in the padding, in between along the edges. ``[size, size]`` uint8."""
+    width, height = working_size
+    return crop_square(np.full((height, width), 255, np.uint8), box, size, 0, roll_deg)
+
+
 def to_crop_pixels(points: np.ndarray, box: Box, size: int, roll_deg: float = 0.0) -> np.ndarray:
     """Working-image points ``[N, 2]`` → model-input pixels of :func:`crop_square` (continuous, edges)."""
     x0, y0, x1, y1 = box
@@ -926,7 +931,7 @@ def cut_out(rgb: np.ndarray, crop_box: Box, roll_deg: float, config: PreprocessC
         head_box = (x0 + (x1 - x0) / 4, y0 + (y1 - y0) / 4, x1 - (x1 - x0) / 4, y1 - (y1 - y0) / 4)
     # 3. crop (padding is white in the image, 0 in the masks)
     crop_rgb = crop_square(rgb, crop_box, size, WHITE, roll_deg)  # [S, S, 3]
-    valid = crop_square(np.full((height, width), 255, np.uint8), crop_box, size, 0, roll_deg) > 127  # [S, S]
+    valid = inside_crop((width, height), crop_box, size, roll_deg) > 127  # [S, S]
     if landmarks is not None:
         landmarks = to_crop_pixels(landmarks[:, :2], crop_box, size, roll_deg).astype(np.float32)  # [468, 2]
     # 4. mask
