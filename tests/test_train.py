@@ -102,6 +102,11 @@ def test_config_validation_and_presets():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="unknown task"):
         train(TrainConfig.preset_defaults("tiny", task="no_such_task"), progress=False)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp16")
+    from perchead.training.train import parse_args
+    assert parse_args(["--mixed-precision", "no"])[0].mixed_precision == "no"
+    assert parse_args([])[0].mixed_precision == "auto"
 
 
 # ------------------------------------------------------------------------------------------ edit task (§3.5)

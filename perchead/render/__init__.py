@@ -237,11 +237,15 @@ def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg, features, retu
     backgrounds = None
     if bg is not None:
         backgrounds = torch.cat([bg, bg.new_zeros(B, V, D0 - 3)], dim=-1)  # [B, V, D0]
-    out, alpha, _ = rasterization(
-        g.means, g.quats, g.scales, g.opacities, colors, viewmats, Ks, width, height,
-        near_plane=NEAR_PLANE, far_plane=FAR_PLANE, eps2d=EPS2D, packed=False, tile_size=TILE_SIZE,
-        backgrounds=backgrounds, render_mode="RGB+D" if return_depth else "RGB", rasterize_mode="classic",
-    )  # [B, V, H, W, D], [B, V, H, W, 1]
+    f32 = torch.float32  # gsplat's kernels take float32 only, also under a bf16 autocast
+    with torch.autocast("cuda", enabled=False):
+        out, alpha, _ = rasterization(
+            g.means.to(f32), g.quats.to(f32), g.scales.to(f32), g.opacities.to(f32), colors.to(f32),
+            viewmats.to(f32), Ks.to(f32), width, height,
+            near_plane=NEAR_PLANE, far_plane=FAR_PLANE, eps2d=EPS2D, packed=False, tile_size=TILE_SIZE,
+            backgrounds=None if backgrounds is None else backgrounds.to(f32),
+            render_mode="RGB+D" if return_depth else "RGB", rasterize_mode="classic",
+        )  # [B, V, H, W, D], [B, V, H, W, 1]
     out = out.permute(0, 1, 4, 2, 3)  # [B, V, D, H, W]
     return RenderOutput(
         rgb=out[:, :, :3],

@@ -54,6 +54,9 @@ TRAIN_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+MIXED_PRECISION = ("auto", "bf16", "no")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs besides the model config. Per-task, per-preset defaults: :meth:`preset_defaults`.
@@ -86,6 +89,7 @@ class TrainConfig:
         image_size: input side of the style and parser networks' training images.
         val_heads: held-out val-split heads the style and parser tasks are scored on after training.
         num_workers: data loader worker processes.
+        mixed_precision: "auto" (bf16 autocast on CUDA, none on CPU), "bf16" or "no" (float32 throughout).
         log_every: steps between progress-bar / log flushes.
         save_every: steps between checkpoints.
         eval_every: steps between evaluation renders (0 = off; reconstruct only).
@@ -121,6 +125,7 @@ class TrainConfig:
     image_size: int = 128
     val_heads: int = 0
     num_workers: int = 0
+    mixed_precision: str = "auto"
     log_every: int = 10
     save_every: int = 250
     eval_every: int = 0
@@ -141,6 +146,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.phase1_steps + self.phase2_steps == 0:
             raise ValueError("phase1_steps + phase2_steps must be positive")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.lr <= 0 or self.lr_phase2 <= 0:
             raise ValueError("learning rates must be positive")
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))

@@ -310,7 +310,8 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     out = Path(config.output)
     ckpt = out / "checkpoint"
     use_cuda = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="bf16" if use_cuda else "no", cpu=not use_cuda)
+    precision = config.mixed_precision if config.mixed_precision != "auto" else ("bf16" if use_cuda else "no")
+    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
     rank, world = accelerator.process_index, accelerator.num_processes
     per_process_batch(config.batch_size, world)  # fails early when the batch does not split
     torch.manual_seed(config.seed)  # the same initial weights on every process, as on one
@@ -481,6 +482,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p.add_argument("--image-size", type=int, default=None, help="style / parser training image side")
     p.add_argument("--val-heads", type=int, default=None, help="style / parser: held-out heads scored at the end")
     p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default=None,
+                   help="auto: bf16 autocast on CUDA, none on CPU")
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
@@ -496,7 +499,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     overrides = {k: getattr(args, k) for k in (
         "data", "synthetic_subjects", "synthetic_views", "max_subjects", "output", "phase1_steps", "phase2_steps",
         "batch_size", "n_targets", "lr", "lr_phase2", "weight_decay", "warmup_steps", "grad_clip", "render_size",
-        "image_size", "val_heads", "num_workers", "save_every", "log_every", "eval_every", "seed", "init_from",
+        "image_size", "val_heads", "num_workers", "mixed_precision", "save_every", "log_every", "eval_every", "seed", "init_from",
         "style")}
     if args.steps is not None:
         overrides.update(phase1_steps=args.steps, phase2_steps=0)
