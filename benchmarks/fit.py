@@ -141,7 +141,7 @@ def quality(args) -> None:
         done = {json.loads(line)["subject"] for line in out.read_text().splitlines() if line.strip()}
     config = _config(args)
     seeds = split_seeds("test")
-    for i in range(args.start, args.subjects):
+    for i in range(args.start, args.start + args.subjects):
         if i in done:
             continue
         head = make_head(seeds[i])
@@ -233,7 +233,7 @@ def main(argv=None):
     p.add_argument("--camera-steps", type=int, default=None, help="quality: camera refinement steps (default: FitConfig's)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--subjects", type=int, default=20)
-    p.add_argument("--start", type=int, default=0, help="quality: first head (to split a run over processes)")
+    p.add_argument("--start", type=int, default=0, help="quality: first head; --subjects heads from there (to split a run over processes)")
     p.add_argument("--pose", choices=["oracle", "search"], default="oracle")
     p.add_argument("--no-extreme", action="store_true")
     p.add_argument("--size", type=int, default=None,

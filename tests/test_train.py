@@ -41,6 +41,22 @@ def test_smoke_train_then_resume(tmp_path, capsys):
     assert model.config.name == "tiny"
 
 
+def test_stop_at_ends_early_on_the_full_schedule(tmp_path):
+    """--stop-at: the run ends (weights and checkpoint written) at that step, with the learning rates of the
+    full-length run up to there."""
+    common = ["--preset", "tiny", "--data", "synthetic", "--batch-size", "1", "--n-targets", "1", "--no-progress",
+              "--phase1-steps", "4", "--phase2-steps", "0", "--warmup-steps", "1"]
+    main(common + ["--output", str(tmp_path / "full")])
+    main(common + ["--output", str(tmp_path / "cut"), "--stop-at", "2"])
+    full, cut = _lines(tmp_path / "full" / "metrics.jsonl"), _lines(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in cut] == [1, 2]
+    assert [r["lr"] for r in cut] == [r["lr"] for r in full[:2]] and cut[-1]["lr"] > full[-1]["lr"]
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert (tmp_path / "cut" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="stop_at"):
+        TrainConfig(phase1_steps=4, phase2_steps=0, stop_at=5)
+
+
 def test_phase_parameter_split():
     from perchead.models.config import PercHeadConfig
 

@@ -75,6 +75,8 @@ class TrainConfig:
         task: one of :data:`TASK_NAMES` (or a task added with ``register_task``).
         phase1_steps: steps of phase 1 (reconstruct: base without CNN; style, parser: all their steps).
         phase2_steps: steps of phase 2 (CNN only, base frozen; 0 for style and parser).
+        stop_at: end the run after this global step, the schedules keeping the length of both phases (a
+            stage cut short by a time budget, reproduced); None = run all steps.
         batch_size: samples per step over all processes (the global batch; each of W processes takes
             batch_size / W, which must be a whole number).
         n_targets: target views per subject per step (reconstruct, edit).
@@ -112,6 +114,7 @@ class TrainConfig:
     task: str = "reconstruct"
     phase1_steps: int = 3000
     phase2_steps: int = 300
+    stop_at: int | None = None
     batch_size: int = 4
     n_targets: int = 4
     lr: float = 1e-3
@@ -146,6 +149,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.phase1_steps + self.phase2_steps == 0:
             raise ValueError("phase1_steps + phase2_steps must be positive")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.total_steps:
+            raise ValueError(f"stop_at must be in 1..{self.total_steps} (phase1_steps + phase2_steps), "
+                             f"got {self.stop_at}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.lr <= 0 or self.lr_phase2 <= 0:
@@ -155,6 +161,11 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.phase1_steps + self.phase2_steps
+
+    @property
+    def last_step(self) -> int:
+        """The global step the run ends at (``stop_at`` or all steps)."""
+        return self.total_steps if self.stop_at is None else self.stop_at
 
     def phase_at(self, step: int) -> int:
         """The phase (1 or 2) that global step ``step`` belongs to."""

@@ -353,12 +353,12 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
     data_iter = None
     phase = None
     optimizer = scheduler = loss_fn = None
-    bar = tqdm(total=config.total_steps, initial=step, disable=not (progress and accelerator.is_main_process),
+    bar = tqdm(total=config.last_step, initial=step, disable=not (progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     t_last = time.perf_counter()
     records: list[dict[str, Any]] = []  # this run's step records (also in metrics.jsonl)
     try:
-        while step < config.total_steps:
+        while step < config.last_step:
             # 3. (re)build the phase's optimizer, scheduler and loss at the phase boundary
             if config.phase_at(step) != phase:
                 phase = config.phase_at(step)
@@ -421,7 +421,7 @@ def train(config: TrainConfig, model_config=None, resume: bool = False, progress
             bar.update(1)
             if step % config.log_every == 0:
                 bar.set_postfix(loss=f"{logs['total']:.4f}", phase=phase)
-            if step % config.save_every == 0 or step == config.total_steps:
+            if step % config.save_every == 0 or step == config.last_step:
                 _check_in_sync(model, accelerator, step)
                 rng_states = accelerator.gather(torch.get_rng_state()[None].to(accelerator.device)).cpu()  # [W, S]
                 if accelerator.is_main_process:
@@ -471,6 +471,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p.add_argument("--steps", type=int, default=None, help="one-phase tasks: all steps (sets --phase2-steps 0)")
     p.add_argument("--phase1-steps", type=int, default=None)
     p.add_argument("--phase2-steps", type=int, default=None)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end after this global step; the schedules keep the length of both phases")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--n-targets", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -498,9 +500,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     args = p.parse_args(argv)
     overrides = {k: getattr(args, k) for k in (
         "data", "synthetic_subjects", "synthetic_views", "max_subjects", "output", "phase1_steps", "phase2_steps",
-        "batch_size", "n_targets", "lr", "lr_phase2", "weight_decay", "warmup_steps", "grad_clip", "render_size",
-        "image_size", "val_heads", "num_workers", "mixed_precision", "save_every", "log_every", "eval_every", "seed", "init_from",
-        "style")}
+        "stop_at", "batch_size", "n_targets", "lr", "lr_phase2", "weight_decay", "warmup_steps", "grad_clip",
+        "render_size", "image_size", "val_heads", "num_workers", "mixed_precision", "save_every", "log_every",
+        "eval_every", "seed", "init_from", "style")}
     if args.steps is not None:
         overrides.update(phase1_steps=args.steps, phase2_steps=0)
     if args.loss:
