@@ -116,13 +116,20 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
     searched.gaussians.validate()
 
 
-def test_fit_is_deterministic_with_a_seed(model, photo):
+@pytest.mark.parametrize("latent_steps", [0, 2])
+def test_fit_is_deterministic_with_a_seed(model, photo, latent_steps):
+    """Same seed, same thread count: the same head, bit for bit, with and without the latent stage (whose first
+    Adam step moves every token by ± its step size, so gradient sums that depended on the threads' timing once
+    changed the colours by up to 0.04 between runs)."""
     image, mask, g, _, _ = photo
-    a = fit_to_photo(model, g, image, mask, config=tiny(seed=3))
-    b = fit_to_photo(model, g, image, mask, config=tiny(seed=3))
-    torch.testing.assert_close(a.gaussians.colors, b.gaussians.colors, rtol=0, atol=1e-6)
-    torch.testing.assert_close(a.gaussians.means, b.gaussians.means, rtol=0, atol=1e-6)
-    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a, b = (fit_to_photo(model, g, image, mask, config=tiny(seed=3, latent_steps=latent_steps)) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.gaussians.colors, b.gaussians.colors) and torch.equal(a.gaussians.means, b.gaussians.means)
+    assert a.losses == b.losses
 
 
 def test_progress_per_step_and_cancel(model, photo):

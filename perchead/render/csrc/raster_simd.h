@@ -261,13 +261,13 @@ static VATTR void VN(fwd_tiles)(int I, int N, int D, int W, int H, int tw, int t
 static VATTR void VN(bwd_tiles)(int I, int N, int D, int W, int H, int tw, int th, const int64_t *offsets,
         const int32_t *ids, const REAL *rec, const REAL *colors, const REAL *bg, const REAL *out_T,
         const int32_t *last, const REAL *v_out, const REAL *v_alpha, REAL *grad, int gs, const int64_t *sched,
-        int64_t *counter, int64_t unit) {
+        WorkQueue *queue, int64_t unit) {
     int64_t nt = (int64_t)tw * th, total = (int64_t)I * nt;
     int Dm = D > 0 ? D : 1;
     char *raw = (char *)malloc((size_t)(2 * NB + 1) * Dm * sizeof(VF) + 64);
     VF *buffer = (VF *)(((uintptr_t)raw + 63) & ~(uintptr_t)63), *vc = buffer + NB * Dm, *gcol = vc + NB * Dm;
     for (;;) {
-        int64_t u = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+        int64_t u = take_unit(queue);
         if (u * unit >= total) break;
         for (int64_t i = u * unit; i < (u + 1) * unit && i < total; ++i) {
             int64_t gt = sched[i], img = gt / nt;

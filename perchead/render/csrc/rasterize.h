@@ -417,18 +417,18 @@ static inline __attribute__((always_inline)) void SFX(bwd_tile)(
 static void SFX(rasterize_bwd_body)(int I, int N, int D, int W, int H, int tw, int th,
         const int64_t *offsets, const int32_t *ids, const REAL *rec, const REAL *colors, const REAL *bg,
         const REAL *out_T, const int32_t *last, const REAL *v_out, const REAL *v_alpha, REAL *grad, int gs,
-        const int64_t *sched, int64_t *counter, int64_t unit, int lanes) {
+        const int64_t *sched, WorkQueue *queue, int64_t unit, int lanes) {
 #if RASTER_VEC
 #if SIMD_AVX2
     if (lanes == 8) {
         bwd_tiles_v8(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha, grad, gs,
-                     sched, counter, unit);
+                     sched, queue, unit);
         return;
     }
 #endif
     (void)lanes;
     bwd_tiles_v4(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha, grad, gs,
-                 sched, counter, unit);
+                 sched, queue, unit);
 #else
     (void)lanes;
     int64_t nt = (int64_t)tw * th, total = (int64_t)I * nt;
@@ -437,7 +437,7 @@ static void SFX(rasterize_bwd_body)(int I, int N, int D, int W, int H, int tw, i
     REAL *vc = (REAL *)malloc((size_t)NPIX * Dm * sizeof(REAL));
     REAL *gcol = (REAL *)malloc((size_t)Dm * sizeof(REAL));
     for (;;) {
-        int64_t u = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+        int64_t u = take_unit(queue);
         if (u * unit >= total) break;
         for (int64_t i = u * unit; i < (u + 1) * unit && i < total; ++i) {
             int64_t gt = sched[i], img = gt / nt;
@@ -471,8 +471,11 @@ void SFX(rasterize_bwd)(int I, int N, int D, int W, int H, int tw, int th,
         for (int64_t c = 0; c < nbuf * IN; c += 1024)
             memset(grad + c * gs, 0, (size_t)((c + 1024 < nbuf * IN ? 1024 : nbuf * IN - c) * gs) * sizeof(REAL));
         int64_t k = per_thread ? THREAD_ID : 0;
+        /* per-thread buffers: tiles dealt out cyclically (fixed sums); one shared buffer: whole images as
+           threads come free (no two share a gradient slot) */
+        WorkQueue queue = {&counter, k, per_thread ? THREAD_COUNT : 0};
         SFX(rasterize_bwd_body)(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha,
-                                grad + k * IN * gs, gs, sched, &counter, unit, simd_lanes(lanes));
+                                grad + k * IN * gs, gs, sched, &queue, unit, simd_lanes(lanes));
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp for schedule(static)

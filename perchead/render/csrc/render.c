@@ -16,10 +16,25 @@
 #include <omp.h>
 #define PARALLEL(n) _Pragma("omp parallel num_threads(nthreads)")  /* n must be `nthreads` */
 #define THREAD_ID omp_get_thread_num()
+#define THREAD_COUNT omp_get_num_threads()
 #else
 #define PARALLEL(n)
 #define THREAD_ID 0
+#define THREAD_COUNT 1
 #endif
+
+/* The work units a thread of a parallel region takes: from a shared counter (`stride` 0: whichever thread
+   is free, the fastest), or units first, first + stride, … (static and cyclic: where each thread sums into
+   its own gradient buffer, the sums then do not depend on the threads' timing, so a backward pass gives
+   the same bits on every run with the same thread count). */
+typedef struct { int64_t *shared; int64_t next, stride; } WorkQueue;
+
+static inline int64_t take_unit(WorkQueue *q) {
+    if (q->stride == 0) return __atomic_fetch_add(q->shared, 1, __ATOMIC_RELAXED);
+    int64_t u = q->next;
+    q->next += q->stride;
+    return u;
+}
 
 /* Writes each tile's list (ids, Gaussian indices front to back) from bin_count's outputs: per image, the
    Gaussians in depth order are appended to the lists of the tiles their rectangle covers. */
