@@ -471,11 +471,14 @@ void SFX(rasterize_bwd)(int I, int N, int D, int W, int H, int tw, int th,
         for (int64_t c = 0; c < nbuf * IN; c += 1024)
             memset(grad + c * gs, 0, (size_t)((c + 1024 < nbuf * IN ? 1024 : nbuf * IN - c) * gs) * sizeof(REAL));
         int64_t k = per_thread ? THREAD_ID : 0;
-        /* per-thread buffers: tiles dealt out cyclically (fixed sums); one shared buffer: whole images as
+        /* per-thread buffers: a fixed deal of the tiles (fixed sums); one shared buffer: whole images as
            threads come free (no two share a gradient slot) */
-        WorkQueue queue = {&counter, k, per_thread ? THREAD_COUNT : 0};
+        int nt_ = per_thread ? THREAD_COUNT : 0;
+        int64_t *load = (int64_t *)calloc((size_t)(nt_ > 0 ? nt_ : 1), sizeof(int64_t));
+        WorkQueue queue = {&counter, nt_, (int)k, 0, (int64_t)I * tw * th, sched, offsets, load};
         SFX(rasterize_bwd_body)(I, N, D, W, H, tw, th, offsets, ids, rec, colors, bg, out_T, last, v_out, v_alpha,
                                 grad + k * IN * gs, gs, sched, &queue, unit, simd_lanes(lanes));
+        free(load);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp for schedule(static)

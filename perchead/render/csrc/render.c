@@ -23,17 +23,31 @@
 #define THREAD_COUNT 1
 #endif
 
-/* The work units a thread of a parallel region takes: from a shared counter (`stride` 0: whichever thread
-   is free, the fastest), or units first, first + stride, … (static and cyclic: where each thread sums into
-   its own gradient buffer, the sums then do not depend on the threads' timing, so a backward pass gives
-   the same bits on every run with the same thread count). */
-typedef struct { int64_t *shared; int64_t next, stride; } WorkQueue;
+/* The work units a thread of a parallel region takes: from a shared counter (`threads` 0: whichever
+   thread is free, the fastest), or its own share of a fixed deal (where each thread sums into its own
+   gradient buffer: the sums then do not depend on the threads' timing, so a backward pass gives the same
+   bits on every run with the same thread count). The deal goes through `sched` in order and gives each
+   tile to the thread with the least work so far (its tiles' list lengths plus a fixed cost per tile);
+   every thread replays it and keeps its own tiles. */
+typedef struct {
+    int64_t *shared;          /* the counter (dynamic) */
+    int threads, tid;         /* the deal: thread count (0: dynamic) and this thread */
+    int64_t next, total;      /* next position in sched; its length */
+    const int64_t *sched, *offsets;
+    int64_t *load;            /* [threads] work dealt so far */
+} WorkQueue;
 
 static inline int64_t take_unit(WorkQueue *q) {
-    if (q->stride == 0) return __atomic_fetch_add(q->shared, 1, __ATOMIC_RELAXED);
-    int64_t u = q->next;
-    q->next += q->stride;
-    return u;
+    if (q->threads == 0) return __atomic_fetch_add(q->shared, 1, __ATOMIC_RELAXED);
+    while (q->next < q->total) {
+        int64_t u = q->next++, t = q->sched[u];
+        int best = 0;
+        for (int k = 1; k < q->threads; ++k)
+            if (q->load[k] < q->load[best]) best = k;
+        q->load[best] += q->offsets[t + 1] - q->offsets[t] + 16;
+        if (best == q->tid) return u;
+    }
+    return q->total;
 }
 
 /* Writes each tile's list (ids, Gaussian indices front to back) from bin_count's outputs: per image, the
