@@ -43,7 +43,7 @@ from perchead.training import edit as edit_task
 from perchead.training import parser as parser_task
 from perchead.training import reconstruct as reconstruct_task
 from perchead.training import style as style_task
-from perchead.training.config import Task, TrainConfig
+from perchead.training.config import MIXED_PRECISION, Task, TrainConfig
 from perchead.training.reconstruct import build_dataset
 
 
@@ -484,7 +484,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, bool]:
     p.add_argument("--image-size", type=int, default=None, help="style / parser training image side")
     p.add_argument("--val-heads", type=int, default=None, help="style / parser: held-out heads scored at the end")
     p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default=None,
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,
                    help="auto: bf16 autocast on CUDA, none on CPU")
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--log-every", type=int, default=None)
