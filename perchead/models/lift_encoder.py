@@ -43,6 +43,10 @@ class Tokens2D:
         """Number of real (foreground) tokens per image. ``[B]``"""
         return (~self.padding_mask).sum(dim=1)
 
+    def item(self, b: int) -> "Tokens2D":
+        """Image ``b``'s tokens as a batch of one (still padded to K)."""
+        return Tokens2D(self.tokens[b : b + 1], self.padding_mask[b : b + 1], self.patch_index[b : b + 1], self.grid)
+
 
 # ------------------------------------------------------------------------------------------------ helpers
 def foreground_patches(mask: Tensor, patch_size: int, threshold: float = 0.5) -> Tensor:

@@ -357,9 +357,7 @@ class PercHeadPipeline:
             with torch.enable_grad():
                 result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
                                       config=config, progress=progress, progress_range=span, landmarks=landmarks,
-                                      inside=inside, tokens=Tokens2D(tokens2d.tokens[b : b + 1],
-                                                                     tokens2d.padding_mask[b : b + 1],
-                                                                     tokens2d.patch_index[b : b + 1], tokens2d.grid))
+                                      inside=inside, tokens=tokens2d.item(b))
             heads.append(result.gaussians)
             notes += result.notes
         return Gaussians.stack(heads), notes
