@@ -380,19 +380,15 @@ def test_backward_is_the_same_on_every_run():
     each thread takes a fixed share of the tiles rather than whichever comes free."""
     g = random_scene(3000, seed=5, dtype=torch.float32, spread=0.2, size=0.02)
     cams = orbit_cameras([20.0], [10.0], size=(128, 128))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        grads = []
-        for _ in range(4):
-            means = g.means.clone().requires_grad_(True)
-            colors = g.colors.clone().requires_grad_(True)
-            out = R.render(Gaussians(means, g.quats, g.scales, g.opacities, colors), cams.viewmats, cams.Ks, 128, 128,
-                           background=1.0, backend="torch")
-            (out.rgb * torch.linspace(0, 1, 128)).sum().backward()
-            grads.append((means.grad, colors.grad))
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # restored by the module's thread fixture
+    grads = []
+    for _ in range(4):
+        means = g.means.clone().requires_grad_(True)
+        colors = g.colors.clone().requires_grad_(True)
+        out = R.render(Gaussians(means, g.quats, g.scales, g.opacities, colors), cams.viewmats, cams.Ks, 128, 128,
+                       background=1.0, backend="torch")
+        (out.rgb * torch.linspace(0, 1, 128)).sum().backward()
+        grads.append((means.grad, colors.grad))
     assert grads[0][0].abs().sum() > 0
     for gm, gc in grads[1:]:
         assert torch.equal(gm, grads[0][0]) and torch.equal(gc, grads[0][1])
