@@ -10,7 +10,8 @@ reconstructs the head without and with the photo-fit; both heads are rendered at
 compared with the photo's: distance < 0.6 is dlib's "same person". The fit never sees this network. A
 render where dlib's detectors find no face counts as not recognised. ``--all-faces`` measures every face
 the preprocessing finds in a photo (``face_index``; the group photo has six), each against dlib's
-descriptor of the photo's face nearest to it, keyed ``photo#k`` beyond the largest. The figure shows the public-domain
+descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
+beyond the largest. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
 overrides a :class:`FitConfig` field of the fit (ablations; choose settings on synthetic heads, not here).
 """
@@ -64,18 +65,18 @@ class Yardstick:
         self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self.net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
 
-    def descriptor(self, rgb: np.ndarray, near: tuple[float, float] | None = None) -> np.ndarray | None:
-        """128-D descriptor of a face in a uint8 RGB image: the largest, or the one whose box centre is
-        nearest ``near`` (x, y pixels); None when no face is found."""
+    def descriptor(self, rgb: np.ndarray, within: tuple[float, float, float, float] | None = None) -> np.ndarray | None:
+        """128-D descriptor of a face in a uint8 RGB image: the largest, or the largest whose box centre lies
+        ``within`` (x0, y0, x1, y1 pixels); None when there is no such face."""
         boxes = list(self.detect(rgb, 1))
         if not boxes:
             boxes = [d.rect for d in self.cnn(rgb, 1)]
+        if within is not None:
+            x0, y0, x1, y1 = within
+            boxes = [r for r in boxes if x0 <= r.center().x <= x1 and y0 <= r.center().y <= y1]
         if not boxes:
             return None
-        if near is None:
-            box = max(boxes, key=lambda r: r.width() * r.height())
-        else:
-            box = min(boxes, key=lambda r: (r.center().x - near[0]) ** 2 + (r.center().y - near[1]) ** 2)
+        box = max(boxes, key=lambda r: r.width() * r.height())
         chip_shape = self.shape(rgb, box)
         return np.asarray(self.net.compute_face_descriptor(rgb, chip_shape, 1))
 
@@ -84,17 +85,12 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
-def measure(pipe, yard, path, photo, options, cams, fig_cams, config, steps, figure) -> dict:
-    """dlib distances of one face's renders without and with the fit (and its figure renders)."""
-    near = None
-    if options:  # the photo's face that the preprocessing picks, in the photo's pixels
-        pre = preprocess(str(path), pipe.preprocess_config(**options))
-        x0, y0, x1, y1 = pre.face_boxes[options["face_index"]]
-        zoom = photo.shape[1] / pre.working_size[0]
-        near = ((x0 + x1) / 2 * zoom, (y0 + y1) / 2 * zoom)
-    ref = yard.descriptor(photo, near)
+def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps, figure) -> dict:
+    """dlib distances of one face's renders without and with the fit (and its figure renders); ``box``: the
+    face the preprocessing picks (``options``), in the photo's pixels, or None for the largest."""
+    ref = yard.descriptor(photo, box)
     if ref is None:
-        return {"error": "dlib finds no face in the photo"}
+        return {"error": "dlib finds no face in the photo" + (" inside the chosen face's box" if box else "")}
     entry = {}
     for tag, fit_steps in (("without", 0), ("with", steps)):
         rec = pipe(str(path), fit_steps=fit_steps, fit=config, **options)
@@ -120,7 +116,7 @@ def measure(pipe, yard, path, photo, options, cams, fig_cams, config, steps, fig
 
 def main(argv=None):
     import portraits
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card")
@@ -144,15 +140,17 @@ def main(argv=None):
         path = portraits.path(name)
         if path is None:
             continue
-        photo = np.asarray(Image.open(path).convert("RGB"))
-        faces = [None]
-        if args.all_faces:
-            faces = list(range(max(len(preprocess(str(path), pipe.preprocess_config()).face_boxes), 1)))
-        for face in faces:
-            key = name if face in (None, 0) else f"{name}#{face}"
-            options = {} if face is None else {"face_index": face}
-            entry = measure(pipe, yard, path, photo, options, cams, fig_cams, config, args.steps,
-                            figure=name in portraits.PUBLIC_DOMAIN and face in (None, 0))
+        photo = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))  # as the preprocessing reads it
+        boxes = [None]
+        if args.all_faces:  # every face found, in the photo's pixels (the boxes are in the working image's)
+            pre = preprocess(str(path), pipe.preprocess_config())
+            zx, zy = photo.shape[1] / pre.working_size[0], photo.shape[0] / pre.working_size[1]
+            boxes = [(x0 * zx, y0 * zy, x1 * zx, y1 * zy) for x0, y0, x1, y1 in pre.face_boxes] or [None]
+        for face, box in enumerate(boxes):
+            key = name if face == 0 else f"{name}#{face}"
+            options = {} if box is None else {"face_index": face}
+            entry = measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, args.steps,
+                            figure=name in portraits.PUBLIC_DOMAIN and face == 0)
             results[key] = {k: v for k, v in entry.items() if not k.startswith("_")}
             if "_figure" in entry:
                 rows.append(torch.cat([entry["_input"].float()] + list(entry["_figure"]["without"])
