@@ -40,7 +40,7 @@ MAP_DISPLAY_SIZE = 512  # parsed maps are shown (and painted) at this side; labe
 STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
 EXPECT = (
     "**What to expect.** The bundled demo model learned from this project's *synthetic* heads only (no real "
-    "faces, trained on a 2-core CPU): on its own it turns a real photo into a smooth, "
+    "faces; a small model, trained for hours, not weeks): on its own it turns a real photo into a smooth, "
     "rough head. The photo-fit (on by default) brings the face of the photo in; the sides and the back stay the "
     "model's guess. "
     "**Tips:** one face, looking roughly at the camera, head and shoulders in the frame, even light."
