@@ -39,7 +39,7 @@ from _common import config_overrides  # noqa: E402
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
 from perchead.pipelines.fit import FitConfig  # noqa: E402
-from perchead.pipelines.preprocess import preprocess  # noqa: E402
+from perchead.pipelines.preprocess import load_image, preprocess  # noqa: E402
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
@@ -87,7 +87,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps, figure) -> dict:
     """dlib distances of one face's renders without and with the fit (and its figure renders); ``box``: the
-    face the preprocessing picks (``options``), in the photo's pixels, or None for the largest."""
+    face the preprocessing picks (``options``), in ``photo``'s pixels, or None for the largest."""
     ref = yard.descriptor(photo, box)
     if ref is None:
         return {"error": "dlib finds no face in the photo" + (" inside the chosen face's box" if box else "")}
@@ -116,7 +116,6 @@ def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps
 
 def main(argv=None):
     import portraits
-    from PIL import Image, ImageOps
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card")
@@ -140,12 +139,10 @@ def main(argv=None):
         path = portraits.path(name)
         if path is None:
             continue
-        photo = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))  # as the preprocessing reads it
+        photo = load_image(str(path), pipe.preprocess_config())[0]  # the working image the face boxes refer to
         boxes = [None]
-        if args.all_faces:  # every face found, in the photo's pixels (the boxes are in the working image's)
-            pre = preprocess(str(path), pipe.preprocess_config())
-            zx, zy = photo.shape[1] / pre.working_size[0], photo.shape[0] / pre.working_size[1]
-            boxes = [(x0 * zx, y0 * zy, x1 * zx, y1 * zy) for x0, y0, x1, y1 in pre.face_boxes] or [None]
+        if args.all_faces:  # every face the preprocessing finds
+            boxes = list(preprocess(str(path), pipe.preprocess_config()).face_boxes) or [None]
         for face, box in enumerate(boxes):
             key = name if face == 0 else f"{name}#{face}"
             options = {} if box is None else {"face_index": face}
