@@ -116,6 +116,18 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
     searched.gaussians.validate()
 
 
+def test_the_background_does_not_paint_the_head(model, photo):
+    # everything outside the matte: the fit must clear the head there, by coverage alone when asked
+    image, _, g, cam, _ = photo
+    white, empty = torch.ones_like(image), torch.zeros_like(image[:, :1])
+    config = tiny(steps=6, w_distill=0.0, head_transform=False, rotate_head=False, camera_steps=0)
+    painted = fit_to_photo(model, g, white, empty, camera=cam, config=config).gaussians
+    cleared = fit_to_photo(model, g, white, empty, camera=cam, config=replace(config, outside_matte_color=0.0)).gaussians
+    assert (painted.colors - g.colors).mean() > 0.02  # the colours turn toward the background's white
+    torch.testing.assert_close(cleared.colors, g.colors)  # only coverage changes
+    assert cleared.opacities.mean() < g.opacities.mean() - 0.02
+
+
 @pytest.mark.parametrize("latent_steps", [0, 2])
 def test_fit_is_deterministic_with_a_seed(model, photo, latent_steps):
     """Same seed, same thread count: the same head, bit for bit, with and without the latent stage (whose first

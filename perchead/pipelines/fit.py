@@ -96,6 +96,10 @@ class FitConfig:
             (area-downsampled), so the paper preset's 518² input costs about a quarter (None = full size).
         through_refiner: compare the photo with the CNN-refined render (what the outputs show); off by
             default: the same PSNR on synthetic heads (measured) for a third less time.
+        outside_matte_color: the share of the photo term's colour gradient kept outside the matte (0: there
+            it moves only coverage — opacity, position — so a Gaussian at the silhouette clears by turning
+            transparent or moving rather than by taking the background's white, which other views show
+            as a white band; 1: colour and coverage alike).
         w_photo: weight of the masked L1 photo term in the input view.
         w_silhouette: weight of the L1 between rendered alpha and the matte in the input view.
         w_distill: weight of self-distillation (rgb + alpha L1 against the prediction's renders; 1 ≈ the
@@ -146,6 +150,7 @@ class FitConfig:
     search_size: int = 48
     fit_size: int | None = 256
     through_refiner: bool = False
+    outside_matte_color: float = 1.0
     w_photo: float = 1.0
     w_silhouette: float = 1.0
     w_distill: float = 0.1
@@ -168,12 +173,14 @@ class FitConfig:
         check_steps(self.steps)
         check_steps(self.latent_steps)
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
-                     "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
+                     "outside_matte_color", "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
                      "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "lr_latent", "max_head_log_scale",
                      "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.outside_matte_color <= 1:
+            raise ValueError(f"FitConfig.outside_matte_color must lie in [0, 1], got {self.outside_matte_color}")
         if not 0 <= self.lr_final <= 1:
             raise ValueError(f"FitConfig.lr_final must lie in [0, 1], got {self.lr_final}")
         if self.height_taper_degree not in (0, 1, 2):
@@ -511,10 +518,18 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     camera = camera.to(device)
     mask_sum = (mask * known).sum().clamp_min(1.0)
 
-    def photo_l1(rgb: Tensor) -> Tensor:
+    def photo_l1(rgb: Tensor, alpha: Tensor) -> Tensor:
         # the photo is cut out over white: outside the matte the render must be white too (no stray
         # Gaussians); normalised by the matte's area so the term does not shrink with the head's size;
         # past the photo's edges nothing is known
+        if config.outside_matte_color < 1:
+            # outside the matte the colour's share of the gradient is scaled down (the value is the same):
+            # a Gaussian at the silhouette clears by turning transparent or moving more than by taking
+            # the background's white, which other views would show as a white band
+            cover = alpha.clamp_min(1e-4)
+            fixed = 1 - cover * ((1 - rgb) / cover).detach()  # [1, 3, S, S] rgb, its colour detached
+            outside = fixed + config.outside_matte_color * (rgb - fixed)  # [1, 3, S, S]
+            rgb = mask * rgb + (1 - mask) * outside
         return ((rgb - image).abs() * known).sum() / (3 * mask_sum)
 
     def silhouette_l1(alpha: Tensor) -> Tensor:
@@ -527,7 +542,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     first_photo = last_photo = float("nan")
     if config.latent_steps:
         with torch.no_grad():  # the given head's score, before any step
-            first_photo = float(photo_l1(_render(model, g0, camera.viewmats, camera.Ks, S, config.through_refiner)[0]))
+            first_photo = float(photo_l1(*_render(model, g0, camera.viewmats, camera.Ks, S, config.through_refiner)))
         g0, losses = _latent_stage(model, *model_input, camera, photo_l1, silhouette_l1, config, progress,
                                    (lo, split), tokens)
     if config.face_shape and landmarks is not None:
@@ -538,6 +553,10 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     N = g0.num_gaussians
     color_logit0 = torch.logit(g0.colors.clamp(1e-4, 1 - 1e-4))  # [N, 3]
     opacity_logit0 = torch.logit(g0.opacities.clamp(1e-4, 1 - 1e-4))  # [N]
+    # the priors compare with the start as the parameters express it: through logit and sigmoid the round
+    # trip is off by float rounding, whose sign Adam would follow at full step size
+    color0 = torch.sigmoid(color_logit0)  # [N, 3]
+    opacity0 = torch.sigmoid(opacity_logit0).clamp(1e-6, 1 - 1e-6)  # [N]
     d_color = torch.zeros(N, 3, device=device, requires_grad=True)  # [N, 3]
     d_opacity = torch.zeros(N, device=device, requires_grad=True)  # [N]
     d_offset = torch.zeros(N, 3, device=device, requires_grad=True)  # [N, 3]
@@ -609,7 +628,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             rgb, alpha = _render(model, turned, camera.viewmats, Ks, S, refine=config.through_refiner)
         else:
             rgb, alpha = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)  # [1, 3, S, S]
-        photo = photo_l1(rgb)
+        photo = photo_l1(rgb, alpha)
         loss = config.w_photo * photo + config.w_silhouette * silhouette_l1(alpha)
         # self-distillation: the (latent stage's) predicted head's own renders from views away from the input
         if config.w_distill > 0 and config.distill_per_step > 0 and len(order):
@@ -634,7 +653,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             eye = camera_centers(viewmats.detach())[0]  # [3]
             vis = (normals * F.normalize(eye - g0.means, dim=-1)).sum(-1).clamp(0, 1)  # [N]
             pull = (vis[mirror] - vis).clamp_min(0)  # [N] > 0 where the mirror is better seen
-        dcol = g.colors - g0.colors  # [N, 3]
+        dcol = g.colors - color0  # [N, 3]
         doff = g.means - base()[0].detach()  # [N, 3] the per-Gaussian offsets
         if config.w_symmetry > 0:
             sym = (pull[:, None] * (dcol - dcol[mirror].detach()).abs()).mean()
@@ -646,7 +665,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             loss = loss + config.w_smooth * (patch - patch.mean(dim=1, keepdim=True)).abs().mean()
         if config.w_anchor > 0:
             away = 1 - vis  # [N]
-            anchor = (away[:, None] * dcol.abs()).mean() + (away * (g.opacities - g0.opacities).abs()).mean()
+            anchor = (away[:, None] * dcol.abs()).mean() + (away * (g.opacities - opacity0).abs()).mean()
             loss = loss + config.w_anchor * anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -663,8 +682,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             g = g.transformed(motion[:3, :3], translation=motion[:3, 3])
             viewmats = camera.viewmats
         if n or config.latent_steps:
-            rgb, _ = _render(model, g, viewmats, Ks, S, refine=config.through_refiner)
-            last_photo = float(photo_l1(rgb))
+            last_photo = float(photo_l1(*_render(model, g, viewmats, Ks, S, refine=config.through_refiner)))
         b = torch.tanh(d_camera.detach())
         if config.camera_steps and n:
             what = "head turned by" if config.rotate_head else "camera refined by"
@@ -674,7 +692,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     return FitResult(gaussians=g, camera=fitted_camera, losses=losses, photo_loss=(first_photo, last_photo), notes=notes)
 
 
-def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1: Callable[[Tensor], Tensor],
+def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1: Callable[[Tensor, Tensor], Tensor],
                   silhouette_l1: Callable[[Tensor], Tensor], config: FitConfig, progress: Progress,
                   span: tuple[float, float], tokens=None) -> tuple[Gaussians, list[float]]:
     """Optimises an offset to the lift encoder's 2D tokens (the network frozen) so that the decoded head's
@@ -689,7 +707,7 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1:
         image: the photo at any size ``[1, 3, s, s]`` (encoded at the model's input size).
         mask: its matte ``[1, 1, s, s]``.
         camera: the input camera at the size the losses compare at.
-        photo_l1: the photo term of an rgb render ``[1, 3, S, S]``.
+        photo_l1: the photo term of an rgb and alpha render ``[1, 3, S, S]``, ``[1, 1, S, S]``.
         silhouette_l1: the silhouette term of an alpha render ``[1, 1, S, S]``.
         config: the fit's settings (``latent_steps``, ``lr_latent``, weights).
         progress: called once per step with a fraction in ``span``; may raise to cancel.
@@ -721,7 +739,7 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1:
     for step in range(n):
         progress(lo + (hi - lo) * step / n, f"fitting the network's view of the photo {step + 1}/{n}")
         rgb, alpha = _render(model, head(), camera.viewmats, camera.Ks, S, refine=config.through_refiner)
-        photo = photo_l1(rgb)
+        photo = photo_l1(rgb, alpha)
         loss = config.w_photo * photo + config.w_silhouette * silhouette_l1(alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
