@@ -22,7 +22,8 @@ does not show close to the prediction:
    change moves every view: the sides and the back share the outline the photo shows. (Zoom and shift
    of the camera fit the photo equally well but leave the other views as predicted.)
 4. **Fit**: colours and opacities from the start, bounded position and scale offsets after
-   ``geometry_from`` of the steps; Adam, its step sizes decaying by a half cosine to ``lr_final`` of
+   ``geometry_from`` of the steps (outside the matte the photo's white pulls mostly on coverage, not on
+   colour: ``outside_matte_color``); Adam, its step sizes decaying by a half cosine to ``lr_final`` of
    their start. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
 5. **Priors**: self-distillation (the latent stage's head, or else the prediction, rendered from other
    views as soft targets, weighted by ``(1 − cos θ) / 2`` away from the input view, re-rendered through
@@ -150,7 +151,7 @@ class FitConfig:
     search_size: int = 48
     fit_size: int | None = 256
     through_refiner: bool = False
-    outside_matte_color: float = 1.0
+    outside_matte_color: float = 0.3
     w_photo: float = 1.0
     w_silhouette: float = 1.0
     w_distill: float = 0.1
