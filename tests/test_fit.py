@@ -121,8 +121,8 @@ def test_the_background_does_not_paint_the_head(model, photo):
     image, _, g, cam, _ = photo
     white, empty = torch.ones_like(image), torch.zeros_like(image[:, :1])
     config = tiny(steps=6, w_distill=0.0, head_transform=False, rotate_head=False, camera_steps=0)
-    fits = {share: fit_to_photo(model, g, white, empty, camera=cam,
-                                config=replace(config, outside_matte_color=share)).gaussians for share in (1.0, 0.3, 0.0)}
+    fits = {share: fit_to_photo(model, g, white, empty, camera=cam, config=replace(config, outside_matte_color=share))
+            .gaussians for share in (1.0, 0.3, 0.0)}
     assert (fits[1.0].colors - g.colors).mean() > 0.02  # the colours turn toward the background's white
     assert 0 < (fits[0.3].colors - g.colors).mean() < (fits[1.0].colors - g.colors).mean()  # less so (the default)
     torch.testing.assert_close(fits[0.0].colors, g.colors)  # only coverage changes

@@ -174,9 +174,9 @@ class FitConfig:
         check_steps(self.steps)
         check_steps(self.latent_steps)
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
-                     "outside_matte_color", "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo", "w_silhouette",
-                     "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "lr_latent", "max_head_log_scale",
-                     "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
+                     "outside_matte_color", "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo",
+                     "w_silhouette", "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "lr_latent",
+                     "max_head_log_scale", "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
