@@ -178,6 +178,10 @@ def test_group_photo_reports_every_face_and_index_selection_works(analyzer):
     assert len({(round(x), round(y)) for x, y in centres}) == result.face_count
     with pytest.raises(PreprocessError, match="only"):
         preprocess(group, size=64, face_index=result.face_count)
+    # the largest face is turned by about 47°: the visitor is told its far side is guessed; a frontal one is not
+    assert abs(result.pose.yaw_deg) > 30 and any("far side" in note for note in result.notes)
+    frontal = preprocess(group, size=64, face_index=1)
+    assert abs(frontal.pose.yaw_deg) < 30 and not any("far side" in note for note in frontal.notes)
 
 
 def test_composed_group_of_public_domain_portraits(analyzer):

@@ -96,6 +96,8 @@ class PreprocessConfig:
         align_roll: rotate the crop so the head is upright (MediaPipe path).
         photo_fov_deg: field of view assumed for a photo across its longer side, for the head pose.
         small_face_px: faces narrower than this many pixels are used with a note that quality suffers.
+        turned_face_deg: heads turned further than this (landmark yaw, degrees) get a note that their far
+            side is guessed (measured: the far side of such faces is what the photo-fit cannot match).
         body_rows: the bottom rows (fraction of the frame) where the training views show only the top of
             the torso; a network or GrabCut matte is cut there to ``body_half_width`` around the centre.
         body_half_width: half the widest torso in those rows, as a fraction of the frame.
@@ -126,6 +128,7 @@ class PreprocessConfig:
     align_roll: bool = True  # level the head (training views have no roll)
     photo_fov_deg: float = 30.0  # ours: the training cameras' field of view, close to a portrait lens
     small_face_px: int = 64  # below this face width a note warns that quality will suffer
+    turned_face_deg: float = 30.0  # beyond this yaw a note says the far side is guessed
     body_rows: float = 0.16  # measured: training views below 0.84 of the frame show only the torso's top
     body_half_width: float = 0.36  # measured: widest torso there 0.33 of the frame from the centre, + 0.03
     refine_framing: bool = True  # correct the landmark pose's crop and yaw by the head's silhouette
@@ -836,6 +839,9 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
                      f"(face_index 0..{len(found) - 1})")
     if face is not None and face.side < config.small_face_px:
         notes.append(f"the face is only {face.side:.0f} px wide (under {config.small_face_px} px): accepted, but quality will suffer")
+    if pose is not None and abs(pose.yaw_deg) > config.turned_face_deg:
+        notes.append(f"the head is turned by {abs(pose.yaw_deg):.0f}°: its far side is not in the photo and is "
+                     "guessed (a photo facing the camera gives the best likeness)")
     if not config.auto_crop:
         detector, head_source, head_box = "none", "whole", (0.0, 0.0, float(width), float(height))
         crop_box = whole_image_crop(width, height)
