@@ -10,11 +10,18 @@ Each comes out of one wheel downloaded with ``pip download --no-deps`` (nothing 
   used in tests only, never in committed files).
 * ``tight_gray.png``: insightface's ``data/images/Tom_Hanks_54745.png``, a 112² tight grayscale face crop
   (likewise tests only).
+
+and one from a source archive (``pip download --no-binary``; nothing is built or installed):
+
+* ``biden.jpg``, ``obama.jpg``, ``obama2.jpg``, ``obama3.jpg``: face_recognition's ``tests/test_images``
+  (White House photographs; no licence stated for the images: tests and measurements only, never in
+  committed files). ``obama3.jpg`` is a full-length photo with a small face.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +30,10 @@ SOURCES = {  # wheel → {local name: member}
     "matplotlib==3.11.2": {"grace_hopper.jpg": "matplotlib/mpl-data/sample_data/grace_hopper.jpg"},
     "insightface==2.1": {"group.jpg": "insightface/data/images/t1.jpg",
                          "tight_gray.png": "insightface/data/images/Tom_Hanks_54745.png"},
+}
+SDIST_SOURCES = {  # source archive → {local name: member}
+    "face_recognition==1.3.0": {name: f"face_recognition-1.3.0/tests/test_images/{name}"
+                                for name in ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")},
 }
 PUBLIC_DOMAIN = ("astronaut.png", "grace_hopper.jpg")  # may appear in committed figures
 
@@ -48,7 +59,32 @@ def fetch() -> Path:
 
         for requirement, members in missing.items():
             fetch_wheel_members(requirement, members, dest)
+    for requirement, members in SDIST_SOURCES.items():  # benchmarks only: a failure is reported, not raised
+        if not all((dest / n).is_file() for n in members):
+            try:
+                _fetch_sdist_members(requirement, members, dest)
+            except (OSError, KeyError, IndexError, subprocess.SubprocessError) as error:
+                print(f"portraits: {requirement} not fetched ({error}); the benchmarks skip its photos", file=sys.stderr)
     return dest
+
+
+def _fetch_sdist_members(requirement: str, members: dict[str, str], dest: Path) -> None:
+    """Downloads one source archive with pip (no dependencies, nothing built) and extracts some of its files."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                        "--no-binary=:all:", "-d", tmp, requirement],
+                       check=True, timeout=300, capture_output=True)
+        archive = sorted(Path(tmp).glob("*.tar.gz"))[0]
+        with tarfile.open(archive) as tar:
+            for local, member in members.items():
+                with tar.extractfile(member) as src, open(dest / (local + ".part"), "wb") as out:
+                    shutil.copyfileobj(src, out)
+                os.replace(dest / (local + ".part"), dest / local)
 
 
 if __name__ == "__main__":
