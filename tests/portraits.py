@@ -11,7 +11,7 @@ Each comes out of one wheel downloaded with ``pip download --no-deps`` (nothing 
 * ``tight_gray.png``: insightface's ``data/images/Tom_Hanks_54745.png``, a 112² tight grayscale face crop
   (likewise tests only).
 
-and one from a source archive (``pip download --no-binary``; nothing is built or installed):
+and one from a source archive (``pip download --no-binary``; nothing is installed):
 
 * ``biden.jpg``, ``obama.jpg``, ``obama2.jpg``, ``obama3.jpg``: face_recognition's ``tests/test_images``
   (White House photographs; no licence stated for the images: tests and measurements only, never in
@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 SOURCES = {  # wheel → {local name: member}
@@ -63,15 +64,15 @@ def fetch() -> Path:
         if not all((dest / n).is_file() for n in members):
             try:
                 _fetch_sdist_members(requirement, members, dest)
-            except (OSError, KeyError, IndexError, subprocess.SubprocessError) as error:
+            except (OSError, KeyError, IndexError, subprocess.SubprocessError, tarfile.TarError) as error:
                 print(f"portraits: {requirement} not fetched ({error}); the benchmarks skip its photos", file=sys.stderr)
     return dest
 
 
 def _fetch_sdist_members(requirement: str, members: dict[str, str], dest: Path) -> None:
-    """Downloads one source archive with pip (no dependencies, nothing built) and extracts some of its files."""
+    """Downloads one source archive with pip (no dependencies, nothing installed; pip only reads its metadata)
+    and extracts some of its files."""
     import shutil
-    import tarfile
     import tempfile
 
     dest.mkdir(parents=True, exist_ok=True)
