@@ -158,6 +158,16 @@ def test_astronaut_is_found_posed_and_matted(analyzer):
     assert 0.25 < mask.mean() < 0.75
     camera = result.input_camera()
     assert camera.viewmats.shape == (1, 4, 4) and camera.width == SIZE
+    # the real-face pitch correction raises the camera by exactly that much, same azimuth
+    from perchead.geometry.cameras import camera_centers
+
+    def azimuth_elevation(cam):
+        x, y, z = camera_centers(cam.viewmats)[0].tolist()
+        return math.degrees(math.atan2(x, z)), math.degrees(math.atan2(y, math.hypot(x, z)))
+
+    raised = result.input_camera(pitch_offset_deg=faces.REAL_FACE_PITCH_DEG)
+    (az0, el0), (az1, el1) = azimuth_elevation(camera), azimuth_elevation(raised)
+    assert az1 == pytest.approx(az0, abs=1e-3) and el1 - el0 == pytest.approx(faces.REAL_FACE_PITCH_DEG, abs=1e-3)
 
 
 def test_group_photo_reports_every_face_and_index_selection_works(analyzer):

@@ -413,6 +413,13 @@ def test_pipeline_fits_a_photo_from_its_landmark_pose(pipe):
         assert any("render-and-compare" in n for n in rec.notes)
     else:
         assert "photo-fit: head pose from the face landmarks" in rec.notes
+        from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+
+        rec = pipe(str(photo), fit_steps=2, fit=tiny(landmark_pitch_offset_deg=REAL_FACE_PITCH_DEG))
+        shifted = f"photo-fit: head pose from the face landmarks (pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions)"
+        assert shifted in rec.notes
+    with pytest.raises(ValueError, match="landmark_pitch_offset_deg"):
+        tiny(landmark_pitch_offset_deg=60.0)
 
 
 def test_large_inputs_are_fitted_at_fit_size(model, photo):

@@ -245,6 +245,14 @@ class HeadPose:
 # 3D positions (canonical head space, metres) of face-mesh landmarks, triangulated on renders of the
 # test-split synthetic heads with known cameras (median over 12 heads × 27 views; benchmarks/preprocess.py
 # --calibrate): eye corners and lids, brows, nose, mouth, chin, forehead and cheeks.
+# On real faces these synthetic positions read the camera too low: PnP of the same 38 landmarks against
+# MediaPipe's canonical face model (a real-face average, Apache-2.0; measured offline, not shipped) gives
+# pitches 17.0° higher on average (± 6.0° over the 13 faces of our real-portrait set; Obama's official
+# portrait: −20.7° here, −2.4° there). The synthetic heads' faces are proportioned like a real face tipped
+# forward, so an eye-level portrait matches them best seen from below. ``FitConfig.landmark_pitch_offset_deg``
+# can add this to the landmark pitch of the photo-fit's input camera (off by default: it puts synthetic
+# heads, whose landmark pose is right, that far off); the framing keeps the landmark pose it was fitted on.
+REAL_FACE_PITCH_DEG = 17.0
 FACE_POINTS_3D: dict[int, tuple[float, float, float]] = {
     33: (-0.0457, 0.0050, 0.0806),
     133: (-0.0178, 0.0022, 0.0880),

@@ -122,6 +122,11 @@ class FitConfig:
         face_depth_scale: metres of depth per metre of the mesh's relative z.
         face_sigma: width of the kernel that spreads the landmarks' changes to the Gaussians, metres.
         face_max_depth: bound on each landmark's depth change, metres.
+        landmark_pitch_offset_deg: added to the landmark pose's pitch for the input camera (a pipeline on a
+            photo with landmarks). Our synthetic heads' landmark layout reads real faces about
+            :data:`perchead.pipelines.faces.REAL_FACE_PITCH_DEG` too low; setting that here fits real
+            portraits from their measured camera height but puts renders of synthetic heads (whose landmark
+            pose is right) that far off, so the default is 0 (README, "Photo-fit").
     """
 
     steps: int = 40
@@ -169,6 +174,7 @@ class FitConfig:
     face_depth_scale: float = 0.6
     face_sigma: float = 0.01
     face_max_depth: float = 0.01
+    landmark_pitch_offset_deg: float = 0.0
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
@@ -200,6 +206,8 @@ class FitConfig:
             raise ValueError("FitConfig.search_azimuths and search_elevations must not be empty")
         if not 0 <= self.face_shape_weight <= 1:
             raise ValueError(f"FitConfig.face_shape_weight must lie in [0, 1], got {self.face_shape_weight}")
+        if not (math.isfinite(self.landmark_pitch_offset_deg) and abs(self.landmark_pitch_offset_deg) <= 45):
+            raise ValueError(f"FitConfig.landmark_pitch_offset_deg must lie in [-45, 45], got {self.landmark_pitch_offset_deg}")
         if not self.face_sigma > 0:
             raise ValueError(f"FitConfig.face_sigma must be > 0, got {self.face_sigma}")
 

@@ -206,15 +206,16 @@ class Preprocessed:
         """How many faces the detector found."""
         return len(self.face_boxes)
 
-    def input_camera(self, radius: float = 0.7, fov_deg: float = 30.0):
+    def input_camera(self, radius: float = 0.7, fov_deg: float = 30.0, pitch_offset_deg: float = 0.0):
         """The training-style camera that sees the head as the model input shows it (None without a pose):
-        ``orbit_cameras([yaw], [pitch], radius, fov_deg, size)`` — the crop is upright and centred on the
-        head centre, so only the azimuth and elevation remain."""
+        ``orbit_cameras([yaw], [pitch + pitch_offset_deg], radius, fov_deg, size)`` — the crop is upright and
+        centred on the head centre, so only the azimuth and elevation remain. ``pitch_offset_deg``: see
+        :data:`perchead.pipelines.faces.REAL_FACE_PITCH_DEG`."""
         if self.pose is None:
             return None
         from perchead.geometry.cameras import orbit_cameras
 
-        pitch = max(-89.0, min(89.0, float(self.pose.pitch_deg)))
+        pitch = max(-89.0, min(89.0, float(self.pose.pitch_deg) + pitch_offset_deg))
         return orbit_cameras([float(self.pose.yaw_deg)], [pitch], radius=radius, fov_deg=fov_deg, size=self.image.shape[-1])
 
     def inside_photo(self) -> Tensor:

@@ -346,9 +346,12 @@ class PercHeadPipeline:
             if prepared is not None:
                 inside = F.interpolate(prepared[b].inside_photo(), size=image.shape[-2:], mode="area")  # [1, 1, S, S]
                 r = self.model.config.render
-                camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg)
+                camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg,
+                                                  pitch_offset_deg=config.landmark_pitch_offset_deg)
                 if camera is not None:
-                    notes.append("photo-fit: head pose from the face landmarks")
+                    shift = config.landmark_pitch_offset_deg
+                    notes.append("photo-fit: head pose from the face landmarks"
+                                 + (f" (pitch {shift:+.0f}° for a real face's proportions)" if shift else ""))
             if config.face_shape:
                 landmarks = self._face_mesh(image[b : b + 1], prepared[b] if prepared is not None else None)
                 if landmarks is None:
