@@ -473,7 +473,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
 
     async def reconstruct(image: str | None, remove_background: bool = True, auto_crop: bool = True,
                           use_whole_image: bool = False, turntable_frames: int = DEFAULT_FRAMES, face_index: int = 0,
-                          fit_steps: int = DEFAULT_FIT_STEPS, request: gr.Request = None,
+                          fit_steps: int = DEFAULT_FIT_STEPS, real_person: bool = True, request: gr.Request = None,
                           progress: gr.Progress = gr.Progress()):
         """Reconstructs a 3D head (Gaussian splats) from one portrait.
 
@@ -487,6 +487,9 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             fit_steps: photo-fit steps that refine the head's Gaussians against the photo so it looks more
                 like the person, after the fit's latent stage asks the network itself for a closer head (0 =
                 off; a few seconds on a CPU).
+            real_person: the photo shows a real person (off for renders of the synthetic heads the demo model
+                learned from): the fit then raises its camera by the 17° by which the synthetic heads'
+                landmark layout reads real faces too low (README, "Photo-fit").
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
@@ -499,6 +502,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
         from perchead.pipelines import write_outputs
+        from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+        from perchead.pipelines.fit import FitConfig
         from perchead.pipelines.preprocess import PreprocessError
 
         if not image:
@@ -508,6 +513,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         options["face_index"] = check_count(face_index, "face_index", 0, 99)
         fit = check_count(fit_steps, "fit_steps", 0, MAX_FIT_STEPS)
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
+        pitch = REAL_FACE_PITCH_DEG if check_flag(real_person, "real_person") else 0.0
 
         def work(job):
             pipeline = holder.get()
@@ -521,7 +527,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                       view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
                 job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
 
-            rec = pipeline(image, progress=report, fit_steps=fit, before_fit=show_before_fit, **options)
+            rec = pipeline(image, progress=report, fit_steps=fit, fit=FitConfig(landmark_pitch_offset_deg=pitch),
+                           before_fit=show_before_fit, **options)
             rec.preprocessed[0].preview().save(model_input)
             out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
                                 timings=rec.timings, notes=notice + rec.notes,
@@ -556,19 +563,25 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                             gr.Slider(0, MAX_FIT_STEPS, value=DEFAULT_FIT_STEPS, step=10, label="Fit to the photo (steps)",
                                       info="refines the head against your photo so it looks more like you; 0 = off"),
                             "fit_steps", f"a whole number from 0 to {MAX_FIT_STEPS}")
+                        real_person = gr.Checkbox(True, label="Photo of a real person",
+                                                  info="off for renders of synthetic heads: real faces are "
+                                                       "proportioned differently, so their camera height is read "
+                                                       "differently")
                     photos = sorted(str(p) for p in EXAMPLES.glob("photo_*.jpg"))
                     if photos:
-                        gr.Examples(photos, inputs=[image], label="Photos (public domain: Eileen Collins, NASA; "
-                                                                 "Grace Hopper, US Navy)")
+                        gr.Examples([[p, True] for p in photos], inputs=[image, real_person],
+                                    label="Photos (public domain: Eileen Collins, NASA; Grace Hopper, US Navy)")
                     synthetic = sorted(str(p) for p in EXAMPLES.glob("head*.png"))
                     if synthetic:
-                        gr.Examples(synthetic, inputs=[image], label="Synthetic heads (what the demo model learned from)")
+                        gr.Examples([[p, False] for p in synthetic], inputs=[image, real_person],
+                                    label="Synthetic heads (what the demo model learned from)")
                 with gr.Column(scale=3, min_width=320):
                     ply, viewer, summary, timings, lower = output_panel()
             video, views, model_input, downloads = lower()
             build_inside_panel(holder, jobs, image, [remove_background, auto_crop, use_whole_image, face_index])
         run_button(run, "Reconstruct", run.click, reconstruct,
-                   [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index, fit_steps],
+                   [image, remove_background, auto_crop, use_whole_image, turntable_frames, face_index, fit_steps,
+                    real_person],
                    [ply, viewer, video, views, model_input, downloads, timings, summary], "reconstruct", summary)
         build_video_tab(holder, jobs)
         edit_tab = build_edit_tab(edit_holder, jobs) if edit_holder is not None and edit_holder.available else None

@@ -133,7 +133,7 @@ def test_api_is_named_and_documented(client, server):
     endpoint = info["named_endpoints"]["/reconstruct"]
     names = [p["parameter_name"] for p in endpoint["parameters"]]
     assert names == ["image", "remove_background", "auto_crop", "use_whole_image", "turntable_frames", "face_index",
-                     "fit_steps"]
+                     "fit_steps", "real_person"]
     returns = [r["component"].lower() for r in endpoint["returns"]]
     assert returns[:2] == ["file", "model3d"]  # the canonical .ply first, then the viewer's copy
     raw = httpx.get(server["url"] + "gradio_api/info", timeout=10).json()["named_endpoints"]["/reconstruct"]
@@ -229,6 +229,25 @@ def test_oversized_upload_is_refused_by_the_server(server):
     payload = b"\0" * (33 * 1024 * 1024)  # above the app's 32 MB max_file_size
     response = httpx.post(server["url"] + "gradio_api/upload", files={"files": ("big.png", payload)}, timeout=60)
     assert response.status_code == 413
+
+
+def test_real_person_raises_the_fit_camera_and_is_checked(client, server):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+
+    raised = f"pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions"
+    *_, notes = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, api_name="/reconstruct")
+    *_, synthetic = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, False,
+                                   api_name="/reconstruct")
+    if "head pose from the face landmarks" in notes:  # a landmark pose: on by default, off when asked
+        assert raised in notes and "head pose from the face landmarks" in synthetic and raised not in synthetic
+    else:  # no face mesh in this environment: nothing to raise
+        assert raised not in notes
+    with pytest.raises(AppError, match="real_person must be true or false"):
+        client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, "yes", api_name="/reconstruct")
+    assert server["process"].poll() is None
 
 
 def test_server_still_serves_after_bad_inputs(client, server, tiny_model):

@@ -208,3 +208,20 @@ def test_inside_the_model_shows_the_head_after_each_decoder_layer(chromium, app_
     assert all(foreground(t).mean() > 0.05 for t in thumbs), "a layer's picture is blank on the page"
     assert not errors, errors
     page.close()
+
+
+def test_examples_say_whether_they_show_a_real_person(chromium, app_url):
+    """The photo-fit's real-face camera correction is on for uploads; a synthetic example turns it off, a
+    photo example back on (the visitor sees the box change under Options)."""
+    page, errors = open_app(chromium, app_url)
+    page.get_by_text("Options", exact=True).first.click()
+    box = page.get_by_label("Photo of a real person")
+    assert box.is_checked()
+    for label, expected in (("Synthetic heads (what the demo model learned from)", False), ("Photos (public domain", True)):
+        rows = page.locator("div.block", has=page.get_by_text(label)).last.locator("tbody tr")
+        assert rows.count() >= 2
+        rows.first.click()
+        page.wait_for_function("([el, want]) => el.checked === want", arg=[box.element_handle(), expected], timeout=10_000)
+        assert box.is_checked() is expected
+    assert not errors
+    page.close()
