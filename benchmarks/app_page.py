@@ -35,9 +35,13 @@ def save_jpeg(png: bytes, path: Path) -> None:
     Image.open(io.BytesIO(png)).convert("RGB").save(path, quality=80, optimize=True)
 
 
-def reconstruct_once(page, url: str, photo: Path) -> dict[str, float]:
+def reconstruct_once(page, url: str, photo: Path, real_person: bool = False) -> dict[str, float]:
     page.goto(url, timeout=60_000)
     page.get_by_text("Ready:", exact=False).first.wait_for(timeout=120_000)
+    if not real_person:  # a render of a synthetic head: as its example row sets it
+        page.get_by_text("Options", exact=True).first.click()
+        page.get_by_label("Photo of a real person").uncheck()
+        page.get_by_text("Options", exact=True).first.click()
     page.locator("#portrait input[type=file]").set_input_files(str(photo))
     page.wait_for_selector("#portrait img", timeout=30_000)
     clicked = time.perf_counter()
@@ -66,6 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--photo", default=str(ROOT / "examples" / "head0_front.png"))
+    parser.add_argument("--real-person", action="store_true",
+                        help="the photo shows a real person (the default photo is a synthetic head: the box is unticked)")
     parser.add_argument("--screenshots", default=None, help="save both tabs at both sizes here (JPEG)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -80,7 +86,7 @@ def main() -> None:
                 browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport=SIZES["desktop"])
                 for _ in range(args.runs):
-                    runs.append(reconstruct_once(page, url, Path(args.photo)))
+                    runs.append(reconstruct_once(page, url, Path(args.photo), args.real_person))
                     print(json.dumps({k: round(v, 2) for k, v in runs[-1].items()}), flush=True)
                 page.close()
                 if args.screenshots:
@@ -88,7 +94,7 @@ def main() -> None:
                     folder.mkdir(parents=True, exist_ok=True)
                     for name, size in SIZES.items():
                         page = browser.new_page(viewport=size)
-                        reconstruct_once(page, url, Path(args.photo))
+                        reconstruct_once(page, url, Path(args.photo), args.real_person)
                         if name == "phone":  # the results come under the input: show them
                             page.locator("#splat-viewer").scroll_into_view_if_needed()
                         page.wait_for_timeout(3_000)  # the viewer sorts its splats
