@@ -18,6 +18,7 @@ from perchead.pipelines.fit import (
     lr_factor,
     mirror_index,
     search_pose,
+    split_gaussians,
 )
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
@@ -70,6 +71,59 @@ def test_offsets_and_scales_stay_within_their_bounds(model, photo):
     ratio = (result.gaussians.scales / g.scales).log().abs()
     assert ratio.max() <= config.max_log_scale + 1e-5
     torch.testing.assert_close(result.gaussians.quats, g.quats)
+
+
+def test_split_gaussians_keeps_each_parent_in_its_own_plane():
+    from perchead.geometry.gaussians import random_gaussians
+
+    g = random_gaussians(40, seed=3)
+    index = torch.tensor([2, 7, 11])
+    split, parent = split_gaussians(g, index, spread=0.5, shrink=0.6)
+    assert split.num_gaussians == 40 + 9 and parent.tolist() == list(range(40)) + index.tolist() * 3
+    split.validate()
+    untouched = torch.tensor([i for i in range(40) if i not in index.tolist()])
+    torch.testing.assert_close(split.means[untouched], g.means[untouched])
+    torch.testing.assert_close(split.colors, g.colors[parent])
+    torch.testing.assert_close(split.opacities, g.opacities[parent])
+    torch.testing.assert_close(split.quats, g.quats[parent])
+    for i in index.tolist():
+        family = (parent == i).nonzero()[:, 0]  # [4]
+        assert len(family) == 4
+        # the four children sit around the parent's centre, off it along its two largest axes only
+        torch.testing.assert_close(split.means[family].mean(dim=0), g.means[i], atol=1e-6, rtol=0)
+        w, x, y, z = torch.nn.functional.normalize(g.quats[i], dim=0).tolist()
+        smallest_axis = int(g.scales[i].argmin())
+        R = torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                          [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                          [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+        offsets = split.means[family] - g.means[i]  # [4, 3]
+        assert (offsets @ R[:, smallest_axis]).abs().max() < 1e-6
+        assert offsets.norm(dim=-1).min() > 0.25 * g.scales[i].max()
+        ratio = split.scales[family] / g.scales[i]  # [4, 3]
+        torch.testing.assert_close(ratio[:, smallest_axis], torch.ones(4))
+        assert torch.isclose(ratio, torch.tensor(0.6)).sum() == 8
+
+
+def test_fit_splits_the_gaussians_that_face_the_camera(model, photo):
+    from perchead.geometry.cameras import camera_centers
+
+    image, mask, g, cam, _ = photo
+    # positions held (no offsets, no head transform): the fitted centres are the split's own
+    config = tiny(steps=3, split_share=0.25, geometry_from=1.0, head_transform=False, rotate_head=False)
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
+    T, k = g.num_gaussians, int(0.25 * g.num_gaussians)
+    assert result.gaussians.num_gaussians == T + 3 * k
+    result.gaussians.validate()
+    normals = model.template.normals.float()  # [T, 3]
+    facing = (normals * torch.nn.functional.normalize(camera_centers(cam.viewmats)[0] - g.means, dim=-1)).sum(-1)
+    chosen = facing.topk(k).indices  # [k] the quarter facing the camera most squarely
+    expected, _ = split_gaussians(g, chosen)
+    torch.testing.assert_close(result.gaussians.means, expected.means)
+    torch.testing.assert_close(result.gaussians.scales, expected.scales)
+    again = fit_to_photo(model, g, image, mask, camera=cam, config=config)
+    torch.testing.assert_close(again.gaussians.colors, result.gaussians.colors, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="split_share"):
+        tiny(split_share=1.5)
 
 
 def test_geometry_waits_for_its_steps(model, photo):

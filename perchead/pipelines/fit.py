@@ -21,7 +21,9 @@ does not show close to the prediction:
    A head predicted too wide, too narrow at the crown or off-centre is seen so in the photo, and the
    change moves every view: the sides and the back share the outline the photo shows. (Zoom and shift
    of the camera fit the photo equally well but leave the other views as predicted.)
-4. **Fit**: colours and opacities from the start, bounded position and scale offsets after
+4. **Fit**: first the Gaussians facing the input camera most squarely are split into four finer ones
+   each (``split_share``: detail the predicted Gaussians are too large for); then colours and
+   opacities from the start, bounded position and scale offsets after
    ``geometry_from`` of the steps (outside the matte the photo's white pulls mostly on coverage, not on
    colour: ``outside_matte_color``); Adam, its step sizes decaying by a half cosine to ``lr_final`` of
    their start. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
@@ -127,6 +129,10 @@ class FitConfig:
             :data:`perchead.pipelines.faces.REAL_FACE_PITCH_DEG` too low; setting that here fits real
             portraits from their measured camera height but puts renders of synthetic heads (whose landmark
             pose is right) that far off, so the default is 0 (README, "Photo-fit").
+        split_share: before the fit, this share of the head's Gaussians — those facing the input camera
+            most squarely — are each split into four finer ones (:func:`split_gaussians`), for the detail
+            the predicted Gaussians are too large to show (eyes, mouth; the bundled model's face Gaussians
+            lie 3 mm apart and are 6 mm wide). The fitted head then has ``3 × share × N`` more Gaussians.
     """
 
     steps: int = 40
@@ -175,6 +181,7 @@ class FitConfig:
     face_sigma: float = 0.01
     face_max_depth: float = 0.01
     landmark_pitch_offset_deg: float = 0.0
+    split_share: float = 0.125
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
@@ -182,12 +189,15 @@ class FitConfig:
         for name in ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "lr_camera", "max_offset", "max_log_scale",
                      "outside_matte_color", "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo",
                      "w_silhouette", "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "lr_latent",
-                     "max_head_log_scale", "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth"):
+                     "max_head_log_scale", "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth",
+                     "split_share"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
         if not 0 <= self.outside_matte_color <= 1:
             raise ValueError(f"FitConfig.outside_matte_color must lie in [0, 1], got {self.outside_matte_color}")
+        if not 0 <= self.split_share <= 1:
+            raise ValueError(f"FitConfig.split_share must lie in [0, 1], got {self.split_share}")
         if not 0 <= self.lr_final <= 1:
             raise ValueError(f"FitConfig.lr_final must lie in [0, 1], got {self.lr_final}")
         if self.height_taper_degree not in (0, 1, 2):
@@ -219,7 +229,7 @@ class FitConfig:
         presets = {
             "fast": {},
             "quality": {"steps": 120, "distill_per_step": 2, "camera_steps": 20},
-            "tiny": {"steps": 8, "latent_steps": 0, "camera_steps": 2, "search_size": 16, "distill_size": 16,
+            "tiny": {"steps": 8, "latent_steps": 0, "camera_steps": 2, "search_size": 16, "distill_size": 16, "split_share": 0.0,
                      "search_azimuths": (-20.0, 0.0, 20.0), "search_elevations": (0.0,)},
         }
         if name not in presets:
@@ -558,6 +568,18 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         g0, note = _face_shape(g0, landmarks, camera, S / input_size, config)
         notes.append(note)
 
+    # 1c. finer Gaussians where the photo sees the head most squarely (the face of a frontal photo)
+    template = model.template
+    normals = template.normals.to(device, torch.float32)  # [T, 3]
+    T = normals.shape[0]
+    k = int(config.split_share * T)
+    if k:
+        with torch.no_grad():
+            eye = camera_centers(camera.viewmats)[0]  # [3]
+            facing = (normals * F.normalize(eye - g0.means, dim=-1)).sum(-1)  # [T]
+            chosen = facing.topk(k).indices  # [k]
+        g0, parent = split_gaussians(g0, chosen)
+        normals = normals[parent]  # [N, 3]
     # 2. parameters: raw changes on top of the prediction (all zero = the prediction)
     N = g0.num_gaussians
     color_logit0 = torch.logit(g0.colors.clamp(1e-4, 1 - 1e-4))  # [N, 3]
@@ -609,9 +631,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     dcams, dweights = dcams.to(device), dweights.to(device)
     with torch.no_grad():
         d_rgb0, d_alpha0 = _render(model, g0, dcams.viewmats, dcams.Ks, config.distill_size, refine=False)  # [V, 3, s, s]
-    template = model.template
-    mirror = mirror_index(template.vertices).to(device)  # [N]
-    normals = template.normals.to(device, torch.float32)  # [N, 3]
+    mirror = mirror_index(template.vertices).to(device)  # [T] (the template's Gaussians come first)
     flip = torch.tensor([-1.0, 1.0, 1.0], device=device)
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(dcams), generator=gen).tolist() if len(dcams) else []
@@ -661,16 +681,16 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
         with torch.no_grad():
             eye = camera_centers(viewmats.detach())[0]  # [3]
             vis = (normals * F.normalize(eye - g0.means, dim=-1)).sum(-1).clamp(0, 1)  # [N]
-            pull = (vis[mirror] - vis).clamp_min(0)  # [N] > 0 where the mirror is better seen
+            pull = (vis[mirror] - vis[:T]).clamp_min(0)  # [T] > 0 where the mirror is better seen
         dcol = g.colors - color0  # [N, 3]
         doff = g.means - base()[0].detach()  # [N, 3] the per-Gaussian offsets
         if config.w_symmetry > 0:
-            sym = (pull[:, None] * (dcol - dcol[mirror].detach()).abs()).mean()
+            sym = (pull[:, None] * (dcol[:T] - dcol[mirror].detach()).abs()).mean()
             # offsets in units of their bound, weighted a tenth of the colours (ours)
-            sym = sym + (pull[:, None] * (doff - doff[mirror].detach() * flip).abs()).mean() / max(config.max_offset, 1e-8) * 0.1
+            sym = sym + (pull[:, None] * (doff[:T] - doff[mirror].detach() * flip).abs()).mean() / max(config.max_offset, 1e-8) * 0.1
             loss = loss + config.w_symmetry * sym
         if config.w_smooth > 0:
-            patch = dcol.view(-1, PATCH, 3)  # [P, 16, 3]
+            patch = dcol[:T].view(-1, PATCH, 3)  # [P, 16, 3]
             loss = loss + config.w_smooth * (patch - patch.mean(dim=1, keepdim=True)).abs().mean()
         if config.w_anchor > 0:
             away = 1 - vis  # [N]
@@ -756,6 +776,49 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1:
         losses.append(float(loss.detach()))
     with torch.no_grad():
         return head().detach().float(), losses
+
+
+def split_gaussians(g: Gaussians, index: Tensor, spread: float = 0.5, shrink: float = 0.6) -> tuple[Gaussians, Tensor]:
+    """Splits each Gaussian in ``index`` into four: offset by ``± spread`` of its standard deviation along its
+    two largest axes, those two scales times ``shrink``; colour and opacity kept. The first child takes the
+    parent's place, the other three are appended (so the first N keep their template order).
+
+    Args:
+        g: ``[N, …]``.
+        index: the Gaussians to split. ``[k]`` long
+
+    Returns:
+        (``[N + 3k, …]``, the parent of each Gaussian ``[N + 3k]`` long).
+    """
+    q = F.normalize(g.quats[index], dim=-1)  # [k, 4]
+    w, x, y, z = q.unbind(-1)
+    R = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).view(-1, 3, 3)  # [k, 3, 3] columns = the axes
+    s = g.scales[index]  # [k, 3]
+    order = s.argsort(dim=-1, descending=True)  # [k, 3]
+    a, b = order[:, 0], order[:, 1]  # [k] the two largest axes
+    rows = torch.arange(len(index), device=index.device)
+    axis_a = R[rows, :, a] * s[rows, a, None]  # [k, 3] metres
+    axis_b = R[rows, :, b] * s[rows, b, None]  # [k, 3]
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], device=index.device)  # [4, 2]
+    means = g.means[index][None] + spread * (signs[:, 0, None, None] * axis_a + signs[:, 1, None, None] * axis_b)  # [4, k, 3]
+    factor = torch.ones_like(s)  # [k, 3]
+    factor[rows, a] = shrink
+    factor[rows, b] = shrink
+    scales = (s * factor)[None].expand(4, -1, -1)  # [4, k, 3]
+
+    def children(value: Tensor) -> Tensor:
+        return value[index][None].expand(4, *value[index].shape)  # [4, k, …]
+
+    first = replace(g, means=g.means.index_copy(0, index, means[0]), scales=g.scales.index_copy(0, index, scales[0]))
+    rest = Gaussians(means=means[1:].reshape(-1, 3), quats=children(g.quats)[1:].reshape(-1, 4),
+                     scales=scales[1:].reshape(-1, 3), opacities=children(g.opacities)[1:].reshape(-1),
+                     colors=children(g.colors)[1:].reshape(-1, 3))
+    parent = torch.cat([torch.arange(g.num_gaussians, device=index.device), index.repeat(3)])  # [N + 3k]
+    return Gaussians.cat([first, rest]), parent
 
 
 def lr_factor(step: int, steps: int, final: float) -> float:
