@@ -74,7 +74,11 @@ def test_offsets_and_scales_stay_within_their_bounds(model, photo):
 
 
 def test_split_gaussians_keeps_each_parent_in_its_own_plane():
-    from perchead.geometry.gaussians import random_gaussians
+    from perchead.geometry.gaussians import matrix_to_quaternion, quaternion_to_matrix, random_gaussians
+
+    rotation = quaternion_to_matrix(torch.tensor([0.8, 0.2, -0.4, 0.4]))  # [3, 3], normalised inside
+    torch.testing.assert_close(rotation @ rotation.T, torch.eye(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(quaternion_to_matrix(matrix_to_quaternion(rotation)), rotation, atol=1e-6, rtol=0)
 
     g = random_gaussians(40, seed=3)
     index = torch.tensor([2, 7, 11])
@@ -91,11 +95,8 @@ def test_split_gaussians_keeps_each_parent_in_its_own_plane():
         assert len(family) == 4
         # the four children sit around the parent's centre, off it along its two largest axes only
         torch.testing.assert_close(split.means[family].mean(dim=0), g.means[i], atol=1e-6, rtol=0)
-        w, x, y, z = torch.nn.functional.normalize(g.quats[i], dim=0).tolist()
         smallest_axis = int(g.scales[i].argmin())
-        R = torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                          [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                          [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+        R = quaternion_to_matrix(g.quats[i])  # [3, 3]
         offsets = split.means[family] - g.means[i]  # [4, 3]
         assert (offsets @ R[:, smallest_axis]).abs().max() < 1e-6
         assert offsets.norm(dim=-1).min() > 0.25 * g.scales[i].max()

@@ -187,6 +187,17 @@ class Gaussians:
         return self
 
 
+def quaternion_to_matrix(quats: Tensor) -> Tensor:
+    """Rotation matrices of quaternions (wxyz, normalised here); the columns are the rotated axes.
+    ``[..., 4]`` → ``[..., 3, 3]``"""
+    w, x, y, z = (quats / quats.norm(dim=-1, keepdim=True)).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
 def matrix_to_quaternion(rotation: Tensor) -> Tensor:
     """The unit quaternion (wxyz, w ≥ 0) of a rotation matrix. ``[3, 3]`` → ``[4]``"""
     m = rotation

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from perchead.geometry.cameras import Cameras, camera_centers, orbit_cameras
-from perchead.geometry.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians, quaternion_to_matrix
 from perchead.pipelines.common import Progress, no_progress
 
 PATCH = 16  # Gaussians per 3D patch (paper §3.3)
@@ -229,8 +229,8 @@ class FitConfig:
         presets = {
             "fast": {},
             "quality": {"steps": 120, "distill_per_step": 2, "camera_steps": 20},
-            "tiny": {"steps": 8, "latent_steps": 0, "camera_steps": 2, "search_size": 16, "distill_size": 16, "split_share": 0.0,
-                     "search_azimuths": (-20.0, 0.0, 20.0), "search_elevations": (0.0,)},
+            "tiny": {"steps": 8, "latent_steps": 0, "camera_steps": 2, "search_size": 16, "distill_size": 16,
+                     "search_azimuths": (-20.0, 0.0, 20.0), "search_elevations": (0.0,), "split_share": 0.0},
         }
         if name not in presets:
             raise ValueError(f"unknown FitConfig preset {name!r}; choose from {sorted(presets)}")
@@ -790,13 +790,7 @@ def split_gaussians(g: Gaussians, index: Tensor, spread: float = 0.5, shrink: fl
     Returns:
         (``[N + 3k, …]``, the parent of each Gaussian ``[N + 3k]`` long).
     """
-    q = F.normalize(g.quats[index], dim=-1)  # [k, 4]
-    w, x, y, z = q.unbind(-1)
-    R = torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).view(-1, 3, 3)  # [k, 3, 3] columns = the axes
+    R = quaternion_to_matrix(g.quats[index])  # [k, 3, 3] columns = the axes
     s = g.scales[index]  # [k, 3]
     order = s.argsort(dim=-1, descending=True)  # [k, 3]
     a, b = order[:, 0], order[:, 1]  # [k] the two largest axes

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from perchead.geometry.gaussians import Gaussians
+from perchead.geometry.gaussians import Gaussians, quaternion_to_matrix
 
 TILE_SIZE = 16  # pixels per tile side, as gsplat
 ALPHA_MIN = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD: contributions below are skipped
@@ -76,16 +76,7 @@ def project_gaussians(
     B, N = means.shape[:2]
     V = viewmats.shape[1]
     # 3D covariance factor M = R(q) diag(s); Sigma = M M^T
-    q = quats / quats.norm(dim=-1, keepdim=True)  # [B, N, 4]
-    w, x, y, z = q.unbind(-1)
-    R = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(B, 1, N, 3, 3)  # [B, 1, N, 3, 3]
+    R = quaternion_to_matrix(quats)[:, None]  # [B, 1, N, 3, 3]
     M = R * scales[:, None, :, None, :]  # [B, 1, N, 3, 3]
     # world → camera
     Rv = viewmats[:, :, None, :3, :3]  # [B, V, 1, 3, 3]
