@@ -569,11 +569,11 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                                        "differently")
                     photos = sorted(str(p) for p in EXAMPLES.glob("photo_*.jpg"))
                     if photos:
-                        gr.Examples([[p, True] for p in photos], inputs=[image, real_person],
+                        gr.Examples([[p, True] for p in photos], inputs=[image, real_person], visible_columns=[0],
                                     label="Photos (public domain: Eileen Collins, NASA; Grace Hopper, US Navy)")
                     synthetic = sorted(str(p) for p in EXAMPLES.glob("head*.png"))
                     if synthetic:
-                        gr.Examples([[p, False] for p in synthetic], inputs=[image, real_person],
+                        gr.Examples([[p, False] for p in synthetic], inputs=[image, real_person], visible_columns=[0],
                                     label="Synthetic heads (what the demo model learned from)")
                 with gr.Column(scale=3, min_width=320):
                     ply, viewer, summary, timings, lower = output_panel()

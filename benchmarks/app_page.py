@@ -42,6 +42,7 @@ def reconstruct_once(page, url: str, photo: Path, real_person: bool = False) -> 
         page.get_by_text("Options", exact=True).first.click()
         page.get_by_label("Photo of a real person").uncheck()
         page.get_by_text("Options", exact=True).first.click()
+        page.evaluate("window.scrollTo(0, 0)")
     page.locator("#portrait input[type=file]").set_input_files(str(photo))
     page.wait_for_selector("#portrait img", timeout=30_000)
     clicked = time.perf_counter()

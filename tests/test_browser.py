@@ -217,11 +217,14 @@ def test_examples_say_whether_they_show_a_real_person(chromium, app_url):
     page.get_by_text("Options", exact=True).first.click()
     box = page.get_by_label("Photo of a real person")
     assert box.is_checked()
-    for label, expected in (("Synthetic heads (what the demo model learned from)", False), ("Photos (public domain", True)):
-        rows = page.locator("div.block", has=page.get_by_text(label)).last.locator("tbody tr")
-        assert rows.count() >= 2
-        rows.first.click()
-        page.wait_for_function("([el, want]) => el.checked === want", arg=[box.element_handle(), expected], timeout=10_000)
+    galleries = (("Synthetic heads (what the demo model learned from)", False), ("Photos (public domain", True))
+    for label, expected in galleries:
+        examples = page.locator("div.block", has=page.get_by_text(label)).last
+        thumbnails = examples.locator("button.gallery-item, .gallery button")
+        assert thumbnails.count() >= 2  # a gallery of pictures, the box's column hidden
+        thumbnails.first.click()
+        page.wait_for_function("([el, want]) => el.checked === want", arg=[box.element_handle(), expected],
+                               timeout=10_000)
         assert box.is_checked() is expected
     assert not errors
     page.close()
