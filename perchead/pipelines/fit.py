@@ -575,9 +575,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     k = int(config.split_share * T)
     if k:
         with torch.no_grad():
-            eye = camera_centers(camera.viewmats)[0]  # [3]
-            facing = (normals * F.normalize(eye - g0.means, dim=-1)).sum(-1)  # [T]
-            chosen = facing.topk(k).indices  # [k]
+            chosen = facing(normals, g0.means, camera.viewmats).topk(k).indices  # [k]
         g0, parent = split_gaussians(g0, chosen)
         normals = normals[parent]  # [N, 3]
     # 2. parameters: raw changes on top of the prediction (all zero = the prediction)
@@ -679,8 +677,7 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
             loss = loss + config.w_distill * (dweights[idx] * per_view).sum() / len(picks) * 4
         # visibility of each Gaussian from the (current) input camera, by its template normal
         with torch.no_grad():
-            eye = camera_centers(viewmats.detach())[0]  # [3]
-            vis = (normals * F.normalize(eye - g0.means, dim=-1)).sum(-1).clamp(0, 1)  # [N]
+            vis = facing(normals, g0.means, viewmats.detach()).clamp(0, 1)  # [N]
             pull = (vis[mirror] - vis[:T]).clamp_min(0)  # [T] > 0 where the mirror is better seen
         dcol = g.colors - color0  # [N, 3]
         doff = g.means - base()[0].detach()  # [N, 3] the per-Gaussian offsets
@@ -776,6 +773,13 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1:
         losses.append(float(loss.detach()))
     with torch.no_grad():
         return head().detach().float(), losses
+
+
+def facing(normals: Tensor, means: Tensor, viewmats: Tensor) -> Tensor:
+    """How squarely one camera sees each Gaussian: the cosine between its (template) normal and the direction
+    to the camera. ``[N, 3]``, ``[N, 3]``, ``[1, 4, 4]`` → ``[N]`` in [−1, 1]"""
+    eye = camera_centers(viewmats)[0]  # [3]
+    return (normals * F.normalize(eye - means, dim=-1)).sum(-1)
 
 
 def split_gaussians(g: Gaussians, index: Tensor, spread: float = 0.5, shrink: float = 0.6) -> tuple[Gaussians, Tensor]:
