@@ -488,8 +488,9 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                 like the person, after the fit's latent stage asks the network itself for a closer head (0 =
                 off; a few seconds on a CPU).
             real_person: the photo shows a real person (off for renders of the synthetic heads the demo model
-                learned from): the fit then raises its camera by the 17° by which the synthetic heads'
-                landmark layout reads real faces too low (README, "Photo-fit").
+                learned from): the fit then uses ``FitConfig.preset("real")`` — the camera 17° higher (the
+                synthetic heads' landmark layout reads real faces that much too low), the face mesh's depth
+                profile, the latent stage's silhouette prior and a 256² photo (README, "Photo-fit").
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
@@ -502,7 +503,6 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
         from perchead.pipelines import write_outputs
-        from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
         from perchead.pipelines.fit import FitConfig
         from perchead.pipelines.preprocess import PreprocessError
 
@@ -513,7 +513,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         options["face_index"] = check_count(face_index, "face_index", 0, 99)
         fit = check_count(fit_steps, "fit_steps", 0, MAX_FIT_STEPS)
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
-        pitch = REAL_FACE_PITCH_DEG if check_flag(real_person, "real_person") else 0.0
+        fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
         def work(job):
             pipeline = holder.get()
@@ -527,7 +527,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                       view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
                 job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
 
-            rec = pipeline(image, progress=report, fit_steps=fit, fit=FitConfig(landmark_pitch_offset_deg=pitch),
+            rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
                            before_fit=show_before_fit, **options)
             rec.preprocessed[0].preview().save(model_input)
             out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,

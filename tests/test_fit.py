@@ -269,6 +269,42 @@ def test_latent_stage_carries_the_photo_to_the_hidden_side():
         FitConfig(lr_latent=float("nan"))
 
 
+def test_latent_silhouette_prior_holds_the_other_views(model, photo):
+    # the latent stage alone, from the photo's camera: with the prior the decoded head's alpha seen from
+    # the distillation views stays closer to the network's own prediction
+    image, mask, g, cam, _ = photo
+    mask = torch.roll(mask, shifts=(6, 6), dims=(-2, -1))  # an outline the prediction does not have
+    config = tiny(steps=0, latent_steps=6, lr_latent=0.5, split_share=0.0)
+    ring = model.default_cameras([70.0, 110.0, 180.0, -110.0, -70.0], size=32)
+
+    def side_change(weight: float) -> float:
+        result = fit_to_photo(model, g, image, mask, camera=cam, config=replace(config, w_latent_alpha=weight))
+        with torch.no_grad():
+            before, after = (model.render_at(h, ring.viewmats, ring.Ks, 32, 32, refine=False).alpha
+                             for h in (g, result.gaussians))
+        return float((after - before).abs().mean())
+
+    free, held = side_change(0.0), side_change(50.0)
+    assert free > 1e-6 and held < 0.7 * free
+    with pytest.raises(ValueError, match="w_latent_alpha"):
+        tiny(w_latent_alpha=-1.0)
+
+
+def test_real_photo_preset():
+    from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+    from perchead.pipelines.fit import REAL_PHOTO
+
+    real = FitConfig.preset("real")
+    assert real.landmark_pitch_offset_deg == REAL_FACE_PITCH_DEG and real.face_shape and real.photo_size == 256
+    assert all(getattr(real, k) == v for k, v in REAL_PHOTO.items())
+    fast = FitConfig.preset("fast")
+    assert fast.photo_size is None and fast.w_latent_alpha == 0 and not fast.face_shape  # the default: synthetic heads
+    assert FitConfig.preset("real", photo_size=None).photo_size is None
+    for bad in (4, 2048, 256.0, True, "256"):
+        with pytest.raises(ValueError, match="photo_size"):
+            FitConfig(photo_size=bad)
+
+
 def test_camera_refinement_is_bounded(model):
     cam = model.default_cameras([0.0], size=64)
     config = tiny(max_camera_deg=5.0, max_camera_shift=0.05, max_camera_log_focal=0.1)
@@ -475,6 +511,29 @@ def test_pipeline_fits_a_photo_from_its_landmark_pose(pipe):
         assert shifted in rec.notes
     with pytest.raises(ValueError, match="landmark_pitch_offset_deg"):
         tiny(landmark_pitch_offset_deg=60.0)
+
+
+def test_pipeline_fits_the_photo_at_photo_size(pipe, monkeypatch):
+    # the fit gets the crop at photo_size; the network still reads the model-size input
+    import perchead.pipelines.reconstruct as reconstruct
+
+    seen = []
+
+    def spy(model, gaussians, image, mask, **kwargs):
+        seen.append((image.shape[-1], mask.shape[-1], kwargs["inside"].shape[-1]))
+        return fit_to_photo(model, gaussians, image, mask, **kwargs)
+
+    monkeypatch.setattr(reconstruct, "fit_to_photo", spy)
+    photo = ROOT / "examples" / "head0_front.png"
+    S = pipe.image_size
+    rec = pipe(str(photo), fit_steps=2, fit=tiny(photo_size=2 * S))
+    plain = pipe(str(photo), fit_steps=2, fit=tiny())
+    assert seen == [(2 * S, 2 * S, 2 * S), (S, S, S)]
+    # the network's input is the same either way (the fine crop is a second cut of the same box)
+    assert rec.preprocessed[0].image.shape[-1] == S and rec.preprocessed[0].crop_box == plain.preprocessed[0].crop_box
+    torch.testing.assert_close(rec.preprocessed[0].image, plain.preprocessed[0].image)
+    pipe(str(photo), fit=tiny(photo_size=2 * S))  # no fit: nothing is cut at photo_size
+    assert len(seen) == 2
 
 
 def test_large_inputs_are_fitted_at_fit_size(model, photo):

@@ -52,9 +52,20 @@ from torch import Tensor
 from perchead.geometry.cameras import Cameras, camera_centers, orbit_cameras
 from perchead.geometry.gaussians import Gaussians, quaternion_to_matrix
 from perchead.pipelines.common import Progress, no_progress
+from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
 
 PATCH = 16  # Gaussians per 3D patch (paper §3.3)
 MAX_FIT_STEPS = 2000  # more than this is a mistake, not a setting
+# FitConfig.preset("real"): the fit of a photo of a real person (the app's "Photo of a real person"); each
+# field's docstring says what it does, README "Photo-fit" what it measured
+REAL_PHOTO = {
+    "landmark_pitch_offset_deg": REAL_FACE_PITCH_DEG,  # a real face's landmarks put the camera higher
+    "face_shape": True,  # the face mesh was trained on real faces, the network on synthetic ones:
+    "face_shape_weight": 1.0,  # its depth profile, not a blend
+    "face_max_depth": 0.02,
+    "w_latent_alpha": 1.0,  # no streaks along the input camera's rays
+    "photo_size": 256,  # eyes and mouth finer than the 128² model input
+}
 
 
 @dataclass
@@ -133,6 +144,16 @@ class FitConfig:
             most squarely — are each split into four finer ones (:func:`split_gaussians`), for the detail
             the predicted Gaussians are too large to show (eyes, mouth; the bundled model's face Gaussians
             lie 3 mm apart and are 6 mm wide). The fitted head then has ``3 × share × N`` more Gaussians.
+        w_latent_alpha: weight of the latent stage's silhouette prior: the decoded head's alpha in the
+            distillation views against the network's own prediction's, weighted like the self-distillation
+            (0 = none). A real face is not what the network was trained on, and the latent stage then pulls
+            Gaussians off the surface along the input camera's rays (invisible from there, streaks across
+            the eyes from the side); on synthetic heads the latent stage's free change of the head's shape is
+            what helps, so the default is 0 (README, "Photo-fit").
+        photo_size: the side of the photo crop the fit compares with, when a pipeline fits a photo: None =
+            the model input itself; larger = the same crop cut at this size (the model input is then that
+            crop downsampled), for the eyes and mouth that the finer face Gaussians can show but the model
+            input's pixels are too coarse to carry. Compared at most at ``fit_size``.
     """
 
     steps: int = 40
@@ -182,6 +203,8 @@ class FitConfig:
     face_max_depth: float = 0.01
     landmark_pitch_offset_deg: float = 0.0
     split_share: float = 0.125
+    w_latent_alpha: float = 0.0
+    photo_size: int | None = None
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
@@ -190,7 +213,7 @@ class FitConfig:
                      "outside_matte_color", "max_camera_deg", "max_camera_shift", "max_camera_log_focal", "w_photo",
                      "w_silhouette", "w_distill", "w_symmetry", "w_smooth", "w_anchor", "lr_head", "lr_latent",
                      "max_head_log_scale", "max_head_shift", "lr_final", "face_depth_scale", "face_max_depth",
-                     "split_share"):
+                     "split_share", "w_latent_alpha"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"FitConfig.{name} must be a finite number >= 0, got {value!r}")
@@ -218,16 +241,22 @@ class FitConfig:
             raise ValueError(f"FitConfig.face_shape_weight must lie in [0, 1], got {self.face_shape_weight}")
         if not (math.isfinite(self.landmark_pitch_offset_deg) and abs(self.landmark_pitch_offset_deg) <= 45):
             raise ValueError(f"FitConfig.landmark_pitch_offset_deg must lie in [-45, 45], got {self.landmark_pitch_offset_deg}")
+        if self.photo_size is not None and (isinstance(self.photo_size, bool) or not isinstance(self.photo_size, int)
+                                            or not 8 <= self.photo_size <= 1024):
+            raise ValueError(f"FitConfig.photo_size must be None or an integer in [8, 1024], got {self.photo_size!r}")
         if not self.face_sigma > 0:
             raise ValueError(f"FitConfig.face_sigma must be > 0, got {self.face_sigma}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FitConfig":
-        """A named preset with field ``overrides``: ``"fast"`` (the app default: seconds on 2 CPU cores for
-        the bundled model), ``"quality"`` (3× the steps, two distillation views per step), ``"tiny"`` (tests; no
-        latent stage)."""
+        """A named preset with field ``overrides``: ``"fast"`` (the default: seconds on 2 CPU cores for the
+        bundled model), ``"real"`` (the app's, for a photo of a real person: ``fast`` from the camera height
+        of a real face's landmarks, with the face mesh's depth profile, the latent stage's silhouette prior
+        and a 256² photo; :data:`REAL_PHOTO`), ``"quality"`` (3× the steps, two distillation views per step),
+        ``"tiny"`` (tests; no latent stage)."""
         presets = {
             "fast": {},
+            "real": REAL_PHOTO,
             "quality": {"steps": 120, "distill_per_step": 2, "camera_steps": 20},
             "tiny": {"steps": 8, "latent_steps": 0, "camera_steps": 2, "search_size": 16, "distill_size": 16,
                      "search_azimuths": (-20.0, 0.0, 20.0), "search_elevations": (0.0,), "split_share": 0.0},
@@ -762,11 +791,22 @@ def _latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1:
     losses = []
     lo, hi = span
     n = config.latent_steps
+    if config.w_latent_alpha > 0:
+        # the silhouette prior: the network's own prediction's alpha from the distillation views
+        dcams, dweights = _distill_cameras(model, camera, config)
+        with torch.no_grad():
+            _, target_alpha = _render(model, head(), dcams.viewmats, dcams.Ks, config.distill_size, refine=False)
     for step in range(n):
         progress(lo + (hi - lo) * step / n, f"fitting the network's view of the photo {step + 1}/{n}")
-        rgb, alpha = _render(model, head(), camera.viewmats, camera.Ks, S, refine=config.through_refiner)
+        g = head()
+        rgb, alpha = _render(model, g, camera.viewmats, camera.Ks, S, refine=config.through_refiner)
         photo = photo_l1(rgb, alpha)
         loss = config.w_photo * photo + config.w_silhouette * silhouette_l1(alpha)
+        if config.w_latent_alpha > 0:
+            _, d_alpha = _render(model, g, dcams.viewmats, dcams.Ks, config.distill_size, refine=False)  # [V, 1, s, s]
+            per_view = (d_alpha - target_alpha).abs().mean(dim=(1, 2, 3))  # [V]
+            # × 4 as in the Gaussian stage's distillation: the weights average about 1/4 over the ring
+            loss = loss + config.w_latent_alpha * 4 * (dweights * per_view).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

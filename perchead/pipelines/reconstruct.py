@@ -217,10 +217,16 @@ class PercHeadPipeline:
         check_steps(fit_steps)
         if fit is not None and not isinstance(fit, FitConfig):
             raise ValueError(f"fit must be a FitConfig or None, got {type(fit).__name__}")
+        fit = with_steps(fit, fit_steps)
         timer = StageTimer(self.device)
         # 1. a photo → crop + mask with the training framing; tensors → checked and resized
         progress(0.0, "preprocessing (crop + background removal)")
+        source = image
         image, mask, prepared = self._model_input(image, mask, preprocess_options)  # [B, 3, S, S], [B, 1, S, S]
+        fine = None
+        if fit_steps and prepared is not None and fit.photo_size is not None and fit.photo_size > self.image_size:
+            # the same crop (its box is found in the photo's own pixels) cut at photo_size for the fit
+            fine = [preprocess(source, self.preprocess_config(**{**preprocess_options, "size": fit.photo_size}))]
         timer("preprocess")
         progress(0.1, "reconstructing the 3D head")
         with inference_autocast(self.device):
@@ -236,8 +242,7 @@ class PercHeadPipeline:
             if before_fit is not None:
                 before_fit(Reconstruction(gaussians=gaussians, preprocessed=prepared, timings=dict(timer.timings),
                                           notes=[note for prep in prepared or [] for note in prep.notes]))
-            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, with_steps(fit, fit_steps), progress,
-                                             tokens2d)
+            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d, fine)
             timer("fit")
             views = None
             if cameras is not None:
@@ -336,15 +341,21 @@ class PercHeadPipeline:
         return image, mask, prepared
 
     def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
-             config: FitConfig, progress: Progress, tokens2d: Tokens2D) -> tuple[Gaussians, list[str]]:
+             config: FitConfig, progress: Progress, tokens2d: Tokens2D,
+             fine: list[Preprocessed] | None = None) -> tuple[Gaussians, list[str]]:
         """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads), its latent stage
-        starting from the encoder's tokens ``tokens2d`` of the batch. Returns (heads, notes)."""
+        starting from the encoder's tokens ``tokens2d`` of the batch; each head is compared with its
+        photo's crop at ``config.photo_size`` where ``fine`` holds one. Returns (heads, notes)."""
         B = gaussians.batch_size
         heads, notes = [], []
         for b in range(B):
             camera = landmarks = inside = None
+            photo, photo_mask = image[b : b + 1], mask[b : b + 1]  # [1, 3, S, S], [1, 1, S, S]
+            if fine is not None:  # the crop at FitConfig.photo_size, finer than the model input
+                photo, photo_mask = fine[b].image.to(image), fine[b].mask.to(mask)  # [1, 3, P, P], [1, 1, P, P]
             if prepared is not None:
-                inside = F.interpolate(prepared[b].inside_photo(), size=image.shape[-2:], mode="area")  # [1, 1, S, S]
+                inside = (fine or prepared)[b].inside_photo()
+                inside = F.interpolate(inside, size=photo.shape[-2:], mode="area")  # [1, 1, P, P]
                 r = self.model.config.render
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg,
                                                   pitch_offset_deg=config.landmark_pitch_offset_deg)
@@ -356,9 +367,11 @@ class PercHeadPipeline:
                 landmarks = self._face_mesh(image[b : b + 1], prepared[b] if prepared is not None else None)
                 if landmarks is None:
                     notes.append("photo-fit: no face mesh on the model input, face shape skipped")
+                else:
+                    landmarks = landmarks * (photo.shape[-1] / image.shape[-1])  # [468, 3] in the photo's pixels
             span = ((1 + 2 * b / B) / 10, (1 + 2 * (b + 1) / B) / 10)  # this head's share of 0.1 … 0.3
             with torch.enable_grad():
-                result = fit_to_photo(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1], camera=camera,
+                result = fit_to_photo(self.model, gaussians[b], photo, photo_mask, camera=camera,
                                       config=config, progress=progress, progress_range=span, landmarks=landmarks,
                                       inside=inside, tokens=tokens2d.item(b))
             heads.append(result.gaussians)
