@@ -92,11 +92,12 @@ def tiny_model(tmp_path_factory):
     return folder, config.template.n_gaussians
 
 
-def fitted_count(n: int) -> int:
-    """Gaussians in a head the app returns: the photo-fit (on by default) splits a share of them into four."""
+def fitted_count(n: int, preset: str = "real") -> int:
+    """Gaussians in a head the app returns: the photo-fit (on by default; the real-photo preset unless "Photo
+    of a real person" is unticked) splits a share of them into four."""
     from perchead.pipelines.fit import FitConfig
 
-    return n + 3 * int(FitConfig().split_share * n)
+    return n + 3 * int(FitConfig.preset(preset).split_share * n)
 
 
 @pytest.fixture(scope="module")
@@ -238,16 +239,20 @@ def test_oversized_upload_is_refused_by_the_server(server):
     assert response.status_code == 413
 
 
-def test_real_person_fits_with_the_real_photo_preset_and_is_checked(client, server):
+def test_real_person_fits_with_the_real_photo_preset_and_is_checked(client, server, tiny_model):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
+    from perchead.geometry.gaussians import load_ply
     from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
 
     raised = f"pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions"
-    *_, notes = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, api_name="/reconstruct")
-    *_, synthetic = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, False,
-                                   api_name="/reconstruct")
+    ply, *_, notes = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, api_name="/reconstruct")
+    ply_synthetic, *_, synthetic = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, False,
+                                                  api_name="/reconstruct")
+    # each preset splits its own share of the face's Gaussians
+    assert load_ply(ply).num_gaussians == fitted_count(tiny_model[1], "real")
+    assert load_ply(ply_synthetic).num_gaussians == fitted_count(tiny_model[1], "fast") < fitted_count(tiny_model[1])
     if "head pose from the face landmarks" in notes:  # a landmark pose: on by default, off when asked
         assert raised in notes and "head pose from the face landmarks" in synthetic and raised not in synthetic
     else:  # no face mesh in this environment: nothing to raise

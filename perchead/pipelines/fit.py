@@ -65,6 +65,7 @@ REAL_PHOTO = {
     "face_max_depth": 0.02,
     "w_latent_alpha": 1.0,  # no streaks along the input camera's rays
     "photo_size": 256,  # eyes and mouth finer than the 128² model input
+    "split_share": 0.25,  # and twice the finer face Gaussians to show them
 }
 
 
@@ -151,9 +152,9 @@ class FitConfig:
             the eyes from the side); on synthetic heads the latent stage's free change of the head's shape is
             what helps, so the default is 0 (README, "Photo-fit").
         photo_size: the side of the photo crop the fit compares with, when a pipeline fits a photo: None =
-            the model input itself; larger = the same crop cut at this size (the model input is then that
-            crop downsampled), for the eyes and mouth that the finer face Gaussians can show but the model
-            input's pixels are too coarse to carry. Compared at most at ``fit_size``.
+            the model input itself; larger = the same crop box cut a second time at this size (the network
+            still reads the model-size crop), for the eyes and mouth that the finer face Gaussians can show
+            but the model input's pixels are too coarse to carry. Compared at most at ``fit_size``.
     """
 
     steps: int = 40
@@ -251,8 +252,8 @@ class FitConfig:
     def preset(cls, name: str, **overrides) -> "FitConfig":
         """A named preset with field ``overrides``: ``"fast"`` (the default: seconds on 2 CPU cores for the
         bundled model), ``"real"`` (the app's, for a photo of a real person: ``fast`` from the camera height
-        of a real face's landmarks, with the face mesh's depth profile, the latent stage's silhouette prior
-        and a 256² photo; :data:`REAL_PHOTO`), ``"quality"`` (3× the steps, two distillation views per step),
+        of a real face's landmarks, with the face mesh's depth profile, the latent stage's silhouette prior,
+        a 256² photo and twice the finer face Gaussians; :data:`REAL_PHOTO`), ``"quality"`` (3× the steps, two distillation views per step),
         ``"tiny"`` (tests; no latent stage)."""
         presets = {
             "fast": {},
