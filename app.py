@@ -490,7 +490,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             real_person: the photo shows a real person (off for renders of the synthetic heads the demo model
                 learned from): the fit then uses ``FitConfig.preset("real")`` — the camera 17° higher (the
                 synthetic heads' landmark layout reads real faces that much too low), the face mesh's depth
-                profile, the latent stage's silhouette prior and a 256² photo (README, "Photo-fit").
+                profile, the latent stage's silhouette prior, a 256² photo and a quarter of the face's
+                Gaussians split (README, "The real-photo preset").
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
@@ -564,9 +565,9 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                       info="refines the head against your photo so it looks more like you; 0 = off"),
                             "fit_steps", f"a whole number from 0 to {MAX_FIT_STEPS}")
                         real_person = gr.Checkbox(True, label="Photo of a real person",
-                                                  info="off for renders of synthetic heads: real faces are "
-                                                       "proportioned differently, so their camera height is read "
-                                                       "differently")
+                                                  info="off for renders of synthetic heads: a real face gets "
+                                                       "the real-photo fit (its camera height, the face's depth "
+                                                       "from the face mesh, a finer photo)")
                     photos = sorted(str(p) for p in EXAMPLES.glob("photo_*.jpg"))
                     if photos:
                         gr.Examples([[p, True] for p in photos], inputs=[image, real_person], visible_columns=[0],

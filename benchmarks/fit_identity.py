@@ -13,9 +13,9 @@ the preprocessing finds in a photo (``face_index``; the group photo has six), ea
 descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
 beyond the largest. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
-overrides a :class:`FitConfig` field of the fit (ablations; choose settings on synthetic heads, not here); the fit
-uses ``FitConfig.preset("real")`` as the app does for a photo of a real person, or ``--preset fast`` (the pipeline's
-default).
+overrides a :class:`FitConfig` field of the fit (ablations; a setting chosen by its count here is no longer
+measured blind, and the README says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
+photo of a real person, or ``--preset fast`` (the pipeline's default).
 """
 
 from __future__ import annotations
@@ -112,8 +112,7 @@ def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps
             with torch.no_grad():
                 fig = pipe.model.render_views(rec.gaussians, fig_cams).rgb[0]  # [4, 3, S, S]
             entry.setdefault("_figure", {})[tag] = fig
-            size = fig.shape[-1]  # the crop is photo_size² when the fit asks for a finer photo
-            entry["_input"] = torch.nn.functional.interpolate(rec.preprocessed[0].image, size=(size, size), mode="area")[0]
+            entry["_input"] = rec.preprocessed[0].image[0]
     return entry
 
 
