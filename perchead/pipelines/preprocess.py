@@ -41,7 +41,7 @@ import io
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Union
 
@@ -103,6 +103,8 @@ class PreprocessConfig:
         body_half_width: half the widest torso in those rows, as a fraction of the frame.
         refine_framing: correct the landmark pose's crop centre, side and yaw by the head's silhouette in
             the selfie matte (:mod:`perchead.pipelines.framing`; one more run of the matting network).
+        fine_size: also cut the same crop at this larger size (:attr:`Preprocessed.fine`; the photo-fit's
+            ``FitConfig.photo_size``): only the crop and its matte are made again, not the search for the head.
     """
 
     size: int = 256
@@ -132,6 +134,7 @@ class PreprocessConfig:
     body_rows: float = 0.16  # measured: training views below 0.84 of the frame show only the torso's top
     body_half_width: float = 0.36  # measured: widest torso there 0.33 of the frame from the centre, + 0.03
     refine_framing: bool = True  # correct the landmark pose's crop and yaw by the head's silhouette
+    fine_size: int | None = None  # a second, finer cut of the same crop (Preprocessed.fine)
 
     @property
     def frame_m(self) -> float:
@@ -182,6 +185,8 @@ class Preprocessed:
             pitch are the model input's camera azimuth and elevation (see :meth:`input_camera`).
         landmarks: the 468 face-mesh landmarks in model-input pixels (x, y), or None. ``[468, 2]``
         grayscale: the photo had no colour.
+        fine: the same crop cut at ``PreprocessConfig.fine_size`` (its image, mask and landmarks at that
+            size, everything else as here), or None.
     """
 
     image: Tensor  # [1, 3, S, S]
@@ -200,6 +205,7 @@ class Preprocessed:
     pose: object | None = None  # perchead.pipelines.faces.HeadPose
     landmarks: np.ndarray | None = None  # [468, 2]
     grayscale: bool = False
+    fine: Preprocessed | None = None
 
     @property
     def face_count(self) -> int:
@@ -886,7 +892,7 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
     if fallback_note and (detector == "haar" or mask_source == "grabcut"):
         notes.append(fallback_note)
     face_boxes = [tuple(float(v) for v in f.box) for f in found] if found else ([tuple(float(v) for v in head_box)] if detector == "haar" else [])
-    return Preprocessed(
+    result = Preprocessed(
         image=image,  # [1, 3, S, S]
         mask=mask_t,  # [1, 1, S, S]
         crop_box=tuple(float(v) for v in crop_box),
@@ -904,6 +910,12 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
         landmarks=landmarks,
         grayscale=grayscale,
     )
+    if config.fine_size is not None and config.fine_size > config.size:
+        fine_image, fine_mask, _, fine_landmarks, _ = cut_out(
+            rgb, crop_box, roll, replace(config, size=config.fine_size), alpha=alpha, head_box=head_box,
+            landmarks=face.landmarks if face is not None else None, analyzer=analyzer)  # fmt: skip
+        result.fine = replace(result, image=fine_image, mask=fine_mask, landmarks=fine_landmarks)
+    return result
 
 
 def cut_out(rgb: np.ndarray, crop_box: Box, roll_deg: float, config: PreprocessConfig, *, alpha: np.ndarray | None = None,

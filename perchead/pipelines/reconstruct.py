@@ -218,15 +218,12 @@ class PercHeadPipeline:
         if fit is not None and not isinstance(fit, FitConfig):
             raise ValueError(f"fit must be a FitConfig or None, got {type(fit).__name__}")
         fit = with_steps(fit, fit_steps)
+        if fit_steps and fit.photo_size is not None and not isinstance(image, Tensor):
+            preprocess_options = {**preprocess_options, "fine_size": fit.photo_size}  # the fit's finer cut
         timer = StageTimer(self.device)
         # 1. a photo → crop + mask with the training framing; tensors → checked and resized
         progress(0.0, "preprocessing (crop + background removal)")
-        source = image
         image, mask, prepared = self._model_input(image, mask, preprocess_options)  # [B, 3, S, S], [B, 1, S, S]
-        fine = None
-        if fit_steps and prepared is not None and fit.photo_size is not None and fit.photo_size > self.image_size:
-            # the same crop (its box is found in the photo's own pixels) cut at photo_size for the fit
-            fine = [preprocess(source, self.preprocess_config(**{**preprocess_options, "size": fit.photo_size}))]
         timer("preprocess")
         progress(0.1, "reconstructing the 3D head")
         with inference_autocast(self.device):
@@ -242,7 +239,7 @@ class PercHeadPipeline:
             if before_fit is not None:
                 before_fit(Reconstruction(gaussians=gaussians, preprocessed=prepared, timings=dict(timer.timings),
                                           notes=[note for prep in prepared or [] for note in prep.notes]))
-            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d, fine)
+            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d)
             timer("fit")
             views = None
             if cameras is not None:
@@ -341,20 +338,20 @@ class PercHeadPipeline:
         return image, mask, prepared
 
     def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
-             config: FitConfig, progress: Progress, tokens2d: Tokens2D,
-             fine: list[Preprocessed] | None = None) -> tuple[Gaussians, list[str]]:
+             config: FitConfig, progress: Progress, tokens2d: Tokens2D) -> tuple[Gaussians, list[str]]:
         """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads), its latent stage
-        starting from the encoder's tokens ``tokens2d`` of the batch; each head is compared with its
-        photo's crop at ``config.photo_size`` where ``fine`` holds one. Returns (heads, notes)."""
+        starting from the encoder's tokens ``tokens2d`` of the batch; a photo is compared at its finer cut
+        (``Preprocessed.fine``, ``config.photo_size``) where it has one. Returns (heads, notes)."""
         B = gaussians.batch_size
         heads, notes = [], []
         for b in range(B):
             camera = landmarks = inside = None
             photo, photo_mask = image[b : b + 1], mask[b : b + 1]  # [1, 3, S, S], [1, 1, S, S]
+            fine = prepared[b].fine if prepared is not None else None
             if fine is not None:  # the crop at FitConfig.photo_size, finer than the model input
-                photo, photo_mask = fine[b].image.to(image), fine[b].mask.to(mask)  # [1, 3, P, P], [1, 1, P, P]
+                photo, photo_mask = fine.image.to(image), fine.mask.to(mask)  # [1, 3, P, P], [1, 1, P, P]
             if prepared is not None:
-                inside = (fine or prepared)[b].inside_photo()
+                inside = (fine or prepared[b]).inside_photo()
                 inside = F.interpolate(inside, size=photo.shape[-2:], mode="area")  # [1, 1, P, P]
                 r = self.model.config.render
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg,
