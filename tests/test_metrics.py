@@ -84,3 +84,25 @@ def test_network_metrics_report_unavailable_with_reason():
 
 def test_finite_mean_caps_inf():
     assert metrics.finite_mean([math.inf, 20.0]) == pytest.approx(60.0)
+
+
+def test_error_regions_put_the_error_where_the_silhouettes_disagree():
+    target = torch.ones(1, 3, 8, 8)  # white background
+    target_alpha = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 0.2
+    target_alpha[..., 2:6, 2:6] = 1.0  # a 4×4 dark square
+    pred, pred_alpha = target.clone(), target_alpha.clone()
+    pred[..., 2:6, 5] = 1.0  # the square's last column missed (white)
+    pred_alpha[..., 2:6, 5] = 0.0
+    pred[..., 3:5, 3:5] = 0.4  # an interior colour error
+    out = metrics.error_regions(pred, pred_alpha, target, target_alpha)
+    missed, interior = 4 * 0.8**2, 4 * 0.2**2
+    assert out["missed"].item() == pytest.approx(missed / (missed + interior))
+    assert out["interior"].item() == pytest.approx(interior / (missed + interior))
+    assert out["spill"].item() == 0 and out["background"].item() == 0
+    assert out["missed_pixels"].item() == pytest.approx(4 / 64)
+    assert sum(out[k].item() for k in metrics.ERROR_REGIONS) == pytest.approx(1.0)
+    # a perfect outline leaves only the interior error
+    assert out["psnr_true_silhouette"].item() == pytest.approx(10 * math.log10(64 / interior))
+    with pytest.raises(ValueError, match="alphas"):
+        metrics.error_regions(pred, pred_alpha[:, :, :4], target, target_alpha)

@@ -90,3 +90,47 @@ def finite_mean(values: list[float]) -> float:
     if not capped:
         raise ValueError("finite_mean: no values")
     return sum(capped) / len(capped)
+
+
+ERROR_REGIONS = ("interior", "missed", "spill", "background")
+
+
+def error_regions(pred: Tensor, pred_alpha: Tensor, target: Tensor, target_alpha: Tensor,
+                  threshold: float = 0.5) -> dict[str, Tensor]:
+    """Where a render's squared error lies: inside both silhouettes, or where they disagree.
+
+    A pixel is foreground where its alpha exceeds ``threshold``. Regions: ``interior`` (foreground in both),
+    ``missed`` (target foreground, prediction background), ``spill`` (prediction foreground, target
+    background) and ``background`` (neither). ``psnr_true_silhouette`` is the PSNR the prediction would
+    have if its pixels in ``missed`` and ``spill`` were the target's: what a perfect outline would give
+    with the colours unchanged.
+
+    Args:
+        pred: ``[B, 3, H, W]`` in [0, 1].
+        pred_alpha: ``[B, 1, H, W]``.
+        target: ``[B, 3, H, W]`` in [0, 1].
+        target_alpha: ``[B, 1, H, W]``.
+        threshold: alpha above which a pixel is foreground.
+
+    Returns:
+        ``{region: [B] share of the image's squared error (the four sum to 1), region + "_pixels": [B]
+        share of the pixels, "psnr_true_silhouette": [B]}``.
+    """
+    if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
+        raise ValueError(f"pred and target must both be [B, 3, H, W], got {tuple(pred.shape)} and {tuple(target.shape)}")
+    want = (pred.shape[0], 1, *pred.shape[2:])
+    if tuple(pred_alpha.shape) != want or tuple(target_alpha.shape) != want:
+        raise ValueError(f"alphas must be {list(want)}, got {tuple(pred_alpha.shape)} and {tuple(target_alpha.shape)}")
+    err = (pred.float() - target.float()).pow(2).mean(1)  # [B, H, W]
+    fg_pred, fg_target = pred_alpha[:, 0] > threshold, target_alpha[:, 0] > threshold  # [B, H, W]
+    masks = {"interior": fg_pred & fg_target, "missed": fg_target & ~fg_pred, "spill": fg_pred & ~fg_target,
+             "background": ~fg_pred & ~fg_target}
+    total = err.flatten(1).sum(1).clamp_min(1e-12)  # [B]
+    out: dict[str, Tensor] = {}
+    for name, m in masks.items():
+        out[name] = (err * m).flatten(1).sum(1) / total  # [B]
+        out[name + "_pixels"] = m.flatten(1).float().mean(1)  # [B]
+    outline = masks["missed"] | masks["spill"]
+    mse_true = (err * ~outline).flatten(1).mean(1)  # [B]
+    out["psnr_true_silhouette"] = 10.0 * torch.log10(1.0 / mse_true)
+    return out
