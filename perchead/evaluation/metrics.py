@@ -3,7 +3,8 @@
 PSNR and SSIM are :mod:`perchead.models.similarity`'s. LPIPS, DreamSim and ArcFace distance need network
 weights that cannot be downloaded on these machines: :func:`network_metrics` reports each as available (a
 callable) or unavailable (``None`` plus the reason), and the evaluations write ``null`` for unavailable
-ones — never a made-up number.
+ones — never a made-up number. :func:`error_regions` splits a render's squared error by the predicted and
+the true silhouettes (where the error lies, not a table metric).
 """
 
 from __future__ import annotations
