@@ -54,21 +54,20 @@ def breakdown(model_path: str, subjects: int, targets: int = 8) -> dict:
         pred, alpha = out.rgb[0].float().clamp(0, 1), out.alpha[0].float()  # [V, 3, S, S], [V, 1, S, S]
         gt, gt_alpha = truth["rgb"].float(), truth["alpha"].float()
         regions = error_regions(pred, alpha, gt, gt_alpha)
-        sq = (pred - gt).pow(2).mean(1).flatten(1).sum(1)  # [V] summed squared error
-        fg_p, fg_t = alpha[:, 0] > 0.5, gt_alpha[:, 0] > 0.5
-        iou = (fg_p & fg_t).flatten(1).sum(1) / (fg_p | fg_t).flatten(1).sum(1).clamp_min(1)
+        union = sum(regions[k + "_pixels"] for k in ("interior", "missed", "spill"))  # [V]
+        iou = regions["interior_pixels"] / union.clamp_min(1e-12)  # [V]
         for v, (azimuth, _) in enumerate(tgts):
-            views.append({"psnr": psnr(pred[v : v + 1], gt[v : v + 1]).item(), "sq": sq[v].item(),
-                          "iou": iou[v].item(), "dyaw": abs(((azimuth - inp[0] + 180) % 360) - 180),
+            views.append({"psnr": psnr(pred[v : v + 1], gt[v : v + 1]).item(), "iou": iou[v].item(),
+                          "dyaw": abs(((azimuth - inp[0] + 180) % 360) - 180),
                           **{k: regions[k][v].item() for k in regions}})
-    total = sum(v["sq"] for v in views)
+    total = sum(v["mse"] for v in views)  # views of one size: pooled squared error
     mean = statistics.fmean
     result = {
         "model": model_path, "subjects": subjects, "views": len(views),
         "psnr": mean(v["psnr"] for v in views),
         "psnr_true_silhouette": mean(v["psnr_true_silhouette"] for v in views),
         "silhouette_iou": mean(v["iou"] for v in views),
-        "error_share": {k: sum(v[k] * v["sq"] for v in views) / total for k in ERROR_REGIONS},
+        "error_share": {k: sum(v[k] * v["mse"] for v in views) / total for k in ERROR_REGIONS},
         "pixel_share": {k: mean(v[k + "_pixels"] for v in views) for k in ERROR_REGIONS},
         "by_azimuth": {},
     }
@@ -76,9 +75,9 @@ def breakdown(model_path: str, subjects: int, targets: int = 8) -> dict:
         band = [v for v in views if lo <= v["dyaw"] < hi]
         result["by_azimuth"][f"{lo}-{min(hi, 180)}"] = {
             "views": len(band), "psnr": mean(v["psnr"] for v in band),
-            "error_share": sum(v["sq"] for v in band) / total,
-            "outline_error_share": sum((v["missed"] + v["spill"]) * v["sq"] for v in band)
-            / sum(v["sq"] for v in band),
+            "error_share": sum(v["mse"] for v in band) / total,
+            "outline_error_share": sum((v["missed"] + v["spill"]) * v["mse"] for v in band)
+            / sum(v["mse"] for v in band),
         }
     return result
 

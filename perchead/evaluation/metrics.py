@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from perchead.models.similarity import psnr
+
 
 
 @dataclass
@@ -115,7 +117,7 @@ def error_regions(pred: Tensor, pred_alpha: Tensor, target: Tensor, target_alpha
 
     Returns:
         ``{region: [B] share of the image's squared error (the four sum to 1), region + "_pixels": [B]
-        share of the pixels, "psnr_true_silhouette": [B]}``.
+        share of the pixels, "mse": [B] the whole image's mean squared error, "psnr_true_silhouette": [B]}``.
     """
     if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
         raise ValueError(f"pred and target must both be [B, 3, H, W], got {tuple(pred.shape)} and {tuple(target.shape)}")
@@ -131,7 +133,7 @@ def error_regions(pred: Tensor, pred_alpha: Tensor, target: Tensor, target_alpha
     for name, m in masks.items():
         out[name] = (err * m).flatten(1).sum(1) / total  # [B]
         out[name + "_pixels"] = m.flatten(1).float().mean(1)  # [B]
-    outline = masks["missed"] | masks["spill"]
-    mse_true = (err * ~outline).flatten(1).mean(1)  # [B]
-    out["psnr_true_silhouette"] = 10.0 * torch.log10(1.0 / mse_true)
+    out["mse"] = err.flatten(1).mean(1)  # [B]
+    outline = (masks["missed"] | masks["spill"])[:, None]  # [B, 1, H, W]
+    out["psnr_true_silhouette"] = psnr(torch.where(outline, target.float(), pred.float()), target.float())
     return out
