@@ -101,11 +101,14 @@ def plain_summary(timings: dict[str, float], notes: list[str], pending: str | No
     """Timings in words ("3D head in 0.4 s · …"), what is still coming, and the notes as a list."""
     head = sum(timings.get(k, 0.0) for k in ("preprocess", "labels", "style_preprocess", "style", "encode",
                                              "decode", "gaussians", "fit"))
+    def seconds(value: float) -> str:  # "0.04 s" rather than "0.0 s" for the quick steps
+        return f"{value:.2f} s" if value < 0.95 else f"{value:.1f} s"
+
     files = sum(v for k, v in timings.items() if k.startswith("export_") or k == "novel_views")
-    line = f"**3D head in {head:.1f} s**" + (f" (fitting to the photo: {timings['fit']:.1f} s)" if "fit" in timings else "")
-    line += f" · files and views in {files:.1f} s" if files else ""
+    line = f"**3D head in {seconds(head)}**" + (f" (fitting to the photo: {seconds(timings['fit'])})" if "fit" in timings else "")
+    line += f" · files and views in {seconds(files)}" if files else ""
     if "turntable" in timings:
-        line += f" · turntable in {timings['turntable']:.1f} s"
+        line += f" · turntable in {seconds(timings['turntable'])}"
     if pending:
         line += f" · {pending}"
     return "\n".join([line, *(f"- {note}" for note in notes)])
@@ -129,9 +132,10 @@ def result(out, model_input: str, notes: list[str], pending: str | None = None) 
 def run_button(button: gr.Button, label: str, event, handler, inputs, outputs, api_name: str, progress_on):
     """``button`` starts ``handler`` (one queue for every model job), greyed out with "Working…" meanwhile."""
     busy = event(lambda: gr.Button(value="Working…", interactive=False), None, button, queue=False, api_name=False)
-    busy = busy.then(handler, inputs, outputs, api_name=api_name, concurrency_limit=CONCURRENCY,
-                     concurrency_id=MODEL_QUEUE, show_progress_on=progress_on)
-    busy.then(lambda: gr.Button(value=label, interactive=True), None, button, queue=False, api_name=False)
+    job = busy.then(handler, inputs, outputs, api_name=api_name, concurrency_limit=CONCURRENCY,
+                    concurrency_id=MODEL_QUEUE, show_progress_on=progress_on)
+    for after in (job.success, job.failure):  # the page runs a .then only after a success; a refused input fails
+        after(lambda: gr.Button(value=label, interactive=True), None, button, queue=False, api_name=False)
 
 
 # ----------------------------------------------------------------------------------------------- editing

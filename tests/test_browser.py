@@ -228,3 +228,22 @@ def test_examples_say_whether_they_show_a_real_person(chromium, app_url):
         assert box.is_checked() is expected
     assert not errors
     page.close()
+
+
+def test_a_refused_upload_says_why_and_gives_the_button_back(chromium, app_url, tmp_path):
+    """A file that is not an image: a short message, and the Reconstruct button is usable again at once
+    (the page runs a chained step only after a success, so the button is also restored on a failure)."""
+    page, errors = open_app(chromium, app_url)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"just some text, no pixels\n" * 40)
+    page.locator("#portrait input[type=file]").set_input_files(str(bad))
+    page.wait_for_timeout(1_000)  # the upload reaches the server
+    button = page.locator("#reconstruct-button")
+    button.click()
+    message = page.get_by_text("not an image", exact=False).first
+    message.wait_for(timeout=30_000)
+    assert not any(word in message.inner_text() for word in ("Traceback", "Error", "/tmp")), message.inner_text()
+    page.wait_for_function("() => !document.querySelector('#reconstruct-button').disabled", timeout=10_000)
+    assert button.inner_text().strip() == "Reconstruct"
+    assert not errors, errors
+    page.close()

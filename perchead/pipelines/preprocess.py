@@ -383,10 +383,11 @@ def _open(source: str | os.PathLike | bytes, config: PreprocessConfig) -> Image.
             return Image.open(stream)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PreprocessError(
-            f"refusing a decompression bomb: the image declares more than {config.max_pixels / 1e6:.0f} megapixels ({error})"
+            f"the image declares more than {config.max_pixels / 1e6:.0f} megapixels (a possible decompression bomb); "
+            "please resize it"
         ) from error
     except UnidentifiedImageError as error:
-        raise PreprocessError("the file is not an image PIL can read (expected PNG, JPEG, WebP, ...)") from error
+        raise PreprocessError("the file is not an image that can be read (expected PNG, JPEG, WebP, ...)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise PreprocessError(f"the image file is corrupt and cannot be opened ({error})") from error
 
