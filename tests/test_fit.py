@@ -404,6 +404,20 @@ def test_pose_search_finds_the_rendered_yaw(model, photo):
     assert (yaw, pitch) == (20.0, 0.0)
 
 
+@pytest.mark.parametrize("true_yaw", [90.0, -150.0, 180.0])
+def test_pose_search_finds_a_profile_or_the_back(model, photo, true_yaw):
+    """The default grid is the whole circle: a side or back view is not taken for a front one."""
+    *_, g = photo
+    S = model.config.render.image_size
+    cam = model.default_cameras([true_yaw], [10.0], size=S)
+    with torch.no_grad():
+        out = model.render_at(g, cam.viewmats, cam.Ks, S, S, refine=False)
+    config = FitConfig(search_size=32)
+    yaw, pitch = search_pose(model, g, out.rgb[0], out.alpha[0], config)
+    assert abs((yaw - true_yaw + 180.0) % 360.0 - 180.0) <= 5.0 and pitch == 10.0, (yaw, pitch)  # the fine step
+    assert -180.0 < yaw <= 180.0
+
+
 def test_mirror_index_pairs_left_and_right(model):
     v = model.template.vertices
     m = mirror_index(v)
@@ -617,3 +631,35 @@ def test_step_size_decays_to_its_final_fraction(final):
     assert all(a >= b - 1e-12 for a, b in zip(factors, factors[1:]))  # never increases
     with pytest.raises(ValueError, match="lr_final"):
         FitConfig(lr_final=1.5)
+
+
+def test_framed_like_the_photo_makes_the_crop_the_whole_image(model, photo):
+    """A view cropped by ``framing`` (here a fixed box) renders as that crop of the uncropped view."""
+    import torch.nn.functional as F
+
+    from perchead.pipelines.fit import framed_like_the_photo
+
+    *_, g = photo
+    S = model.config.render.image_size
+    cams = model.default_cameras([0.0, 90.0], [0.0, 10.0], size=S)
+    box = (S / 8, S / 4, 5 * S / 8, 3 * S / 4)  # in the pixels of the framing renders (``size`` = S here)
+    framed = framed_like_the_photo(model, g, cams, lambda alpha: box, size=S)
+    assert torch.equal(framed.viewmats, cams.viewmats)
+    with torch.no_grad():
+        big = model.default_cameras([0.0, 90.0], [0.0, 10.0], size=2 * S)
+        whole = model.render_at(g, big.viewmats, big.Ks, 2 * S, 2 * S, refine=False).rgb[0]  # [2, 3, 2S, 2S]
+        crop = model.render_at(g, framed.viewmats, framed.Ks, S, S, refine=False).rgb[0]  # [2, 3, S, S]
+    x0, y0, x1, y1 = (int(2 * c) for c in box)
+    expected = F.interpolate(whole[:, :, y0:y1, x0:x1], size=(S, S), mode="area")
+    assert (crop - expected).abs().mean() < 0.03
+
+
+def test_pipeline_searches_the_pose_of_an_alpha_cropped_back_view():
+    """The app's back-three-quarter example (a render at yaw 150°, pitch 10°, cropped by its alpha channel,
+    no face landmarks): the bundled model's searched pose is the back, not the front as with a ±40° grid."""
+    examples = ROOT / "examples"
+    pipe = PercHeadPipeline.from_pretrained(str(ROOT / "weights_card"), device="cpu")
+    rec = pipe(str(examples / "head3_back_three_quarter.png"), fit_steps=1, fit=FitConfig.preset("fast", latent_steps=0))
+    note = next(n for n in rec.notes if "render-and-compare" in n)
+    yaw = float(note.split("yaw ")[1].split("°")[0])
+    assert abs(yaw - 150.0) <= 15.0, note

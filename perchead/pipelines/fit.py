@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -104,7 +105,9 @@ class FitConfig:
             taper terms.
         max_head_shift: bound on the head transform's shift along the image axes, metres.
         pose_search: without a known pose, search yaw, then pitch, by render-and-compare before the fit.
-        search_azimuths: yaw grid of the search, degrees.
+        search_azimuths: yaw grid of the search, degrees: the whole circle, since a photo may show the
+            head from the side or from behind (the model predicts every head facing the front).
+        search_azimuth_offsets: the yaws tried around the grid's best, degrees, to refine it.
         search_elevations: pitch grid of the search, degrees.
         search_size: image size of the search renders.
         fit_size: largest image size the fit renders at; a larger model input is compared at this size
@@ -179,7 +182,8 @@ class FitConfig:
     max_head_log_scale: float = 0.1
     max_head_shift: float = 0.01
     pose_search: bool = True
-    search_azimuths: tuple[float, ...] = (-40.0, -30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0, 40.0)
+    search_azimuths: tuple[float, ...] = tuple(float(a) for a in range(-165, 181, 15))
+    search_azimuth_offsets: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
     search_elevations: tuple[float, ...] = (-10.0, 0.0, 10.0, 20.0)
     search_size: int = 48
     fit_size: int | None = 256
@@ -421,12 +425,41 @@ def _render(model, g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, refine
     return out.rgb[0], out.alpha[0]
 
 
+Framing = Callable[[np.ndarray], tuple[float, float, float, float]]
+"""How a photo's crop was chosen from its matte: ``[H, W]`` uint8 alpha → crop box ``(x0, y0, x1, y1)``."""
+
+
+@torch.no_grad()
+def framed_like_the_photo(model, gaussians: Gaussians, cameras: Cameras, framing: Framing,
+                          size: int = 128) -> Cameras:
+    """``cameras`` as the photo's crop would frame their views: each view of the head is rendered at
+    ``size``, ``framing`` finds the crop box in its alpha, and that box becomes the whole image (the
+    intrinsics scaled and shifted). A photo cropped by its own silhouette (a profile framed by its
+    nose-to-nape width, say) is then compared with the head cropped the same way."""
+    Ks_probe = cameras.Ks.clone()  # the same views at ``size``
+    Ks_probe[:, :2] *= size / cameras.width
+    _, alpha = _render(model, gaussians, cameras.viewmats, Ks_probe, size, refine=False)  # [V, 1, size, size]
+    masks = (alpha[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # [V, size, size]
+    Ks = cameras.Ks.clone()  # [V, 3, 3]
+    for v, matte in enumerate(masks):
+        try:
+            x0, y0, x1, y1 = (c * cameras.width / size for c in framing(matte))
+        except ValueError:  # nothing opaque in this view: left as it is
+            continue
+        sx, sy = cameras.width / (x1 - x0), cameras.height / (y1 - y0)
+        Ks[v, 0, 0], Ks[v, 0, 2] = Ks[v, 0, 0] * sx, (Ks[v, 0, 2] - x0) * sx
+        Ks[v, 1, 1], Ks[v, 1, 2] = Ks[v, 1, 1] * sy, (Ks[v, 1, 2] - y0) * sy
+    return Cameras(cameras.viewmats, Ks, cameras.width, cameras.height)
+
+
 @torch.no_grad()
 def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig,
-                known: Tensor | None = None) -> tuple[float, float]:
+                known: Tensor | None = None, framing: Framing | None = None) -> tuple[float, float]:
     """Render-and-compare: the (yaw, pitch) on ``config``'s grids whose render of the predicted head best
     matches the photo (L1 of rgb and alpha vs matte at ``search_size``, where ``known`` ``[1, 1, S, S]`` is
-    1), coarse to fine: the yaw at the pitch nearest 0, then the pitch at that yaw. Degrees."""
+    1), coarse to fine: the yaw on the grid at the pitch nearest 0, the pitch at that yaw, then the yaw
+    refined by the offsets around it at that pitch. Each view is framed as the photo's crop was when
+    ``framing`` is given (:func:`framed_like_the_photo`). Degrees, the yaw in (-180, 180]."""
     s = config.search_size
     r = model.config.render
     img = F.interpolate(image, size=(s, s), mode="area")  # [1, 3, s, s]
@@ -435,6 +468,8 @@ def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config
 
     def best(az: list[float], el: list[float]) -> int:
         cams = orbit_cameras(az, el, radius=r.radius, fov_deg=r.fov_deg, size=s)
+        if framing is not None:
+            cams = framed_like_the_photo(model, gaussians, cams, framing)
         rgb, alpha = _render(model, gaussians, cams.viewmats, cams.Ks, s, refine=False)  # [V, 3, s, s]
         err = (((rgb - img).abs() + (alpha - msk).abs()) * weight).mean(dim=(1, 2, 3))  # [V]
         return int(err.argmin())
@@ -444,7 +479,10 @@ def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config
     yaw = yaws[best(yaws, [level] * len(yaws))]
     pitches = list(config.search_elevations)
     pitch = pitches[best([yaw] * len(pitches), pitches)] if len(pitches) > 1 else pitches[0]
-    return yaw, pitch
+    if config.search_azimuth_offsets:
+        yaws = [yaw + offset for offset in config.search_azimuth_offsets]
+        yaw = yaws[best(yaws, [pitch] * len(yaws))]
+    return -((-yaw + 180.0) % 360.0 - 180.0), pitch  # the yaw in (-180, 180]
 
 
 def _distill_cameras(model, input_camera: Cameras, config: FitConfig) -> tuple[Cameras, Tensor]:
@@ -475,6 +513,7 @@ def fit_to_photo(
     landmarks=None,
     inside: Tensor | None = None,
     tokens=None,
+    framing: Framing | None = None,
 ) -> FitResult:
     """Refines one predicted head so its render from the input camera matches the photo.
 
@@ -498,6 +537,9 @@ def fit_to_photo(
         tokens: the lift encoder's :class:`~perchead.models.lift_encoder.Tokens2D` of this one image (batch
             of 1), for the latent stage, so a caller that has them does not run the encoder again; None =
             encoded here from ``image`` and ``mask``.
+        framing: how the photo's crop was chosen from its matte, for a searched camera (``camera`` None):
+            each candidate view is cropped the same way (:func:`framed_like_the_photo`). None = the model's
+            own framing.
 
     Returns:
         :class:`FitResult` (detached Gaussians ``[N, …]``).
@@ -508,11 +550,11 @@ def fit_to_photo(
     config = config or FitConfig()
     with _frozen(model):
         return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks, inside,
-                    tokens)
+                    tokens, framing)
 
 
 def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Progress, progress_range,
-         landmarks=None, inside=None, tokens=None) -> FitResult:
+         landmarks=None, inside=None, tokens=None, framing: Framing | None = None) -> FitResult:
     """:func:`fit_to_photo` with the model frozen."""
     if gaussians.is_batched:
         if gaussians.batch_size != 1:
@@ -553,12 +595,14 @@ def _fit(model, gaussians, image, mask, camera, config: FitConfig, progress: Pro
     # 1. the input camera: given (pose from landmarks), searched, or the frontal model framing
     if camera is None:
         if config.pose_search:
-            yaw, pitch = search_pose(model, g0, image, mask, config, known)
+            yaw, pitch = search_pose(model, g0, image, mask, config, known, framing)
             notes.append(f"photo-fit: head pose from render-and-compare search (yaw {yaw:+.0f}°, pitch {pitch:+.0f}°)")
         else:
             yaw, pitch = 0.0, 0.0
             notes.append("photo-fit: no head pose, frontal camera")
         camera = orbit_cameras([yaw], [pitch], radius=r.radius, fov_deg=r.fov_deg, size=S)
+        if framing is not None:
+            camera = framed_like_the_photo(model, g0, camera, framing)
     elif camera.width != S or camera.height != S:
         scale = S / camera.width
         Ks = camera.Ks.clone()

@@ -531,6 +531,12 @@ def silhouette_to_crop(head: Box, config: PreprocessConfig) -> Box:
     return (cx - side / 2, y0, cx + side / 2, y0 + side)
 
 
+def silhouette_crop(alpha: np.ndarray, config: PreprocessConfig) -> Box:
+    """The crop an image with this alpha channel ``[H, W]`` (uint8) gets: :func:`silhouette_to_crop` of its
+    :func:`silhouette_head_box`. Raises PreprocessError when nothing is opaque."""
+    return silhouette_to_crop(silhouette_head_box(alpha), config)
+
+
 def whole_image_crop(width: int, height: int) -> Box:
     """The smallest square containing the whole image, centred on it (the rest is padded white)."""
     side = max(width, height)
