@@ -42,6 +42,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Union
 
@@ -187,6 +188,9 @@ class Preprocessed:
         grayscale: the photo had no colour.
         fine: the same crop cut at ``PreprocessConfig.fine_size`` (its image, mask and landmarks at that
             size, everything else as here), or None.
+        framing: the rule that chose the crop from the alpha channel (``[H, W]`` uint8 → crop box, here
+            :func:`silhouette_crop` with this config), so views of a head can be cropped alike; None when
+            a face or the whole image framed it.
     """
 
     image: Tensor  # [1, 3, S, S]
@@ -206,6 +210,7 @@ class Preprocessed:
     landmarks: np.ndarray | None = None  # [468, 2]
     grayscale: bool = False
     fine: Preprocessed | None = None
+    framing: Callable[[np.ndarray], Box] | None = None
 
     @property
     def face_count(self) -> int:
@@ -916,6 +921,7 @@ def preprocess(source: ImageSource, config: PreprocessConfig | None = None, **ov
         pose=pose,
         landmarks=landmarks,
         grayscale=grayscale,
+        framing=partial(silhouette_crop, config=config) if head_source == "alpha" else None,
     )
     if config.fine_size is not None and config.fine_size > config.size:
         fine_image, fine_mask, _, fine_landmarks, _ = cut_out(

@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -28,7 +27,7 @@ from perchead.pipelines.common import (
     Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
 )  # fmt: skip
 from perchead.pipelines.fit import FitConfig, check_steps, fit_to_photo, with_steps
-from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess, silhouette_crop
+from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
 
 if TYPE_CHECKING:
     import numpy as np
@@ -240,8 +239,7 @@ class PercHeadPipeline:
             if before_fit is not None:
                 before_fit(Reconstruction(gaussians=gaussians, preprocessed=prepared, timings=dict(timer.timings),
                                           notes=[note for prep in prepared or [] for note in prep.notes]))
-            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d,
-                                             self.preprocess_config(**preprocess_options))
+            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d)
             timer("fit")
             views = None
             if cameras is not None:
@@ -340,12 +338,12 @@ class PercHeadPipeline:
         return image, mask, prepared
 
     def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
-             config: FitConfig, progress: Progress, tokens2d: Tokens2D,
-             cut: PreprocessConfig) -> tuple[Gaussians, list[str]]:
+             config: FitConfig, progress: Progress, tokens2d: Tokens2D) -> tuple[Gaussians, list[str]]:
         """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads), its latent stage
         starting from the encoder's tokens ``tokens2d`` of the batch; a photo is compared at its finer cut
         (``Preprocessed.fine``, ``config.photo_size``) where it has one, and a photo cropped by its own
-        alpha channel without a landmark pose is searched with views cropped by the same rule (``cut``).
+        alpha channel without a landmark pose is searched with views cropped by the same rule
+        (``Preprocessed.framing``).
         Returns (heads, notes)."""
         B = gaussians.batch_size
         heads, notes = [], []
@@ -361,8 +359,8 @@ class PercHeadPipeline:
                 r = self.model.config.render
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg,
                                                   pitch_offset_deg=config.landmark_pitch_offset_deg)
-                if camera is None and prepared[b].head_source == "alpha":  # framed by its silhouette
-                    framing = partial(silhouette_crop, config=cut)
+                if camera is None:  # searched: cropped as the photo was, when its alpha channel framed it
+                    framing = prepared[b].framing
                 if camera is not None:
                     shift = config.landmark_pitch_offset_deg
                     notes.append("photo-fit: head pose from the face landmarks"
