@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -262,9 +263,9 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         except ValueError as error:
             raise visitor_error(str(error), "No style") from None
 
-        async for outputs in jobs.stream(request, "editing", edit_map, (PreprocessError, ValueError), progress=progress,
+        async for outputs in jobs.stream(request, "editing", edit_map, (PreprocessError, ValueError),
                                          args=(segmentation_map, style_prompt, style_image, snap, frames),
-                                         duration=gpu_seconds(turntable_frames=frames)):
+                                         progress=progress, duration=gpu_seconds(turntable_frames=frames)):
             yield outputs
 
     def switch_style(source: str):
@@ -360,17 +361,22 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
             summary: the timings in words and remarks (frames used, faces found, fallbacks).
         """
         from perchead.pipelines.preprocess import PreprocessError
-        from perchead.pipelines.sequence import ClipError
+        from perchead.pipelines.sequence import ClipError, probe_clip
 
         if not video:
             raise visitor_error(f"Please upload a short video (up to {limits.max_seconds:g} s) first.", "No video")
         face = check_count(face_index, "face_index", 0, 99)
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("use_whole_image", use_whole_image))}
+        try:  # the upload was checked already; its length (0 when the header lacks it) sizes the GPU request
+            seconds = probe_clip(video, limits)["duration"] or limits.max_seconds
+        except ClipError as error:
+            raise visitor_error(f"Bad video: {error}", "Unusable video") from None
 
         return await jobs.run(request, "video reconstruction", video_heads, (ClipError, PreprocessError),
                               args=(video, face, options), progress=progress,
-                              duration=gpu_seconds(video_frames=round(limits.max_seconds * limits.fps)))
+                              duration=gpu_seconds(video_frames=math.ceil(min(seconds, limits.max_seconds)
+                                                                          * limits.fps)))
 
     with gr.Tab("Video", elem_id="video-tab") as tab:
         gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
@@ -558,8 +564,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
-        async for outputs in jobs.stream(request, "reconstruction", photo_head, (PreprocessError,), progress=progress,
-                                         args=(image, options, fit, frames, fit_config),
+        async for outputs in jobs.stream(request, "reconstruction", photo_head, (PreprocessError,),
+                                         args=(image, options, fit, frames, fit_config), progress=progress,
                                          duration=gpu_seconds(fit_steps=fit, turntable_frames=frames)):
             yield outputs
 

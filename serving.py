@@ -763,8 +763,13 @@ class JobRunner:
                     outcome = message
         finally:
             done.set()
-            messages.close()  # after an error here: spaces tells its worker to stop and waits for it
             watcher.join()
+            if outcome is None:  # an error on this side: stop the GPU side at its next check, and wait for it
+                try:
+                    job.stop_file.touch()
+                except OSError:
+                    pass
+            messages.close()  # on ZeroGPU: spaces closes the worker's generator at its next yield and waits
         if outcome is None:
             raise RuntimeError("the GPU job ended without a result")
         if outcome[0] == "result":

@@ -27,6 +27,8 @@ from serving import JobRunner, OutputStore, gpu_seconds, gpu_task
 
 FRAME_S = 0.05  # one "frame" of the test job: its checks come this often
 STOP_WITHIN_S = 1.0  # documented: one check interval + the 20 ms watch + the pipe; slack for a loaded machine
+APP_STOP_WITHIN_S = 6.0  # one turntable batch (8 frames at 512², ~0.6 s on 2 idle cores) on a crowded machine;
+# the rest of the 120-frame turntable alone would take longer
 
 
 @gpu_task
@@ -195,12 +197,14 @@ def test_gpu_seconds_follows_the_request():
 
 
 @pytest.mark.slow
-def test_app_with_spaces_installed_runs_jobs_in_process_and_in_a_forked_worker(tmp_path, zerogpu):
+def test_app_with_spaces_installed_runs_and_stops_jobs_in_process_and_in_a_forked_worker(tmp_path, zerogpu):
     """The app imports with ``spaces`` outside ZeroGPU (the decorator is a no-op there) and runs a job; the
-    same app's reconstruction also runs in a forked ZeroGPU-style worker (its arguments pickled across)."""
+    same app's reconstruction also runs in a forked ZeroGPU-style worker (its arguments pickled across). In
+    both, a long turntable cancelled through ``gradio_client`` stops within a frame batch, folder deleted."""
     import spaces
     from gradio_client import Client, handle_file
     from spaces.config import Config
+    from spaces.zero.wrappers import generator_function_wrapper
 
     import app
     from serving import ModelHolder
@@ -210,19 +214,56 @@ def test_app_with_spaces_installed_runs_jobs_in_process_and_in_a_forked_worker(t
     holder = ModelHolder(None, "cpu").start()
     assert holder.ready(), holder.error
     photo = handle_file(str(app.EXAMPLES / "head0_front.png"))
-    from spaces.zero.wrappers import generator_function_wrapper
-
     asked = zerogpu[1]  # a fresh wrapper forks a fresh worker: it must know the app's tasks, registered below
     for gpu in (None, generator_function_wrapper(serving._gpu_job, serving._gpu_seconds, None)):
         before = len(asked)
-        demo = app.build_demo(holder, None, JobRunner(OutputStore(tmp_path / ("worker" if gpu else "local")), gpu=gpu))
+        jobs = JobRunner(OutputStore(tmp_path / ("worker" if gpu else "local")), gpu=gpu)
+        demo = app.build_demo(holder, None, jobs)
         demo.queue()
         _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
         try:
-            ply, _, video, views, *_ = Client(url, verbose=False).predict(photo, True, True, False, 4, 0, 0, False,
-                                                                          api_name="/reconstruct")
+            client = Client(url, verbose=False)
+            ply, _, video, views, *_ = client.predict(photo, True, True, False, 4, 0, 0, False, api_name="/reconstruct")
+            assert ply.endswith(".ply") and os.path.getsize(ply) > 1000
+            assert video is not None and len(views) == 7
+            assert asked[before:] == ([timedelta(seconds=gpu_seconds(turntable_frames=4))] if gpu else [])
+            folders = set(jobs.store.root.iterdir())
+            job = client.submit(photo, True, True, False, 120, 0, 0, False, api_name="/reconstruct")
+            deadline = time.perf_counter() + 60
+            while not (set(jobs.store.root.iterdir()) - folders) and time.perf_counter() < deadline:
+                time.sleep(0.01)
+            started = set(jobs.store.root.iterdir()) - folders
+            assert len(started) == 1
+            while not (next(iter(started)) / "view6.png").exists() and time.perf_counter() < deadline:
+                time.sleep(0.01)  # the novel views are done: the 120-frame turntable (~8 s) comes next
+            time.sleep(0.5)
+            cancelled_at = time.perf_counter()
+            job.cancel()
+            while any(folder.exists() for folder in started) and time.perf_counter() < cancelled_at + 30:
+                time.sleep(0.005)
+            stopped = time.perf_counter() - cancelled_at
+            assert jobs.lock.acquire(timeout=5), "the model lock is free once the folder is gone"
+            jobs.lock.release()
         finally:
             demo.close()
-        assert ply.endswith(".ply") and os.path.getsize(ply) > 1000
-        assert video is not None and len(views) == 7
-        assert asked[before:] == ([timedelta(seconds=gpu_seconds(turntable_frames=4))] if gpu else [])
+        print(f"\napp, {'forked worker' if gpu else 'in-process'}: cancel → job stopped, folder deleted in "
+              f"{stopped * 1000:.0f} ms")
+        assert not any(folder.exists() for folder in started), "the cancelled job's folder is deleted"
+        assert stopped < APP_STOP_WITHIN_S
+
+
+def test_a_failure_on_the_app_side_stops_the_gpu_side(runner):
+    def broken_progress(fraction, desc):
+        raise OSError("the progress display broke")
+
+    async def main():
+        async for _ in runner.stream(None, "test job", frames_job, args=(200,), progress=broken_progress):
+            pass
+
+    start = time.perf_counter()
+    with pytest.raises(gr.Error, match="failed unexpectedly"):
+        asyncio.run(main())
+    assert time.perf_counter() - start < 10 * FRAME_S + STOP_WITHIN_S  # not the 10 s the job would take
+    assert list(runner.store.root.iterdir()) == []
+    seen, _ = collect(runner, 2)  # the GPU side is idle again: the next job runs
+    assert seen[-1][0] == "done"
