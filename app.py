@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from contextlib import aclosing
 from pathlib import Path
 
 import gradio as gr
@@ -263,10 +264,11 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         except ValueError as error:
             raise visitor_error(str(error), "No style") from None
 
-        async for outputs in jobs.stream(request, "editing", edit_map, (PreprocessError, ValueError),
-                                         args=(segmentation_map, style_prompt, style_image, snap, frames),
-                                         progress=progress, duration=gpu_seconds(turntable_frames=frames)):
-            yield outputs
+        async with aclosing(jobs.stream(request, "editing", edit_map, (PreprocessError, ValueError),
+                                        args=(segmentation_map, style_prompt, style_image, snap, frames),
+                                        progress=progress, duration=gpu_seconds(turntable_frames=frames))) as stream:
+            async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
+                yield outputs
 
     def switch_style(source: str):
         if source == STYLE_TEXT:
@@ -564,10 +566,11 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
-        async for outputs in jobs.stream(request, "reconstruction", photo_head, (PreprocessError,),
-                                         args=(image, options, fit, frames, fit_config), progress=progress,
-                                         duration=gpu_seconds(fit_steps=fit, turntable_frames=frames)):
-            yield outputs
+        async with aclosing(jobs.stream(request, "reconstruction", photo_head, (PreprocessError,),
+                                        args=(image, options, fit, frames, fit_config), progress=progress,
+                                        duration=gpu_seconds(fit_steps=fit, turntable_frames=frames))) as stream:
+            async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
+                yield outputs
 
     with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, jobs.store.max_age_s)) as demo:
         gr.Markdown("# PercHead — a 3D head from one photo\nUpload a portrait or pick an example: the head is cut "

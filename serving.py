@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 import traceback
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -722,8 +723,9 @@ class JobRunner:
                   bad_input: tuple[type[Exception], ...] = (), **options) -> Any:
         """:meth:`stream` for jobs without early results: returns ``work``'s result (same ``options``)."""
         result = None
-        async for result in self.stream(request, action, work, bad_input, **options):
-            pass
+        async with aclosing(self.stream(request, action, work, bad_input, **options)) as stream:
+            async for result in stream:
+                pass
         return result
 
     def _locked(self, job: Job, action: str, work: Callable[..., Any], args: tuple, duration: float) -> Any:

@@ -27,7 +27,7 @@ from serving import JobRunner, OutputStore, gpu_seconds, gpu_task
 
 FRAME_S = 0.05  # one "frame" of the test job: its checks come this often
 STOP_WITHIN_S = 1.0  # documented: one check interval + the 20 ms watch + the pipe; slack for a loaded machine
-APP_STOP_WITHIN_S = 6.0  # one turntable batch (8 frames at 512², ~0.6 s on 2 idle cores) on a crowded machine;
+APP_STOP_WITHIN_S = 6.0  # one turntable batch (8 frames at 512², ~0.8 s on 2 idle cores) on a crowded machine;
 # the rest of the 120-frame turntable alone would take longer
 
 
@@ -184,7 +184,7 @@ def test_errors_cross_back_as_visitor_messages(runner):
     assert list(runner.store.root.iterdir()) == [], "failed jobs' folders are deleted"
 
 
-def test_an_unregistered_task_is_named_in_the_worker():
+def test_a_task_unknown_to_the_worker_is_refused_with_a_reason():
     with pytest.raises(RuntimeError, match="registered after the GPU worker started"):
         serving._registered_task("app.build_demo.<locals>.not_there#999")
 
