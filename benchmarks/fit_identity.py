@@ -14,7 +14,7 @@ descriptor of the largest face dlib finds with its centre inside that face's box
 beyond the largest. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
 overrides a :class:`FitConfig` field of the fit (ablations; a setting chosen by its count here is no longer
-measured blind, and the README says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
+measured blind, and docs/photo-fit.md says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
 photo of a real person, or ``--preset fast`` (the pipeline's default).
 """
 

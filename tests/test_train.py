@@ -268,7 +268,7 @@ def test_reconstruct_augment_option_changes_only_the_inputs():
 
 def test_weights_recipe_commands_parse_and_chain():
     """`python3 tasks.py weights`: every training stage parses, writes where the recipe copies from, and
-    starts only from the outputs of earlier stages; the README shows the same commands."""
+    starts only from the outputs of earlier stages; docs/training.md shows the same commands."""
     import importlib.util
     import shlex
     from pathlib import Path
@@ -291,7 +291,7 @@ def test_weights_recipe_commands_parse_and_chain():
         done.add(folder)
     targets = [target for _, _, target in tasks.WEIGHTS_RECIPE]
     assert targets[-1] == "" and {"style", "parser", "edit"} <= set(targets)  # the last base stage is bundled
-    readme = (root / "README.md").read_text().replace("\\\n", " ")
-    shown = [shlex.split(line)[1:] for line in readme.splitlines()
+    page = (root / "docs" / "training.md").read_text().replace("\\\n", " ")
+    shown = [shlex.split(line)[1:] for line in page.splitlines()
              if line.startswith(".venv/bin/python -m perchead.training.train ")]
     assert shown == [args for _, args, _ in tasks.WEIGHTS_RECIPE]

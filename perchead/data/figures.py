@@ -2,7 +2,7 @@
 
 Training writes a contact sheet every ``--eval-every`` steps and the reconstruction evaluation one per run;
 the editing evaluation writes its figure with :func:`save_labelled_grid`. :func:`decoder_layers_figure`
-shows the head after each 3D decoder layer (supplement §7); the README's figure is
+shows the head after each 3D decoder layer (supplement §7); the figure in docs/method.md is
 
     python -m perchead.data.figures --model weights_card --output docs/decoder_layers.png \
         examples/head0_front.png examples/head1_three_quarter.png examples/photo_astronaut.jpg
