@@ -272,6 +272,7 @@ def main(argv: list[str]) -> None:
         weights()
     elif command == "publish":
         install()
+        os.chdir(ROOT)  # --folder is relative to the repository root (default weights_card)
         os.execve(str(PY), [str(PY), "-m", "perchead.models.hub", "publish", *rest], env)
     elif command == "space-check":
         sys.exit(space_check())

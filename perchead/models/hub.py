@@ -239,7 +239,9 @@ def fetch_parts(
     if path.is_dir():
         check_parts(path, parts, f"checkpoint folder {text!r}")
         return path
-    if looks_like_folder(text) or path.exists():
+    if path.exists():
+        raise FileNotFoundError(f"{text!r} is a file, not a checkpoint folder")
+    if looks_like_folder(text):
         raise FileNotFoundError(f"checkpoint folder {text!r} does not exist")
     from huggingface_hub import get_cached_repo_tree, snapshot_download
     from huggingface_hub.errors import (
@@ -257,7 +259,9 @@ def fetch_parts(
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"{source} was not found (or it is private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if _offline() or local_files_only else "the Hub could not be reached"
+        from perchead.models.base import hub_offline
+
+        why = "HF_HUB_OFFLINE is set" if hub_offline() or local_files_only else "the Hub could not be reached"
         raise FileNotFoundError(f"{source} is not in the local Hub cache and {why}") from None
     except Exception as error:  # noqa: BLE001 - any other Hub or network failure, in one line
         first = str(error).splitlines()[0][:200] if str(error) else ""
@@ -268,13 +272,6 @@ def fetch_parts(
         listing = None
     check_parts(folder, parts, source, listing)
     return folder
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in (
-        "1", "true", "yes", "on")
 
 
 # -------------------------------------------------------------------------------------------- publish
@@ -395,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             print(write_index(args.folder))
         else:
             publish(args.folder, args.repo_id, args.revision, args.private, args.dry_run)
-    except (OSError, ValueError) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - a command line: one line, not a traceback
+        line = " ".join(str(error).split())[:400] or type(error).__name__  # the Hub's errors span lines
+        print(f"error: {line}", file=sys.stderr)
         return 1
     return 0
 
