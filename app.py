@@ -7,6 +7,7 @@ safely (see docs/app.md, "Limits and safety").
 
     python app.py                          # bundled weights_card/, http://127.0.0.1:7860
     python app.py --model user/perchead    # a Hub repo id or a local folder (also: PERCHEAD_MODEL=...)
+    python app.py --model user/perchead --edit-model user/perchead --revision v1   # one repo, pinned
     python app.py --host 0.0.0.0 --port 7861
 """
 
@@ -614,8 +615,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=os.environ.get("PERCHEAD_MODEL") or None,
                         help="Hub repo id or local folder (default: PERCHEAD_MODEL, else the bundled weights_card/)")
     parser.add_argument("--edit-model", default=os.environ.get("PERCHEAD_EDIT_MODEL") or str(BUNDLED),
-                        help="folder with the editing checkpoints edit/, style/ and parser/ (default: "
+                        help="Hub repo id or folder with the editing checkpoints edit/, style/ and parser/ (default: "
                              "PERCHEAD_EDIT_MODEL, else the bundled weights_card/); 'none' disables the Editing tab")
+    parser.add_argument("--revision", default=os.environ.get("PERCHEAD_REVISION") or None,
+                        help="Hub branch, tag or commit of --model and --edit-model (default: PERCHEAD_REVISION, "
+                             "else main)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
@@ -628,8 +632,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    holder = ModelHolder(args.model, args.device).start()
-    edit_holder = load_edit_holder(args.edit_model, args.device)
+    holder = ModelHolder(args.model, args.device, args.revision).start()
+    edit_holder = load_edit_holder(args.edit_model, args.device, args.revision)
     demo = build_demo(holder, edit_holder)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,

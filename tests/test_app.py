@@ -49,9 +49,11 @@ def wait_for_page(url: str, process: subprocess.Popen, timeout: float = 90.0) ->
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def start_app(args: list[str], tmp: Path):
+def start_app(args: list[str], tmp: Path, env: dict | None = None):
+    """Starts app.py with ``args`` (offline unless ``env`` says otherwise); returns (process, url, startup seconds)."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp / "gradio"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(tmp / "gradio"), **(env or {})}
     env.pop("GRADIO_SERVER_NAME", None)
     log = open(tmp / f"app-{port}.log", "w+")
     process = subprocess.Popen(

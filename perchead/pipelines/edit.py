@@ -129,26 +129,40 @@ class PercHeadEditPipeline:
         parser.model.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "PercHeadEditPipeline":
-        """Loads ``folder/edit`` (editor), ``folder/style`` (style encoder) and ``folder/parser`` (face parser).
+    def from_pretrained(cls, repo_id_or_folder: str | os.PathLike, device: str | torch.device | None = None, *,
+                        revision: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False) -> "PercHeadEditPipeline":
+        """Loads ``edit/`` (editor), ``style/`` (style encoder) and ``parser/`` (face parser) of a checkpoint root.
 
         Args:
-            folder: e.g. ``weights_card`` (the bundled layout ``weights_card/{edit,style,parser}``).
+            repo_id_or_folder: a folder such as ``weights_card`` (the layout ``{edit,style,parser}/``), or a
+                Hub model repo id holding the same layout (one ``snapshot_download`` of the parts' JSON and
+                safetensors files, cached, offline under ``HF_HUB_OFFLINE=1``). The same repo can hold the base
+                model at its top.
             device: where to run.
+            revision: Hub branch, tag or commit (ignored for folders).
+            token: Hub token (default: the saved one / ``HF_TOKEN``).
+            cache_dir: Hub cache (default: huggingface_hub's).
+            local_files_only: never ask the Hub.
 
         Raises:
-            FileNotFoundError: a part is missing; the message names the folder and the command that trains it.
-            ValueError: the parts do not fit together (style embedding size).
+            FileNotFoundError: a part or file is missing (a local folder's message names the command that
+                trains it), or the repo, revision or cache entry is.
+            ValueError: pickle-only or corrupt weights; the parts do not fit together (style embedding size).
         """
         from perchead.models.face_parser import FaceParser
+        from perchead.models.hub import EDIT_PARTS, fetch_parts
         from perchead.models.style_encoder import StyleEncoder
 
-        missing = missing_parts(folder)
-        if missing:
-            raise FileNotFoundError(f"editing checkpoint {str(folder)!r} is incomplete: missing "
-                                    + "; ".join(missing.values()))
+        if Path(repo_id_or_folder).is_dir():
+            missing = missing_parts(repo_id_or_folder)
+            if missing:
+                raise FileNotFoundError(f"editing checkpoint {str(repo_id_or_folder)!r} is incomplete: missing "
+                                        + "; ".join(missing.values()))
+        root = fetch_parts(repo_id_or_folder, EDIT_PARTS, revision, token=token, cache_dir=cache_dir,
+                           local_files_only=local_files_only)
         device = torch.device(device) if device is not None else default_device()
-        root = Path(folder)
         editor = PercHeadEditor.from_pretrained(root / "edit")
         style_encoder = StyleEncoder.from_pretrained(str(root / "style"), device=device)
         parser = FaceParser.from_pretrained(str(root / "parser"), device=device)

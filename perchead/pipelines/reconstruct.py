@@ -12,6 +12,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -121,10 +123,28 @@ class PercHeadPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, repo_id_or_folder: str, revision: str | None = None, device: str | torch.device | None = None, **kwargs
+        cls, repo_id_or_folder: str | os.PathLike, revision: str | None = None,
+        device: str | torch.device | None = None, *, token: str | bool | None = None, **kwargs
     ) -> "PercHeadPipeline":
-        """Loads a checkpoint (folder or Hub repo id; see :meth:`PercHead.from_pretrained` for the exceptions)."""
-        return cls(PercHead.from_pretrained(repo_id_or_folder, revision=revision, **kwargs), device=device)
+        """Loads the base model at the top of a checkpoint folder or Hub repo.
+
+        Args:
+            repo_id_or_folder: a folder with ``config.json`` + ``model.safetensors`` (e.g. ``weights_card``) or
+                a Hub model repo id (``"org/name"``; one ``snapshot_download`` of the root's JSON and
+                safetensors files, cached, offline under ``HF_HUB_OFFLINE=1``).
+            revision: Hub branch, tag or commit.
+            device: where to run (default: CUDA if available, else CPU).
+            token: Hub token (default: the saved one / ``HF_TOKEN``).
+            **kwargs: ``cache_dir``, ``local_files_only``, ``map_location`` (see :meth:`PercHead.from_pretrained`).
+
+        Returns:
+            the pipeline.
+
+        Raises:
+            FileNotFoundError, ValueError: see :meth:`PercHead.from_pretrained` (one line each).
+        """
+        model = PercHead.from_pretrained(repo_id_or_folder, revision=revision, token=token, **kwargs)
+        return cls(model, device=device)
 
     @property
     def image_size(self) -> int:
