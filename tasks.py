@@ -50,7 +50,7 @@ def fetch_face_models() -> None:
     into .venv/share/perchead/face_models; without them preprocessing falls back to Haar + GrabCut."""
     folder = VENV / "share" / "perchead" / "face_models"
     if not (folder / "face_landmark.tflite").exists():
-        _run(str(PY), "-m", "perchead.pipelines.faces", str(folder))
+        _run(str(PY), "-m", "perchead.photo.mediapipe_files", str(folder))
 
 
 def fetch_test_portraits() -> None:

@@ -39,7 +39,7 @@ from perchead.data.figures import save_labelled_grid  # noqa: E402
 from perchead.data.synthetic import HAIR_COLORS  # noqa: E402
 from perchead.evaluation.editing import region_mean_color  # noqa: E402
 from perchead.geometry.segmentation import labels_to_color  # noqa: E402
-from perchead.pipelines.edit import PercHeadEditPipeline  # noqa: E402
+from perchead.pipelines.edit import PercHeadEditPipeline
 
 PORTRAITS = ("astronaut.png", "grace_hopper.jpg", "group.jpg", "tight_gray.png")
 DEFAULT_PROMPTS = ("blonde", "red", "blue", "green", "pink", "purple")

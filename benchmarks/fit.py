@@ -19,7 +19,7 @@ head, ``FitConfig.rotate_head``, the default; else the refined camera).
 ``--size N`` renders the fit's photo and scores the novel views at N² (the model still gets its own
 input size; ``--set fit_size=...`` then decides the size the fit compares at). ``--face-mesh`` runs the
 face mesh on each input render and gives the fit its landmarks (for ``--set face_shape=True``;
-:mod:`perchead.pipelines.face_shape`). Every head also records the face's depth error in the input view:
+:mod:`perchead.fit.face_shape`). Every head also records the face's depth error in the input view:
 mean |depth − true depth| over the true face pixels (skin, nose, eyes, brows, mouth, lips; alpha ≥ 0.95
 in both), after removing its mean (shape, not distance), in millimetres.
 """
@@ -49,8 +49,8 @@ from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
 from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_pairs, novel_views  # noqa: E402
 from perchead.models.perchead import PercHead  # noqa: E402
 from perchead.models.similarity import psnr, ssim  # noqa: E402
-from perchead.pipelines.face_shape import expected_depth, mesh_landmarks  # noqa: E402
-from perchead.pipelines.fit import FitConfig, fit_to_photo  # noqa: E402
+from perchead.fit.face_shape import expected_depth, mesh_landmarks
+from perchead.fit.driver import FitConfig, fit_to_photo
 
 FACE_CLASSES = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
 

@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import config_overrides  # noqa: E402
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
-from perchead.pipelines.fit import FitConfig  # noqa: E402
-from perchead.pipelines.preprocess import load_image, preprocess  # noqa: E402
+from perchead.fit.driver import FitConfig
+from perchead.photo.load import load_image
+from perchead.photo.preprocess import preprocess
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)

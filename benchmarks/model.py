@@ -50,7 +50,7 @@ def worker(preset: str) -> dict:
     from perchead.models.config import PercHeadConfig
     from perchead.models.lift_encoder import count_foreground_patches
     from perchead.models.perchead import PercHead
-    from perchead.pipelines.preprocess import over_white
+    from perchead.geometry.images import over_white
 
     cfg = PercHeadConfig.preset(preset)
     if cfg.encoder.dino is not None:

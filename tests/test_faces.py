@@ -1,4 +1,4 @@
-"""Tests for perchead.pipelines.faces and the MediaPipe preprocessing path on real portraits.
+"""Tests for perchead.photo.faces and the MediaPipe preprocessing path on real portraits.
 
 The geometry (anchors, suppression, rotations, PnP, turned crops) is tested on tiny made-up inputs; the
 networks on real portraits that ship inside PyPI packages (tests/portraits.py, fetched by
@@ -20,8 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.pipelines import faces
-from perchead.pipelines.preprocess import PreprocessError, crop_resize, crop_square, preprocess, to_crop_pixels
+from perchead.photo import faces
+from perchead.photo.crop import crop_resize, crop_square, to_crop_pixels
+from perchead.photo.load import PreprocessError
+from perchead.photo.preprocess import preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import portraits  # noqa: E402
@@ -355,7 +357,7 @@ def test_model_folders_are_searched_in_order(monkeypatch, tmp_path):
 
 
 def test_body_envelope_cuts_only_wide_shoulders_at_the_bottom():
-    from perchead.pipelines.preprocess import body_envelope
+    from perchead.photo.matting import body_envelope
 
     env = body_envelope(100, 0.16, 0.36)
     assert env.shape == (100, 100)

@@ -1,4 +1,4 @@
-"""Tests for the photo-fit (perchead.pipelines.fit) and its place in the reconstruction pipeline."""
+"""Tests for the photo-fit (perchead.fit.driver) and its place in the reconstruction pipeline."""
 
 import math
 from pathlib import Path
@@ -9,15 +9,8 @@ import torch
 
 from perchead.models.config import PercHeadConfig
 from perchead.models.perchead import PercHead
-from perchead.pipelines.fit import (
-    MAX_FIT_STEPS,
-    FitConfig,
-    adjust_camera,
-    fit_to_photo,
-    head_transform,
-    lr_factor,
-    mirror_index,
-    search_pose,
+from perchead.fit.driver import (
+    MAX_FIT_STEPS, FitConfig, adjust_camera, fit_to_photo, head_transform, lr_factor, mirror_index, search_pose,
     split_gaussians,
 )
 from perchead.pipelines.reconstruct import PercHeadPipeline
@@ -291,8 +284,8 @@ def test_latent_silhouette_prior_holds_the_other_views(model, photo):
 
 
 def test_real_photo_preset():
-    from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
-    from perchead.pipelines.fit import REAL_PHOTO
+    from perchead.photo.faces import REAL_FACE_PITCH_DEG
+    from perchead.fit.driver import REAL_PHOTO
 
     real = FitConfig.preset("real")
     assert real.landmark_pitch_offset_deg == REAL_FACE_PITCH_DEG and real.face_shape and real.photo_size == 256
@@ -518,7 +511,7 @@ def test_pipeline_fits_a_photo_from_its_landmark_pose(pipe):
         assert any("render-and-compare" in n for n in rec.notes)
     else:
         assert "photo-fit: head pose from the face landmarks" in rec.notes
-        from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+        from perchead.photo.faces import REAL_FACE_PITCH_DEG
 
         rec = pipe(str(photo), fit_steps=2, fit=tiny(landmark_pitch_offset_deg=REAL_FACE_PITCH_DEG))
         shifted = f"photo-fit: head pose from the face landmarks (pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions)"
@@ -637,7 +630,7 @@ def test_framed_like_the_photo_makes_the_crop_the_whole_image(model, photo):
     """A view cropped by ``framing`` (here a fixed box) renders as that crop of the uncropped view."""
     import torch.nn.functional as F
 
-    from perchead.pipelines.fit import framed_like_the_photo
+    from perchead.fit.driver import framed_like_the_photo
 
     *_, g = photo
     S = model.config.render.image_size

@@ -1,4 +1,4 @@
-"""Tests for perchead.pipelines.framing: the silhouette correction of the landmark pose's crop.
+"""Tests for perchead.photo.framing: the silhouette correction of the landmark pose's crop.
 
 The feature extraction and the regressor are tested on made-up mattes (mirror symmetry, refusals,
 clipping); the whole refinement on synthetic renders with known cameras and on a real portrait (skipped
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perchead.pipelines import framing
-from perchead.pipelines.preprocess import preprocess
+from perchead.photo import framing
+from perchead.photo.preprocess import preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import portraits  # noqa: E402
@@ -59,7 +59,7 @@ def test_features_are_mirror_symmetric_and_so_is_the_correction():
     assert a.shape == (framing.FEATURES,)
     assert np.allclose(a, b, atol=1.5 / (S / framing.ENLARGE))  # the same view, up to a pixel of rounding
     model = framing.load_model()
-    assert model is not None, "perchead/pipelines/framing_model.json is missing"
+    assert model is not None, "perchead/photo/framing_model.json is missing"
     p, q = framing.predict(model, a, False), framing.predict(model, a, True)
     assert (p.dx, p.dyaw_deg) == (-q.dx, -q.dyaw_deg) and (p.dy, p.log_scale) == (q.dy, q.log_scale)
 

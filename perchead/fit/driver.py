@@ -52,8 +52,8 @@ from torch import Tensor
 
 from perchead.geometry.cameras import Cameras, camera_centers, orbit_cameras
 from perchead.geometry.gaussians import Gaussians, quaternion_to_matrix
-from perchead.pipelines.common import Progress, no_progress
-from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+from perchead.progress import Progress, no_progress
+from perchead.photo.faces import REAL_FACE_PITCH_DEG
 
 PATCH = 16  # Gaussians per 3D patch (paper §3.3)
 MAX_FIT_STEPS = 2000  # more than this is a mistake, not a setting
@@ -134,14 +134,14 @@ class FitConfig:
             fraction of it at the last (1 = constant).
         seed: seed of the distillation view order (the fit is otherwise deterministic).
         face_shape: before the fit, move the head's face toward the face mesh's depth profile
-            (:mod:`perchead.pipelines.face_shape`; needs the landmarks, e.g. from the pipeline).
+            (:mod:`perchead.fit.face_shape`; needs the landmarks, e.g. from the pipeline).
         face_shape_weight: how far toward the mesh's profile (0 = the prediction's, 1 = the mesh's).
         face_depth_scale: metres of depth per metre of the mesh's relative z.
         face_sigma: width of the kernel that spreads the landmarks' changes to the Gaussians, metres.
         face_max_depth: bound on each landmark's depth change, metres.
         landmark_pitch_offset_deg: added to the landmark pose's pitch for the input camera (a pipeline on a
             photo with landmarks). Our synthetic heads' landmark layout reads real faces about
-            :data:`perchead.pipelines.faces.REAL_FACE_PITCH_DEG` too low; setting that here fits real
+            :data:`perchead.photo.faces.REAL_FACE_PITCH_DEG` too low; setting that here fits real
             portraits from their measured camera height but puts renders of synthetic heads (whose landmark
             pose is right) that far off, so the default is 0 (README, "Photo-fit").
         split_share: before the fit, this share of the head's Gaussians — those facing the input camera
@@ -523,15 +523,15 @@ def fit_to_photo(
         gaussians: the feed-forward head, ``[N, …]`` or ``[1, N, …]``.
         image: the model input over white. ``[1, 3, S, S]`` or ``[3, S, S]``
         mask: its matte. ``[1, 1, S, S]``, ``[1, S, S]`` or ``[S, S]``
-        camera: the input camera (e.g. :meth:`perchead.pipelines.preprocess.Preprocessed.input_camera`); None =
+        camera: the input camera (e.g. :meth:`perchead.photo.preprocess.Preprocessed.input_camera`); None =
             render-and-compare search (``config.pose_search``) or the frontal model framing.
         config: :class:`FitConfig` (default: the ``"fast"`` preset).
         progress: called once per step with a fraction in ``progress_range``; may raise to cancel.
         progress_range: the fractions of the first and last step.
         landmarks: the face mesh's 468 landmarks in ``image``'s pixels, (x, y, relative depth z) ``[468, 3]``
-            (:func:`perchead.pipelines.face_shape.mesh_landmarks`), for ``config.face_shape``; None = no
+            (:func:`perchead.fit.face_shape.mesh_landmarks`), for ``config.face_shape``; None = no
             face-shape step.
-        inside: where ``image`` shows the photo (:meth:`perchead.pipelines.preprocess.Preprocessed.inside_photo`),
+        inside: where ``image`` shows the photo (:meth:`perchead.photo.preprocess.Preprocessed.inside_photo`),
             like ``mask``; pixels outside it (a crop reaching past the photo's edge, e.g. a crown cut off)
             are unknown and left out of the photo and silhouette terms. None = the whole image is photo.
         tokens: the lift encoder's :class:`~perchead.models.lift_encoder.Tokens2D` of this one image (batch
@@ -913,9 +913,9 @@ def lr_factor(step: int, steps: int, final: float) -> float:
 
 
 def _face_shape(g0: Gaussians, landmarks, camera: Cameras, scale: float, config: FitConfig) -> tuple[Gaussians, str]:
-    """The face-shape step (:func:`perchead.pipelines.face_shape.deform_face`) with landmarks given at
+    """The face-shape step (:func:`perchead.fit.face_shape.deform_face`) with landmarks given at
     ``1 / scale`` of the fit's image size. Returns (the head, a note)."""
-    from perchead.pipelines.face_shape import deform_face
+    from perchead.fit.face_shape import deform_face
 
     lm = torch.as_tensor(landmarks, dtype=torch.float32) * scale  # [468, 3] x, y, z in the fit's pixels
     g, info = deform_face(g0, lm, camera, weight=config.face_shape_weight, depth_scale=config.face_depth_scale,

@@ -7,7 +7,7 @@
 """
 
 from perchead.pipelines.edit import Edit, PercHeadEditPipeline
-from perchead.pipelines.outputs import Outputs, write_outputs
+from perchead.export.outputs import Outputs, write_outputs
 from perchead.pipelines.reconstruct import PercHeadPipeline, Reconstruction
 
 __all__ = ["Edit", "Outputs", "PercHeadEditPipeline", "PercHeadPipeline", "Reconstruction", "write_outputs"]
