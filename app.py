@@ -510,7 +510,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
         from perchead.export import write_outputs
-        from perchead.fit.driver import FitConfig
+        from perchead.fit.config import FitConfig
         from perchead.photo.load import PreprocessError
 
         if not image:

@@ -41,7 +41,7 @@ def load(model: str | None):
 
 
 def bench_end_to_end(pipeline, photo: Path, runs: int, fit_steps: int = 0, preset: str = "fast") -> dict:
-    from perchead.fit.driver import FitConfig
+    from perchead.fit.config import FitConfig
     from perchead.export.outputs import write_outputs
 
     times, stages = [], []

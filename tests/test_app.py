@@ -95,9 +95,9 @@ def tiny_model(tmp_path_factory):
 def fitted_count(n: int, preset: str = "real") -> int:
     """Gaussians in a head the app returns: the photo-fit (on by default; the real-photo preset unless "Photo
     of a real person" is unticked) splits a share of them into four."""
-    from perchead.fit.driver import FitConfig
+    from perchead.fit.config import FitConfig
 
-    return n + 3 * int(FitConfig.preset(preset).split_share * n)
+    return n + 3 * int(FitConfig.preset(preset).gaussians.split_share * n)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perchead.fit.config import FitConfig
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
 
@@ -207,3 +208,15 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
     means[near] = (new_cam - t) @ R  # back to the world
     points = (cam_points - t) @ R  # [L, 3]
     return replace(g, means=means), FaceShapeInfo(int(ok.sum()), points.cpu(), change.cpu(), moved.cpu())
+
+
+def apply_face_shape(g0: Gaussians, landmarks, camera: Cameras, scale: float, config: FitConfig) -> tuple[Gaussians, str]:
+    """The face-shape step (:func:`perchead.fit.face_shape.deform_face`) with landmarks given at
+    ``1 / scale`` of the fit's image size. Returns (the head, a note)."""
+    lm = torch.as_tensor(landmarks, dtype=torch.float32) * scale  # [468, 3] x, y, z in the fit's pixels
+    g, info = deform_face(g0, lm, camera, weight=config.face.weight, depth_scale=config.face.depth_scale,
+                          sigma=config.face.sigma, max_depth=config.face.max_depth)
+    if not info.used:
+        return g0, "photo-fit: face shape skipped (too few landmarks on the head)"
+    return g, "photo-fit: face shape from {} landmarks (depth change up to {:.1f} mm)".format(
+        info.used, 1000 * float(info.change.abs().max()))

@@ -26,7 +26,7 @@ Example::
     seq = SequencePipeline.from_pretrained("weights_card")
     out = seq("talking.mp4", "outputs/talking")          # out.video, out.heads (zip of .ply), out.timings
 
-The photo-fit (:mod:`perchead.fit.driver`) is not run: a few seconds per frame on a CPU, and fitting
+The photo-fit (:mod:`perchead.fit`) is not run: a few seconds per frame on a CPU, and fitting
 each frame alone would undo the consistency that smoothing buys.
 """
 
