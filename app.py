@@ -163,8 +163,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         from PIL import Image
 
         from perchead.geometry.segmentation import resize_labels
-        from perchead.pipelines.edit import MAP_SOURCES
         from perchead.photo.load import PreprocessError
+        from perchead.pipelines.edit import MAP_SOURCES
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
@@ -215,9 +215,9 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         from PIL import Image
 
         from perchead.export import write_outputs
-        from perchead.pipelines import PercHeadEditPipeline
         from perchead.geometry.images import to_uint8
         from perchead.photo.load import PreprocessError
+        from perchead.pipelines import PercHeadEditPipeline
 
         if not (isinstance(segmentation_map, dict) and (segmentation_map.get("composite") is not None
                                                         or segmentation_map.get("background") is not None)):

@@ -41,8 +41,8 @@ def load(model: str | None):
 
 
 def bench_end_to_end(pipeline, photo: Path, runs: int, fit_steps: int = 0, preset: str = "fast") -> dict:
-    from perchead.fit.config import FitConfig
     from perchead.export.outputs import write_outputs
+    from perchead.fit.config import FitConfig
 
     times, stages = [], []
     with tempfile.TemporaryDirectory() as folder:

@@ -41,10 +41,10 @@ def load(folder: str):
 
     from perchead.models.config import PercHeadConfig
     from perchead.models.editor import PercHeadEditor
-    from perchead.pipelines.edit import PercHeadEditPipeline, missing_parts
-    from perchead.models.perchead import PercHead
     from perchead.models.face_parser import FaceParser, segformer_config
+    from perchead.models.perchead import PercHead
     from perchead.models.style_encoder import StyleEncoder
+    from perchead.pipelines.edit import PercHeadEditPipeline, missing_parts
 
     if not missing_parts(folder):
         return PercHeadEditPipeline.from_pretrained(folder), f"{folder} (edit, style, parser)"

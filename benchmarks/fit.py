@@ -1,7 +1,8 @@
 """Photo-fit benchmark: seconds per fit (median of several runs) and quality with vs. without the fit.
 
     python benchmarks/fit.py speed [--model weights_card] [--runs 5] [--steps 40]
-    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search] [--set group.field=value ...]
+    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search]
+        [--set group.field=value ...]
     python benchmarks/fit.py summary [--out docs/fit_heads.jsonl] [--json docs/fit_results.json]
 
 ``speed`` fits the first synthetic test head (the evaluation's novel-view input) ``--runs`` times and
@@ -47,11 +48,11 @@ from _common import config_overrides  # noqa: E402
 
 from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
 from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_pairs, novel_views  # noqa: E402
-from perchead.models.perchead import PercHead  # noqa: E402
-from perchead.models.similarity import psnr, ssim  # noqa: E402
-from perchead.fit.face_shape import expected_depth, mesh_landmarks
 from perchead.fit.config import FitConfig
 from perchead.fit.driver import fit_to_photo
+from perchead.fit.face_shape import expected_depth, mesh_landmarks
+from perchead.models.perchead import PercHead  # noqa: E402
+from perchead.models.similarity import psnr, ssim  # noqa: E402
 
 FACE_CLASSES = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
 
@@ -243,7 +244,8 @@ def main(argv=None):
     p.add_argument("--face-mesh", action="store_true", help="give the fit the face mesh of each input render")
     p.add_argument("--out", default="docs/fit_heads.jsonl")
     p.add_argument("--json", default=None)
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
+    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
+                   help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
     args = p.parse_args(argv)
     {"speed": speed, "quality": quality, "summary": summary}[args.mode](args)
 

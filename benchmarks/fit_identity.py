@@ -129,7 +129,8 @@ def main(argv=None):
     p.add_argument("--preset", choices=["fast", "real"], default="real",
                    help="the fit's FitConfig preset: \"real\" as the app fits a photo of a real person (default), "
                         "\"fast\" the pipeline's default")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
+    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
+                   help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
     p.add_argument("--all-faces", action="store_true",
                    help="every face the preprocessing finds in each photo (the group photo's six), not the largest")
     args = p.parse_args(argv)

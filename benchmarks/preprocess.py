@@ -537,9 +537,9 @@ def figure(path: Path, tile: int = 128) -> None:
     import cv2
     from PIL import Image, ImageDraw
 
+    from perchead.geometry.images import to_uint8
     from perchead.geometry.segmentation import labels_to_color
     from perchead.models.face_parser import FaceParser
-    from perchead.geometry.images import to_uint8
     from perchead.photo.load import PreprocessError
     from perchead.photo.preprocess import preprocess
 

@@ -160,7 +160,9 @@ def test_fit_uses_the_landmarks_only_when_asked(model, ball):
     config = FitConfig.preset("tiny", {"gaussians.steps": 0})
     off = fit_to_photo(model, g, image, mask, camera=cam, config=config, landmarks=lm)
     torch.testing.assert_close(off.gaussians.means, g.means)
-    on = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig.preset("tiny", {"gaussians.steps": 0, "face.enabled": True, "face.weight": 1.0, "face.depth_scale": 1.0}), landmarks=lm)
+    shaped = FitConfig.preset("tiny", {"gaussians.steps": 0, "face.enabled": True, "face.weight": 1.0,
+                                       "face.depth_scale": 1.0})
+    on = fit_to_photo(model, g, image, mask, camera=cam, config=shaped, landmarks=lm)
     assert any("face shape from" in note for note in on.notes)
     assert float((on.gaussians.means - g.means).norm(dim=-1).max()) > 1e-3
     # landmarks given at twice the size are scaled to the fit's pixels: the same change
@@ -168,7 +170,7 @@ def test_fit_uses_the_landmarks_only_when_asked(model, ball):
     big_mask = torch.nn.functional.interpolate(mask, scale_factor=2, mode="bilinear")
     lm2 = np.asarray(lm) * 2
     on2 = fit_to_photo(model, g, big, big_mask, camera=cam, landmarks=lm2,
-                       config=FitConfig.preset("tiny", {"gaussians.steps": 0, "face.enabled": True, "face.weight": 1.0, "face.depth_scale": 1.0, "photo.fit_size": cam.width}))
+                       config=shaped.with_overrides({"photo.fit_size": cam.width}))
     torch.testing.assert_close(on2.gaussians.means, on.gaussians.means, atol=2e-4, rtol=0)
 
 

@@ -47,7 +47,8 @@ def tiny(overrides=None):
 
 def test_fit_lowers_the_input_view_loss(model, photo):
     image, mask, g, cam, _ = photo
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 12, "photo.through_refiner": False}))
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 12,
+                                                                          "photo.through_refiner": False}))
     first, last = result.photo_loss
     assert last < 0.8 * first
     assert len(result.losses) == 12 and result.losses[-1] < result.losses[0]
@@ -57,7 +58,9 @@ def test_fit_lowers_the_input_view_loss(model, photo):
 
 def test_offsets_and_scales_stay_within_their_bounds(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny({"gaussians.steps": 10, "gaussians.geometry_from": 0.0, "gaussians.lr_offset": 5.0, "gaussians.lr_scale": 5.0, "gaussians.max_offset": 0.002, "head.enabled": False, "camera.rotate_head": False})
+    config = tiny({"gaussians.steps": 10, "gaussians.geometry_from": 0.0, "gaussians.lr_offset": 5.0,
+                   "gaussians.lr_scale": 5.0, "gaussians.max_offset": 0.002, "head.enabled": False,
+                   "camera.rotate_head": False})
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     moved = (result.gaussians.means - g.means).abs()
     assert moved.max() <= config.gaussians.max_offset + 1e-6 and moved.max() > 0.5 * config.gaussians.max_offset
@@ -103,7 +106,8 @@ def test_fit_splits_the_gaussians_that_face_the_camera(model, photo):
 
     image, mask, g, cam, _ = photo
     # positions held (no offsets, no head transform): the fitted centres are the split's own
-    config = tiny({"gaussians.steps": 3, "gaussians.split_share": 0.25, "gaussians.geometry_from": 1.0, "head.enabled": False, "camera.rotate_head": False})
+    config = tiny({"gaussians.steps": 3, "gaussians.split_share": 0.25, "gaussians.geometry_from": 1.0,
+                   "head.enabled": False, "camera.rotate_head": False})
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     T, k = g.num_gaussians, int(0.25 * g.num_gaussians)
     assert result.gaussians.num_gaussians == T + 3 * k
@@ -122,12 +126,14 @@ def test_fit_splits_the_gaussians_that_face_the_camera(model, photo):
 
 def test_geometry_waits_for_its_steps(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny({"gaussians.steps": 4, "gaussians.geometry_from": 1.0, "head.enabled": False, "camera.rotate_head": False})
+    config = tiny({"gaussians.steps": 4, "gaussians.geometry_from": 1.0, "head.enabled": False,
+                   "camera.rotate_head": False})
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     torch.testing.assert_close(result.gaussians.means, g.means)
     torch.testing.assert_close(result.gaussians.scales, g.scales)
     # the head transform moves the whole head from the first step, within its bounds
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 4, "gaussians.geometry_from": 1.0}))
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 4,
+                                                                          "gaussians.geometry_from": 1.0}))
     assert not torch.equal(result.gaussians.means, g.means)
     assert (result.gaussians.means - g.means).abs().max() < 0.05
 
@@ -159,7 +165,8 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
     with pytest.raises(ValueError, match="inside"):
         fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 1}), inside=inside[..., :-1])
     # the pose search and the latent stage take the map too
-    searched = fit_to_photo(model, g, image, mask, config=tiny({"gaussians.steps": 2, "latent.steps": 2}), inside=inside)
+    searched = fit_to_photo(model, g, image, mask, config=tiny({"gaussians.steps": 2, "latent.steps": 2}),
+                            inside=inside)
     assert len(searched.losses) == 4 and all(math.isfinite(x) for x in searched.photo_loss)
     searched.gaussians.validate()
 
@@ -168,8 +175,10 @@ def test_the_background_does_not_paint_the_head(model, photo):
     # everything outside the matte: the fit must clear the head there, by coverage alone when asked
     image, _, g, cam, _ = photo
     white, empty = torch.ones_like(image), torch.zeros_like(image[:, :1])
-    config = tiny({"gaussians.steps": 6, "priors.w_distill": 0.0, "head.enabled": False, "camera.rotate_head": False, "camera.steps": 0})
-    fits = {share: fit_to_photo(model, g, white, empty, camera=cam, config=config.with_overrides({"photo.outside_matte_color": share}))
+    config = tiny({"gaussians.steps": 6, "priors.w_distill": 0.0, "head.enabled": False, "camera.rotate_head": False,
+                   "camera.steps": 0})
+    fits = {share: fit_to_photo(model, g, white, empty, camera=cam,
+                                config=config.with_overrides({"photo.outside_matte_color": share}))
             .gaussians for share in (1.0, 0.3, 0.0)}
     assert (fits[1.0].colors - g.colors).mean() > 0.02  # the colours turn toward the background's white
     assert 0 < (fits[0.3].colors - g.colors).mean() < (fits[1.0].colors - g.colors).mean()  # less so (the default)
@@ -188,7 +197,8 @@ def test_fit_is_deterministic_with_a_seed(model, photo, latent_steps):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        a, b = (fit_to_photo(model, g, image, mask, config=tiny({"priors.seed": 3, "latent.steps": latent_steps})) for _ in range(2))
+        a, b = (fit_to_photo(model, g, image, mask, config=tiny({"priors.seed": 3, "latent.steps": latent_steps}))
+                for _ in range(2))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(a.gaussians.colors, b.gaussians.colors) and torch.equal(a.gaussians.means, b.gaussians.means)
@@ -198,7 +208,8 @@ def test_fit_is_deterministic_with_a_seed(model, photo, latent_steps):
 def test_progress_per_step_and_cancel(model, photo):
     image, mask, g, cam, _ = photo
     seen = []
-    fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 5}), progress=lambda f, s: seen.append((f, s)))
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 5}),
+                 progress=lambda f, s: seen.append((f, s)))
     steps = [s for _, s in seen if s.startswith("fitting to the photo")]
     assert steps == [f"fitting to the photo {i}/5" for i in range(1, 6)]
     fractions = [f for f, _ in seen]
@@ -228,7 +239,8 @@ def test_progress_per_step_and_cancel(model, photo):
     assert fractions == sorted(fractions) and 0.1 <= fractions[0] and fractions[-1] <= 0.3
     calls.clear()
     with pytest.raises(Cancelled):
-        fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 5, "latent.steps": 50}), progress=cancel_at_third)
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 5, "latent.steps": 50}),
+                     progress=cancel_at_third)
     assert calls[-1] == "fitting the network's view of the photo 3/50"
 
 
@@ -244,7 +256,8 @@ def test_latent_stage_carries_the_photo_to_the_hidden_side():
     image, mask = _ground_truth(head, cam)  # [1, 3, S, S], [1, 1, S, S]
     with torch.no_grad():
         g = model(image, mask)[0]
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig().with_overrides({"gaussians.steps": 0, "latent.steps": 8}))
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig().with_overrides({"gaussians.steps": 0,
+                                                                                                "latent.steps": 8}))
     first, last = result.photo_loss
     assert len(result.losses) == 8 and last < 0.7 * first
     # every Gaussian comes from the decoder again: the back of the head changes with the front
@@ -271,7 +284,8 @@ def test_latent_silhouette_prior_holds_the_other_views(model, photo):
     ring = model.default_cameras([70.0, 110.0, 180.0, -110.0, -70.0], size=32)
 
     def side_change(weight: float) -> float:
-        result = fit_to_photo(model, g, image, mask, camera=cam, config=config.with_overrides({"latent.w_alpha": weight}))
+        result = fit_to_photo(model, g, image, mask, camera=cam,
+                              config=config.with_overrides({"latent.w_alpha": weight}))
         with torch.no_grad():
             before, after = (model.render_at(h, ring.viewmats, ring.Ks, 32, 32, refine=False).alpha
                              for h in (g, result.gaussians))
@@ -288,10 +302,12 @@ def test_real_photo_preset():
     from perchead.fit.config import REAL_PHOTO
 
     real = FitConfig.preset("real")
-    assert real.pose.landmark_pitch_offset_deg == REAL_FACE_PITCH_DEG and real.face.enabled and real.photo.crop_size == 256
+    assert real.pose.landmark_pitch_offset_deg == REAL_FACE_PITCH_DEG and real.face.enabled
+    assert real.photo.crop_size == 256
     assert all(getattr(getattr(real, name.split('.')[0]), name.split('.')[1]) == v for name, v in REAL_PHOTO.items())
     fast = FitConfig.preset("fast")
-    assert fast.photo.crop_size is None and fast.latent.w_alpha == 0 and not fast.face.enabled  # the default: synthetic heads
+    # the default: synthetic heads
+    assert fast.photo.crop_size is None and fast.latent.w_alpha == 0 and not fast.face.enabled
     assert FitConfig.preset("real", {"photo.crop_size": None}).photo.crop_size is None
     for bad in (4, 2048, 256.0, True, "256"):
         with pytest.raises(ValueError, match="photo.crop_size"):
@@ -380,7 +396,8 @@ def test_head_transform_corrects_the_hidden_side_too(model):
         return float((from_back(head)[1] - back_truth).abs().mean())  # alpha [1, S, S]
 
     fitted = fit_to_photo(model, g, image, mask, camera=front, config=config).gaussians
-    local = fit_to_photo(model, g, image, mask, camera=front, config=config.with_overrides({"head.enabled": False})).gaussians
+    local = fit_to_photo(model, g, image, mask, camera=front,
+                         config=config.with_overrides({"head.enabled": False})).gaussians
     assert back_error(fitted) < 0.7 * back_error(g)
     assert back_error(fitted) < back_error(local)
     width = lambda head: float(head.means[:, 0].max() - head.means[:, 0].min())  # noqa: E731
@@ -474,7 +491,10 @@ def test_pipeline_latent_stage_starts_from_the_pipelines_tokens(pipe, photo):
     # without steps the latent stage returns the feed-forward head itself: the tokens it starts from are
     # the pipeline's own
     plain = pipe(image, mask)
-    latent_only = pipe(image, mask, fit_steps=1, fit=tiny({"latent.steps": 1, "latent.lr": 0.0, "gaussians.lr_color": 0.0, "gaussians.lr_opacity": 0.0, "head.enabled": False, "camera.steps": 0, "gaussians.geometry_from": 1.0}))
+    latent_only = pipe(image, mask, fit_steps=1, fit=tiny({"latent.steps": 1, "latent.lr": 0.0,
+                                                           "gaussians.lr_color": 0.0, "gaussians.lr_opacity": 0.0,
+                                                           "head.enabled": False, "camera.steps": 0,
+                                                           "gaussians.geometry_from": 1.0}))
     torch.testing.assert_close(latent_only.gaussians.colors, plain.gaussians.colors)
     torch.testing.assert_close(latent_only.gaussians.means, plain.gaussians.means)
     assert rec.gaussians.batch_size == 1
@@ -545,7 +565,8 @@ def test_large_inputs_are_fitted_at_fit_size(model, photo):
     image, mask, g, cam, _ = photo
     big = torch.nn.functional.interpolate(image, scale_factor=2, mode="bilinear")  # [1, 3, 2S, 2S]
     big_mask = torch.nn.functional.interpolate(mask, scale_factor=2, mode="bilinear")
-    result = fit_to_photo(model, g, big, big_mask, camera=cam, config=tiny({"gaussians.steps": 2, "photo.fit_size": image.shape[-1]}))
+    result = fit_to_photo(model, g, big, big_mask, camera=cam, config=tiny({"gaussians.steps": 2,
+                                                                            "photo.fit_size": image.shape[-1]}))
     assert result.camera.width == image.shape[-1]
     with pytest.raises(ValueError, match="photo.fit_size"):
         tiny({"photo.fit_size": 2})
@@ -582,13 +603,17 @@ def test_rotate_head_turns_the_head_not_the_camera(model):
     truth = g.transformed(turn)
     front, image, mask, from_side = _photo_and_view(model, truth, 90.0)
     side_truth = from_side(truth)[0]
-    config = tiny({"gaussians.steps": 25, "camera.steps": 25, "camera.lr": 0.1, "gaussians.lr_color": 0.0, "gaussians.lr_opacity": 0.0, "gaussians.geometry_from": 1.0, "head.enabled": False, "priors.w_distill": 0.0, "gaussians.lr_final": 1.0})
+    config = tiny({"gaussians.steps": 25, "camera.steps": 25, "camera.lr": 0.1, "gaussians.lr_color": 0.0,
+                   "gaussians.lr_opacity": 0.0, "gaussians.geometry_from": 1.0, "head.enabled": False,
+                   "priors.w_distill": 0.0, "gaussians.lr_final": 1.0})
 
     def side_error(head):
         return float((from_side(head)[0] - side_truth).abs().mean())
 
-    turned = fit_to_photo(model, g, image, mask, camera=front, config=config.with_overrides({"camera.rotate_head": True}))
-    moved = fit_to_photo(model, g, image, mask, camera=front, config=config.with_overrides({"camera.rotate_head": False}))
+    turned = fit_to_photo(model, g, image, mask, camera=front,
+                          config=config.with_overrides({"camera.rotate_head": True}))
+    moved = fit_to_photo(model, g, image, mask, camera=front,
+                         config=config.with_overrides({"camera.rotate_head": False}))
     torch.testing.assert_close(turned.camera.viewmats, front.viewmats)
     assert not torch.allclose(moved.camera.viewmats, front.viewmats)
     torch.testing.assert_close(moved.gaussians.means, g.means)  # the camera moved, the head did not
@@ -649,7 +674,8 @@ def test_pipeline_searches_the_pose_of_an_alpha_cropped_back_view():
     no face landmarks): the bundled model's searched pose is the back, not the front as with a ±40° grid."""
     examples = ROOT / "examples"
     pipe = PercHeadPipeline.from_pretrained(str(ROOT / "weights_card"), device="cpu")
-    rec = pipe(str(examples / "head3_back_three_quarter.png"), fit_steps=1, fit=FitConfig.preset("fast", {"latent.steps": 0}))
+    rec = pipe(str(examples / "head3_back_three_quarter.png"), fit_steps=1,
+               fit=FitConfig.preset("fast", {"latent.steps": 0}))
     note = next(n for n in rec.notes if "render-and-compare" in n)
     yaw = float(note.split("yaw ")[1].split("°")[0])
     assert abs(yaw - 150.0) <= 15.0, note

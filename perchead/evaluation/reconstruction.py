@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from perchead.data.augment import InputAugmentConfig, augment_inputs
 from perchead.data.figures import contact_sheet
-from perchead.geometry.cameras import Cameras
 from perchead.evaluation.metrics import finite_mean, network_metrics
+from perchead.geometry.cameras import Cameras
 from perchead.models.similarity import psnr, ssim
 
 METHODS = ("ours", "template", "billboard", "card_two_sided", "card_one_sided")
@@ -226,9 +226,9 @@ def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Ten
     device = next(model.parameters()).device
     gaussians = model(image.to(device), mask.to(device))
     if method == "ours_fit":
-        from perchead.geometry.gaussians import Gaussians
         from perchead.fit.config import with_steps
         from perchead.fit.driver import fit_to_photo
+        from perchead.geometry.gaussians import Gaussians
 
         with torch.enable_grad():
             gaussians = Gaussians.stack([

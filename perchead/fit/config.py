@@ -84,7 +84,8 @@ class PhotoConfig:
             raise ValueError(f"FitConfig.photo.fit_size must be None or >= 8, got {self.fit_size}")
         if self.crop_size is not None and (isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int)
                                            or not 8 <= self.crop_size <= 1024):
-            raise ValueError(f"FitConfig.photo.crop_size must be None or an integer in [8, 1024], got {self.crop_size!r}")
+            raise ValueError("FitConfig.photo.crop_size must be None or an integer in [8, 1024], got "
+                             f"{self.crop_size!r}")
 
 
 @dataclass

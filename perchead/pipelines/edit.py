@@ -31,20 +31,20 @@ import torch
 from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
+from perchead.geometry.gaussians import Gaussians
+from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
 from perchead.models.base import WEIGHTS_NAME
 from perchead.models.editor import PercHeadEditor
-from perchead.geometry.gaussians import Gaussians
-from perchead.pipelines.common import StageTimer, default_device, gaussians_and_views, inference_autocast
-from perchead.progress import Progress, no_progress
 from perchead.photo.config import PreprocessConfig
 from perchead.photo.load import ImageSource
 from perchead.photo.preprocess import Preprocessed, preprocess
-from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
+from perchead.pipelines.common import StageTimer, default_device, gaussians_and_views, inference_autocast
+from perchead.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from perchead.models.face_parser import FaceParser
-    from perchead.render import RenderOutput
     from perchead.models.style_encoder import StyleEncoder
+    from perchead.render import RenderOutput
 
 # Sub-folders of an editing checkpoint folder (the bundled layout is weights_card/{edit,style,parser}):
 # name → the config file that must exist beside the weights.
