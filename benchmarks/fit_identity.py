@@ -4,7 +4,7 @@
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
         [--figure docs/photo_fit.png] [--all-faces] [--preset real|fast] [--set group.field=value ...]
 
-For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
+For each portrait that ships in a public package (perchead/data/portraits.py fetches them), the bundled model
 reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
 (elevation 0, 384²) and dlib's ResNet face descriptor (``face_recognition_models``) of each render is
 compared with the photo's: distance < 0.6 is dlib's "same person". The fit never sees this network. A
@@ -34,7 +34,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import config_overrides  # noqa: E402
@@ -118,7 +117,7 @@ def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps
 
 
 def main(argv=None):
-    import portraits
+    from perchead.data import portraits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card")

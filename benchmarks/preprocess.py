@@ -459,13 +459,12 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def portrait_variants() -> dict[str, np.ndarray]:
-    """Real portraits (tests/portraits.py) and harder variants of them: grayscale, tight crop, rolled,
+    """Real portraits (perchead/data/portraits.py) and harder variants of them: grayscale, tight crop, rolled,
     mirrored, a small face, a group photo."""
     import cv2
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    import portraits
+    from perchead.data import portraits
 
     folder = portraits.fetch()
     load = lambda name: np.asarray(Image.open(folder / name).convert("RGB"))  # noqa: E731

@@ -1,7 +1,7 @@
 """Tests for perchead.photo.faces and the MediaPipe preprocessing path on real portraits.
 
 The geometry (anchors, suppression, rotations, PnP, turned crops) is tested on tiny made-up inputs; the
-networks on real portraits that ship inside PyPI packages (tests/portraits.py, fetched by
+networks on real portraits that ship inside PyPI packages (perchead/data/portraits.py, fetched by
 ``python3 tasks.py test``) and on synthetic renders with known cameras. Tests that need the model files or
 the portraits are skipped, with the reason, when these are absent.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,13 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
+from perchead.data import portraits
 from perchead.photo import faces, mediapipe_files
 from perchead.photo.crop import crop_resize, crop_square, to_crop_pixels
 from perchead.photo.load import PreprocessError
 from perchead.photo.preprocess import preprocess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import portraits  # noqa: E402
 
 SIZE = 128
 
@@ -34,7 +31,7 @@ SIZE = 128
 def portrait(name: str) -> np.ndarray:
     path = portraits.path(name)
     if path is None:
-        pytest.skip(f"test portrait {name} not fetched (python tests/portraits.py)")
+        pytest.skip(f"test portrait {name} not fetched (python -m perchead.data.portraits)")
     return np.asarray(Image.open(path).convert("RGB"))
 
 

@@ -8,19 +8,16 @@ with the reason when the face models or the portraits are absent).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from perchead.data import portraits
 from perchead.photo import framing
 from perchead.photo.preprocess import preprocess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import portraits  # noqa: E402
 
 S = framing.SIZE
 
@@ -140,7 +137,7 @@ def test_refined_framing_of_turned_synthetic_heads(analyzer):
 def test_real_portrait_framing_barely_moves(analyzer):
     path = portraits.path("astronaut.png")
     if path is None:
-        pytest.skip("test portrait astronaut.png not fetched (python tests/portraits.py)")
+        pytest.skip("test portrait astronaut.png not fetched (python -m perchead.data.portraits)")
     image = np.asarray(Image.open(path).convert("RGB"))
     old, new = preprocess(image, size=64, refine_framing=False), preprocess(image, size=64)
     side = old.crop_box[2] - old.crop_box[0]
