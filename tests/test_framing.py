@@ -7,6 +7,7 @@ with the reason when the face models or the portraits are absent).
 
 from __future__ import annotations
 
+import json
 import math
 
 import cv2
@@ -144,3 +145,17 @@ def test_real_portrait_framing_barely_moves(analyzer):
     assert max(abs(a - b) for a, b in zip(old.crop_box, new.crop_box)) < 0.06 * side
     assert abs(new.pose.yaw_deg - old.pose.yaw_deg) < 1.0  # a frontal face: the landmarks' yaw stands
     assert new.detector == "mediapipe" and new.mask_source == "network"
+
+
+def test_the_regressor_is_fitted_as_the_package_reads_it(tmp_path):
+    from perchead.training.framing import fit_framing, main
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, framing.FEATURES))
+    Y = np.stack([0.1 * X[:, 0], -0.05 * X[:, 1], 0.02 * X[:, 2] + 0.01, 3.0 * np.tanh(X[:, 3])], 1)  # [N, 4]
+    (tmp_path / "framing_model.json").write_text(json.dumps(fit_framing(X, Y, hidden=16, steps=400)))
+    model = framing.load_model(str(tmp_path / "framing_model.json"))
+    error = np.abs(framing.network(model, X) - Y).mean(0) / Y.std(0)  # [4] relative to the targets' spread
+    assert error.max() < 0.25, error
+    with pytest.raises(SystemExit):
+        main(["--heads", "0", "--output", str(tmp_path)])

@@ -19,9 +19,9 @@ first use does it once unless ``HF_HUB_OFFLINE=1`` / ``PERCHEAD_NO_FETCH=1`` is 
 Head pose: the landmarks are matched by PnP (OpenCV ``solvePnP``) against :data:`FACE_POINTS_3D`, the
 3D positions of a subset of landmarks in canonical head space (origin at the head centre, +Y up, the face
 toward +Z, metres). Those positions were triangulated from the face mesh run on renders of the test-split
-synthetic heads seen by known cameras (``benchmarks/preprocess.py --calibrate``), so a pose found on a
-photo is in the frame of the training cameras: the crop built from it is centred on the head centre and
-as wide as the training frame at the head's depth (``perchead.photo.crop.pose_to_crop``).
+synthetic heads seen by known cameras (``python -m perchead.training.framing --face-points``), so a pose
+found on a photo is in the frame of the training cameras: the crop built from it is centred on the head
+centre and as wide as the training frame at the head's depth (``perchead.photo.crop.pose_to_crop``).
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ class HeadPose:
 
 
 # 3D positions (canonical head space, metres) of face-mesh landmarks, triangulated on renders of the
-# test-split synthetic heads with known cameras (median over 12 heads × 27 views; benchmarks/preprocess.py
-# --calibrate): eye corners and lids, brows, nose, mouth, chin, forehead and cheeks.
+# test-split synthetic heads with known cameras (median over 12 heads × 27 views; ``python -m
+# perchead.training.framing --face-points``): eye corners and lids, brows, nose, mouth, chin, forehead and
+# cheeks.
 # On real faces these synthetic positions read the camera too low: PnP of the same 38 landmarks against
 # MediaPipe's canonical face model (a real-face average, Apache-2.0; measured offline, not shipped) gives
 # pitches 17.0° higher on average (± 6.0° over the 13 faces of our real-portrait set; Obama's official
@@ -444,7 +445,7 @@ def estimate_pose(landmarks: np.ndarray, width: int, height: int, fov_deg: float
     import cv2
 
     if not FACE_POINTS_3D:
-        raise RuntimeError("FACE_POINTS_3D is empty: run benchmarks/preprocess.py --calibrate")
+        raise RuntimeError("FACE_POINTS_3D is empty: run python -m perchead.training.framing --face-points")
     index = np.array(sorted(FACE_POINTS_3D))
     obj = np.array([FACE_POINTS_3D[i] for i in index], np.float64)  # [P, 3]
     img = np.asarray(landmarks, np.float64)[index, :2]  # [P, 2]

@@ -10,7 +10,7 @@ landmarks miss: where the back of the head is, how large the whole head is.
 :func:`refine` measures the silhouette in an upright crop 1.4 × the pose's crop, around the pose's head
 centre (one more run of the selfie network, ≈ 6 ms), and a small calibrated regressor (one hidden layer
 of 96 tanh units, 63 inputs, 4 outputs; ``framing_model.json``, fitted on renders of 3,600 train-split
-synthetic heads with known cameras by ``benchmarks/preprocess.py --fit-framing``) turns those
+synthetic heads with known cameras by ``python -m perchead.training.framing``) turns those
 measurements, the landmark pose and the face mesh's proportions (heights below the eyes, depths) into
 corrections of the crop centre, the crop side and the yaw.
 Views are mirrored to a non-negative yaw first, so the correction is exactly left/right symmetric. The

@@ -105,7 +105,7 @@ def missing_parts(folder: str | os.PathLike) -> dict[str, str]:
 def train_command(part: str) -> str:
     """The command of the bundled recipe that trains one part (``edit``, ``style``, ``parser``)."""
     stages = json.loads(RECIPE.read_text())["stages"]
-    return "python " + " ".join(next(stage["args"] for stage in stages if stage["card"] == part))
+    return "python " + " ".join(next(stage["args"] for stage in stages if stage.get("card") == part))
 
 
 class PercHeadEditPipeline:
