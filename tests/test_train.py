@@ -281,7 +281,7 @@ def test_weights_recipe_commands_parse_and_chain():
     spec.loader.exec_module(tasks)
     done: set[str] = set()
     for (folder, args, target), result in zip(tasks.WEIGHTS_RECIPE, tasks.RECIPE_RESULTS):
-        if args[:2] == ["-m", "perchead.training.framing"]:  # the photo framing's regressor, shipped in the package
+        if args[:2] == ["-m", "perchead.training.framing"]:  # the photo framing's files, shipped in the package
             assert args[args.index("--output") + 1] == folder and (root / target / result).is_file()
             continue
         assert args[:2] == ["-m", "perchead.training.train"]

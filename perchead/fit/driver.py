@@ -5,35 +5,42 @@ each subject after the feed-forward pass), :func:`fit_to_photo` refines one head
 render from the input camera matches the photo inside its matte, with priors that keep what the photo
 does not show close to the prediction:
 
-1. **Input camera**: the preprocessing's head pose (landmarks) when known, else a render-and-compare
-   search over yaw/pitch; then yaw, pitch and roll are refined jointly in the first ``camera_steps``
-   steps (bounded; focal scale and shift can be, but by default the head transform takes their place).
-   With ``rotate_head`` the refined rotation turns the head instead of the camera: the same input view,
-   but every other view sees the turn too.
-2. **Latent stage** (``latent_steps``): first the network itself is asked for a head that matches the
-   photo better. An offset to the lift encoder's 2D tokens is optimised (the network frozen) so that the
-   decoded head's render from the input camera matches the photo. Every 3D patch reads all 2D tokens, so
-   what the photo corrects on the visible side reaches the hidden side the way the network learned it
-   would; per-Gaussian changes cannot do that. The decoded head replaces the prediction for the steps below.
-3. **Head transform** (``head_transform``): one bounded change of the whole head in the input camera's
-   image plane — width and height scales, a width that varies with the height (taper), a height that
-   varies with the height (crown and chin scaled apart), and a shift — with the depth left as predicted.
-   A head predicted too wide, too narrow at the crown or off-centre is seen so in the photo, and the
-   change moves every view: the sides and the back share the outline the photo shows. (Zoom and shift
-   of the camera fit the photo equally well but leave the other views as predicted.)
-4. **Fit**: first the Gaussians facing the input camera most squarely are split into four finer ones
-   each (``split_share``: detail the predicted Gaussians are too large for); then colours and
-   opacities from the start, bounded position and scale offsets after
-   ``geometry_from`` of the steps (outside the matte the photo's white pulls mostly on coverage, not on
-   colour: ``outside_matte_color``); Adam, its step sizes decaying by a half cosine to ``lr_final`` of
-   their start. Offsets are ``max_offset · tanh(·)`` so no Gaussian moves further.
-5. **Priors**: self-distillation (the latent stage's head, or else the prediction, rendered from other
-   views as soft targets, weighted by ``(1 − cos θ) / 2`` away from the input view, re-rendered through
-   the current head transform so the prior keeps the predicted surface, not its predicted outline),
-   left–right symmetry
-   (the hidden side follows the mirrored visible side), colour smoothness within each 16-Gaussian patch,
-   an anchor on the parameters of Gaussians facing away from the camera, and silhouette consistency
-   (alpha vs matte in the input view, alpha vs the prediction's alpha in the other views).
+1. **Input camera** (:mod:`~perchead.fit.pose`, ``pose``): the preprocessing's head pose (landmarks) when
+   known, else a render-and-compare search over yaw/pitch; then yaw, pitch and roll are refined jointly in
+   the first ``camera.steps`` steps of the Gaussian stage (bounded; focal scale and shift can be, but by
+   default the head transform takes their place). With ``camera.rotate_head`` the refined rotation turns
+   the head instead of the camera: the same input view, but every other view sees the turn too.
+2. **Latent stage** (:mod:`~perchead.fit.latent`, ``latent``): first the network itself is asked for a head
+   that matches the photo better. An offset to the lift encoder's 2D tokens is optimised (the network
+   frozen) so that the decoded head's render from the input camera matches the photo. Every 3D patch reads
+   all 2D tokens, so what the photo corrects on the visible side reaches the hidden side the way the network
+   learned it would; per-Gaussian changes cannot do that. The decoded head replaces the prediction for the
+   steps below.
+3. **Face shape** (:mod:`~perchead.fit.face_shape`, ``face``, off by default): the face moved toward the face
+   mesh's depth profile.
+4. **Gaussian stage** (:mod:`~perchead.fit.gaussians`, ``gaussians``): first the Gaussians facing the input
+   camera most squarely are split into four finer ones each (``gaussians.split_share``: detail the
+   predicted Gaussians are too large for); then colours and opacities from the start, bounded position and
+   scale offsets after ``gaussians.geometry_from`` of the steps (outside the matte the photo's white pulls
+   mostly on coverage, not on colour: ``photo.outside_matte_color``); Adam, its step sizes decaying by a
+   half cosine to ``gaussians.lr_final`` of their start. Offsets are ``gaussians.max_offset · tanh(·)`` so
+   no Gaussian moves further. With it:
+
+   * the **head transform** (:mod:`~perchead.fit.head_transform`, ``head``): one bounded change of the whole
+     head in the input camera's image plane — width and height scales, a width that varies with the height
+     (taper), a height that varies with the height (crown and chin scaled apart), and a shift — with the
+     depth left as predicted. A head predicted too wide, too narrow at the crown or off-centre is seen so in
+     the photo, and the change moves every view: the sides and the back share the outline the photo shows.
+     (Zoom and shift of the camera fit the photo equally well but leave the other views as predicted.)
+   * the **priors** (:mod:`~perchead.fit.priors`, ``priors``): self-distillation (the latent stage's head, or
+     else the prediction, rendered from other views as soft targets, weighted by ``(1 − cos θ) / 2`` away
+     from the input view, re-rendered through the current head transform so the prior keeps the predicted
+     surface, not its predicted outline), left–right symmetry (the hidden side follows the mirrored visible
+     side), colour smoothness within each 16-Gaussian patch, an anchor on the parameters of Gaussians facing
+     away from the camera, and silhouette consistency (alpha vs matte in the input view, alpha vs the
+     prediction's alpha in the other views).
+
+Each stage's settings are a group of :class:`~perchead.fit.config.FitConfig` (named above).
 
 No identity or perceptual network is optimised against, so identity measures stay independent.
 """
@@ -63,8 +70,8 @@ class FitResult:
 
     Attributes:
         gaussians: the fitted head. ``[N, …]``
-        camera: the refined input camera (one view, at the size the fit ran: ``FitConfig.fit_size`` at most;
-            with ``rotate_head`` the given camera, the head having turned instead).
+        camera: the refined input camera (one view, at the size the fit ran: ``FitConfig.photo.fit_size`` at most;
+            with ``camera.rotate_head`` the given camera, the head having turned instead).
         losses: the total loss per step (before each update), the latent stage's steps first.
         photo_loss: (first, last) masked L1 of the input-view render against the photo, without priors
             (first: the given head's, before any step).

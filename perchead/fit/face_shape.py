@@ -20,7 +20,7 @@ profile, seen from the input camera:
    so the input view's picture stays where it was and only the other views change.
 
 The deformation is fixed before the fit (:func:`perchead.fit.driver.fit_to_photo` with
-``FitConfig.face_shape``): the self-distillation prior then keeps the deformed face.
+``FitConfig.face.enabled``): the self-distillation prior then keeps the deformed face.
 """
 
 from __future__ import annotations

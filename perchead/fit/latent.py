@@ -32,7 +32,7 @@ def latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1: 
         camera: the input camera at the size the losses compare at.
         photo_l1: the photo term of an rgb and alpha render ``[1, 3, S, S]``, ``[1, 1, S, S]``.
         silhouette_l1: the silhouette term of an alpha render ``[1, 1, S, S]``.
-        config: the fit's settings (``latent_steps``, ``lr_latent``, weights).
+        config: the fit's settings (``latent``, ``photo`` weights, ``priors`` views).
         progress: called once per step with a fraction in ``span``; may raise to cancel.
         span: the fractions of the first and last step.
         tokens: the encoder's tokens of ``image`` if the caller has them (else encoded here).

@@ -82,7 +82,7 @@ def framed_like_the_photo(model, gaussians: Gaussians, cameras: Cameras, framing
 def search_pose(model, gaussians: Gaussians, image: Tensor, mask: Tensor, config: FitConfig,
                 known: Tensor | None = None, framing: Framing | None = None) -> tuple[float, float]:
     """Render-and-compare: the (yaw, pitch) on ``config``'s grids whose render of the predicted head best
-    matches the photo (L1 of rgb and alpha vs matte at ``search_size``, where ``known`` ``[1, 1, S, S]`` is
+    matches the photo (L1 of rgb and alpha vs matte at ``pose.size``, where ``known`` ``[1, 1, S, S]`` is
     1), coarse to fine: the yaw on the grid at the pitch nearest 0, the pitch at that yaw, then the yaw
     refined by the offsets around it at that pitch. Each view is framed as the photo's crop was when
     ``framing`` is given (:func:`framed_like_the_photo`). Degrees, the yaw in (-180, 180]."""

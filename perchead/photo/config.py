@@ -51,7 +51,7 @@ class PreprocessConfig:
         refine_framing: correct the landmark pose's crop centre, side and yaw by the head's silhouette in
             the selfie matte (:mod:`perchead.photo.framing`; one more run of the matting network).
         fine_size: also cut the same crop at this larger size (:attr:`Preprocessed.fine`; the photo-fit's
-            ``FitConfig.photo_size``): only the crop and its matte are made again, not the search for the head.
+            ``FitConfig.photo.crop_size``): only the crop and its matte are made again, not the search for the head.
     """
 
     size: int = 256

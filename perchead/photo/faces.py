@@ -26,6 +26,7 @@ centre and as wide as the training frame at the head's depth (``perchead.photo.c
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -134,58 +135,21 @@ class HeadPose:
     reprojection_px: float = 0.0
 
 
-# 3D positions (canonical head space, metres) of face-mesh landmarks, triangulated on renders of the
-# test-split synthetic heads with known cameras (median over 12 heads × 27 views; ``python -m
+# 3D positions (canonical head space, metres) of face-mesh landmarks (face_points.json), triangulated on
+# renders of the test-split synthetic heads with known cameras (median over 12 heads × 27 views; ``python -m
 # perchead.training.framing --face-points``): eye corners and lids, brows, nose, mouth, chin, forehead and
 # cheeks.
 # On real faces these synthetic positions read the camera too low: PnP of the same 38 landmarks against
 # MediaPipe's canonical face model (a real-face average, Apache-2.0; measured offline, not shipped) gives
 # pitches 17.0° higher on average (± 6.0° over the 13 faces of our real-portrait set; Obama's official
 # portrait: −20.7° here, −2.4° there). The synthetic heads' faces are proportioned like a real face tipped
-# forward, so an eye-level portrait matches them best seen from below. ``FitConfig.landmark_pitch_offset_deg``
+# forward, so an eye-level portrait matches them best seen from below. ``FitConfig.pose.landmark_pitch_offset_deg``
 # can add this to the landmark pitch of the photo-fit's input camera (off by default: it puts synthetic
 # heads, whose landmark pose is right, that far off); the framing keeps the landmark pose it was fitted on.
 REAL_FACE_PITCH_DEG = 17.0
+FACE_POINTS_FILE = Path(__file__).with_name("face_points.json")  # written by perchead.training.framing
 FACE_POINTS_3D: dict[int, tuple[float, float, float]] = {
-    33: (-0.0457, 0.0050, 0.0806),
-    133: (-0.0178, 0.0022, 0.0880),
-    362: (0.0162, 0.0031, 0.0888),
-    263: (0.0445, 0.0071, 0.0820),
-    159: (-0.0337, 0.0083, 0.0862),
-    145: (-0.0301, -0.0004, 0.0861),
-    386: (0.0324, 0.0098, 0.0879),
-    374: (0.0287, 0.0011, 0.0874),
-    70: (-0.0583, 0.0214, 0.0784),
-    105: (-0.0429, 0.0267, 0.0941),
-    107: (-0.0166, 0.0228, 0.1030),
-    336: (0.0141, 0.0234, 0.1039),
-    334: (0.0402, 0.0281, 0.0957),
-    300: (0.0560, 0.0233, 0.0790),
-    168: (-0.0008, 0.0051, 0.1009),
-    6: (-0.0007, -0.0053, 0.1052),
-    197: (-0.0006, -0.0134, 0.1090),
-    4: (-0.0004, -0.0366, 0.1183),
-    1: (-0.0004, -0.0423, 0.1158),
-    2: (-0.0007, -0.0469, 0.1014),
-    98: (-0.0174, -0.0436, 0.0943),
-    327: (0.0149, -0.0431, 0.0947),
-    61: (-0.0246, -0.0630, 0.0791),
-    291: (0.0222, -0.0623, 0.0796),
-    0: (-0.0009, -0.0595, 0.0990),
-    17: (-0.0009, -0.0741, 0.0904),
-    13: (-0.0009, -0.0646, 0.0926),
-    14: (-0.0010, -0.0656, 0.0918),
-    152: (-0.0006, -0.1010, 0.0687),
-    199: (-0.0006, -0.0906, 0.0793),
-    10: (-0.0016, 0.0507, 0.1055),
-    151: (-0.0013, 0.0348, 0.1061),
-    50: (-0.0471, -0.0276, 0.0775),
-    280: (0.0465, -0.0260, 0.0791),
-    205: (-0.0385, -0.0375, 0.0825),
-    425: (0.0379, -0.0359, 0.0834),
-    117: (-0.0518, -0.0113, 0.0741),
-    346: (0.0506, -0.0096, 0.0766),
-}
+    int(index): tuple(xyz) for index, xyz in json.loads(FACE_POINTS_FILE.read_text()).items()}
 
 
 class FaceAnalyzer:

@@ -1,9 +1,11 @@
-"""Training the photo framing on synthetic heads: the regressor in ``perchead/photo/framing_model.json`` that
-corrects the landmark pose's crop by the head's silhouette (a recipe step of ``python3 tasks.py weights``), and
-the face-mesh points of :data:`perchead.photo.faces.FACE_POINTS_3D` (triangulated on renders with known cameras).
+"""Training the photo framing on synthetic heads: the face-mesh points the head pose is found against
+(``perchead/photo/face_points.json``, :data:`perchead.photo.faces.FACE_POINTS_3D`, triangulated on renders with
+known cameras) and the regressor that corrects the landmark pose's crop by the head's silhouette
+(``perchead/photo/framing_model.json``). Both are steps of ``python3 tasks.py weights``, which copies each file
+into ``perchead/photo``:
 
-    python -m perchead.training.framing --output runs/framing --heads 3600   # → runs/framing/framing_model.json
-    python -m perchead.training.framing --face-points --heads 16              # prints FACE_POINTS_3D
+    python -m perchead.training.framing --face-points --heads 16 --output runs/face_points  # → face_points.json
+    python -m perchead.training.framing --heads 3600 --output runs/framing                  # → framing_model.json
 
 The regressor is fitted on train-split heads only (heads 0–3,599, each view also mirrored; its size chosen on
 heads 50,000–50,799); the views' measurements are kept in ``--cache`` (default ``OUTPUT/views.npz``) and reused,
@@ -300,27 +302,29 @@ def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="runs/framing", help="folder for framing_model.json (and the cache)")
+    parser.add_argument("--output", default="runs/framing",
+                        help="folder for framing_model.json (and the cache), or face_points.json")
     parser.add_argument("--heads", type=int, default=None,
                         help="train-split heads to fit on, ×2 mirrored (default 3600); with --face-points: test-split "
                              "heads to triangulate on (default 16)")
     parser.add_argument("--cache", default=None, metavar="PATH",
                         help="the views' measurements as an .npz, read when it exists, else written "
                              "(default OUTPUT/views.npz)")
-    parser.add_argument("--face-points", action="store_true", help="triangulate FACE_POINTS_3D and print it instead")
+    parser.add_argument("--face-points", action="store_true",
+                        help="triangulate the face-mesh points (FACE_POINTS_3D) into OUTPUT/face_points.json instead")
     args = parser.parse_args(argv)
     if args.heads is not None and args.heads < 1:
         parser.error(f"--heads must be at least 1, got {args.heads}")
-    if args.face_points:
-        points = calibrate(args.heads or 16)
-        print("FACE_POINTS_3D = {")
-        for index, xyz in points.items():
-            print(f"    {index}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}),")
-        print("}")
-        return
-    torch.set_num_threads(2)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if args.face_points:
+        points = calibrate(args.heads or 16)
+        path = out / "face_points.json"
+        path.write_text("{\n" + ",\n".join(f' "{index}": [{x:.4f}, {y:.4f}, {z:.4f}]'
+                                           for index, (x, y, z) in points.items()) + "\n}\n")
+        print(f"wrote {path} ({len(points)} landmarks)")
+        return
+    torch.set_num_threads(2)
     X, Y = framing_data(args.heads or 3600, cache=Path(args.cache) if args.cache else out / "views.npz")
     path = out / "framing_model.json"
     path.write_text(json.dumps(fit_framing(X, Y, **FRAMING_FIT)) + "\n")
