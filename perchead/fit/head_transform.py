@@ -71,6 +71,7 @@ class HeadTransform:
         self.half_height = ((heights.max() - heights.min()) / 2).clamp_min(1e-6)
 
     def parameters(self) -> list[Tensor]:
+        """The raw parameters the optimiser changes: scale ``[2]``, taper ``[2 + d]``, shift ``[2]``."""
         return [self.scale, self.taper, self.shift]
 
     def __call__(self, g0: Gaussians) -> tuple[Tensor, Tensor]:

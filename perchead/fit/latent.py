@@ -16,8 +16,8 @@ from perchead.progress import Progress
 
 
 def latent_stage(model, image: Tensor, mask: Tensor, camera: Cameras, photo_l1: Callable[[Tensor, Tensor], Tensor],
-                  silhouette_l1: Callable[[Tensor], Tensor], config: FitConfig, progress: Progress,
-                  span: tuple[float, float], tokens=None) -> tuple[Gaussians, list[float]]:
+                 silhouette_l1: Callable[[Tensor], Tensor], config: FitConfig, progress: Progress,
+                 span: tuple[float, float], tokens=None) -> tuple[Gaussians, list[float]]:
     """Optimises an offset to the lift encoder's 2D tokens (the network frozen) so that the decoded head's
     render from ``camera`` matches the photo (``photo_l1`` + ``silhouette_l1`` of the render).
 

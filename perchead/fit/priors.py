@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from perchead.fit.config import FitConfig
+from perchead.fit.head_transform import HeadTransform
 from perchead.fit.views import distill_cameras, facing, render
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
@@ -76,7 +77,7 @@ class Priors:
         gen = torch.Generator().manual_seed(config.priors.seed)
         self.order = torch.randperm(len(self.dcams), generator=gen).tolist() if len(self.dcams) else []
 
-    def add(self, loss: Tensor, step: int, g: Gaussians, base, viewmats: Tensor, color0: Tensor,
+    def add(self, loss: Tensor, step: int, g: Gaussians, base: HeadTransform, viewmats: Tensor, color0: Tensor,
             opacity0: Tensor) -> Tensor:
         """``loss`` plus every prior at ``step``.
 
