@@ -164,8 +164,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         from PIL import Image
 
         from perchead.geometry.segmentation import resize_labels
+        from perchead.photo.load import PreprocessError
         from perchead.pipelines.edit import MAP_SOURCES
-        from perchead.pipelines.preprocess import PreprocessError
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
@@ -215,8 +215,10 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         import numpy as np
         from PIL import Image
 
-        from perchead.pipelines import PercHeadEditPipeline, write_outputs
-        from perchead.pipelines.preprocess import PreprocessError, to_uint8
+        from perchead.export import write_outputs
+        from perchead.geometry.images import to_uint8
+        from perchead.photo.load import PreprocessError
+        from perchead.pipelines import PercHeadEditPipeline
 
         if not (isinstance(segmentation_map, dict) and (segmentation_map.get("composite") is not None
                                                         or segmentation_map.get("background") is not None)):
@@ -340,7 +342,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
             timings: seconds per stage.
             summary: the timings in words and remarks (frames used, faces found, fallbacks).
         """
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.photo.load import PreprocessError
         from perchead.pipelines.sequence import ClipError, SequencePipeline
 
         if not video:
@@ -427,7 +429,7 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
         from PIL import Image
 
         from perchead.geometry.gaussians import save_ply
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.photo.load import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
@@ -508,9 +510,9 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             timings: seconds per stage.
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
-        from perchead.pipelines import write_outputs
-        from perchead.pipelines.fit import FitConfig
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.export import write_outputs
+        from perchead.fit.config import FitConfig
+        from perchead.photo.load import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")

