@@ -25,17 +25,13 @@ from perchead.geometry.template import Template, build_template
 from perchead.models.config import PercHeadConfig
 from perchead.models.decoder import Decoder3D
 from perchead.models.gaussian_head import GaussianHead
+from perchead.models.hub import BASE_PARTS, fetch_parts
 from perchead.models.lift_encoder import Tokens2D
 from perchead.models.refiner import Refiner
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WHITE = 1.0  # background of every render
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` asks huggingface_hub not to use the network (its own truthy values)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_checkpoint(
@@ -55,8 +51,6 @@ def resolve_checkpoint(
         FileNotFoundError: no such folder, repo, revision or file, or not cached while offline (one line).
         ValueError: pickle-only or corrupt weights; neither a folder nor a repo id.
     """
-    from perchead.models.hub import BASE_PARTS, fetch_parts
-
     root = fetch_parts(repo_id_or_folder, BASE_PARTS, revision, token=token, cache_dir=cache_dir,
                        local_files_only=local_files_only)
     return root / CONFIG_NAME, root / WEIGHTS_NAME

@@ -66,6 +66,11 @@ PARTS: dict[str, Part] = {
                   ("open_clip_config.json", "model.safetensors")),
     "parser": Part("parser", "parser", "perchead.models.face_parser.FaceParser", ("config.json", "model.safetensors")),
 }
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks huggingface_hub not to use the network (its own truthy values)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 BASE_PARTS = ("base",)
 EDIT_PARTS = ("edit", "style", "parser")
 
@@ -259,8 +264,6 @@ def fetch_parts(
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"{source} was not found (or it is private: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
-        from perchead.models.base import hub_offline
-
         why = "HF_HUB_OFFLINE is set" if hub_offline() or local_files_only else "the Hub could not be reached"
         raise FileNotFoundError(f"{source} is not in the local Hub cache and {why}") from None
     except Exception as error:  # noqa: BLE001 - any other Hub or network failure, in one line

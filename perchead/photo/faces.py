@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perchead.models.base import hub_offline
+from perchead.models.hub import hub_offline
 from perchead.photo.mediapipe_files import fetch_models, find_models
 
 
