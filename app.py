@@ -7,6 +7,7 @@ safely (see docs/app.md, "Limits and safety").
 
     python app.py                          # bundled weights_card/, http://127.0.0.1:7860
     python app.py --model user/perchead    # a Hub repo id or a local folder (also: PERCHEAD_MODEL=...)
+    python app.py --model user/perchead --edit-model user/perchead --revision v1   # one repo, pinned
     python app.py --host 0.0.0.0 --port 7861
 """
 
@@ -177,8 +178,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             editor: the same map loaded into the map editor for painting.
             notes: remarks.
         """
+        from perchead.photo.load import PreprocessError
         from perchead.pipelines.edit import MAP_SOURCES
-        from perchead.pipelines.preprocess import PreprocessError
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
@@ -196,8 +197,9 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         import numpy as np
         from PIL import Image
 
-        from perchead.pipelines import write_outputs
-        from perchead.pipelines.preprocess import PreprocessError, to_uint8
+        from perchead.export import write_outputs
+        from perchead.geometry.images import to_uint8
+        from perchead.photo.load import PreprocessError
 
         pipeline = edit_holder.get()
         report = job.reporter()
@@ -247,8 +249,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             timings: seconds per stage.
             summary: the timings in words and remarks.
         """
+        from perchead.photo.load import PreprocessError
         from perchead.pipelines import PercHeadEditPipeline
-        from perchead.pipelines.preprocess import PreprocessError
 
         if not (isinstance(segmentation_map, dict) and (segmentation_map.get("composite") is not None
                                                         or segmentation_map.get("background") is not None)):
@@ -362,7 +364,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
             timings: seconds per stage.
             summary: the timings in words and remarks (frames used, faces found, fallbacks).
         """
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.photo.load import PreprocessError
         from perchead.pipelines.sequence import ClipError, probe_clip
 
         if not video:
@@ -467,7 +469,7 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             timings: seconds per stage.
             summary: the timings in words and remarks.
         """
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.photo.load import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
@@ -501,7 +503,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
 
     @gpu_task
     def photo_head(job, image: str, options: dict, fit: int, frames: int, fit_config):
-        from perchead.pipelines import write_outputs
+        from perchead.export import write_outputs
 
         pipeline = holder.get()
         report = job.reporter()
@@ -554,8 +556,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             timings: seconds per stage.
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
-        from perchead.pipelines.fit import FitConfig
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.fit.config import FitConfig
+        from perchead.photo.load import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
@@ -642,8 +644,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=os.environ.get("PERCHEAD_MODEL") or None,
                         help="Hub repo id or local folder (default: PERCHEAD_MODEL, else the bundled weights_card/)")
     parser.add_argument("--edit-model", default=os.environ.get("PERCHEAD_EDIT_MODEL") or str(BUNDLED),
-                        help="folder with the editing checkpoints edit/, style/ and parser/ (default: "
+                        help="Hub repo id or folder with the editing checkpoints edit/, style/ and parser/ (default: "
                              "PERCHEAD_EDIT_MODEL, else the bundled weights_card/); 'none' disables the Editing tab")
+    parser.add_argument("--revision", default=os.environ.get("PERCHEAD_REVISION") or None,
+                        help="Hub branch, tag or commit of --model and --edit-model (default: PERCHEAD_REVISION, "
+                             "else main)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
@@ -656,8 +661,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    holder = ModelHolder(args.model, args.device).start()
-    edit_holder = load_edit_holder(args.edit_model, args.device)
+    holder = ModelHolder(args.model, args.device, args.revision).start()
+    edit_holder = load_edit_holder(args.edit_model, args.device, args.revision)
     demo = build_demo(holder, edit_holder)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,

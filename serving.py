@@ -83,7 +83,7 @@ def guard_uploads(component, files_of: Callable[[Any], list], what: str):
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
-        from perchead.pipelines.preprocess import PreprocessError, check_file
+        from perchead.photo.load import PreprocessError, check_file
 
         for file in files_of(payload):
             if getattr(file, "path", None):
@@ -150,9 +150,10 @@ class ModelHolder:
 
     what = "model"  # for messages
 
-    def __init__(self, requested: str | None, device: str | None = None) -> None:
+    def __init__(self, requested: str | None, device: str | None = None, revision: str | None = None) -> None:
         self.requested = requested
         self.device = device
+        self.revision = revision
         self.pipeline = None
         self.notice = ""
         self.error: str | None = None
@@ -178,9 +179,9 @@ class ModelHolder:
     def load(self):
         """Returns (pipeline, description, notice); runs in the background thread. Also readies the face
         networks of the photo preprocessing (fetching their files once), so the first visitor does not wait."""
-        from perchead.pipelines.faces import load_analyzer, unavailable_reason
+        from perchead.photo.faces import load_analyzer, unavailable_reason
 
-        loaded = load_pipeline(self.requested, self.device)
+        loaded = load_pipeline(self.requested, self.device, self.revision)
         if load_analyzer() is None:
             log.warning("face networks unavailable (%s): photos use the Haar + GrabCut fallback", unavailable_reason())
         return loaded
@@ -205,11 +206,16 @@ class ModelHolder:
         return f"⚠️ {self.notice}\n\n{text}" if self.notice else text
 
 
-def load_pipeline(requested: str | None, device: str | None = None):
+def load_pipeline(requested: str | None, device: str | None = None, revision: str | None = None):
     """The pipeline for ``requested`` (Hub id or folder), else the bundled checkpoint, else a fresh demo model.
 
+    Args:
+        requested: a Hub model repo id or a checkpoint folder (None: the bundled one).
+        device: torch device (default: CUDA if available, else CPU).
+        revision: Hub branch, tag or commit of ``requested``.
+
     Returns:
-        (pipeline, description, notice) — the notice is empty unless something fell back.
+        (pipeline, description, notice) — the notice is empty unless something fell back; it says why in one line.
     """
     from perchead.models.config import PercHeadConfig
     from perchead.models.perchead import PercHead
@@ -219,11 +225,12 @@ def load_pipeline(requested: str | None, device: str | None = None):
     notices = []
     if requested:
         try:
-            pipeline = PercHeadPipeline.from_pretrained(requested, device=device)
-            return pipeline, f"the model `{requested}`, on {_device_words(device)}", ""
+            pipeline = PercHeadPipeline.from_pretrained(requested, revision=revision, device=device)
+            return pipeline, f"the model `{model_words(requested, revision)}`, on {_device_words(device)}", ""
         except Exception as error:
             log.warning("could not load the requested model %r: %s", requested, error)
-            notices.append(f"Could not load the requested model `{requested}`; using the bundled one instead.")
+            notices.append(f"Could not load the requested model `{model_words(requested, revision)}` "
+                           f"({load_reason(error)}); using the bundled one instead.")
     if (BUNDLED / "model.safetensors").is_file():
         pipeline = PercHeadPipeline.from_pretrained(str(BUNDLED), device=device)
         return pipeline, f"the bundled demo model (synthetic heads), on {_device_words(device)}", " ".join(notices)
@@ -236,32 +243,48 @@ def load_pipeline(requested: str | None, device: str | None = None):
     return pipeline, f"an untrained demo model, on {_device_words(device)}", " ".join(notices)
 
 
+def model_words(requested: str, revision: str | None = None) -> str:
+    """How the page names a requested model: a repo id with its revision, or a folder's last name (no server path)."""
+    if Path(requested).expanduser().is_dir() or requested.startswith((".", "/", "~")):
+        return Path(requested).name or requested
+    return f"{requested}@{revision}" if revision else requested
+
+
+def load_reason(error: Exception) -> str:
+    """An exception as one short line for the page: its first line, server paths replaced by ``<file>``."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return _SERVER_PATH.sub("<file>", text)[:300].rstrip(". ")
+
+
 def _device_words(device: str) -> str:
     return "the GPU" if str(device).startswith("cuda") else "the CPU"
 
 
 class EditHolder(ModelHolder):
-    """Loads the editing pipeline (``folder/{edit,style,parser}``) in the background, like the base model.
+    """Loads the editing pipeline (``edit/``, ``style/``, ``parser/`` of a folder or Hub repo) in the background.
 
-    Whether the Editing tab exists is decided at start-up from the files alone (:attr:`available`, cheap);
-    the tab is built hidden and shown once the models have loaded. Missing or unloadable checkpoints give a
-    one-line notice instead (:meth:`status_line`).
+    Whether the Editing tab exists is decided at start-up (:attr:`available`, cheap): a local folder must hold
+    the three checkpoints; a Hub repo id is fetched in the background. The tab is built hidden and shown once
+    the models have loaded. A requested folder or repo that fails to load falls back to the bundled editing
+    models with a visible notice (:meth:`status_line`); missing local checkpoints give a one-line notice instead.
     """
 
     what = "editing models"
 
-    def __init__(self, folder: str | None, device: str | None = None) -> None:
-        super().__init__(folder, device)
-        if folder:
+    def __init__(self, folder: str | None, device: str | None = None, revision: str | None = None) -> None:
+        super().__init__(folder, device, revision)
+        if not folder:
+            self.missing = {"all": "disabled with --edit-model none"}
+        elif Path(folder).expanduser().is_dir() or folder.startswith((".", "/", "~")) or folder.count("/") != 1:
             from perchead.pipelines.edit import missing_parts
 
             self.missing = missing_parts(folder)
-        else:
-            self.missing = {"all": "disabled with --edit-model none"}
+        else:  # a Hub repo id: known once fetched; the bundled models stand in if it fails
+            self.missing = {}
 
     @property
     def available(self) -> bool:
-        """All checkpoint files are present (the tab and its endpoints are built)."""
+        """All checkpoint files are present, or a Hub repo is requested (the tab and its endpoints are built)."""
         return not self.missing
 
     def start(self) -> "EditHolder":
@@ -272,16 +295,25 @@ class EditHolder(ModelHolder):
         return super().start()
 
     def load(self):
-        from perchead.pipelines.edit import PercHeadEditPipeline
+        from perchead.pipelines.edit import PercHeadEditPipeline, missing_parts
         from perchead.pipelines.reconstruct import default_device
 
         device = self.device or str(default_device())
-        return PercHeadEditPipeline.from_pretrained(self.requested, device=device), "editing models", ""
+        try:
+            pipeline = PercHeadEditPipeline.from_pretrained(self.requested, device=device, revision=self.revision)
+            return pipeline, "editing models", ""
+        except Exception as error:
+            if Path(self.requested).resolve() == BUNDLED.resolve() or missing_parts(BUNDLED):
+                raise
+            log.warning("could not load the requested editing models %r: %s", self.requested, error)
+            notice = (f"Could not load the requested editing models `{model_words(self.requested, self.revision)}` "
+                      f"({load_reason(error)}); using the bundled ones instead.")
+        return PercHeadEditPipeline.from_pretrained(str(BUNDLED), device=device), "the bundled editing models", notice
 
     def status_line(self) -> str:
         """One line for the page's status markdown."""
         if self.ready():
-            return "Editing: ready."
+            return f"⚠️ {self.notice} Editing: ready." if self.notice else "Editing: ready."
         if self.requested is None:
             return "ℹ️ No Editing tab (disabled with `--edit-model none`)."
         if not self.available:
@@ -293,10 +325,10 @@ class EditHolder(ModelHolder):
         return f"⚠️ No Editing tab: the editing models could not be loaded ({self.error})."
 
 
-def load_edit_holder(requested: str | None, device: str | None = None) -> EditHolder:
-    """The editing holder for ``--edit-model`` (``none`` disables editing), started."""
+def load_edit_holder(requested: str | None, device: str | None = None, revision: str | None = None) -> EditHolder:
+    """The editing holder for ``--edit-model`` (a folder or Hub repo id; ``none`` disables editing), started."""
     folder = None if (requested or "").strip().lower() in ("none", "off", "") else requested
-    return EditHolder(folder, device).start()
+    return EditHolder(folder, device, revision).start()
 
 
 # -------------------------------------------------------------------------------------------- outputs

@@ -4,7 +4,7 @@ Starts the app with the bundled checkpoints, then, per run: upload an example, c
 click → the head in the splat viewer (the viewer's canvas exists once it has the head's file; the
 turntable is still being rendered then) and click → the turntable video playing. Target for the head: ≤ 2 s
 on 2 CPU cores. With ``--screenshots DIR`` it also saves both tabs after a run, at desktop (1366×900) and
-phone (390×844) size, as JPEG (the README shows them).
+phone (390×844) size, as JPEG (docs/results.md shows them).
 
     python benchmarks/app_page.py --runs 3
     python benchmarks/app_page.py --runs 1 --screenshots docs/screenshots

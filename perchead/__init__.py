@@ -1,6 +1,6 @@
 """PercHead: single-image 3D head reconstruction and semantic 3D editing with Gaussian splats.
 
-Light imports only; heavy stages live in their own modules (see README's layout table).
+Light imports only; heavy stages live in their own modules (docs/architecture.md lists the folders).
 
 Importing perchead before torch sets ``OMP_WAIT_POLICY=PASSIVE`` (unless already set): idle OpenMP
 threads then sleep instead of spinning, which keeps the CPU renderer's kernel and torch's own parallel

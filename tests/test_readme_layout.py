@@ -1,36 +1,109 @@
-"""The README's layout table names every file of the package, one line each, and nothing that is not there."""
+"""The README stays a front door: short, the Space's front matter first, CI's test command, a table of the docs
+pages; every relative link in README.md and docs/*.md resolves; docs/architecture.md names every package folder."""
 
 import re
-import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MAX_README_LINES = 250
 
 
-def layout_paths() -> list[str]:
-    """The backticked paths in the first column of the README's Layout table."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    return [p for row in rows for p in re.findall(r"`([^`]+)`", row.split("|")[1])]
+def markdown_pages() -> list[Path]:
+    """README.md and every page in docs/."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def package_files() -> set[str]:
-    """The package's source files that git tracks (every file on disk outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "ls-files", "perchead"], cwd=ROOT, capture_output=True, text=True, check=True)
-        files = [ROOT / line for line in out.stdout.splitlines()]
-    except (OSError, subprocess.CalledProcessError):
-        files = [p for p in (ROOT / "perchead").rglob("*") if p.is_file()]
-    return {p.relative_to(ROOT).as_posix() for p in files
-            if p.suffix in (".py", ".c", ".h", ".json") and "__pycache__" not in p.parts
-            and not (p.name == "__init__.py" and p.parent not in (ROOT / "perchead", ROOT / "perchead" / "render"))}
+def without_code(text: str) -> str:
+    """Markdown text without its fenced code blocks (a ``#`` comment there is no heading, a link no link)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
 
 
-def test_layout_table_lists_every_package_file_once():
-    listed = layout_paths()
-    assert len(listed) == len(set(listed)), "a path appears twice in the README's layout table"
-    package = package_files()
-    assert sorted(package - set(listed)) == [], "files missing from the README's layout table"
-    missing = [p for p in listed if not (ROOT / p.rstrip("/")).exists()]
-    assert missing == [], "the README's layout table names paths that do not exist"
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub (and the Hub) give a page's headings: lower case, punctuation dropped, spaces → '-'."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", without_code(page.read_text()), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def relative_links(page: Path) -> list[str]:
+    """The targets of a page's links and images that are not URLs (``path``, ``path#anchor`` or ``#anchor``)."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", without_code(page.read_text()))
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def front_matter(text: str) -> dict[str, str]:
+    """The YAML front matter at the very top of a page, as ``key → raw value`` (one line per key)."""
+    assert text.startswith("---\n"), "README.md must start with the Space's front matter ('---' on line 1)"
+    block = text[4:].split("\n---\n", 1)
+    assert len(block) == 2, "the README's front matter has no closing '---' line"
+    return dict(line.split(":", 1) for line in block[0].splitlines() if ":" in line and not line.startswith(" "))
+
+
+def test_readme_is_short():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines; move detail into docs/ (limit {MAX_README_LINES})"
+
+
+def test_readme_starts_with_the_space_front_matter():
+    meta = {k.strip(): v.split("#")[0].strip() for k, v in front_matter(README.read_text()).items()}
+    for key in ("title", "sdk", "sdk_version", "app_file", "python_version", "license", "models"):
+        assert key in meta, f"the README's front matter lacks {key}"
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and (ROOT / meta["app_file"]).is_file()
+    pinned = re.search(r"^gradio==(\S+)$", (ROOT / "constraints.txt").read_text(), flags=re.M)
+    assert pinned and meta["sdk_version"] == pinned.group(1), "the Space's sdk_version differs from the gradio pin"
+
+
+def test_readme_shows_the_commands_ci_runs():
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    assert ci[-1] == "python3 tasks.py test", "CI's last command is no longer the README's test command"
+    commands = [line.split("#")[0].strip() for block in re.findall(r"^```bash\n(.*?)^```", README.read_text(), re.S | re.M)
+                for line in block.splitlines()]
+    assert "python3 tasks.py test" in commands and "python3 tasks.py app" in commands
+
+
+def test_readme_lists_every_docs_page():
+    section = README.read_text().split("\n## Documentation\n", 1)
+    assert len(section) == 2, "README.md has no '## Documentation' section"
+    listed = set(re.findall(r"\]\((docs/[^)#]+\.md)\)", section[1]))
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert sorted(pages - listed) == [], "docs pages missing from the README's Documentation table"
+
+
+def broken_links(pages: list[Path]) -> list[str]:
+    """Each relative link of the pages whose file or heading does not exist, as ``page: target (why)``."""
+    broken = []
+    for page in pages:
+        for target in relative_links(page):
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in heading_anchors(dest):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    return broken
+
+
+def test_every_relative_link_resolves():
+    assert broken_links(markdown_pages()) == []
+
+
+def test_link_checker_catches_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    (tmp_path / "other.md").write_text("# Other\n")
+    page.write_text("# Title\n\n## A `code` heading\n\n[ok](#a-code-heading) [bad](#nowhere) [gone](missing.md)\n"
+                    "[there](other.md#other) [wrong](other.md#title) [web](https://example.org/x)\n"
+                    "```bash\n# not a heading\n[not](a-link.md)\n```\n")
+    assert heading_anchors(page) == {"title", "a-code-heading"}
+    assert broken_links([page]) == ["page.md: #nowhere (no such heading)", "page.md: missing.md (no such file)",
+                                    "page.md: other.md#title (no such heading)"]
+
+
+def test_architecture_page_names_every_package_folder():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = text.split("\n## Folders\n", 1)[1].split("\n## ", 1)[0]
+    named = {p.rstrip("/") for row in rows.splitlines() if row.startswith("| `")
+             for p in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    folders = {p.relative_to(ROOT).as_posix() for p in (ROOT / "perchead").iterdir()
+               if p.is_dir() and any(p.glob("*.py"))}
+    assert folders and sorted(folders - named) == [], "package folders missing from docs/architecture.md"

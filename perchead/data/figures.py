@@ -2,7 +2,7 @@
 
 Training writes a contact sheet every ``--eval-every`` steps and the reconstruction evaluation one per run;
 the editing evaluation writes its figure with :func:`save_labelled_grid`. :func:`decoder_layers_figure`
-shows the head after each 3D decoder layer (supplement §7); the README's figure is
+shows the head after each 3D decoder layer (supplement §7); the figure in docs/method.md is
 
     python -m perchead.data.figures --model weights_card --output docs/decoder_layers.png \
         examples/head0_front.png examples/head1_three_quarter.png examples/photo_astronaut.jpg
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from perchead.data.synthetic import make_head, render_head, split_seeds
-from perchead.pipelines.preprocess import to_uint8
+from perchead.geometry.images import to_uint8
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
 CONTACT_VIEWS = (("front", 0.0, 0.0), ("side", 90.0, 0.0), ("back", 180.0, 0.0), ("top", 0.0, 75.0))

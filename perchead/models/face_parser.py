@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perchead.geometry.segmentation import BACKGROUND, CLASSES, NUM_CLASSES
-from perchead.models.base import hub_offline
+from perchead.models.hub import hub_offline
 from perchead.models.config import model_preset
 from perchead.models.layers import IMAGENET_MEAN, IMAGENET_STD
 

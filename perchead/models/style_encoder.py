@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perchead.models.base import WEIGHTS_NAME, hub_offline
+from perchead.models.base import WEIGHTS_NAME
+from perchead.models.hub import hub_offline
 from perchead.models.config import model_preset
 
 DEFAULT_STYLE_FOLDER = "weights_card/style"  # the bundled offline style model (perchead.training.style)
