@@ -42,7 +42,7 @@ def frames_job(job, frames: int, fail: str = ""):
         if k == 1:
             job.publish(("early", os.getpid()))
     if fail == "input":
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.photo.load import PreprocessError
 
         raise PreprocessError("no face was found in the photo")
     if fail == "bug":
@@ -174,7 +174,7 @@ def test_errors_cross_back_as_visitor_messages(runner):
     async def run(fail):
         return await runner.run(None, "test job", frames_job, (PreprocessError,), args=(2, fail))
 
-    from perchead.pipelines.preprocess import PreprocessError
+    from perchead.photo.load import PreprocessError
 
     with pytest.raises(gr.Error, match="no face was found in the photo"):
         asyncio.run(run("input"))
