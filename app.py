@@ -498,7 +498,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                 learned from): the fit then uses ``FitConfig.preset("real")`` — the camera 17° higher (the
                 synthetic heads' landmark layout reads real faces that much too low), the face mesh's depth
                 profile, the latent stage's silhouette prior, a 256² photo and a quarter of the face's
-                Gaussians split (README, "The real-photo preset").
+                Gaussians split (docs/photo-fit.md, "The real-photo preset").
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
