@@ -22,9 +22,13 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from perchead.models.lift_encoder import EmptyMaskError
+from perchead.pipelines.edit import MAP_SOURCES
+
 from serving import (
-    BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, guard_uploads, guard_value,
-    guard_video, load_edit_holder, session_key, visitor_error,
+    BUNDLED, EDITOR_MAX_LAYERS, EDITOR_MAX_PIXELS, EditHolder, JobRunner, ModelHolder, OutputStore, check_count,
+    check_flag, guard_choice, guard_editor_blobs, guard_uploads, guard_value, guard_video, guarded_app_kwargs,
+    load_edit_holder, markdown_text, session_key, visitor_error,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
@@ -186,7 +190,7 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 notes.append("no head was found in the photo (all background): paint one, or try another photo")
             return str(path), str(path), "\n".join(f"- {note}" for note in notes)
 
-        return await jobs.run(request, "segmentation", work, (PreprocessError,))
+        return await jobs.run(request, "segmentation", work, (PreprocessError, EmptyMaskError))
 
     async def edit(segmentation_map: dict | None, style_prompt: str = "", style_image: str | None = None,
                    snap_colors: bool = False, turntable_frames: int = DEFAULT_FRAMES, request: gr.Request = None,
@@ -251,7 +255,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                 seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
             seen_path = str(job.folder / "model_input.png")
             Image.fromarray(seen).save(seen_path)
-            style_note = f"style from the {edited.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
+            style_note = f"style from the {edited.style_source}"
+            style_note += f": “{markdown_text(style_prompt)}”" if style_prompt else ""  # shown literally
             notes = [style_note, *map_notes, *edited.notes]
             out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
                                 progress=report, timings=edited.timings, notes=notes,
@@ -277,21 +282,23 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                     seg_remove_background = gr.Checkbox(True, label="Remove background")
                     seg_auto_crop = gr.Checkbox(True, label="Auto-crop around the head")
                     seg_whole_image = gr.Checkbox(False, label="Use the whole image when no face is found")
-                    seg_source = gr.Radio([("Face landmarks + matte (photos)", "auto"),
-                                           ("Face parser (synthetic renders)", "parser")], value="auto",
-                                          label="Map from", elem_id="map-source")
+                    seg_source = guard_choice(gr.Radio([("Face landmarks + matte (photos)", "auto"),
+                                                        ("Face parser (synthetic renders)", "parser")], value="auto",
+                                                       label="Map from", elem_id="map-source"),
+                                              "map_source", MAP_SOURCES)  # "landmarks" (the same as auto) too
                 segment_button = gr.Button("Get segmentation map", elem_id="segment-button")
                 parsed = gr.Image(label="Parsed map", type="filepath", interactive=False, height=160,
                                   elem_id="parsed-map")
                 segment_notes = gr.Markdown()
             with gr.Column(scale=3, min_width=320):
                 gr.HTML(legend_html(columns=4))
-                editor = guard_uploads(gr.ImageEditor(
+                editor = guard_editor_blobs(guard_uploads(gr.ImageEditor(
                     label="Segmentation map", type="pil", image_mode="RGB", format="png", sources=["upload", "clipboard"],
                     brush=gr.Brush(colors=list(PALETTE_HEX), default_color=PALETTE_HEX[13], color_mode="fixed"),
                     layers=False, transforms=(), canvas_size=(MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), height=520,
                     elem_id="segmentation-editor",
-                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])], "Bad segmentation map")
+                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])],
+                   "Bad segmentation map", max_files=2 + EDITOR_MAX_LAYERS, max_pixels=EDITOR_MAX_PIXELS))
                 maps = sorted(str(p) for p in (EXAMPLES / "maps").glob("*.png"))
                 if maps:
                     gr.Examples(maps, inputs=[editor], label="Example maps (synthetic heads)")
@@ -360,7 +367,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
             summary = "\n".join([line, *(f"- {note}" for note in out.notes)])
             return str(out.video), str(out.heads), {k: round(v, 3) for k, v in out.timings.items()}, summary
 
-        return await jobs.run(request, "video reconstruction", work, (ClipError, PreprocessError))
+        return await jobs.run(request, "video reconstruction", work, (ClipError, PreprocessError, EmptyMaskError))
 
     with gr.Tab("Video", elem_id="video-tab") as tab:
         gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
@@ -375,7 +382,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
                     face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
                                                        info="when the video shows several: 0 = the largest, 1 = "
                                                             "the next, … (in the first frame with faces)"),
-                                             "face_index", "a whole number from 0 to 99")
+                                             "face_index", "a whole number from 0 to 99", whole=(0, 99))
                     remove_background = gr.Checkbox(True, label="Remove background")
                     use_whole_image = gr.Checkbox(False, label="Use the whole frames when no face is found")
             with gr.Column(scale=3, min_width=320):
@@ -455,7 +462,7 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             summary = "\n".join([line, *(f"- {note}" for note in layers.notes)])
             return str(strip), gallery, files, {k: round(v, 3) for k, v in timings.items()}, summary
 
-        return await jobs.run(request, "decoder visualisation", work, (PreprocessError,))
+        return await jobs.run(request, "decoder visualisation", work, (PreprocessError, EmptyMaskError))
 
     with gr.Accordion("Inside the model: what each decoder layer adds", open=False, elem_id="inside-panel"):
         gr.Markdown(INSIDE_INTRO)
@@ -544,7 +551,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                     result(part, model_input, part.notes, "the turntable video is on its way…")))
             return result(out, model_input, out.notes)
 
-        async for outputs in jobs.stream(request, "reconstruction", work, (PreprocessError,)):
+        async for outputs in jobs.stream(request, "reconstruction", work, (PreprocessError, EmptyMaskError)):
             yield outputs
 
     with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, jobs.store.max_age_s)) as demo:
@@ -565,7 +572,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                         face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
                                                            info="when the photo shows several: 0 = the largest, "
                                                                 "1 = the next, …"),
-                                                 "face_index", "a whole number from 0 to 99")
+                                                 "face_index", "a whole number from 0 to 99", whole=(0, 99))
                         turntable_frames = frames_input()
                         fit_steps = guard_value(
                             gr.Slider(0, MAX_FIT_STEPS, value=DEFAULT_FIT_STEPS, step=10, label="Fit to the photo (steps)",
@@ -636,10 +643,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     holder = ModelHolder(args.model, args.device, args.revision).start()
     edit_holder = load_edit_holder(args.edit_model, args.device, args.revision)
-    demo = build_demo(holder, edit_holder)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    store = OutputStore(Path(get_upload_folder()) / "perchead", uploads=get_upload_folder())
+    demo = build_demo(holder, edit_holder, JobRunner(store))
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)  # model jobs: queue only
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-                show_error=False, css=CSS)
+                show_error=False, css=CSS, app_kwargs=guarded_app_kwargs(store))
 
 
 if __name__ == "__main__":
