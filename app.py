@@ -24,9 +24,13 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from perchead.models.lift_encoder import EmptyMaskError
+from perchead.pipelines.edit import MAP_SOURCES
+
 from serving import (
-    BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, gpu_seconds, gpu_task,
-    guard_uploads, guard_value, guard_video, load_edit_holder, session_key, visitor_error,
+    BUNDLED, EDITOR_MAX_LAYERS, EDITOR_MAX_PIXELS, EditHolder, JobRunner, ModelHolder, OutputStore, check_count,
+    check_flag, gpu_seconds, gpu_task, guard_choice, guard_editor_blobs, guard_uploads, guard_value, guard_video,
+    guarded_app_kwargs, load_edit_holder, markdown_text, session_key, visitor_error,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
@@ -189,8 +193,9 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             raise visitor_error(f"map_source must be one of {', '.join(MAP_SOURCES)}, got {str(map_source)[:40]!r}.",
                                 "Bad parameter")
         options["source"] = map_source
-        return await jobs.run(request, "segmentation", parse_photo, (PreprocessError,), args=(photo, options),
-                              duration=gpu_seconds())
+
+        return await jobs.run(request, "segmentation", parse_photo, (PreprocessError, EmptyMaskError),
+                              args=(photo, options), duration=gpu_seconds())
 
     @gpu_task
     def edit_map(job, segmentation_map: dict, style_prompt: str, style_image: str | None, snap: bool, frames: int):
@@ -217,7 +222,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
         seen_path = str(job.folder / "model_input.png")
         Image.fromarray(seen).save(seen_path)
-        style_note = f"style from the {edited.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
+        style_note = f"style from the {edited.style_source}"
+        style_note += f": “{markdown_text(style_prompt)}”" if style_prompt else ""  # shown literally
         notes = [style_note, *map_notes, *edited.notes]
         out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
                             progress=report, timings=edited.timings, notes=notes,
@@ -287,21 +293,23 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                     seg_remove_background = gr.Checkbox(True, label="Remove background")
                     seg_auto_crop = gr.Checkbox(True, label="Auto-crop around the head")
                     seg_whole_image = gr.Checkbox(False, label="Use the whole image when no face is found")
-                    seg_source = gr.Radio([("Face landmarks + matte (photos)", "auto"),
-                                           ("Face parser (synthetic renders)", "parser")], value="auto",
-                                          label="Map from", elem_id="map-source")
+                    seg_source = guard_choice(gr.Radio([("Face landmarks + matte (photos)", "auto"),
+                                                        ("Face parser (synthetic renders)", "parser")], value="auto",
+                                                       label="Map from", elem_id="map-source"),
+                                              "map_source", MAP_SOURCES)  # "landmarks" (the same as auto) too
                 segment_button = gr.Button("Get segmentation map", elem_id="segment-button")
                 parsed = gr.Image(label="Parsed map", type="filepath", interactive=False, height=160,
                                   elem_id="parsed-map")
                 segment_notes = gr.Markdown()
             with gr.Column(scale=3, min_width=320):
                 gr.HTML(legend_html(columns=4))
-                editor = guard_uploads(gr.ImageEditor(
+                editor = guard_editor_blobs(guard_uploads(gr.ImageEditor(
                     label="Segmentation map", type="pil", image_mode="RGB", format="png", sources=["upload", "clipboard"],
                     brush=gr.Brush(colors=list(PALETTE_HEX), default_color=PALETTE_HEX[13], color_mode="fixed"),
                     layers=False, transforms=(), canvas_size=(MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), height=520,
                     elem_id="segmentation-editor",
-                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])], "Bad segmentation map")
+                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])],
+                   "Bad segmentation map", max_files=2 + EDITOR_MAX_LAYERS, max_pixels=EDITOR_MAX_PIXELS))
                 maps = sorted(str(p) for p in (EXAMPLES / "maps").glob("*.png"))
                 if maps:
                     gr.Examples(maps, inputs=[editor], label="Example maps (synthetic heads)")
@@ -338,8 +346,8 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
     def video_heads(job, video: str, face: int, options: dict):
         from perchead.pipelines.sequence import SequencePipeline
 
-        out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face, progress=job.reporter(),
-                                                      **options)
+        out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face,
+                                                      progress=job.reporter(), **options)
         seconds = out.timings["total"]
         line = (f"**{out.frames} heads in {seconds:.1f} s** ({out.frames / max(seconds, 1e-6):.1f} frames per "
                 f"second) · {out.fps:g} frames per second of the clip")
@@ -372,15 +380,15 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
         face = check_count(face_index, "face_index", 0, 99)
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("use_whole_image", use_whole_image))}
+
         try:  # the upload was checked already; its length (0 when the header lacks it) sizes the GPU request
             seconds = probe_clip(video, limits)["duration"] or limits.max_seconds
         except ClipError as error:
             raise visitor_error(f"Bad video: {error}", "Unusable video") from None
-
-        return await jobs.run(request, "video reconstruction", video_heads, (ClipError, PreprocessError),
-                              args=(video, face, options), progress=progress,
-                              duration=gpu_seconds(video_frames=math.ceil(min(seconds, limits.max_seconds)
-                                                                          * limits.fps)))
+        frames = math.ceil(min(seconds, limits.max_seconds) * limits.fps)
+        return await jobs.run(request, "video reconstruction", video_heads,
+                              (ClipError, PreprocessError, EmptyMaskError), args=(video, face, options),
+                              progress=progress, duration=gpu_seconds(video_frames=frames))
 
     with gr.Tab("Video", elem_id="video-tab") as tab:
         gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
@@ -395,7 +403,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
                     face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
                                                        info="when the video shows several: 0 = the largest, 1 = "
                                                             "the next, … (in the first frame with faces)"),
-                                             "face_index", "a whole number from 0 to 99")
+                                             "face_index", "a whole number from 0 to 99", whole=(0, 99))
                     remove_background = gr.Checkbox(True, label="Remove background")
                     use_whole_image = gr.Checkbox(False, label="Use the whole frames when no face is found")
             with gr.Column(scale=3, min_width=320):
@@ -477,8 +485,8 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
         flags["face_index"] = check_count(face_index, "face_index", 0, 99)
 
-        return await jobs.run(request, "decoder visualisation", layer_heads, (PreprocessError,), args=(image, flags),
-                              progress=progress, duration=gpu_seconds())
+        return await jobs.run(request, "decoder visualisation", layer_heads, (PreprocessError, EmptyMaskError),
+                              args=(image, flags), progress=progress, duration=gpu_seconds())
 
     with gr.Accordion("Inside the model: what each decoder layer adds", open=False, elem_id="inside-panel"):
         gr.Markdown(INSIDE_INTRO)
@@ -516,7 +524,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                                   view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
             job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
 
-        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config, before_fit=show_before_fit, **options)
+        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
+                       before_fit=show_before_fit, **options)
         rec.preprocessed[0].preview().save(model_input)
         out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
                             timings=rec.timings, notes=notice + rec.notes,
@@ -544,7 +553,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                 learned from): the fit then uses ``FitConfig.preset("real")`` — the camera 17° higher (the
                 synthetic heads' landmark layout reads real faces that much too low), the face mesh's depth
                 profile, the latent stage's silhouette prior, a 256² photo and a quarter of the face's
-                Gaussians split (README, "The real-photo preset").
+                Gaussians split (docs/photo-fit.md, "The real-photo preset").
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
@@ -568,7 +577,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
-        async with aclosing(jobs.stream(request, "reconstruction", photo_head, (PreprocessError,),
+        async with aclosing(jobs.stream(request, "reconstruction", photo_head, (PreprocessError, EmptyMaskError),
                                         args=(image, options, fit, frames, fit_config), progress=progress,
                                         duration=gpu_seconds(fit_steps=fit, turntable_frames=frames))) as stream:
             async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
@@ -592,7 +601,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                         face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
                                                            info="when the photo shows several: 0 = the largest, "
                                                                 "1 = the next, …"),
-                                                 "face_index", "a whole number from 0 to 99")
+                                                 "face_index", "a whole number from 0 to 99", whole=(0, 99))
                         turntable_frames = frames_input()
                         fit_steps = guard_value(
                             gr.Slider(0, MAX_FIT_STEPS, value=DEFAULT_FIT_STEPS, step=10, label="Fit to the photo (steps)",
@@ -663,10 +672,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     holder = ModelHolder(args.model, args.device, args.revision).start()
     edit_holder = load_edit_holder(args.edit_model, args.device, args.revision)
-    demo = build_demo(holder, edit_holder)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    store = OutputStore(Path(get_upload_folder()) / "perchead", uploads=get_upload_folder())
+    demo = build_demo(holder, edit_holder, JobRunner(store))
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)  # model jobs: queue only
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-                show_error=False, css=CSS)
+                show_error=False, css=CSS, app_kwargs=guarded_app_kwargs(store))
 
 
 if __name__ == "__main__":

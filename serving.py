@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import io
+import json
 import logging
 import math
 import os
@@ -37,6 +39,14 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what Gradio's page and gradio
 MODEL_TIMEOUT_S = 300  # how long a request waits for the start-up model load
 MAX_AGE_S = int(os.environ.get("PERCHEAD_OUTPUT_MAX_AGE_S", 3600))  # outputs older than this are deleted
 MAX_OUTPUT_BYTES = int(os.environ.get("PERCHEAD_OUTPUT_MAX_BYTES", 2 * 1024**3))  # oldest deleted beyond this
+MAX_JSON_BYTES = 256 * 1024  # the body of an API call (file arguments are references, the prompt ≤ 300 characters)
+MAX_UPLOAD_BYTES = 32 * 1024**2 + 64 * 1024  # the body of one upload: one file at the 32 MB limit, plus the form
+UPLOAD_GRACE_S = float(os.environ.get("PERCHEAD_UPLOAD_GRACE_S", 60))  # uploads younger than this are never evicted
+EDITOR_MAX_LAYERS = 4  # layers of the map editor's value (the page sends one)
+EDITOR_MAX_PIXELS = 16_000_000  # all images of one map-editor value together, read from their headers
+EDITOR_MAX_BLOB_BYTES = 24 * 1024**2  # the editor's pending in-memory images, all visitors together
+MAX_BLOB_REQUEST_BYTES = 4 * 1024**2 + 64 * 1024  # one editor image (the page sends its 512² canvas, a few KB)
+_PROCESS = f"{os.getpid()} {secrets.token_hex(8)}"  # marks this process's running job folders
 _SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.~@+-]+){2,}")  # absolute-looking paths in messages
 log = logging.getLogger("perchead.app")
 
@@ -69,31 +79,72 @@ def check_count(value: Any, name: str, low: int, high: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def guard_uploads(component, files_of: Callable[[Any], list], what: str):
-    """Makes an input refuse unreadable uploads (empty, corrupt, non-image, bomb) with a message naming them.
+def stored_file(path: Any) -> bool:
+    """Whether ``path`` is a file Gradio stored for this server: under its upload/cache folder or the app's
+    examples (symlinks and ``..`` resolved first). Says nothing about whether the file exists."""
+    from gradio.utils import get_upload_folder
+
+    if not isinstance(path, str) or not path or "\0" in path or len(path) > 4096:
+        return False
+    real = os.path.realpath(path)
+    for root in (get_upload_folder(), str(ROOT / "examples")):
+        root = os.path.realpath(root)
+        if real.startswith(root + os.sep):
+            return True
+    return False
+
+
+NOT_STORED = ("a file argument must be a file uploaded to this server (upload it first, e.g. with gradio_client's "
+              "handle_file); other paths are not read.")
+
+
+def guard_uploads(component, files_of: Callable[[Any], list], what: str, max_files: int | None = None,
+                  max_pixels: int | None = None):
+    """Makes an input refuse unusable files (not uploaded here, empty, corrupt, non-image, bomb, over budget)
+    with a message naming them, before anything is decoded.
 
     Wraps the instance's ``preprocess`` (a subclass would make Gradio write a ``.pyi`` stub next to the
-    app): our header check of every file in the payload runs first, then Gradio's own.
+    app): our checks of every file in the payload run first — each must be a file Gradio stored for this
+    server (:func:`stored_file`), with a readable header — then Gradio's own.
 
     Args:
         component: the Gradio input.
         files_of: payload → the uploaded file objects (with ``.path``) to check.
         what: how the message names the input ("Bad input", "Bad segmentation map").
+        max_files: most files in one value (e.g. the map editor's layers); None = no limit.
+        max_pixels: most pixels of all files of one value together, from their headers; None = no limit.
     """
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
         from perchead.photo.load import PreprocessError, check_file
 
-        for file in files_of(payload):
-            if getattr(file, "path", None):
-                try:
-                    check_file(file.path)
-                except PreprocessError as error:
-                    log.info("upload refused (%s): %s", what, error)
-                    raise visitor_error(f"{what}: {error}", "Unusable image") from None
+        files = [file for file in files_of(payload) if file is not None]
+        if max_files is not None and len(files) > max_files:
+            log.info("upload refused (%s): %d files", what, len(files))
+            raise visitor_error(f"{what}: at most {max_files} images in one value, got {len(files)}.", "Too many images")
+        pixels = 0
+        for file in files:
+            path = getattr(file, "path", None)
+            if path is None and getattr(file, "url", None) is None:
+                continue
+            if not stored_file(path):
+                log.info("upload refused (%s): not a stored file", what)
+                raise visitor_error(f"{what}: {NOT_STORED}", "Not an upload")
+            try:
+                width, height = check_file(path)
+            except PreprocessError as error:
+                log.info("upload refused (%s): %s", what, error)
+                raise visitor_error(f"{what}: {error}", "Unusable image") from None
+            pixels += width * height
+            if max_pixels is not None and pixels > max_pixels:
+                log.info("upload refused (%s): %d pixels", what, pixels)
+                raise visitor_error(f"{what}: its images hold more than {max_pixels / 1e6:.0f} megapixels together; "
+                                    "please send smaller images.", "Images too large")
         try:
             return gradio_preprocess(payload)
+        except gr.Error:
+            raise
         except Exception as error:  # anything PIL could not open
             log.info("upload refused (%s): %s", what, type(error).__name__)
             raise visitor_error(f"{what}: the file cannot be read as an image; please upload a PNG, JPEG or "
@@ -101,6 +152,70 @@ def guard_uploads(component, files_of: Callable[[Any], list], what: str):
 
     component.preprocess = preprocess
     return component
+
+
+def guard_editor_blobs(editor, max_layers: int = EDITOR_MAX_LAYERS, max_pixels: int = EDITOR_MAX_PIXELS,
+                       max_bytes: int = EDITOR_MAX_BLOB_BYTES):
+    """Bounds the map editor's upload helper (``/component_server``, ``accept_blobs``): the page sends its
+    images there before a job, and Gradio keeps them in memory under a client-chosen id.
+
+    Refused with HTTP 400 before Gradio sees them: an unknown part, a layer index beyond ``max_layers``, an
+    id not shaped like Gradio's, a blob that is not an image or whose header declares more than
+    ``max_pixels``. The oldest pending values are dropped while all together exceed ``max_bytes``.
+    """
+    from fastapi import HTTPException
+    from PIL import Image
+
+    gradio_accept = editor.accept_blobs
+
+    def declared_pixels(blob: bytes) -> int:
+        with Image.open(io.BytesIO(blob)) as image:  # reads the header only
+            return image.size[0] * image.size[1]
+
+    def refuse(message: str):
+        log.info("editor upload refused: %s", message)
+        return HTTPException(status_code=400, detail=message)
+
+    def accept_blobs(data):
+        fields, files = getattr(data, "data", None), getattr(data, "files", None)
+        if not isinstance(fields, dict) or not isinstance(files, list) or len(files) != 1:
+            raise refuse("one image per request, with its type, index and id")
+        kind, index, key = fields.get("type"), fields.get("index"), fields.get("id")
+        if kind not in ("background", "layer", "composite"):
+            raise refuse("type must be background, layer or composite")
+        if not isinstance(key, str) or not SESSION_ID.fullmatch(key):
+            raise refuse("id must be 1 to 64 letters, digits, '-' or '_'")
+        if index not in (None, "", "null"):
+            if not (isinstance(index, (str, int)) and str(index).isdigit() and int(index) < max_layers):
+                raise refuse(f"index must be a whole number from 0 to {max_layers - 1}")
+        blob = files[0][1]
+        try:
+            pixels = declared_pixels(blob)
+        except Exception:
+            raise refuse("the blob is not a readable image") from None
+        if pixels > max_pixels:
+            raise refuse(f"the image declares more than {max_pixels / 1e6:.0f} megapixels")
+        storage = editor.blob_storage
+        pending = storage.get(key)
+        if pending is not None:
+            parts = [pending.background, pending.composite, *pending.layers]
+            if sum(declared_pixels(part) for part in parts if part) + pixels > max_pixels:
+                raise refuse(f"the images of one value declare more than {max_pixels / 1e6:.0f} megapixels")
+
+        def held() -> int:
+            return sum(len(p) for v in storage.values() for p in (v.background, v.composite, *v.layers) if p)
+
+        while storage and held() + len(blob) > max_bytes:
+            storage.pop(next(iter(storage)))  # the oldest pending value (its job will say the map is missing)
+        try:
+            return gradio_accept(data)
+        finally:
+            if len(blob) > 1024**2:
+                _release_memory()  # request copies of a large blob would otherwise stay in the heap
+
+    accept_blobs._is_server_fn = True  # Gradio only calls functions marked as server functions
+    editor.accept_blobs = accept_blobs
+    return editor
 
 
 def guard_video(component):
@@ -112,7 +227,10 @@ def guard_video(component):
     def preprocess(payload):
         from perchead.pipelines.sequence import ClipError, probe_clip
 
-        if getattr(payload, "path", None):
+        if getattr(payload, "path", None) is not None or getattr(payload, "url", None) is not None:
+            if not stored_file(getattr(payload, "path", None)):
+                log.info("upload refused (video): not a stored file")
+                raise visitor_error(f"Bad video: {NOT_STORED}", "Not an upload")
             try:
                 probe_clip(payload.path)
             except ClipError as error:
@@ -120,6 +238,8 @@ def guard_video(component):
                 raise visitor_error(f"Bad video: {error}", "Unusable video") from None
         try:
             return gradio_preprocess(payload)
+        except gr.Error:
+            raise
         except Exception as error:
             log.info("upload refused (video): %s", type(error).__name__)
             raise visitor_error("Bad video: the file cannot be read; please upload an MP4, MOV, WebM, MKV or AVI "
@@ -129,11 +249,21 @@ def guard_video(component):
     return component
 
 
-def guard_value(component, name: str, expected: str):
-    """Makes an input refuse values Gradio cannot convert (e.g. text for a slider) with a message naming it."""
+def guard_value(component, name: str, expected: str, whole: tuple[int, int] | None = None):
+    """Makes an input refuse values Gradio cannot convert (e.g. text for a slider) with a message naming it.
+
+    Args:
+        component: the Gradio input.
+        name: the parameter's API name, for messages.
+        expected: what it must be, in words.
+        whole: ``(low, high)`` to check the value as sent, before Gradio rounds it (``true`` and ``1e-7``
+            are refused, not read as 1 and 0).
+    """
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
+        if whole is not None:
+            check_count(payload, name, *whole)
         try:
             return gradio_preprocess(payload)
         except Exception:
@@ -142,6 +272,29 @@ def guard_value(component, name: str, expected: str):
 
     component.preprocess = preprocess
     return component
+
+
+def guard_choice(component, name: str, allowed: tuple[str, ...]):
+    """Makes a choice input accept exactly ``allowed`` (which may document more values than the page shows)
+    and refuse anything else with a message listing them."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        if not isinstance(payload, str) or payload not in allowed:
+            log.info("parameter refused: %s = %.40r", name, payload)
+            raise visitor_error(f"{name} must be one of {', '.join(allowed)}, got {str(payload)[:40]!r}.",
+                                "Bad parameter")
+        choices = [value for _, value in getattr(component, "choices", [])]
+        return gradio_preprocess(payload) if payload in choices else payload
+
+    component.preprocess = preprocess
+    return component
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown literally in Markdown: markup characters escaped, HTML made inert."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", text)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -347,15 +500,29 @@ class OutputStore:
     never exceeds ``max_bytes`` plus one job's files.
     """
 
-    def __init__(self, root: str | os.PathLike, max_age_s: float = MAX_AGE_S, max_bytes: int = MAX_OUTPUT_BYTES):
+    def __init__(self, root: str | os.PathLike, max_age_s: float = MAX_AGE_S, max_bytes: int = MAX_OUTPUT_BYTES,
+                 uploads: str | os.PathLike | None = None):
+        """
+        Args:
+            root: the folder of the job folders (created).
+            max_age_s: folders (and uploads) older than this are deleted.
+            max_bytes: outputs and uploads together are kept under this.
+            uploads: Gradio's upload folder, whose files count against ``max_bytes`` (:meth:`admit_upload`);
+                None = uploads are not counted.
+        """
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.uploads = Path(uploads).resolve() if uploads is not None else None
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._upload_lock = threading.Lock()
         self._sessions: dict[str, set[Path]] = {}  # session id → its job folders
         self._busy: set[Path] = set()  # folders of jobs that are running (never pruned)
         self._orphans: set[Path] = set()  # folders of ended sessions whose job was still running
+        removed = self.prune()  # half-written folders of a process that was killed mid-job go at start-up
+        if removed:
+            log.info("removed %d bytes of job folders left by an earlier run", removed)
 
     def _inside(self, folder: Path) -> Path:
         """``folder`` resolved (symlinks followed: a link out of the root resolves outside it), if it is a direct
@@ -371,6 +538,7 @@ class OutputStore:
         folder = self._inside(self.root / secrets.token_hex(8))
         with self._lock:
             folder.mkdir()
+            (folder / RUNNING).write_text(_PROCESS)  # a folder whose writer is gone is half-written
             self._busy.add(folder)
             if session is not None and SESSION_ID.fullmatch(session):
                 self._sessions.setdefault(session, set()).add(folder)
@@ -380,6 +548,7 @@ class OutputStore:
         """The job writing into ``folder`` has ended; the folder may now be pruned."""
         with self._lock:
             self._busy.discard(folder)
+        (folder / RUNNING).unlink(missing_ok=True)
 
     def remove(self, folder: Path) -> None:
         """Deletes one job folder (only ever a direct child of the root)."""
@@ -415,7 +584,7 @@ class OutputStore:
         rows = []
         for entry in os.scandir(self.root):
             if entry.is_dir(follow_symlinks=False):
-                size = sum(f.stat().st_size for f in Path(entry.path).rglob("*") if f.is_file())
+                size = sum(f.stat().st_size for f in Path(entry.path).rglob("*") if f.is_file() and f.name != RUNNING)
                 rows.append((entry.stat().st_mtime, Path(entry.path), size))
         return sorted(rows)
 
@@ -431,11 +600,183 @@ class OutputStore:
         for mtime, folder, size in rows:
             if folder in busy:
                 continue
-            if folder in orphans or now - mtime > self.max_age_s or total > self.max_bytes:
+            if folder in orphans or now - mtime > self.max_age_s or total > self.max_bytes or _abandoned(folder):
                 self.remove(folder)
                 total -= size
                 freed += size
         return freed
+
+
+    def admit_upload(self, size: int) -> bool:
+        """Makes room for an upload of ``size`` bytes under the one disk limit (outputs and uploads together
+        under ``max_bytes``): prunes the outputs, then deletes uploads older than ``max_age_s`` and, oldest
+        first, uploads older than ``UPLOAD_GRACE_S`` (younger ones may be on their way into a job).
+
+        Returns:
+            False when it still does not fit (the upload is refused).
+        """
+        if self.uploads is None:
+            return True
+        with self._upload_lock:
+            self.prune()
+            now, outputs = time.time(), self.usage()
+            rows = []
+            for entry in os.scandir(self.uploads):
+                path = Path(entry.path)
+                if path == self.root or entry.is_symlink():
+                    continue
+                files = [path] if entry.is_file() else [f for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
+                rows.append((entry.stat().st_mtime, path, sum(f.stat().st_size for f in files)))
+            total = outputs + sum(row[2] for row in rows) + size
+            for mtime, path, bytes_ in sorted(rows):
+                if now - mtime > self.max_age_s or (total > self.max_bytes and now - mtime > UPLOAD_GRACE_S):
+                    if path.parent == self.uploads:  # only ever a direct child of the upload folder
+                        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                        total -= bytes_
+            return total <= self.max_bytes
+
+
+RUNNING = ".running"  # in a job folder while its job writes: "<pid> <token>" of the writing process
+
+
+def _abandoned(folder: Path) -> bool:
+    """A job folder whose writing process is gone (killed mid-job): its marker names another process, dead."""
+    try:
+        owner = (folder / RUNNING).read_text()
+    except OSError:
+        return False
+    if owner == _PROCESS:
+        return False
+    pid = owner.split()[0] if owner.split() else ""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True  # ours by pid but not by token: a restart that reused the pid
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- requests
+API = "/gradio_api/"
+POST_ROUTES = ("queue/join", "cancel", "reset", "upload", "component_server")  # and call/, run/, api/ below
+CALL_ROUTES = ("call/", "run/", "api/")
+FILE_ROUTES = ("upload", "component_server")  # multipart bodies
+
+
+class RequestGuard:
+    """ASGI middleware in front of Gradio's routes: what a request may be before Gradio reads it.
+
+    - POST only to the routes the page and ``gradio_client`` use (``queue/join``, ``call/…``, ``run/…`` for
+      the page's instant UI updates — model endpoints refuse it, see ``api_open``, ``upload``,
+      ``component_server``, ``cancel``, ``reset``); others get 404.
+    - A declared body size (``Content-Length``; 411 without it): at most ``MAX_JSON_BYTES`` for API calls,
+      ``MAX_UPLOAD_BYTES`` for uploads, ``MAX_BLOB_REQUEST_BYTES`` for an editor image (413 beyond).
+    - An upload must fit the disk limit (:meth:`OutputStore.admit_upload`; 507 when it does not).
+    - Every file argument of an API call (a dict with ``path`` or ``url``) must be a file Gradio stored for
+      this server (:func:`stored_file`), and ``data:`` URLs are refused (they skip the upload limits); 400.
+    """
+
+    def __init__(self, app, store: OutputStore | None = None):
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        route = path.split(API, 1)[1].strip("/") if API in path else None
+        if route is None or not (route in POST_ROUTES or route.startswith(CALL_ROUTES)):
+            return await _reply(send, 404, "Not found.")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if not length.isdigit():
+            return await _reply(send, 411, "Send the body with a Content-Length header.")
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        limit = {"upload": MAX_UPLOAD_BYTES, "component_server": MAX_BLOB_REQUEST_BYTES}.get(route, MAX_JSON_BYTES)
+        limit = limit if multipart else MAX_JSON_BYTES  # a JSON body is read whole here: the small limit
+        if int(length) > limit:
+            log.info("request refused: %s body of %s bytes", route, length)
+            return await _reply(send, 413, f"The request body is over {limit // 1024} KiB.")
+        if route == "upload" and self.store is not None:
+            if not await asyncio.to_thread(self.store.admit_upload, int(length)):
+                log.info("upload refused: the disk limit for uploads and outputs is reached")
+                return await _reply(send, 507, "The server's space for uploads is full; please try again in a minute.")
+        if route in FILE_ROUTES and multipart:
+            return await self.app(scope, _limited(receive, limit), send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await _reply(send, 413, f"The request body is over {limit // 1024} KiB.")
+        problem = _file_arguments_problem(body)
+        if problem:
+            log.info("request refused: %s: %s", route, problem)
+            return await _reply(send, 400, problem)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def _limited(receive, limit: int):
+    """``receive`` that ends the request (as a disconnect) once more than ``limit`` bytes have come."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        return {"type": "http.disconnect"} if seen > limit else message
+
+    return wrapped
+
+
+def _file_arguments_problem(body: bytes) -> str | None:
+    """Why an API call's JSON body is refused (a ``data:`` URL, a path Gradio did not store), else None."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # Gradio answers malformed JSON itself (422)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            url, path = item.get("url"), item.get("path")
+            if isinstance(url, str) and url.lstrip().lower().startswith("data:"):
+                return "data: URLs are not accepted; upload the file first (gradio_client's handle_file does)."
+            if "path" in item and path is not None and not stored_file(path):
+                return NOT_STORED[0].upper() + NOT_STORED[1:]
+            stack.extend(item.values())
+    return None
+
+
+async def _reply(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message, "detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def guarded_app_kwargs(store: OutputStore) -> dict:
+    """``demo.launch(app_kwargs=...)`` that puts :class:`RequestGuard` in front of Gradio's routes."""
+    from starlette.middleware import Middleware
+
+    return {"middleware": [Middleware(RequestGuard, store=store)]}
 
 
 # ----------------------------------------------------------------------------------------------- jobs

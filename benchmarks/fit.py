@@ -58,7 +58,7 @@ FACE_CLASSES = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "
 
 
 def _config(args) -> FitConfig:
-    """The fast preset with ``--steps``, ``--camera-steps`` and ``--set name=value`` overrides."""
+    """The fast preset with ``--steps``, ``--camera-steps`` and ``--set group.field=value`` overrides."""
     overrides = config_overrides(FitConfig, args.set)
     camera_steps = FitConfig().camera.steps if getattr(args, "camera_steps", None) is None else args.camera_steps
     return FitConfig.preset("fast", {"gaussians.steps": args.steps, "camera.steps": min(camera_steps, args.steps),

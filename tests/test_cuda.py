@@ -125,7 +125,7 @@ def test_video_on_cuda(pipes, analyzer, tmp_path):
     from perchead.data.clips import render_clip
     from perchead.data.synthetic import make_head, split_seeds
     from perchead.pipelines.sequence import SequenceConfig, SequencePipeline
-    from perchead.pipelines.video import write_mp4
+    from perchead.export.turntable import write_mp4
     from test_sequence import FPS, SECONDS, moving_head
 
     clip = tmp_path / "moving.mp4"

@@ -47,7 +47,7 @@ def frames_job(job, frames: int, fail: str = ""):
         raise PreprocessError("no face was found in the photo")
     if fail == "bug":
         raise KeyError(f"{job.folder}/secret")
-    return ("done", os.getpid(), sorted(p.name for p in job.folder.iterdir()))
+    return ("done", os.getpid(), sorted(p.name for p in job.folder.glob("frame_*")))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""What both pipelines share: the device, autocast, per-stage timing, progress, and the Gaussian-head tail."""
+"""What both pipelines share: the device, autocast, per-stage timing and the Gaussian-head tail."""
 
 from __future__ import annotations
 
