@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
+from contextlib import aclosing
 from pathlib import Path
 
 import gradio as gr
@@ -27,8 +29,8 @@ from perchead.pipelines.edit import MAP_SOURCES
 
 from serving import (
     BUNDLED, EDITOR_MAX_LAYERS, EDITOR_MAX_PIXELS, EditHolder, JobRunner, ModelHolder, OutputStore, check_count,
-    check_flag, guard_choice, guard_editor_blobs, guard_uploads, guard_value, guard_video, guarded_app_kwargs,
-    load_edit_holder, markdown_text, session_key, visitor_error,
+    check_flag, gpu_seconds, gpu_task, guard_choice, guard_editor_blobs, guard_uploads, guard_value, guard_video,
+    guarded_app_kwargs, load_edit_holder, markdown_text, session_key, visitor_error,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
@@ -148,6 +150,21 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
     """The Editing tab, hidden until the editing models have loaded. Endpoints ``/segment`` and ``/edit``."""
     from perchead.geometry.segmentation import PALETTE_HEX, labels_to_color, legend_html
 
+    @gpu_task
+    def parse_photo(job, photo: str, options: dict):
+        from PIL import Image
+
+        from perchead.geometry.segmentation import resize_labels
+
+        start = time.perf_counter()
+        labels, prep = edit_holder.get().segment(photo, return_preprocessed=True, **options)
+        path = job.folder / "segmentation.png"
+        Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
+        notes = [f"parsed in {time.perf_counter() - start:.1f} s", *prep.notes]
+        if not (labels != 0).any():
+            notes.append("no head was found in the photo (all background): paint one, or try another photo")
+        return str(path), str(path), "\n".join(f"- {note}" for note in notes)
+
     async def segment(photo: str | None, remove_background: bool = True, auto_crop: bool = True,
                       use_whole_image: bool = False, map_source: str = "auto", request: gr.Request = None):
         """Turns a portrait into the 19-class segmentation map the editing model takes.
@@ -165,9 +182,6 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             editor: the same map loaded into the map editor for painting.
             notes: remarks.
         """
-        from PIL import Image
-
-        from perchead.geometry.segmentation import resize_labels
         from perchead.photo.load import PreprocessError
         from perchead.pipelines.edit import MAP_SOURCES
 
@@ -180,17 +194,42 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                                 "Bad parameter")
         options["source"] = map_source
 
-        def work(job):
-            start = time.perf_counter()
-            labels, prep = edit_holder.get().segment(photo, return_preprocessed=True, **options)
-            path = job.folder / "segmentation.png"
-            Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
-            notes = [f"parsed in {time.perf_counter() - start:.1f} s", *prep.notes]
-            if not (labels != 0).any():
-                notes.append("no head was found in the photo (all background): paint one, or try another photo")
-            return str(path), str(path), "\n".join(f"- {note}" for note in notes)
+        return await jobs.run(request, "segmentation", parse_photo, (PreprocessError, EmptyMaskError),
+                              args=(photo, options), duration=gpu_seconds())
 
-        return await jobs.run(request, "segmentation", work, (PreprocessError, EmptyMaskError))
+    @gpu_task
+    def edit_map(job, segmentation_map: dict, style_prompt: str, style_image: str | None, snap: bool, frames: int):
+        import numpy as np
+        from PIL import Image
+
+        from perchead.export import write_outputs
+        from perchead.geometry.images import to_uint8
+        from perchead.photo.load import PreprocessError
+
+        pipeline = edit_holder.get()
+        report = job.reporter()
+        try:
+            labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
+        except ValueError as error:
+            hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
+            raise ValueError(f"Bad segmentation map: {error}{hint}") from None
+        try:
+            edited = pipeline(labels, style_prompt or None, style_image or None, progress=report)
+        except PreprocessError as error:  # only the style image is a photo here
+            raise PreprocessError(f"Bad style image: {error}") from None
+        seen = labels_to_color(edited.labels[0])  # [S, S, 3]
+        if edited.style_input is not None:
+            seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
+        seen_path = str(job.folder / "model_input.png")
+        Image.fromarray(seen).save(seen_path)
+        style_note = f"style from the {edited.style_source}"
+        style_note += f": “{markdown_text(style_prompt)}”" if style_prompt else ""  # shown literally
+        notes = [style_note, *map_notes, *edited.notes]
+        out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
+                            progress=report, timings=edited.timings, notes=notes,
+                            before_turntable=lambda part: job.publish(
+                                result(part, seen_path, part.notes, "the turntable video is on its way…")))
+        return result(out, seen_path, out.notes)
 
     async def edit(segmentation_map: dict | None, style_prompt: str = "", style_image: str | None = None,
                    snap_colors: bool = False, turntable_frames: int = DEFAULT_FRAMES, request: gr.Request = None,
@@ -216,11 +255,6 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             timings: seconds per stage.
             summary: the timings in words and remarks.
         """
-        import numpy as np
-        from PIL import Image
-
-        from perchead.export import write_outputs
-        from perchead.geometry.images import to_uint8
         from perchead.photo.load import PreprocessError
         from perchead.pipelines import PercHeadEditPipeline
 
@@ -238,34 +272,11 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         except ValueError as error:
             raise visitor_error(str(error), "No style") from None
 
-        def work(job):
-            pipeline = edit_holder.get()
-            report = job.reporter(progress)
-            try:
-                labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
-            except ValueError as error:
-                hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
-                raise ValueError(f"Bad segmentation map: {error}{hint}") from None
-            try:
-                edited = pipeline(labels, style_prompt or None, style_image or None, progress=report)
-            except PreprocessError as error:  # only the style image is a photo here
-                raise PreprocessError(f"Bad style image: {error}") from None
-            seen = labels_to_color(edited.labels[0])  # [S, S, 3]
-            if edited.style_input is not None:
-                seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
-            seen_path = str(job.folder / "model_input.png")
-            Image.fromarray(seen).save(seen_path)
-            style_note = f"style from the {edited.style_source}"
-            style_note += f": “{markdown_text(style_prompt)}”" if style_prompt else ""  # shown literally
-            notes = [style_note, *map_notes, *edited.notes]
-            out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
-                                progress=report, timings=edited.timings, notes=notes,
-                                before_turntable=lambda part: job.publish(
-                                    result(part, seen_path, part.notes, "the turntable video is on its way…")))
-            return result(out, seen_path, out.notes)
-
-        async for outputs in jobs.stream(request, "editing", work, (PreprocessError, ValueError)):
-            yield outputs
+        async with aclosing(jobs.stream(request, "editing", edit_map, (PreprocessError, ValueError),
+                                        args=(segmentation_map, style_prompt, style_image, snap, frames),
+                                        progress=progress, duration=gpu_seconds(turntable_frames=frames))) as stream:
+            async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
+                yield outputs
 
     def switch_style(source: str):
         if source == STYLE_TEXT:
@@ -331,6 +342,18 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
 
     limits = SequenceConfig()
 
+    @gpu_task
+    def video_heads(job, video: str, face: int, options: dict):
+        from perchead.pipelines.sequence import SequencePipeline
+
+        out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face,
+                                                      progress=job.reporter(), **options)
+        seconds = out.timings["total"]
+        line = (f"**{out.frames} heads in {seconds:.1f} s** ({out.frames / max(seconds, 1e-6):.1f} frames per "
+                f"second) · {out.fps:g} frames per second of the clip")
+        summary = "\n".join([line, *(f"- {note}" for note in out.notes)])
+        return str(out.video), str(out.heads), {k: round(v, 3) for k, v in out.timings.items()}, summary
+
     async def reconstruct_video(video: str | None, face_index: int = 0, remove_background: bool = True,
                                 use_whole_image: bool = False, request: gr.Request = None,
                                 progress: gr.Progress = gr.Progress()):
@@ -350,7 +373,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
             summary: the timings in words and remarks (frames used, faces found, fallbacks).
         """
         from perchead.photo.load import PreprocessError
-        from perchead.pipelines.sequence import ClipError, SequencePipeline
+        from perchead.pipelines.sequence import ClipError, probe_clip
 
         if not video:
             raise visitor_error(f"Please upload a short video (up to {limits.max_seconds:g} s) first.", "No video")
@@ -358,16 +381,14 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("use_whole_image", use_whole_image))}
 
-        def work(job):
-            out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face,
-                                                          progress=job.reporter(progress), **options)
-            seconds = out.timings["total"]
-            line = (f"**{out.frames} heads in {seconds:.1f} s** ({out.frames / max(seconds, 1e-6):.1f} frames per "
-                    f"second) · {out.fps:g} frames per second of the clip")
-            summary = "\n".join([line, *(f"- {note}" for note in out.notes)])
-            return str(out.video), str(out.heads), {k: round(v, 3) for k, v in out.timings.items()}, summary
-
-        return await jobs.run(request, "video reconstruction", work, (ClipError, PreprocessError, EmptyMaskError))
+        try:  # the upload was checked already; its length (0 when the header lacks it) sizes the GPU request
+            seconds = probe_clip(video, limits)["duration"] or limits.max_seconds
+        except ClipError as error:
+            raise visitor_error(f"Bad video: {error}", "Unusable video") from None
+        frames = math.ceil(min(seconds, limits.max_seconds) * limits.fps)
+        return await jobs.run(request, "video reconstruction", video_heads,
+                              (ClipError, PreprocessError, EmptyMaskError), args=(video, face, options),
+                              progress=progress, duration=gpu_seconds(video_frames=frames))
 
     with gr.Tab("Video", elem_id="video-tab") as tab:
         gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
@@ -412,6 +433,29 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
     current portrait and options (``options``: remove_background, auto_crop, use_whole_image, face_index).
     Endpoint ``/decoder_layers``."""
 
+    @gpu_task
+    def layer_heads(job, image: str, flags: dict):
+        from PIL import Image
+
+        from perchead.geometry.gaussians import save_ply
+
+        layers = holder.get().decoder_layers(image, size=LAYER_VIEW_SIZE, progress=job.reporter(), **flags)
+        start = time.perf_counter()
+        strip = job.folder / "decoder_layers.png"
+        Image.fromarray(layers.strip()).save(strip)
+        gallery, files = [], [str(strip)]
+        for k, (column, caption) in enumerate(zip(layers.columns(), layers.column_captions()), start=1):
+            job.check()
+            Image.fromarray(column).save(job.folder / f"layer_{k}.png")
+            gallery.append((str(job.folder / f"layer_{k}.png"), caption))
+            save_ply(layers.gaussians[k - 1][0], job.folder / f"layer_{k}.ply")
+            files.append(str(job.folder / f"layer_{k}.ply"))
+        timings = {**layers.timings, "export": time.perf_counter() - start}
+        line = (f"**{layers.n_layers} decoder layers in {layers.timings['total']:.1f} s** (files in "
+                f"{timings['export']:.1f} s) · top: {layers.view_captions[0]}, bottom: {layers.view_captions[1]}")
+        summary = "\n".join([line, *(f"- {note}" for note in layers.notes)])
+        return str(strip), gallery, files, {k: round(v, 3) for k, v in timings.items()}, summary
+
     async def decoder_layers(image: str | None, remove_background: bool = True, auto_crop: bool = True,
                              use_whole_image: bool = False, face_index: int = 0, request: gr.Request = None,
                              progress: gr.Progress = gr.Progress()):
@@ -433,9 +477,6 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             timings: seconds per stage.
             summary: the timings in words and remarks.
         """
-        from PIL import Image
-
-        from perchead.geometry.gaussians import save_ply
         from perchead.photo.load import PreprocessError
 
         if not image:
@@ -444,25 +485,8 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
         flags["face_index"] = check_count(face_index, "face_index", 0, 99)
 
-        def work(job):
-            layers = holder.get().decoder_layers(image, size=LAYER_VIEW_SIZE, progress=job.reporter(progress), **flags)
-            start = time.perf_counter()
-            strip = job.folder / "decoder_layers.png"
-            Image.fromarray(layers.strip()).save(strip)
-            gallery, files = [], [str(strip)]
-            for k, (column, caption) in enumerate(zip(layers.columns(), layers.column_captions()), start=1):
-                job.check()
-                Image.fromarray(column).save(job.folder / f"layer_{k}.png")
-                gallery.append((str(job.folder / f"layer_{k}.png"), caption))
-                save_ply(layers.gaussians[k - 1][0], job.folder / f"layer_{k}.ply")
-                files.append(str(job.folder / f"layer_{k}.ply"))
-            timings = {**layers.timings, "export": time.perf_counter() - start}
-            line = (f"**{layers.n_layers} decoder layers in {layers.timings['total']:.1f} s** (files in "
-                    f"{timings['export']:.1f} s) · top: {layers.view_captions[0]}, bottom: {layers.view_captions[1]}")
-            summary = "\n".join([line, *(f"- {note}" for note in layers.notes)])
-            return str(strip), gallery, files, {k: round(v, 3) for k, v in timings.items()}, summary
-
-        return await jobs.run(request, "decoder visualisation", work, (PreprocessError, EmptyMaskError))
+        return await jobs.run(request, "decoder visualisation", layer_heads, (PreprocessError, EmptyMaskError),
+                              args=(image, flags), progress=progress, duration=gpu_seconds())
 
     with gr.Accordion("Inside the model: what each decoder layer adds", open=False, elem_id="inside-panel"):
         gr.Markdown(INSIDE_INTRO)
@@ -484,6 +508,30 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
     its checkpoints, the Editing tab (hidden until they have loaded). ``jobs`` runs the model jobs (default:
     one at a time, outputs under Gradio's cache folder)."""
     jobs = jobs or JobRunner(OutputStore(Path(get_upload_folder()) / "perchead"))
+
+    @gpu_task
+    def photo_head(job, image: str, options: dict, fit: int, frames: int, fit_config):
+        from perchead.export import write_outputs
+
+        pipeline = holder.get()
+        report = job.reporter()
+        model_input = str(job.folder / "model_input.png")
+        notice = [holder.notice] if holder.notice else []
+
+        def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
+            first.preprocessed[0].preview().save(model_input)
+            early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
+                                  view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
+            job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
+
+        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
+                       before_fit=show_before_fit, **options)
+        rec.preprocessed[0].preview().save(model_input)
+        out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
+                            timings=rec.timings, notes=notice + rec.notes,
+                            before_turntable=lambda part: job.publish(
+                                result(part, model_input, part.notes, "the turntable video is on its way…")))
+        return result(out, model_input, out.notes)
 
     async def reconstruct(image: str | None, remove_background: bool = True, auto_crop: bool = True,
                           use_whole_image: bool = False, turntable_frames: int = DEFAULT_FRAMES, face_index: int = 0,
@@ -517,7 +565,6 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             timings: seconds per stage.
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
-        from perchead.export import write_outputs
         from perchead.fit.config import FitConfig
         from perchead.photo.load import PreprocessError
 
@@ -530,29 +577,11 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
-        def work(job):
-            pipeline = holder.get()
-            report = job.reporter(progress)
-            model_input = str(job.folder / "model_input.png")
-            notice = [holder.notice] if holder.notice else []
-
-            def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
-                first.preprocessed[0].preview().save(model_input)
-                early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
-                                      view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
-                job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
-
-            rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
-                           before_fit=show_before_fit, **options)
-            rec.preprocessed[0].preview().save(model_input)
-            out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
-                                timings=rec.timings, notes=notice + rec.notes,
-                                before_turntable=lambda part: job.publish(
-                                    result(part, model_input, part.notes, "the turntable video is on its way…")))
-            return result(out, model_input, out.notes)
-
-        async for outputs in jobs.stream(request, "reconstruction", work, (PreprocessError, EmptyMaskError)):
-            yield outputs
+        async with aclosing(jobs.stream(request, "reconstruction", photo_head, (PreprocessError, EmptyMaskError),
+                                        args=(image, options, fit, frames, fit_config), progress=progress,
+                                        duration=gpu_seconds(fit_steps=fit, turntable_frames=frames))) as stream:
+            async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
+                yield outputs
 
     with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, jobs.store.max_age_s)) as demo:
         gr.Markdown("# PercHead — a 3D head from one photo\nUpload a portrait or pick an example: the head is cut "

@@ -1,5 +1,5 @@
-"""What the Space needs besides its UI: model loading, per-job output folders, one cancellable job at a time,
-and the messages a visitor sees.
+"""What the Space needs besides its UI: model loading, per-job output folders, one cancellable job at a time
+(on ZeroGPU too, where the model work runs in a separate GPU process), and the messages a visitor sees.
 
 Nothing a client sends steers the file system: job folders get server-chosen random names under one root
 inside Gradio's cache; a session id (client-chosen text) is only ever a dictionary key, and only when it
@@ -15,16 +15,21 @@ import json
 import logging
 import math
 import os
+import pickle
+import queue
 import re
 import secrets
 import shutil
 import threading
 import time
+import traceback
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import gradio as gr
+import spaces  # before anything starts CUDA; its GPU decorator is a no-op outside ZeroGPU
 
 import perchead.pipelines  # noqa: F401 - imported here, before any thread: concurrent first imports can deadlock
 
@@ -775,29 +780,189 @@ def guarded_app_kwargs(store: OutputStore) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- jobs
+STOP_FILE = ".stop"  # written into a job's own folder to stop it: a signal a ZeroGPU worker process can see too
+WATCH_EVERY_S = 0.02  # how often the main process looks for a cancel or a lost client while a job runs
+GPU_BASE_S = 10.0  # per GPU call on ZeroGPU: its worker moves the weights to the GPU (upper bound)
+GPU_FIT_STEP_S = 0.05  # per photo-fit step (2 CPU cores: ~2 s for 40 steps; a GPU is faster)
+GPU_FRAME_S = 0.1  # per 512² turntable frame (2 CPU cores)
+GPU_VIDEO_FRAME_S = 1.0  # per video frame (preprocessing, head, side-by-side render; 2 CPU cores)
+GPU_MAX_S = 300  # never ask ZeroGPU for more than this per call
+_MAIN_PID = os.getpid()  # a forked ZeroGPU worker sees a different os.getpid()
+_FINAL = ("result", "cancelled", "error")  # the last message of a GPU job
+
+
+def gpu_seconds(fit_steps: int = 0, turntable_frames: int = 0, video_frames: int = 0, base: float = GPU_BASE_S) -> int:
+    """How long to ask ZeroGPU for, from what the request asks the model to do (checked values only).
+
+    The per-item costs are CPU timings (2 cores), an upper bound for a GPU; ZeroGPU stops a call that runs
+    past its duration, and schedules shorter requests sooner.
+
+    Args:
+        fit_steps: photo-fit steps.
+        turntable_frames: turntable frames to render.
+        video_frames: frames of a video to reconstruct.
+        base: fixed cost of the call (moving the weights, the feed-forward pass, the files).
+
+    Returns:
+        whole seconds, at most ``GPU_MAX_S``.
+    """
+    seconds = base + GPU_FIT_STEP_S * fit_steps + GPU_FRAME_S * turntable_frames + GPU_VIDEO_FRAME_S * video_frames
+    return min(GPU_MAX_S, math.ceil(seconds))
+
+
 @dataclass(eq=False)  # hashed by identity
 class Job:
-    """One model job: its output folder and how it learns that it should stop."""
+    """One model job: its output folder and how it learns that it should stop.
+
+    The same class serves both sides of ZeroGPU's process boundary. In the app's process ``cancel`` and
+    ``alive`` say whether to stop; the job's GPU side (a forked worker on ZeroGPU, a thread elsewhere) gets a
+    fresh ``Job`` for the same folder and sees a stop as the file ``STOP_FILE`` appearing in that folder.
+    """
 
     folder: Path
     session: str | None
     cancel: threading.Event = field(default_factory=threading.Event)
     alive: Callable[[], bool] = lambda: True  # False once the visitor's connection is gone
     publish: Callable[[Any], None] = lambda value: None  # hands an early result to the visitor
+    progress: Callable[..., Any] | None = None  # progress(fraction, desc=stage): the visitor's progress display
+
+    @property
+    def stop_file(self) -> Path:
+        """The file whose presence tells the GPU side to stop (inside the job's server-chosen folder)."""
+        return self.folder / STOP_FILE
+
+    def stopped(self) -> bool:
+        """True when the job should stop: cancelled, the visitor gone, or the stop file written."""
+        return self.cancel.is_set() or not self.alive() or self.stop_file.exists()
 
     def check(self) -> None:
         """Raises :class:`Cancelled` when the job should stop (called between frames and stages)."""
-        if self.cancel.is_set() or not self.alive():
+        if self.stopped():
             raise Cancelled()
 
-    def reporter(self, progress: gr.Progress) -> Callable[[float, str], None]:
-        """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage."""
+    def reporter(self, progress: Callable[..., Any] | None = None) -> Callable[[float, str], None]:
+        """The pipelines' ``progress(fraction, stage)`` callback: checks for cancellation, then shows the stage.
+
+        Args:
+            progress: where to show it (``progress(fraction, desc=stage)``); default: the job's own display.
+
+        Returns:
+            the callback.
+        """
+        show = progress if progress is not None else self.progress
 
         def report(fraction: float, stage: str) -> None:
             self.check()
-            progress(fraction, desc=stage)
+            if show is not None:
+                show(fraction, desc=stage)
 
         return report
+
+
+_TASKS: dict[str, Callable[..., Any]] = {}  # registered work functions, inherited by a forked GPU worker
+
+
+class GpuTask:
+    """A job's work function, registered by name: pickled, it is only that name, so it can cross to a
+    ZeroGPU worker process (forked from the app after the functions were registered) and be found there."""
+
+    def __init__(self, function: Callable[..., Any]):
+        self.function = function
+        self.key = f"{function.__module__}.{function.__qualname__}#{len(_TASKS)}"
+        self.__doc__ = function.__doc__
+        _TASKS[self.key] = function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self):
+        return _registered_task, (self.key,)
+
+
+def _registered_task(key: str) -> Callable[..., Any]:
+    if key not in _TASKS:
+        raise RuntimeError(f"the GPU task {key!r} was registered after the GPU worker started: register work "
+                           "functions with gpu_task when the app is built")
+    return _TASKS[key]
+
+
+def gpu_task(function: Callable[..., Any]) -> GpuTask:
+    """Registers a job's work function ``function(job, *args)`` so that it can run in ZeroGPU's worker process.
+
+    Call it when the app is built (before the first job), not per request: the worker only knows functions
+    that existed when it was forked. The per-request values go to :meth:`JobRunner.stream` as ``args`` and
+    must pickle (images, numbers, strings, small dataclasses).
+
+    Args:
+        function: ``function(job, *args)``; writes only into ``job.folder``, calls ``job.check()`` between
+            steps, ``job.publish(value)`` for early results and ``job.reporter()`` for progress.
+
+    Returns:
+        a callable that pickles by name.
+    """
+    return GpuTask(function)
+
+
+def _portable(error: Exception) -> Exception:
+    """``error`` if it survives pickling (it must cross back from a ZeroGPU worker), else a stand-in."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _gpu_seconds(work: Callable[..., Any], folder: str, args: tuple, duration: float) -> int:
+    """ZeroGPU's ``duration`` callable: called with :func:`_gpu_job`'s arguments, returns the request's estimate."""
+    return max(1, math.ceil(duration))
+
+
+def _gpu_job(work: Callable[..., Any], folder: str, args: tuple, duration: float) -> Iterator[tuple]:
+    """The GPU side of a job: runs ``work(job, *args)`` and yields what the app's process must see.
+
+    On ZeroGPU this generator runs in the GPU worker process: ``spaces`` pickles the arguments across, and
+    every yielded message back. It yields ``("progress", fraction, stage)`` and ``("publish", value)`` while
+    the work runs, then one of ``("result", value)``, ``("cancelled",)`` or ``("error", exception,
+    traceback)``. The work stops at its next check when the stop file appears in ``folder`` (the app's
+    process writes it) or when this generator is closed (``spaces`` closes it when the app stops reading).
+
+    Args:
+        work: the registered work function (:func:`gpu_task`; any callable when the job runs in-process).
+        folder: the job's server-chosen folder.
+        args: the per-request arguments after ``job``.
+        duration: the requested GPU time in seconds (read by ``spaces``; unused here).
+
+    Yields:
+        the messages above.
+    """
+    messages: queue.Queue = queue.Queue()
+    job = Job(Path(folder), None, publish=lambda value: messages.put(("publish", value)),
+              progress=lambda fraction, desc="": messages.put(("progress", fraction, desc)))
+
+    def run() -> None:
+        try:
+            messages.put(("result", work(job, *args)))
+        except Cancelled:
+            messages.put(("cancelled",))
+        except Exception as error:
+            messages.put(("error", _portable(error), traceback.format_exc()))
+
+    thread = threading.Thread(target=run, name="perchead-gpu-job", daemon=True)
+    thread.start()
+    try:
+        while True:
+            message = messages.get()
+            yield message
+            if message[0] in _FINAL:
+                return
+    finally:
+        job.cancel.set()  # closed early (the app stopped reading): the work stops at its next check
+        thread.join()
+        if os.getpid() != _MAIN_PID:
+            _release_memory()
+
+
+gpu_job = spaces.GPU(duration=_gpu_seconds)(_gpu_job)  # ZeroGPU: a forked GPU worker; elsewhere: _gpu_job itself
 
 
 def _connection_probe() -> Callable[[], bool]:
@@ -809,8 +974,8 @@ def _connection_probe() -> Callable[[], bool]:
     from gradio.context import LocalContext
 
     blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
-    queue = getattr(blocks, "_queue", None)
-    events = getattr(queue, "event_ids_to_events", None)
+    queue_ = getattr(blocks, "_queue", None)
+    events = getattr(queue_, "event_ids_to_events", None)
     if event_id is None or not isinstance(events, dict):
         return lambda: True
     event = events.get(event_id)
@@ -825,15 +990,36 @@ def _release_memory() -> None:
         pass
 
 
-class JobRunner:
-    """Runs model jobs one at a time, in a worker thread, stoppable between frames and stages.
+def _watch(job: Job, done: threading.Event) -> None:
+    """Until ``done``: writes the job's stop file as soon as it is cancelled or its visitor is gone."""
+    while not done.wait(WATCH_EVERY_S):
+        if job.cancel.is_set() or not job.alive():
+            try:
+                job.stop_file.touch()
+            except OSError:  # the folder is gone: nothing left to stop
+                pass
+            return
 
-    The lock is taken inside the worker, so a job that was cancelled but has not yet reached its next
-    check still holds it: the next job waits (at most one frame batch) instead of running beside it.
+
+class JobRunner:
+    """Runs model jobs one at a time, stoppable between frames and stages, also across ZeroGPU's worker process.
+
+    A job's work runs through :data:`gpu_job` (``@spaces.GPU``: in a forked GPU worker on ZeroGPU, in a
+    thread elsewhere); the app's process drives it from a worker thread, relays its progress and early
+    results, and writes its stop file when the visitor cancels or leaves. The lock is taken in that thread
+    and held until the GPU side has stopped, so the next job waits (at most one frame batch) instead of
+    running beside a cancelled one.
     """
 
-    def __init__(self, store: OutputStore):
+    def __init__(self, store: OutputStore, gpu: Callable[..., Iterator[tuple]] | None = None):
+        """
+        Args:
+            store: where job folders are made.
+            gpu: the GPU-side generator (default :data:`gpu_job`; tests pass ``spaces``' ZeroGPU wrapper of
+                :func:`_gpu_job`).
+        """
         self.store = store
+        self.gpu = gpu or gpu_job
         self.lock = threading.Lock()
         self._jobs: set[Job] = set()
         self._jobs_lock = threading.Lock()
@@ -848,19 +1034,24 @@ class JobRunner:
                     job.cancel.set()
         self.store.end_session(session)
 
-    async def stream(self, request: gr.Request | None, action: str, work: Callable[[Job], Any],
-                     bad_input: tuple[type[Exception], ...] = ()) -> AsyncIterator[Any]:
-        """Runs ``work(job)`` in a worker thread under the model lock; yields what it publishes, then its result.
+    async def stream(self, request: gr.Request | None, action: str, work: Callable[..., Any],
+                     bad_input: tuple[type[Exception], ...] = (), *, args: tuple = (),
+                     duration: float = GPU_BASE_S, progress: Callable[..., Any] | None = None) -> AsyncIterator[Any]:
+        """Runs ``work(job, *args)`` under the model lock; yields what it publishes, then its result.
 
-        Failures become messages for the visitor; a cancelled or abandoned stream tells the worker to stop
+        Failures become messages for the visitor; a cancelled or abandoned stream tells the job to stop
         (it does at its next check, and the next job waits for the model lock until then).
 
         Args:
             request: the Gradio request (its session files the job folder for clean-up).
             action: what the job does, for messages and the log ("reconstruction", "editing").
-            work: does the job; writes only into ``job.folder``; calls ``job.check()`` between steps and
-                ``job.publish(value)`` for early results (e.g. the head before its turntable).
+            work: does the job; writes only into ``job.folder``; calls ``job.check()`` between steps,
+                ``job.publish(value)`` for early results (e.g. the head before its turntable) and reports
+                through ``job.reporter()``. On ZeroGPU it must come from :func:`gpu_task`.
             bad_input: exception types whose message tells the visitor what is wrong with the input.
+            args: the request's values for ``work`` (they must pickle on ZeroGPU).
+            duration: GPU seconds to ask ZeroGPU for (:func:`gpu_seconds`); ignored elsewhere.
+            progress: the visitor's progress display (the handler's ``gr.Progress``).
 
         Yields:
             every published value, then whatever ``work`` returns.
@@ -868,11 +1059,11 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue = asyncio.Queue()
         session = session_key(request)
-        job = Job(self.store.new_folder(session), session, alive=_connection_probe(),
+        job = Job(self.store.new_folder(session), session, alive=_connection_probe(), progress=progress,
                   publish=lambda value: loop.call_soon_threadsafe(updates.put_nowait, (False, value)))
         with self._jobs_lock:
             self._jobs.add(job)
-        future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, action, work))
+        future = asyncio.ensure_future(asyncio.to_thread(self._locked, job, action, work, tuple(args), duration))
         future.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved even if abandoned
         future.add_done_callback(lambda done: updates.put_nowait((True, None)))  # after every published value
         try:
@@ -901,21 +1092,22 @@ class JobRunner:
             with self._jobs_lock:
                 self._jobs.discard(job)
 
-    async def run(self, request: gr.Request | None, action: str, work: Callable[[Job], Any],
-                  bad_input: tuple[type[Exception], ...] = ()) -> Any:
-        """:meth:`stream` for jobs without early results: returns ``work``'s result."""
+    async def run(self, request: gr.Request | None, action: str, work: Callable[..., Any],
+                  bad_input: tuple[type[Exception], ...] = (), **options) -> Any:
+        """:meth:`stream` for jobs without early results: returns ``work``'s result (same ``options``)."""
         result = None
-        async for result in self.stream(request, action, work, bad_input):
-            pass
+        async with aclosing(self.stream(request, action, work, bad_input, **options)) as stream:
+            async for result in stream:
+                pass
         return result
 
-    def _locked(self, job: Job, action: str, work: Callable[[Job], Any]) -> Any:
+    def _locked(self, job: Job, action: str, work: Callable[..., Any], args: tuple, duration: float) -> Any:
         with self.lock:
             start = time.perf_counter()
             log.info("%s started (job %s)", action, job.folder.name)
             try:
                 job.check()  # it may have been cancelled while it waited for the lock
-                return work(job)
+                return self._drive(job, work, args, duration)
             except BaseException as error:
                 self.store.remove(job.folder)
                 if isinstance(error, Cancelled):
@@ -923,6 +1115,42 @@ class JobRunner:
                              time.perf_counter() - start, job.folder.name)
                 raise
             finally:
+                job.stop_file.unlink(missing_ok=True)  # a stop that came as the job finished
                 self.store.release(job.folder)
                 _release_memory()
                 log.info("%s ended after %.2f s (job %s)", action, time.perf_counter() - start, job.folder.name)
+
+    def _drive(self, job: Job, work: Callable[..., Any], args: tuple, duration: float) -> Any:
+        """Runs the GPU side of ``job`` and relays its messages; returns its result or raises its outcome."""
+        done = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(job, done), name="perchead-job-watch", daemon=True)
+        watcher.start()
+        messages = self.gpu(work, str(job.folder), args, duration)
+        outcome: tuple | None = None
+        try:
+            for message in messages:
+                if message[0] == "progress":
+                    if job.progress is not None:
+                        job.progress(message[1], desc=message[2])
+                elif message[0] == "publish":
+                    job.publish(message[1])
+                else:
+                    outcome = message
+        finally:
+            done.set()
+            watcher.join()
+            if outcome is None:  # an error on this side: stop the GPU side at its next check, and wait for it
+                try:
+                    job.stop_file.touch()
+                except OSError:
+                    pass
+            messages.close()  # on ZeroGPU: spaces closes the worker's generator at its next yield and waits
+        if outcome is None:
+            raise RuntimeError("the GPU job ended without a result")
+        if outcome[0] == "result":
+            return outcome[1]
+        if outcome[0] == "cancelled":
+            raise Cancelled()
+        error, trace = outcome[1], outcome[2]
+        error.add_note(f"raised in the GPU job:\n{trace}")
+        raise error
