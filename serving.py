@@ -298,6 +298,11 @@ def markdown_text(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- model
+def on_zero_gpu() -> bool:
+    """True on a ZeroGPU Space, read as ``spaces`` reads it (``SPACES_ZERO_GPU``)."""
+    return spaces.config.Config.zero_gpu
+
+
 class ModelHolder:
     """Loads a pipeline once, in a background thread, and hands it to requests when ready."""
 
@@ -316,7 +321,13 @@ class ModelHolder:
         self._thread = threading.Thread(target=self._load, name="perchead-model-load", daemon=True)
 
     def start(self) -> "ModelHolder":
-        self._thread.start()
+        """Starts the load: in a background thread (the page is up at once), or, on ZeroGPU, right here in
+        the calling thread — ``spaces`` stands in for CUDA only in the thread that imported it, and it packs
+        the weights for its GPU worker at ``launch()``, so the model must be on ``cuda`` before then."""
+        if on_zero_gpu():
+            self._load()
+        else:
+            self._thread.start()
         return self
 
     def _load(self) -> None:

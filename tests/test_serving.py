@@ -115,3 +115,26 @@ def test_check_count_refuses_fractions_and_out_of_range(value, message):
     with pytest.raises(gr.Error, match=message):
         check_count(value, "turntable_frames", 0, 120)
     assert check_count(60.0, "x", 0, 120) == 60 and isinstance(check_count(60.0, "x", 0, 120), int)
+
+
+@pytest.mark.parametrize("zero_gpu", [False, True])
+def test_the_model_loads_in_the_calling_thread_only_on_zero_gpu(monkeypatch, zero_gpu):
+    """On ZeroGPU the model must reach ``cuda`` in the thread that imported ``spaces`` (before ``launch()``);
+    elsewhere it loads in the background so the page is up at once."""
+    import threading
+
+    import spaces
+
+    from serving import ModelHolder
+
+    monkeypatch.setattr(spaces.config.Config, "zero_gpu", zero_gpu)
+    caller, loaded_in = threading.current_thread(), []
+
+    class Probe(ModelHolder):
+        def load(self):
+            loaded_in.append(threading.current_thread())
+            return object(), "probe", ""
+
+    holder = Probe(None).start()
+    assert holder.ready() and holder.description == "probe"
+    assert (loaded_in[0] is caller) == zero_gpu
