@@ -595,8 +595,9 @@ class OutputStore:
         rows = []
         for entry in os.scandir(self.root):
             if entry.is_dir(follow_symlinks=False):
-                size = sum(f.stat().st_size for f in Path(entry.path).rglob("*") if f.is_file() and f.name != RUNNING)
-                rows.append((entry.stat().st_mtime, Path(entry.path), size))
+                row = _entry_row(entry, skip=RUNNING)
+                if row is not None:
+                    rows.append(row)
         return sorted(rows)
 
     def prune(self) -> int:
@@ -633,11 +634,11 @@ class OutputStore:
             now, outputs = time.time(), self.usage()
             rows = []
             for entry in os.scandir(self.uploads):
-                path = Path(entry.path)
-                if path == self.root or entry.is_symlink():
+                if Path(entry.path) == self.root or entry.is_symlink():
                     continue
-                files = [path] if entry.is_file() else [f for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
-                rows.append((entry.stat().st_mtime, path, sum(f.stat().st_size for f in files)))
+                row = _entry_row(entry)
+                if row is not None:
+                    rows.append(row)
             total = outputs + sum(row[2] for row in rows) + size
             for mtime, path, bytes_ in sorted(rows):
                 if now - mtime > self.max_age_s or (total > self.max_bytes and now - mtime > UPLOAD_GRACE_S):
@@ -645,6 +646,28 @@ class OutputStore:
                         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                         total -= bytes_
             return total <= self.max_bytes
+
+
+def _entry_row(entry: os.DirEntry, skip: str | None = None) -> tuple[float, Path, int] | None:
+    """(modification time, path, bytes) of a file or folder (symlinks inside not followed, files named ``skip``
+    not counted), or None when it vanished while being measured: Gradio and other jobs delete their
+    folders at any time, and a scan must not fail on that."""
+    path = Path(entry.path)
+    try:
+        mtime = entry.stat(follow_symlinks=False).st_mtime
+        if not entry.is_dir(follow_symlinks=False):
+            return mtime, path, entry.stat(follow_symlinks=False).st_size
+        size = 0
+        for folder, _, names in os.walk(path):
+            for name in names:
+                if name != skip:
+                    try:
+                        size += os.lstat(os.path.join(folder, name)).st_size
+                    except FileNotFoundError:  # deleted since the listing
+                        pass
+        return mtime, path, size
+    except FileNotFoundError:
+        return None
 
 
 RUNNING = ".running"  # in a job folder while its job writes: "<pid> <token>" of the writing process

@@ -138,3 +138,19 @@ def test_the_model_loads_in_the_calling_thread_only_on_zero_gpu(monkeypatch, zer
     holder = Probe(None).start()
     assert holder.ready() and holder.description == "probe"
     assert (loaded_in[0] is caller) == zero_gpu
+
+
+def test_a_folder_that_vanishes_mid_scan_is_skipped_not_an_error(tmp_path):
+    """Gradio deletes its temp folders at any time: measuring one that just went away must not fail a request."""
+    from serving import _entry_row
+
+    (tmp_path / "gone").mkdir()
+    fill(tmp_path / "gone", 10)
+    (tmp_path / "kept").mkdir()
+    fill(tmp_path / "kept", 7)
+    entries = {entry.name: entry for entry in os.scandir(tmp_path)}
+    for path in (tmp_path / "gone").iterdir():
+        path.unlink()
+    (tmp_path / "gone").rmdir()
+    assert _entry_row(entries["gone"]) is None
+    assert _entry_row(entries["kept"])[1:] == (tmp_path / "kept", 7)
