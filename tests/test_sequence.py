@@ -124,7 +124,8 @@ def test_heads_are_fitted_from_the_first_frame_on_and_the_summary_says_so(seq, c
     assert config.fit_configs() is None
     first, following = SequenceConfig(fit_first_steps=30, fit_next_steps=3).fit_configs()
     assert (first.gaussians.steps, first.gaussians.split_share) == (30, 0.0) and first.latent.steps > 0
-    assert (following.gaussians.steps, following.latent.steps, following.pose.search) == (3, 0, False)
+    assert (following.gaussians.steps, following.latent.steps, following.pose.search, following.camera.steps,
+            following.head.enabled) == (3, 0, False, 0, False)
     for bad in ({"fit_first_steps": -1}, {"fit_next_steps": 1.5}, {"fit_preset": "nope"}):
         with pytest.raises(ValueError):
             SequenceConfig(**bad)

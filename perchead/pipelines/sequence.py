@@ -29,7 +29,9 @@ Example::
 The network's head alone is an averaged likeness, so the heads are then fitted to the frames
 (:mod:`perchead.fit`, ``fit_first_steps`` / ``fit_next_steps``): the first frame's head fully (its latent
 stage and ``fit_first_steps`` Gaussian steps, a few seconds on a CPU), and every next frame starting from
-the previous frame's fitted head, for only ``fit_next_steps`` steps. Fitting each frame from scratch would
+the previous frame's fitted head, for only ``fit_next_steps`` steps. Each frame is seen from its own head
+pose (from the face-mesh landmarks, as a photo's, smoothed over time like the crop), so a head that turns
+in the clip is compared from the turned view rather than painted over. Fitting each frame from scratch would
 cost the full fit per frame and undo the consistency that smoothing buys; warm-started, a frame changes only
 where its photo differs from the last (the mouth, the eyes, the turn of the head). What the frames never
 show (the back, the sides turned away) keeps the first frame's fit. ``fit_first_steps = 0`` gives the
@@ -52,6 +54,7 @@ from PIL import Image
 
 from perchead.fit.config import FitConfig, check_steps, with_steps
 from perchead.fit.driver import fit_to_photo
+from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians, save_ply
 from perchead.progress import Progress, no_progress
 from perchead.geometry.images import to_uint8
@@ -92,8 +95,9 @@ class SequenceConfig:
         fit_first_steps: photo-fit steps of the first frame's head (after the fit's latent stage); 0 = no
             fit at all: the network's heads, as in the paper.
         fit_next_steps: photo-fit steps of every next frame, starting from the previous frame's fitted head
-            (no latent stage, no new split, the previous input camera); 0 = the first frame's fitted head for
-            every frame.
+            (no latent stage, no new split, the previous input camera, no camera or head-outline change: only
+            the Gaussians move, so the crop's jitter does not shake the head); 0 = the first frame's fitted
+            head for every frame.
         fit_preset: the :class:`~perchead.fit.config.FitConfig` preset of those fits (its finer split of the
             face is left out: the warm-started frames need one Gaussian per template point).
     """
@@ -134,7 +138,9 @@ class SequenceConfig:
         if not self.fit_first_steps:
             return None
         first = with_steps(FitConfig.preset(self.fit_preset, {"gaussians.split_share": 0.0}), self.fit_first_steps)
-        following = with_steps(first.with_overrides({"latent.steps": 0, "pose.search": False}), self.fit_next_steps)
+        # the next frames keep the first frame's camera, head outline and turn: a few steps of the Gaussians
+        following = with_steps(first.with_overrides({"latent.steps": 0, "pose.search": False, "camera.steps": 0,
+                                                     "head.enabled": False}), self.fit_next_steps)
         return first, following
 
     @property
@@ -478,13 +484,14 @@ class SequencePipeline:
             raise ClipError(f"no face was found in any frame of the video{which}; use a clip showing a face, or "
                             "enable 'use the whole image'")
         stage("track")
-        # 4.–5. cut out, reconstruct in batches, render, write as they come
+        fits, previous = config.fit_configs(), None
+        views = self._input_views(fits, landmarks, frames.shape[2], frames.shape[1], prep_config, clip.fps)
+        # 4.–5. cut out, reconstruct in batches, (fit,) render, write as they come
         refine = pipe.device.type == "cuda" if config.refine is None else config.refine
         azimuths = config.orbit_deg * np.sin(2 * np.pi * np.arange(T) / clip.fps / config.orbit_period_s)  # [T]
         cameras = pipe.model.default_cameras(azimuths.tolist(), config.elevation_deg, size=config.panel_size)
         heads_path, video_path = folder / "heads.zip", folder / "side_by_side.mp4"
         mask_sources: set[str] = set()
-        fits, previous = config.fit_configs(), None
 
         def side_by_side():
             nonlocal previous
@@ -510,7 +517,7 @@ class SequencePipeline:
                         if fits is not None:
                             progress(0.3 + 0.7 * first / T, f"frame {t + 1}/{T}: fitting the head to the frame")
                             predicted = gaussians[b] if previous is None else None  # only the first is used
-                            previous = self._fit(fits, previous, predicted, images[b], masks[b])
+                            previous = self._fit(fits, previous, predicted, images[b], masks[b], views[t])
                             heads.append(previous.gaussians)
                             stage("fit")
                         else:
@@ -549,17 +556,44 @@ class SequencePipeline:
         return HeadSequence(video_path, heads_path, written, clip.fps, raw, crops, boxes, timings, notes,
                             fitted=fits is not None)
 
+    def _input_views(self, fits, landmarks: list, width: int, height: int, prep_config: PreprocessConfig,
+                     fps: float) -> list[Cameras | None]:
+        """Each frame's input camera for the fit: the head pose from its face-mesh landmarks (as a photo's),
+        smoothed over time like the crop (frames without landmarks take their neighbours'); all None without a
+        fit or without any landmarks (the first frame's camera is then searched and kept)."""
+        from perchead.geometry.cameras import orbit_cameras
+        from perchead.photo import faces as face_module
+
+        T = len(landmarks)
+        if fits is None:
+            return [None] * T
+        angles = np.full((T, 4), np.nan)  # (yaw, pitch, 1, 0): smoothed as a crop is
+        for t, points in enumerate(landmarks):
+            if points is not None:
+                try:
+                    pose = face_module.estimate_pose(points, width, height, prep_config.photo_fov_deg)
+                except RuntimeError:
+                    continue
+                angles[t] = (pose.yaw_deg, pose.pitch_deg, 1.0, 0.0)
+        if not np.isfinite(angles[:, 0]).any():
+            return [None] * T
+        angles = smooth_crops(angles, round(self.config.smooth_s * fps / 2))  # [T, 4]
+        r, offset = self.pipeline.model.config.render, fits[0].pose.landmark_pitch_offset_deg
+        return [orbit_cameras([float(yaw)], [max(-89.0, min(89.0, float(pitch) + offset))], radius=r.radius,
+                              fov_deg=r.fov_deg, size=self.pipeline.image_size) for yaw, pitch, _, _ in angles]
+
     def _fit(self, fits: tuple[FitConfig, FitConfig], previous, predicted: Gaussians | None, image: torch.Tensor,
-             mask: torch.Tensor):
-        """One frame's photo-fit: the first frame's from the network's head ``[N, …]`` (the input camera
-        searched), every next one warm-started from ``previous`` (a :class:`~perchead.fit.driver.FitResult`)
-        with its input camera. ``image`` ``[1, 3, S, S]``, ``mask`` ``[1, 1, S, S]``. Returns the FitResult."""
+             mask: torch.Tensor, camera: Cameras | None):
+        """One frame's photo-fit: the first frame's from the network's head ``[N, …]``, every next one
+        warm-started from ``previous`` (a :class:`~perchead.fit.driver.FitResult`). ``image`` ``[1, 3, S, S]``,
+        ``mask`` ``[1, 1, S, S]``; ``camera``: the frame's head pose (None: searched for the first frame, the
+        previous one's after). Returns the FitResult."""
         first, following = fits
         with torch.enable_grad():
             if previous is None:
-                return fit_to_photo(self.pipeline.model, predicted, image, mask, config=first)
-            return fit_to_photo(self.pipeline.model, previous.gaussians, image, mask, camera=previous.camera,
-                                config=following)
+                return fit_to_photo(self.pipeline.model, predicted, image, mask, camera=camera, config=first)
+            return fit_to_photo(self.pipeline.model, previous.gaussians, image, mask,
+                                camera=camera if camera is not None else previous.camera, config=following)
 
 
 def _centre_side(box: Box) -> tuple[float, float, float]:
