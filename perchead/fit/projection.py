@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perchead.fit.driver import _checked
 from perchead.fit.views import facing
 from perchead.geometry.cameras import Cameras, project_points
 from perchead.geometry.gaussians import Gaussians
@@ -44,19 +45,7 @@ def project_photo_colors(model, gaussians: Gaussians, image: Tensor, mask: Tenso
         ValueError: a batch of heads, a head that does not match the template, images / masks / cameras of the
             wrong shape, or ``min_facing ≥ full_facing``.
     """
-    if gaussians.is_batched:
-        if gaussians.batch_size != 1:
-            raise ValueError(f"project_photo_colors colours one head, got a batch of {gaussians.batch_size}")
-        gaussians = gaussians[0]
-    image = image[None] if image.dim() == 3 else image
-    while mask.dim() < 4:
-        mask = mask[None]
-    if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[-1] != image.shape[-2]:
-        raise ValueError(f"image must be one square [1, 3, S, S] picture, got {tuple(image.shape)}")
-    if mask.shape != (1, 1, *image.shape[-2:]):
-        raise ValueError(f"mask must be [1, 1, S, S] matching the image, got {tuple(mask.shape)}")
-    if len(camera) != 1:
-        raise ValueError(f"camera must hold one view, got {len(camera)}")
+    gaussians, image, mask, _ = _checked(gaussians, image, mask, None, camera)  # as the fit checks them
     if not min_facing < full_facing:
         raise ValueError(f"min_facing ({min_facing}) must be below full_facing ({full_facing})")
     device = gaussians.means.device
