@@ -42,6 +42,7 @@ MODEL_QUEUE = "model"  # one concurrency group for /segment, /edit and /reconstr
 MAX_FRAMES = 120  # longest turntable
 DEFAULT_FRAMES = 72  # 4.8 s per turn at 15 fps
 DEFAULT_FIT_STEPS = 40  # the photo-fit's "fast" preset: a few seconds on 2 CPU cores
+FIT_SHOW_EVERY = 10  # the head being fitted is shown every this many steps
 MAX_FIT_STEPS = 200  # a longer fit would hold the one model slot for minutes
 MAP_DISPLAY_SIZE = 512  # parsed maps are shown (and painted) at this side; labels go back to the model size
 STYLE_TEXT, STYLE_IMAGE = "Text prompt", "Reference image"
@@ -388,7 +389,9 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
         frames = math.ceil(min(seconds, limits.max_seconds) * limits.fps)
         return await jobs.run(request, "video reconstruction", video_heads,
                               (ClipError, PreprocessError, EmptyMaskError), args=(video, face, options),
-                              progress=progress, duration=gpu_seconds(video_frames=frames))
+                              progress=progress, duration=gpu_seconds(
+                                  fit_steps=limits.fit_first_steps + limits.fit_next_steps * (frames - 1),
+                                  video_frames=frames))
 
     with gr.Tab("Video", elem_id="video-tab") as tab:
         gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
@@ -518,14 +521,19 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         model_input = str(job.folder / "model_input.png")
         notice = [holder.notice] if holder.notice else []
 
-        def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
-            first.preprocessed[0].preview().save(model_input)
-            early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
-                                  view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
+        shown = [0]  # heads shown while fitting: the photo's colours on the predicted head, then the fit's
+
+        def show_during_fit(part):  # each in its own folder: the page may still be reading the last one
+            if not shown[0]:
+                part.preprocessed[0].preview().save(model_input)
+            shown[0] += 1
+            early = write_outputs(pipeline.model, part.gaussians, job.folder / f"fitting_{shown[0]}",
+                                  turntable_frames=0, view_size=0, formats=("ply",), timings=part.timings,
+                                  notes=notice + part.notes)
             job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
 
-        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
-                       before_fit=show_before_fit, **options)
+        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config, before_fit=show_during_fit,
+                       during_fit=show_during_fit, during_fit_every=FIT_SHOW_EVERY, **options)
         rec.preprocessed[0].preview().save(model_input)
         out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
                             timings=rec.timings, notes=notice + rec.notes,
