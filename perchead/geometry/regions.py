@@ -235,7 +235,8 @@ class Assembly:
 
 
 def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gaussians, edit_labels: Tensor,
-             regions: tuple[int, ...], template_vertices: Tensor, band: float = 0.015) -> Assembly:
+             regions: tuple[int, ...], template_vertices: Tensor, band: float = 0.015, max_pull: float = 0.02,
+             covered: Tensor | None = None) -> Assembly:
     """The person's head with ``regions`` replaced by the edit's Gaussians.
 
     1. A template Gaussian is replaced when either head labels it with one of ``regions`` (the edit may grow
@@ -245,7 +246,8 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
     3. Seam: a replaced Gaussian whose template vertex lies within ``band`` of a kept one moves toward the
        person's Gaussian of that vertex and takes at least its opacity, by a weight falling from 1 at the
        seam to 0 at ``band``; its colour stays the edit's. So the new region meets the kept face on the
-       person's surface, with no gap or ridge at the hairline.
+       person's surface, with no gap or ridge at the hairline. Only Gaussians within ``max_pull`` of the
+       person's are pulled: one further away is where the edit changed the shape (longer hair), and stays.
 
     Args:
         person: the reconstructed head ``[N, …]`` (template Gaussians first, then the fit's split children).
@@ -256,6 +258,9 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
         regions: class ids to replace (:func:`region_classes`).
         template_vertices: ``[T, 3]``.
         band: the seam band's width on the template, metres (0 = no blending).
+        max_pull: the largest distance between the edit's and the person's Gaussian still pulled, metres.
+        covered: template Gaussians to replace whatever their labels (``[T]`` bool), e.g. the person's
+            Gaussians seen where a repainted map now has the regions; None = none.
 
     Returns:
         :class:`Assembly`.
@@ -273,6 +278,8 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
     regions_t = torch.tensor(regions, device=device)
     person_labels, edit_labels, parent = person_labels.to(device), edit_labels.to(device), parent.to(device)
     replaced = torch.isin(person_labels[:T], regions_t) | torch.isin(edit_labels, regions_t)  # [T]
+    if covered is not None:
+        replaced |= covered.to(device)
     # 2. the edit onto the person's head: face Gaussians both heads agree on
     face = torch.tensor(FACE_CLASSES + (C["neck"],), device=device)
     pairs = ~replaced & torch.isin(person_labels[:T], face) & torch.isin(edit_labels, face)  # [T]
@@ -297,8 +304,8 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
         dist = torch.empty(len(rep_idx), device=device)
         for start in range(0, len(rep_idx), 2048):
             dist[start : start + 2048] = torch.cdist(verts[rep_idx[start : start + 2048]], verts[kept_idx]).amin(dim=1)
-        w = (1 - dist / band).clamp(0, 1)  # [r] 1 at the seam
         own = person[rep_idx]
+        w = (1 - dist / band).clamp(0, 1) * ((new.means - own.means).norm(dim=1) <= max_pull)  # [r] 1 at the seam
         new = Gaussians(means=new.means + w[:, None] * (own.means - new.means),
                         quats=new.quats, scales=new.scales + w[:, None] * (own.scales - new.scales),
                         opacities=torch.maximum(new.opacities, w * own.opacities), colors=new.colors)
@@ -309,3 +316,33 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
                            torch.ones(len(rep_idx), dtype=torch.bool, device=device)])
     return Assembly(gaussians=gaussians, labels=labels, from_edit=from_edit, replaced=replaced,
                     transform=(s, R, t), residual=float(err.median()))
+
+
+def longer_hair(labels: Tensor, length: float = 0.2) -> Tensor:
+    """A map repainted with longer hair: below the hair's mid-height and down to ``length`` of the map's side
+    past its lowest hair pixel, background and clothes pixels within the hair's width become hair (a curtain
+    on both sides of the face and over the shoulders; the face and neck stay).
+
+    Args:
+        labels: a class map ``[H, W]`` long with some hair.
+        length: how much further down the hair reaches, as a fraction of the map's height.
+
+    Returns:
+        the repainted map ``[H, W]`` long.
+
+    Raises:
+        ValueError: a map without hair, or a length outside [0, 1].
+    """
+    if not 0 <= length <= 1:
+        raise ValueError(f"length must lie in [0, 1], got {length}")
+    hair = labels == C["hair"]  # [H, W]
+    if not hair.any():
+        raise ValueError("the map has no hair to lengthen: paint some hair first")
+    H, W = labels.shape
+    rows, cols = hair.any(dim=1).nonzero().squeeze(1), hair.any(dim=0).nonzero().squeeze(1)
+    top, bottom, left, right = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    y = torch.arange(H, device=labels.device)[:, None]  # [H, 1]
+    x = torch.arange(W, device=labels.device)[None, :]  # [1, W]
+    region = (y >= (top + bottom) // 2) & (y <= min(H - 1, bottom + round(length * H))) & (x >= left) & (x <= right)
+    paint = region & ((labels == BACKGROUND) | (labels == C["cloth"]))  # [H, W]
+    return torch.where(paint, torch.full_like(labels, C["hair"]), labels)

@@ -53,6 +53,7 @@ class RestyleConfig:
         input_weight: weight of the input view's map against each parsed view (it is the photo's own map).
         tolerance: how far behind a view's rendered surface a Gaussian still counts as seen, metres.
         band: seam band on the template, metres (:func:`perchead.geometry.regions.assemble`).
+        max_pull: the farthest an edited Gaussian is pulled onto the person's at the seam, metres.
     """
 
     views: tuple[tuple[float, float], ...] = ((45.0, 0.0), (-45.0, 0.0), (90.0, 0.0), (-90.0, 0.0), (180.0, 0.0),
@@ -61,11 +62,12 @@ class RestyleConfig:
     input_weight: float = 2.0
     tolerance: float = 0.012
     band: float = 0.015
+    max_pull: float = 0.02
 
     def __post_init__(self) -> None:
         if self.label_size < 16:
             raise ValueError(f"RestyleConfig.label_size must be >= 16, got {self.label_size}")
-        for name in ("input_weight", "tolerance", "band"):
+        for name in ("input_weight", "tolerance", "band", "max_pull"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"RestyleConfig.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -197,6 +199,25 @@ class Restyler:
                            input_map=input_map.long().cpu())
 
     @torch.no_grad()
+    def covered(self, person: HeadRegions, edit_map: Tensor, classes: tuple[int, ...]) -> Tensor:
+        """The person's template Gaussians seen at the input view where the edit's map has one of ``classes``
+        (a repainted map: longer hair over the shoulders): they give way to the edit. ``[T]`` bool"""
+        g, size = person.gaussians, edit_map.shape[-1]
+        Ks = person.camera.Ks.clone().float()
+        Ks[:, :2] *= size / person.camera.width
+        cam = Cameras(person.camera.viewmats.float(), Ks, size, size).to(g.means.device)
+        out = self.edit.editor.render_views(g, cam, refine=False, return_depth=True)
+        alpha = out.alpha[0, 0, 0].float()  # [s, s]
+        surface = torch.where(alpha > 0.5, out.depth[0, 0, 0].float() / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
+        wanted = torch.isin(edit_map.long().to(g.means.device), torch.tensor(classes, device=g.means.device))  # [s, s]
+        pixels, depths = project_points(g.means, cam.viewmats, cam.Ks)  # [1, N, 2], [1, N]
+        votes = vote_labels(g.means, pixels, depths, wanted.long()[None], surface[None], tolerance=self.config.tolerance)
+        seen = votes[:, 1] > 0  # [N] the person's Gaussians in front where the map now has the regions
+        covered = torch.zeros(self.n_template, dtype=torch.bool, device=g.means.device)
+        covered[person.parent[seen]] = True
+        return covered
+
+    @torch.no_grad()
     def __call__(self, person: HeadRegions, edit_map: Any = None, style_text: str | None = None,
                  style_image: Any = None, *, regions: str | tuple[int, ...] = "hair", snap: bool = False,
                  progress: Progress = no_progress) -> Restyled:
@@ -228,10 +249,12 @@ class Restyler:
         edit_g = edit.gaussians[0].to(self.edit.device)
         edit_labels = self.label(edit_g, edit.labels[0], person.camera, torch.arange(edit_g.num_gaussians,
                                                                                   device=self.edit.device))
+        covered = self.covered(person, edit.labels[0], classes)  # [T]
         timer("label")
         progress(0.7, "putting the head together")
         out = assemble(person.gaussians, person.labels, person.parent, edit_g, edit_labels, classes,
-                       self.edit.editor.template.vertices, band=self.config.band)
+                       self.edit.editor.template.vertices, band=self.config.band, max_pull=self.config.max_pull,
+                       covered=covered)
         timer("assemble")
         notes = list(edit.notes)
         if not bool(out.replaced.any()):
