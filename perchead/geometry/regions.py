@@ -134,7 +134,7 @@ def vote_labels(means: Tensor, pixels: Tensor, depths: Tensor, label_maps: Tenso
 
 
 def nearest_labelled(points: Tensor, labelled: Tensor, labels: Tensor, k: int = 8) -> Tensor:
-    """The majority class of each point's ``k`` nearest labelled points.
+    """The class of each point's ``k`` nearest labelled points, each weighted by its inverse distance.
 
     Args:
         points: ``[M, 3]``; labelled: ``[L, 3]``; labels: their classes ``[L]`` long.
@@ -150,8 +150,11 @@ def nearest_labelled(points: Tensor, labelled: Tensor, labels: Tensor, k: int = 
     k = min(k, len(labelled))
     out = torch.empty(len(points), dtype=torch.long, device=points.device)
     for start in range(0, len(points), 2048):
-        idx = torch.cdist(points[start : start + 2048], labelled).topk(k, largest=False).indices  # [b, k]
-        out[start : start + len(idx)] = labels[idx].mode(dim=1).values
+        near = torch.cdist(points[start : start + 2048], labelled).topk(k, largest=False)  # [b, k]
+        weight = 1.0 / (near.values + 1e-4)  # [b, k] the nearer, the more say
+        votes = torch.zeros(len(weight), NUM_CLASSES, device=points.device)  # [b, 19]
+        votes.scatter_add_(1, labels[near.indices], weight)
+        out[start : start + len(weight)] = votes.argmax(dim=1)
     return out
 
 
