@@ -38,6 +38,7 @@ REGION_SETS: dict[str, tuple[int, ...]] = {
 # the template's own labels that are worth a prior vote (skin is weak: hair covers much of the template's skin)
 PRIOR_WEIGHT_PARTS = 0.5
 PRIOR_WEIGHT_SKIN = 0.1
+ROTATION_WEIGHT = 1.0  # metres per unit of quaternion distance when a split child's parent is matched (ours)
 
 
 def region_classes(regions: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -60,9 +61,11 @@ def split_parents(gaussians: Gaussians, n_template: int) -> Tensor:
     """The template Gaussian each Gaussian of a (photo-fitted) head grew from.
 
     The first ``n_template`` Gaussians are the template's, in order. The fit's split
-    (:func:`perchead.pipelines.fit.split_gaussians`) appends three children per split Gaussian, in three
-    runs over the same k parents, each child with its parent's rotation (the fit does not change
-    rotations). The parents are found as the template Gaussians with the nearest rotation to the first run.
+    (:func:`perchead.pipelines.fit.split_gaussians`) puts a parent's four children at ``c ± a ± b`` (the first
+    in the parent's place, three appended in three runs over the same k parents), each with the parent's
+    rotation (the fit moves positions by a few millimetres and does not change rotations). So the parent of
+    the appended run's m-th Gaussian is the template Gaussian at ``child₁ + child₂ − child₃`` of the three runs
+    with the same rotation: the nearest by position and rotation together.
 
     Args:
         gaussians: one head ``[N, …]`` with ``N = n_template + 3k``.
@@ -84,6 +87,18 @@ def split_parents(gaussians: Gaussians, n_template: int) -> Tensor:
     parent = torch.arange(N, device=device)
     if not k:
         return parent
+    means = gaussians.means.float()  # [N, 3]
+    runs = means[n_template:].view(3, k, 3)  # [3, k, 3] the three appended children of each split
+    where = runs[0] + runs[1] - runs[2]  # [k, 3] the first child's place: the parent's slot
+    q = gaussians.quats.float()  # [N, 4]
+    weight = ROTATION_WEIGHT
+    base = torch.cat([means[:n_template], weight * q[:n_template]], dim=1)  # [T, 7]
+    query = torch.cat([where, weight * q[n_template : n_template + k]], dim=1)  # [k, 7]
+    chosen = torch.empty(k, dtype=torch.long, device=device)
+    for start in range(0, k, 1024):  # [1024, T] distances at a time
+        chosen[start : start + 1024] = torch.cdist(query[start : start + 1024], base).argmin(dim=1)
+    parent[n_template:] = chosen.repeat(3)
+    return parent
     q = gaussians.quats.float()  # [N, 4]
     base = q[:n_template]  # [T, 4]
     chosen = torch.empty(k, dtype=torch.long, device=device)
@@ -158,9 +173,36 @@ def nearest_labelled(points: Tensor, labelled: Tensor, labels: Tensor, k: int = 
     return out
 
 
+def template_neighbours(vertices: Tensor, k: int = 8) -> Tensor:
+    """Each template vertex's ``k`` nearest vertices, itself first. ``[T, 3]`` → ``[T, k]`` long"""
+    k = min(k, len(vertices))
+    out = torch.empty(len(vertices), k, dtype=torch.long, device=vertices.device)
+    v = vertices.float()
+    for start in range(0, len(v), 2048):
+        out[start : start + 2048] = torch.cdist(v[start : start + 2048], v).topk(k, largest=False).indices
+    return out
+
+
+def smooth_votes(votes: Tensor, parent: Tensor, neighbours: Tensor, weight: float = 1.0) -> Tensor:
+    """Adds to each Gaussian's votes the mean votes of its template neighbourhood (all Gaussians grown from
+    those vertices), so one view's stray pixel does not decide a Gaussian alone.
+
+    Args:
+        votes: ``[N, 19]``; parent: ``[N]`` long; neighbours: :func:`template_neighbours` ``[T, k]``.
+        weight: the neighbourhood's share (0 = no smoothing).
+
+    Returns:
+        ``[N, 19]``.
+    """
+    T, k = neighbours.shape
+    per_vertex = torch.zeros(T, votes.shape[1], device=votes.device).index_add_(0, parent, votes)  # [T, 19]
+    around = per_vertex[neighbours].sum(dim=1) / k  # [T, 19]
+    return votes + weight * around[parent]
+
+
 def decide_labels(votes: Tensor, means: Tensor, prior: Tensor | None = None, parent: Tensor | None = None) -> Tensor:
     """One class per Gaussian: the views' votes plus the template's labels as a weak prior; Gaussians that no
-    view saw take the majority of their nearest labelled neighbours.
+    view saw take the class of their nearest labelled neighbours.
 
     Args:
         votes: from :func:`vote_labels`. ``[N, 19]``

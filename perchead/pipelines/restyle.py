@@ -6,8 +6,9 @@ by "give me red hair" is *their* head with red hair. :class:`Restyler` puts that
 
 1. **Regions of the person's head** (:meth:`Restyler.regions`): every Gaussian of the reconstruction gets a
    class (hair, skin, eyes, brows, nose, lips, ears, neck, clothes …) from the photo's map at the input view,
-   the face parser's maps of renders from five more views, and the template's own labels as a weak prior
-   (:func:`perchead.geometry.regions.decide_labels`). Computed once per reconstruction.
+   the face parser's maps of renders from six more views, pooled over template neighbours, and the template's
+   own labels as a weak prior (:func:`perchead.geometry.regions.decide_labels`). Computed once per
+   reconstruction.
 2. **The edit** runs the editor on the photo's map (or a repainted one: longer hair, no glasses) with the
    prompt or reference image, and labels the edited head the same way, its own map at the input view.
 3. **Assembly** (:func:`perchead.geometry.regions.assemble`): the edited Gaussians of the chosen regions,
@@ -35,7 +36,9 @@ from torch import Tensor
 
 from perchead.geometry.cameras import Cameras, orbit_cameras, project_points
 from perchead.geometry.gaussians import Gaussians
-from perchead.geometry.regions import assemble, decide_labels, region_classes, split_parents, vote_labels
+from perchead.geometry.regions import (
+    assemble, decide_labels, region_classes, smooth_votes, split_parents, template_neighbours, vote_labels,
+)  # fmt: skip
 from perchead.geometry.segmentation import PALETTE, resize_labels
 from perchead.geometry.template import template_labels
 from perchead.pipelines.common import Progress, StageTimer, no_progress
@@ -52,6 +55,8 @@ class RestyleConfig:
         label_size: side of the label renders.
         input_weight: weight of the input view's map against each parsed view (it is the photo's own map).
         tolerance: how far behind a view's rendered surface a Gaussian still counts as seen, metres.
+        smooth: weight of the template neighbourhood's votes (:func:`perchead.geometry.regions.smooth_votes`).
+        neighbours: template neighbours whose votes are pooled.
         band: seam band on the template, metres (:func:`perchead.geometry.regions.assemble`).
         max_pull: the farthest an edited Gaussian is pulled onto the person's at the seam, metres.
     """
@@ -61,13 +66,17 @@ class RestyleConfig:
     label_size: int = 128
     input_weight: float = 2.0
     tolerance: float = 0.012
+    smooth: float = 1.0
+    neighbours: int = 8
     band: float = 0.015
     max_pull: float = 0.02
 
     def __post_init__(self) -> None:
         if self.label_size < 16:
             raise ValueError(f"RestyleConfig.label_size must be >= 16, got {self.label_size}")
-        for name in ("input_weight", "tolerance", "band", "max_pull"):
+        if self.neighbours < 1:
+            raise ValueError(f"RestyleConfig.neighbours must be >= 1, got {self.neighbours}")
+        for name in ("input_weight", "tolerance", "smooth", "band", "max_pull"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"RestyleConfig.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -133,6 +142,7 @@ class Restyler:
         self.edit = edit
         self.config = config or RestyleConfig()
         self.template_labels = template_labels(edit.editor.template)  # [T]
+        self.neighbours = template_neighbours(edit.editor.template.vertices, self.config.neighbours)  # [T, k]
 
     @property
     def n_template(self) -> int:
@@ -186,6 +196,8 @@ class Restyler:
         votes = vote_labels(g.means, pixels, depths, maps, surface.to(g.means.device), weights, cfg.tolerance)
         if parent is None:
             parent = split_parents(g, self.n_template)
+        parent = parent.to(g.means.device)
+        votes = smooth_votes(votes, parent, self.neighbours.to(g.means.device), cfg.smooth)
         return decide_labels(votes, g.means, self.template_labels.to(g.means.device), parent.to(g.means.device))
 
     def regions(self, gaussians: Gaussians, input_map: Tensor, camera: Cameras | None = None,
@@ -200,20 +212,26 @@ class Restyler:
 
     @torch.no_grad()
     def covered(self, person: HeadRegions, edit_map: Tensor, classes: tuple[int, ...]) -> Tensor:
-        """The person's template Gaussians seen at the input view where the edit's map has one of ``classes``
-        (a repainted map: longer hair over the shoulders): they give way to the edit. ``[T]`` bool"""
+        """The person's template Gaussians seen at the input view where a repainted map newly has one of
+        ``classes`` (longer hair over the shoulders; none for the photo's own map): they give way to the edit.
+        ``[T]`` bool"""
         g, size = person.gaussians, edit_map.shape[-1]
+        wanted = torch.isin(edit_map.long().cpu(), torch.tensor(classes))  # [s, s]
+        before = person.input_map if person.input_map.shape[-1] == size else resize_labels(person.input_map, size)
+        wanted &= ~torch.isin(before, torch.tensor(classes))  # only what the repainting added
+        covered = torch.zeros(self.n_template, dtype=torch.bool, device=g.means.device)
+        if not wanted.any():
+            return covered
         Ks = person.camera.Ks.clone().float()
         Ks[:, :2] *= size / person.camera.width
         cam = Cameras(person.camera.viewmats.float(), Ks, size, size).to(g.means.device)
         out = self.edit.editor.render_views(g, cam, refine=False, return_depth=True)
         alpha = out.alpha[0, 0, 0].float()  # [s, s]
         surface = torch.where(alpha > 0.5, out.depth[0, 0, 0].float() / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
-        wanted = torch.isin(edit_map.long().to(g.means.device), torch.tensor(classes, device=g.means.device))  # [s, s]
         pixels, depths = project_points(g.means, cam.viewmats, cam.Ks)  # [1, N, 2], [1, N]
-        votes = vote_labels(g.means, pixels, depths, wanted.long()[None], surface[None], tolerance=self.config.tolerance)
+        votes = vote_labels(g.means, pixels, depths, wanted.long()[None].to(g.means.device), surface[None],
+                            tolerance=self.config.tolerance)
         seen = votes[:, 1] > 0  # [N] the person's Gaussians in front where the map now has the regions
-        covered = torch.zeros(self.n_template, dtype=torch.bool, device=g.means.device)
         covered[person.parent[seen]] = True
         return covered
 
