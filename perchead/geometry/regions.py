@@ -284,8 +284,9 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
              covered: Tensor | None = None) -> Assembly:
     """The person's head with ``regions`` replaced by the edit's Gaussians.
 
-    1. A template Gaussian is replaced when either head labels it with one of ``regions`` (the edit may grow
-       hair where the person has none, or the reverse); a Gaussian of the person goes with its parent.
+    1. A template Gaussian is replaced when either head labels it (or, in the person's head, one of its split
+       children) with one of ``regions`` (the edit may grow hair where the person has none, or the reverse);
+       the person's Gaussians go with their parent.
     2. The edit is carried onto the person's head by the similarity transform that best maps its kept face
        Gaussians onto the person's (the same template vertices; the fit turned and scaled the person's head).
     3. Seam: a replaced Gaussian whose template vertex lies within ``band`` of a kept one moves toward the
@@ -322,7 +323,8 @@ def assemble(person: Gaussians, person_labels: Tensor, parent: Tensor, edit: Gau
     device = person.means.device
     regions_t = torch.tensor(regions, device=device)
     person_labels, edit_labels, parent = person_labels.to(device), edit_labels.to(device), parent.to(device)
-    replaced = torch.isin(person_labels[:T], regions_t) | torch.isin(edit_labels, regions_t)  # [T]
+    replaced = torch.isin(edit_labels, regions_t)  # [T]
+    replaced[parent[torch.isin(person_labels, regions_t)]] = True  # any Gaussian grown from the vertex
     if covered is not None:
         replaced |= covered.to(device)
     # 2. the edit onto the person's head: face Gaussians both heads agree on
