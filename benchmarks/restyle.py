@@ -22,7 +22,8 @@ against the true label renders at 0°, ±45°, ±90°, 180°; and the hair-colou
 truth with its hair repainted) for the restyled heads and for the map-only edit of the same map.
 
 The figure shows the public-domain portraits only (the others' licences allow tests, not committed files):
-reconstruction, red, blonde, blue and longer hair at 0° and 45°.
+the photo (its map below), the debug render of the reconstruction's regions, the reconstruction, red,
+blonde, blue and longer hair, at 0° (upper row) and 45° (lower row).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -54,17 +56,17 @@ from perchead.evaluation.editing import (  # noqa: E402
     DEFAULT_COLORS, hair_color_scores, input_map, region_mean_color, repainted_hair_colors,
 )
 from perchead.geometry.regions import FACE_CLASSES, longer_hair  # noqa: E402
-from perchead.geometry.segmentation import CLASSES, NUM_CLASSES, mask_iou  # noqa: E402
+from perchead.data.figures import save_labelled_grid  # noqa: E402
+from perchead.geometry.segmentation import CLASSES, NUM_CLASSES, labels_to_color, mask_iou, resize_labels  # noqa: E402
 from perchead.pipelines.edit import PercHeadEditPipeline  # noqa: E402
 from perchead.pipelines.fit import FitConfig  # noqa: E402
 from perchead.pipelines.preprocess import load_image, preprocess  # noqa: E402
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
-from perchead.pipelines.restyle import Restyler  # noqa: E402
+from perchead.pipelines.restyle import Restyler, label_colors  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0)
 PROMPTS = ("red", "blonde", "blue", "pink", "green")
-FIGURE = (("reconstruction", None), ("red", "red hair"), ("blonde", "blonde hair"), ("blue", "blue hair"),
-          ("longer hair", "long hair"))
+FIGURE = ("reconstruction", "red", "blonde", "blue", "longer hair")  # the figure's columns after the photo
 LABEL_VIEWS = (0.0, 45.0, -45.0, 90.0, -90.0, 180.0)
 HAIR_IDS = (CLASSES.index("hair"), CLASSES.index("hat"))
 
@@ -202,7 +204,13 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
                 heads.append(long.gaussians)
                 with torch.no_grad():
                     cols = [ep.editor.render_views(h, fig_cams).rgb[0].float().clamp(0, 1) for h in heads]  # [2, 3, S, S]
-                figure_rows += [torch.cat([c[v] for c in cols], dim=-1) for v in range(2)]
+                S = fig_cams.width
+                first = [F.interpolate(prep.image.float(), size=S, mode="area")[0],  # the photo, then its map
+                         torch.from_numpy(labels_to_color(resize_labels(labels, S))).permute(2, 0, 1).float() / 255]
+                with torch.no_grad():  # the debug render of the person's regions
+                    debug = ep.editor.render_views(replace(person.gaussians, colors=label_colors(person.labels)),
+                                                   fig_cams, refine=False).rgb[0].float().clamp(0, 1)
+                figure_rows += [torch.cat([first[v], debug[v]] + [c[v] for c in cols], dim=-1) for v in range(2)]
     return faces
 
 
@@ -305,13 +313,9 @@ def main(argv=None):
                        "angles": ANGLES, "fit": "40 steps, preset real (real faces) / fast (synthetic)"}
     report(results, args.json)
     if args.figure and rows:
-        from PIL import Image
-
-        from perchead.pipelines.preprocess import to_uint8 as image_uint8
-
-        grid = torch.cat(rows, dim=-2)  # [3, 2·P·S, 5·S]
-        Image.fromarray(image_uint8(grid)).save(args.figure, quality=88)
-        print("figure:", args.figure, "columns:", ", ".join(c for c, _ in FIGURE), "; rows: 0° and 45° per portrait")
+        S = rp.model.config.render.render_size
+        save_labelled_grid(torch.cat(rows, dim=-2), ["photo / map", "regions"] + list(FIGURE), S,
+                           args.figure)  # [3, 2·P·S, 6·S]
     return results
 
 

@@ -229,6 +229,22 @@ def decide_labels(votes: Tensor, means: Tensor, prior: Tensor | None = None, par
     return labels
 
 
+def family_labels(labels: Tensor, parent: Tensor, n_template: int) -> Tensor:
+    """Gives every Gaussian its family's class: the majority of a template Gaussian and its split children
+    (ties go to the template Gaussian's own), so a region takes or leaves a family whole.
+
+    Args:
+        labels: ``[N]`` long; parent: ``[N]`` long (:func:`split_parents`); n_template: T.
+
+    Returns:
+        ``[N]`` long.
+    """
+    counts = torch.zeros(n_template, NUM_CLASSES, device=labels.device)  # [T, 19]
+    counts.index_put_((parent, labels), torch.ones_like(labels, dtype=counts.dtype), accumulate=True)
+    counts[torch.arange(n_template, device=labels.device), labels[:n_template]] += 0.5
+    return counts.argmax(dim=1)[parent]
+
+
 def similarity_transform(src: Tensor, dst: Tensor, weights: Tensor | None = None) -> tuple[float, Tensor, Tensor]:
     """The scale s, rotation R and shift t minimising ``Σ w ‖s R src + t − dst‖²`` (Umeyama).
 

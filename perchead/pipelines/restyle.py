@@ -37,7 +37,7 @@ from torch import Tensor
 from perchead.geometry.cameras import Cameras, orbit_cameras, project_points
 from perchead.geometry.gaussians import Gaussians
 from perchead.geometry.regions import (
-    assemble, decide_labels, region_classes, smooth_votes, split_parents, template_neighbours, vote_labels,
+    assemble, decide_labels, family_labels, region_classes, smooth_votes, split_parents, template_neighbours, vote_labels,
 )  # fmt: skip
 from perchead.geometry.segmentation import PALETTE, resize_labels
 from perchead.geometry.template import template_labels
@@ -66,7 +66,7 @@ class RestyleConfig:
     label_size: int = 128
     input_weight: float = 2.0
     tolerance: float = 0.012
-    smooth: float = 1.0
+    smooth: float = 0.3
     neighbours: int = 8
     band: float = 0.015
     max_pull: float = 0.02
@@ -198,7 +198,8 @@ class Restyler:
             parent = split_parents(g, self.n_template)
         parent = parent.to(g.means.device)
         votes = smooth_votes(votes, parent, self.neighbours.to(g.means.device), cfg.smooth)
-        return decide_labels(votes, g.means, self.template_labels.to(g.means.device), parent.to(g.means.device))
+        labels = decide_labels(votes, g.means, self.template_labels.to(g.means.device), parent)
+        return family_labels(labels, parent, self.n_template)
 
     def regions(self, gaussians: Gaussians, input_map: Tensor, camera: Cameras | None = None,
                 parent: Tensor | None = None) -> HeadRegions:
