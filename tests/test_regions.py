@@ -11,7 +11,7 @@ import torch
 from perchead.geometry.cameras import orbit_cameras, project_points
 from perchead.geometry.gaussians import Gaussians, random_gaussians
 from perchead.geometry.regions import (
-    C, REGION_SETS, assemble, decide_labels, longer_hair, region_classes, similarity_transform, split_parents,
+    C, REGION_SETS, assemble, decide_labels, family_labels, longer_hair, smooth_votes, template_neighbours, region_classes, similarity_transform, split_parents,
     vote_labels,
 )
 from perchead.pipelines.fit import split_gaussians
@@ -143,3 +143,21 @@ def test_region_classes_and_longer_hair():
     assert (longer[:, :16] == labels[:, :16]).all()  # nothing outside the hair's width
     with pytest.raises(ValueError, match="no hair"):
         longer_hair(torch.ones(8, 8, dtype=torch.long))
+
+
+def test_a_family_takes_its_majority_and_votes_pool_over_neighbours():
+    parent = torch.tensor([0, 1, 2, 0, 0, 0])  # Gaussian 0 was split: children 3, 4, 5
+    labels = torch.tensor([SKIN, HAIR, NECK, HAIR, HAIR, HAIR])
+    assert family_labels(labels, parent, 3).tolist() == [HAIR, HAIR, NECK, HAIR, HAIR, HAIR]
+    tie = torch.tensor([SKIN, HAIR, NECK, HAIR, HAIR, SKIN])  # two against two: the template Gaussian's own
+    assert family_labels(tie, parent, 3).tolist() == [SKIN, HAIR, NECK, SKIN, SKIN, SKIN]
+    # a lone stray vote is outweighed by its neighbourhood
+    verts = torch.tensor([[0.0, 0, 0], [0.01, 0, 0], [0.02, 0, 0], [1.0, 0, 0]])
+    near = template_neighbours(verts, 3)
+    assert near[0, 0] == 0 and set(near[1].tolist()) == {0, 1, 2}
+    votes = torch.zeros(4, 19)
+    votes[[0, 2], SKIN] = 1
+    votes[1, HAIR] = 1
+    pooled = smooth_votes(votes, torch.arange(4), near, weight=3.0)
+    assert pooled[1].argmax() == SKIN and pooled[3].sum() == 0
+    assert torch.equal(smooth_votes(votes, torch.arange(4), near, weight=0.0), votes)
