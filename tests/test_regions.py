@@ -158,6 +158,6 @@ def test_a_family_takes_its_majority_and_votes_pool_over_neighbours():
     votes = torch.zeros(4, 19)
     votes[[0, 2], SKIN] = 1
     votes[1, HAIR] = 1
-    pooled = smooth_votes(votes, torch.arange(4), near, weight=3.0)
-    assert pooled[1].argmax() == SKIN and pooled[3].sum() == 0
+    pooled = smooth_votes(votes, torch.arange(4), near, weight=6.0)  # Gaussian 1: hair 1 + 2, skin 0 + 4
+    assert pooled[1].argmax() == SKIN and pooled[1, HAIR] == 3 and pooled[1, SKIN] == 4
     assert torch.equal(smooth_votes(votes, torch.arange(4), near, weight=0.0), votes)
