@@ -62,7 +62,7 @@ from perchead.pipelines.edit import PercHeadEditPipeline  # noqa: E402
 from perchead.pipelines.fit import FitConfig  # noqa: E402
 from perchead.pipelines.preprocess import load_image, preprocess  # noqa: E402
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
-from perchead.pipelines.restyle import Restyler, label_colors  # noqa: E402
+from perchead.pipelines.restyle import Restyler, at_size, label_colors  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0)
 PROMPTS = ("red", "blonde", "blue", "pink", "green")
@@ -150,10 +150,11 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
             restyled_d, maponly_d, face_psnr, photo_psnr, seconds = [], [], [], [], []
             in_cam = person.camera
             photo_img = F.interpolate(prep.image.float(), size=restyler.config.label_size, mode="area")  # [1, 3, s, s]
+            photo_mask = F.interpolate(prep.mask.float(), size=restyler.config.label_size, mode="area")[0].cpu()  # [1, s, s]
             with torch.no_grad():
-                rec_in = ep.editor.render_views(person.gaussians, _resized(in_cam, restyler.config.label_size)).rgb[0]
+                rec_in = ep.editor.render_views(person.gaussians, at_size(in_cam, restyler.config.label_size)).rgb[0]
                 rec_in_labels = label_render(ep.editor, person.gaussians, person.labels,
-                                             _resized(in_cam, restyler.config.label_size))
+                                             at_size(in_cam, restyler.config.label_size))
             outs = {}
             for colour in PROMPTS:
                 out = restyler(person, style_text=f"{colour} hair")
@@ -165,17 +166,15 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
                     small = ep.editor.render_views(out.gaussians, label_cams).rgb[0].float().clamp(0, 1)
                     small_rec = ep.editor.render_views(person.gaussians, label_cams).rgb[0].float().clamp(0, 1)
                     out_labels = label_render(ep.editor, out.gaussians[0], out.labels, label_cams)
-                    out_in = ep.editor.render_views(out.gaussians, _resized(in_cam, restyler.config.label_size)).rgb[0]
+                    out_in = ep.editor.render_views(out.gaussians, at_size(in_cam, restyler.config.label_size)).rgb[0]
                     out_in_labels = label_render(ep.editor, out.gaussians[0], out.labels,
-                                                 _resized(in_cam, restyler.config.label_size))
+                                                 at_size(in_cam, restyler.config.label_size))
                 restyled_d += recognised(yard, views, ref)
                 maponly_d += recognised(yard, generated, ref)
                 kept = torch.isin(rec_labels, torch.tensor(FACE_CLASSES)) & ~hair_band(rec_labels, out_labels)
                 face_psnr.append(psnr(small, small_rec, kept))
-                face_in = (torch.isin(rec_in_labels, torch.tensor(FACE_CLASSES))
-                           & ~hair_band(rec_in_labels, out_in_labels) & (prep.mask[0] > 0.5).cpu()
-                           if prep.mask.shape[-1] == restyler.config.label_size else
-                           torch.isin(rec_in_labels, torch.tensor(FACE_CLASSES)) & ~hair_band(rec_in_labels, out_in_labels))
+                face_in = (torch.isin(rec_in_labels, torch.tensor(FACE_CLASSES)) & ~hair_band(rec_in_labels, out_in_labels)
+                           & (photo_mask > 0.5))  # [1, s, s] the kept face inside the photo's matte
                 photo_psnr.append((psnr(rec_in.float().clamp(0, 1), photo_img, face_in),
                                    psnr(out_in.float().clamp(0, 1), photo_img, face_in)))
             entry["restyled"] = share(restyled_d)
@@ -193,7 +192,7 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
             for tag, m, out in (("photo_map", labels, outs[PROMPTS[0]]), ("longer_hair", long_map, long)):
                 for who, g, lab in (("", out.gaussians[0], out.labels), ("_map_only", out.edit.gaussians[0],
                                                                         out.edit_labels)):
-                    seen = label_render(ep.editor, g, lab, _resized(in_cam, m.shape[-1]))[0]
+                    seen = label_render(ep.editor, g, lab, at_size(in_cam, m.shape[-1]))[0]
                     ious[tag + who] = mask_iou(torch.isin(seen, torch.tensor(HAIR_IDS)),
                                                torch.isin(m, torch.tensor(HAIR_IDS)))
             entry["hair_iou_input_view"] = ious
@@ -212,14 +211,6 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
                                                    fig_cams, refine=False).rgb[0].float().clamp(0, 1)
                 figure_rows += [torch.cat([first[v], debug[v]] + [c[v] for c in cols], dim=-1) for v in range(2)]
     return faces
-
-
-def _resized(camera, size: int):
-    from perchead.geometry.cameras import Cameras
-
-    Ks = camera.Ks.clone().float()
-    Ks[:, :2] *= size / camera.width
-    return Cameras(camera.viewmats.float(), Ks, size, size)
 
 
 def _mean(values):

@@ -130,6 +130,13 @@ def label_colors(labels: Tensor) -> Tensor:
     return torch.tensor(PALETTE, dtype=torch.float32, device=labels.device)[labels] / 255.0
 
 
+def at_size(camera: Cameras, size: int) -> Cameras:
+    """The same view rendered at ``size``² pixels (square cameras: the intrinsics scale with the side)."""
+    Ks = camera.Ks.clone().float()
+    Ks[:, :2] *= size / camera.width
+    return Cameras(camera.viewmats.float(), Ks, size, size)
+
+
 class Restyler:
     """The person's reconstructed head + an edit of its map → the person's head with regions replaced.
 
@@ -174,22 +181,20 @@ class Restyler:
         camera = self.front_camera() if camera is None else camera
         if len(camera) != 1:
             raise ValueError(f"the input view must be one camera, got {len(camera)}")
-        # the input camera at the label size
-        Ks = camera.Ks.clone().float()
-        Ks[:, :2] *= size / camera.width
+        first = at_size(camera, size)  # the input view at the label size
         r = self.edit.editor.config.render
         others = orbit_cameras([a for a, _ in cfg.views], [e for _, e in cfg.views], radius=r.radius,
                                fov_deg=r.fov_deg, size=size)
-        cams = Cameras(torch.cat([camera.viewmats.float(), others.viewmats]), torch.cat([Ks, others.Ks]), size, size)
+        cams = Cameras(torch.cat([first.viewmats, others.viewmats]), torch.cat([first.Ks, others.Ks]), size, size)
         cams = cams.to(self.edit.device)
         out = self.edit.editor.render_views(g, cams, return_depth=True)
         rgb, alpha = out.rgb[0].float().clamp(0, 1), out.alpha[0].float()  # [V, 3, s, s], [V, 1, s, s]
         surface = torch.where(alpha[:, 0] > 0.5, out.depth[0, :, 0].float() / alpha[:, 0].clamp_min(1e-6),
                               torch.zeros_like(alpha[:, 0]))  # [V, s, s]
         parsed = self.edit.parser.parse(rgb[1:], mask=alpha[1:]).long()  # [V-1, s, s]
-        first = resize_labels(input_map.long().cpu(), size) if input_map.shape[-1] != size else input_map.long()
-        first = torch.where(alpha[0, 0].cpu() > 0.5, first.cpu(), torch.zeros_like(first.cpu()))
-        maps = torch.cat([first[None].to(parsed.device), parsed]).to(g.means.device)  # [V, s, s]
+        seen = resize_labels(input_map.long().cpu(), size) if input_map.shape[-1] != size else input_map.long().cpu()
+        seen = torch.where(alpha[0, 0].cpu() > 0.5, seen, torch.zeros_like(seen))  # [s, s]
+        maps = torch.cat([seen[None].to(parsed.device), parsed]).to(g.means.device)  # [V, s, s]
         pixels, depths = project_points(g.means, cams.viewmats, cams.Ks)  # [V, N, 2], [V, N]
         weights = torch.ones(len(cams), device=g.means.device)
         weights[0] = cfg.input_weight
@@ -223,9 +228,7 @@ class Restyler:
         covered = torch.zeros(self.n_template, dtype=torch.bool, device=g.means.device)
         if not wanted.any():
             return covered
-        Ks = person.camera.Ks.clone().float()
-        Ks[:, :2] *= size / person.camera.width
-        cam = Cameras(person.camera.viewmats.float(), Ks, size, size).to(g.means.device)
+        cam = at_size(person.camera, size).to(g.means.device)
         out = self.edit.editor.render_views(g, cam, refine=False, return_depth=True)
         alpha = out.alpha[0, 0, 0].float()  # [s, s]
         surface = torch.where(alpha > 0.5, out.depth[0, 0, 0].float() / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
