@@ -13,7 +13,9 @@ for the reconstruction, the restyled heads and the map-only heads; the face's PS
 against the reconstruction at those views (face pixels of the reconstruction's label render, outside the
 hair band: both heads' hair dilated by 3 pixels), and against the photo at the input view for both; the
 hair-silhouette IoU at the input view with the map's hair for the photo's map and a longer-hair map
-(:func:`perchead.geometry.regions.longer_hair`); the seconds of labelling and of each edit.
+(:func:`perchead.geometry.regions.longer_hair`), and for the unedited reconstruction with the photo's map
+(the measure's own ceiling: the head's shape is the reconstruction's); the seconds of labelling and of
+each edit.
 
 Synthetic test heads (``--synthetic``; held-out seeds, the ground truth known): each head's front render is
 reconstructed (photo-fit ``fast``) and its map parsed; per-class IoU of the labelled head's label renders
@@ -188,7 +190,9 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
             # geometry: the photo's map and a longer-hair map, hair silhouette IoU at the input view
             long_map = longer_hair(labels)
             long = restyler(person, long_map, style_text="long hair")
-            ious = {}
+            ious = {"reconstruction": mask_iou(torch.isin(rec_in_labels[0], torch.tensor(HAIR_IDS)),
+                                               torch.isin(resize_labels(labels, restyler.config.label_size),
+                                                          torch.tensor(HAIR_IDS)))}  # the ceiling of the measure
             for tag, m, out in (("photo_map", labels, outs[PROMPTS[0]]), ("longer_hair", long_map, long)):
                 for who, g, lab in (("", out.gaussians[0], out.labels), ("_map_only", out.edit.gaussians[0],
                                                                         out.edit_labels)):
@@ -292,6 +296,7 @@ def main(argv=None):
             "face_psnr_drop_vs_photo_db": _mean([f["face_psnr_vs_photo"]["drop_db"] for f in ok]),
             "hair_iou_photo_map": _mean([f["hair_iou_input_view"]["photo_map"] for f in ok]),
             "hair_iou_longer_hair": _mean([f["hair_iou_input_view"]["longer_hair"] for f in ok]),
+            "hair_iou_reconstruction": _mean([f["hair_iou_input_view"]["reconstruction"] for f in ok]),
             "hair_iou_photo_map_map_only": _mean([f["hair_iou_input_view"]["photo_map_map_only"] for f in ok]),
             "hair_iou_longer_hair_map_only": _mean([f["hair_iou_input_view"]["longer_hair_map_only"] for f in ok]),
             "regions_s_median": statistics.median([f["regions_s"] for f in ok]) if ok else None,
