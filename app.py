@@ -7,6 +7,7 @@ safely (see docs/app.md, "Limits and safety").
 
     python app.py                          # bundled weights_card/, http://127.0.0.1:7860
     python app.py --model user/perchead    # a Hub repo id or a local folder (also: PERCHEAD_MODEL=...)
+    python app.py --model user/perchead --edit-model user/perchead --revision v1   # one repo, pinned
     python app.py --host 0.0.0.0 --port 7861
 """
 
@@ -14,16 +15,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
+from contextlib import aclosing
 from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from perchead.models.lift_encoder import EmptyMaskError
+from perchead.pipelines.edit import MAP_SOURCES
+
 from serving import (
-    BUNDLED, EditHolder, JobRunner, ModelHolder, OutputStore, check_count, check_flag, guard_uploads, guard_value,
-    guard_video, load_edit_holder, session_key, visitor_error,
+    BUNDLED, EDITOR_MAX_LAYERS, EDITOR_MAX_PIXELS, EditHolder, JobRunner, ModelHolder, OutputStore, check_count,
+    check_flag, gpu_seconds, gpu_task, guard_choice, guard_editor_blobs, guard_uploads, guard_value, guard_video,
+    guarded_app_kwargs, load_edit_holder, markdown_text, session_key, visitor_error,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent
@@ -143,6 +150,21 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
     """The Editing tab, hidden until the editing models have loaded. Endpoints ``/segment`` and ``/edit``."""
     from perchead.geometry.segmentation import PALETTE_HEX, labels_to_color, legend_html
 
+    @gpu_task
+    def parse_photo(job, photo: str, options: dict):
+        from PIL import Image
+
+        from perchead.geometry.segmentation import resize_labels
+
+        start = time.perf_counter()
+        labels, prep = edit_holder.get().segment(photo, return_preprocessed=True, **options)
+        path = job.folder / "segmentation.png"
+        Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
+        notes = [f"parsed in {time.perf_counter() - start:.1f} s", *prep.notes]
+        if not (labels != 0).any():
+            notes.append("no head was found in the photo (all background): paint one, or try another photo")
+        return str(path), str(path), "\n".join(f"- {note}" for note in notes)
+
     async def segment(photo: str | None, remove_background: bool = True, auto_crop: bool = True,
                       use_whole_image: bool = False, map_source: str = "auto", request: gr.Request = None):
         """Turns a portrait into the 19-class segmentation map the editing model takes.
@@ -160,11 +182,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             editor: the same map loaded into the map editor for painting.
             notes: remarks.
         """
-        from PIL import Image
-
-        from perchead.geometry.segmentation import resize_labels
+        from perchead.photo.load import PreprocessError
         from perchead.pipelines.edit import MAP_SOURCES
-        from perchead.pipelines.preprocess import PreprocessError
 
         if not photo:
             raise visitor_error("Please upload a photo to parse first.", "No image")
@@ -175,17 +194,42 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                                 "Bad parameter")
         options["source"] = map_source
 
-        def work(job):
-            start = time.perf_counter()
-            labels, prep = edit_holder.get().segment(photo, return_preprocessed=True, **options)
-            path = job.folder / "segmentation.png"
-            Image.fromarray(labels_to_color(resize_labels(labels, MAP_DISPLAY_SIZE))).save(path)
-            notes = [f"parsed in {time.perf_counter() - start:.1f} s", *prep.notes]
-            if not (labels != 0).any():
-                notes.append("no head was found in the photo (all background): paint one, or try another photo")
-            return str(path), str(path), "\n".join(f"- {note}" for note in notes)
+        return await jobs.run(request, "segmentation", parse_photo, (PreprocessError, EmptyMaskError),
+                              args=(photo, options), duration=gpu_seconds())
 
-        return await jobs.run(request, "segmentation", work, (PreprocessError,))
+    @gpu_task
+    def edit_map(job, segmentation_map: dict, style_prompt: str, style_image: str | None, snap: bool, frames: int):
+        import numpy as np
+        from PIL import Image
+
+        from perchead.export import write_outputs
+        from perchead.geometry.images import to_uint8
+        from perchead.photo.load import PreprocessError
+
+        pipeline = edit_holder.get()
+        report = job.reporter()
+        try:
+            labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
+        except ValueError as error:
+            hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
+            raise ValueError(f"Bad segmentation map: {error}{hint}") from None
+        try:
+            edited = pipeline(labels, style_prompt or None, style_image or None, progress=report)
+        except PreprocessError as error:  # only the style image is a photo here
+            raise PreprocessError(f"Bad style image: {error}") from None
+        seen = labels_to_color(edited.labels[0])  # [S, S, 3]
+        if edited.style_input is not None:
+            seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
+        seen_path = str(job.folder / "model_input.png")
+        Image.fromarray(seen).save(seen_path)
+        style_note = f"style from the {edited.style_source}"
+        style_note += f": “{markdown_text(style_prompt)}”" if style_prompt else ""  # shown literally
+        notes = [style_note, *map_notes, *edited.notes]
+        out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
+                            progress=report, timings=edited.timings, notes=notes,
+                            before_turntable=lambda part: job.publish(
+                                result(part, seen_path, part.notes, "the turntable video is on its way…")))
+        return result(out, seen_path, out.notes)
 
     async def edit(segmentation_map: dict | None, style_prompt: str = "", style_image: str | None = None,
                    snap_colors: bool = False, turntable_frames: int = DEFAULT_FRAMES, request: gr.Request = None,
@@ -211,11 +255,8 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
             timings: seconds per stage.
             summary: the timings in words and remarks.
         """
-        import numpy as np
-        from PIL import Image
-
-        from perchead.pipelines import PercHeadEditPipeline, write_outputs
-        from perchead.pipelines.preprocess import PreprocessError, to_uint8
+        from perchead.photo.load import PreprocessError
+        from perchead.pipelines import PercHeadEditPipeline
 
         if not (isinstance(segmentation_map, dict) and (segmentation_map.get("composite") is not None
                                                         or segmentation_map.get("background") is not None)):
@@ -231,33 +272,11 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
         except ValueError as error:
             raise visitor_error(str(error), "No style") from None
 
-        def work(job):
-            pipeline = edit_holder.get()
-            report = job.reporter(progress)
-            try:
-                labels, map_notes = pipeline.labels_from_color(segmentation_map, snap=snap, return_notes=True)
-            except ValueError as error:
-                hint = "" if snap else " (or tick 'Snap foreign colours to the nearest class colour')"
-                raise ValueError(f"Bad segmentation map: {error}{hint}") from None
-            try:
-                edited = pipeline(labels, style_prompt or None, style_image or None, progress=report)
-            except PreprocessError as error:  # only the style image is a photo here
-                raise PreprocessError(f"Bad style image: {error}") from None
-            seen = labels_to_color(edited.labels[0])  # [S, S, 3]
-            if edited.style_input is not None:
-                seen = np.concatenate([seen, to_uint8(edited.style_input.image[0])], axis=1)  # [S, 2S, 3]
-            seen_path = str(job.folder / "model_input.png")
-            Image.fromarray(seen).save(seen_path)
-            style_note = f"style from the {edited.style_source}" + (f": “{style_prompt}”" if style_prompt else "")
-            notes = [style_note, *map_notes, *edited.notes]
-            out = write_outputs(pipeline.editor, edited.gaussians, job.folder, turntable_frames=frames,
-                                progress=report, timings=edited.timings, notes=notes,
-                                before_turntable=lambda part: job.publish(
-                                    result(part, seen_path, part.notes, "the turntable video is on its way…")))
-            return result(out, seen_path, out.notes)
-
-        async for outputs in jobs.stream(request, "editing", work, (PreprocessError, ValueError)):
-            yield outputs
+        async with aclosing(jobs.stream(request, "editing", edit_map, (PreprocessError, ValueError),
+                                        args=(segmentation_map, style_prompt, style_image, snap, frames),
+                                        progress=progress, duration=gpu_seconds(turntable_frames=frames))) as stream:
+            async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
+                yield outputs
 
     def switch_style(source: str):
         if source == STYLE_TEXT:
@@ -274,21 +293,23 @@ def build_edit_tab(edit_holder: EditHolder, jobs: JobRunner) -> gr.Tab:
                     seg_remove_background = gr.Checkbox(True, label="Remove background")
                     seg_auto_crop = gr.Checkbox(True, label="Auto-crop around the head")
                     seg_whole_image = gr.Checkbox(False, label="Use the whole image when no face is found")
-                    seg_source = gr.Radio([("Face landmarks + matte (photos)", "auto"),
-                                           ("Face parser (synthetic renders)", "parser")], value="auto",
-                                          label="Map from", elem_id="map-source")
+                    seg_source = guard_choice(gr.Radio([("Face landmarks + matte (photos)", "auto"),
+                                                        ("Face parser (synthetic renders)", "parser")], value="auto",
+                                                       label="Map from", elem_id="map-source"),
+                                              "map_source", MAP_SOURCES)  # "landmarks" (the same as auto) too
                 segment_button = gr.Button("Get segmentation map", elem_id="segment-button")
                 parsed = gr.Image(label="Parsed map", type="filepath", interactive=False, height=160,
                                   elem_id="parsed-map")
                 segment_notes = gr.Markdown()
             with gr.Column(scale=3, min_width=320):
                 gr.HTML(legend_html(columns=4))
-                editor = guard_uploads(gr.ImageEditor(
+                editor = guard_editor_blobs(guard_uploads(gr.ImageEditor(
                     label="Segmentation map", type="pil", image_mode="RGB", format="png", sources=["upload", "clipboard"],
                     brush=gr.Brush(colors=list(PALETTE_HEX), default_color=PALETTE_HEX[13], color_mode="fixed"),
                     layers=False, transforms=(), canvas_size=(MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), height=520,
                     elem_id="segmentation-editor",
-                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])], "Bad segmentation map")
+                ), lambda v: [] if v is None else [v.background, v.composite, *(v.layers or [])],
+                   "Bad segmentation map", max_files=2 + EDITOR_MAX_LAYERS, max_pixels=EDITOR_MAX_PIXELS))
                 maps = sorted(str(p) for p in (EXAMPLES / "maps").glob("*.png"))
                 if maps:
                     gr.Examples(maps, inputs=[editor], label="Example maps (synthetic heads)")
@@ -321,6 +342,18 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
 
     limits = SequenceConfig()
 
+    @gpu_task
+    def video_heads(job, video: str, face: int, options: dict):
+        from perchead.pipelines.sequence import SequencePipeline
+
+        out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face,
+                                                      progress=job.reporter(), **options)
+        seconds = out.timings["total"]
+        line = (f"**{out.frames} heads in {seconds:.1f} s** ({out.frames / max(seconds, 1e-6):.1f} frames per "
+                f"second) · {out.fps:g} frames per second of the clip")
+        summary = "\n".join([line, *(f"- {note}" for note in out.notes)])
+        return str(out.video), str(out.heads), {k: round(v, 3) for k, v in out.timings.items()}, summary
+
     async def reconstruct_video(video: str | None, face_index: int = 0, remove_background: bool = True,
                                 use_whole_image: bool = False, request: gr.Request = None,
                                 progress: gr.Progress = gr.Progress()):
@@ -339,8 +372,8 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
             timings: seconds per stage.
             summary: the timings in words and remarks (frames used, faces found, fallbacks).
         """
-        from perchead.pipelines.preprocess import PreprocessError
-        from perchead.pipelines.sequence import ClipError, SequencePipeline
+        from perchead.photo.load import PreprocessError
+        from perchead.pipelines.sequence import ClipError, probe_clip
 
         if not video:
             raise visitor_error(f"Please upload a short video (up to {limits.max_seconds:g} s) first.", "No video")
@@ -348,16 +381,14 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
         options = {name: check_flag(value, name) for name, value in (
             ("remove_background", remove_background), ("use_whole_image", use_whole_image))}
 
-        def work(job):
-            out = SequencePipeline(holder.get(), limits)(video, job.folder, face_index=face,
-                                                          progress=job.reporter(progress), **options)
-            seconds = out.timings["total"]
-            line = (f"**{out.frames} heads in {seconds:.1f} s** ({out.frames / max(seconds, 1e-6):.1f} frames per "
-                    f"second) · {out.fps:g} frames per second of the clip")
-            summary = "\n".join([line, *(f"- {note}" for note in out.notes)])
-            return str(out.video), str(out.heads), {k: round(v, 3) for k, v in out.timings.items()}, summary
-
-        return await jobs.run(request, "video reconstruction", work, (ClipError, PreprocessError))
+        try:  # the upload was checked already; its length (0 when the header lacks it) sizes the GPU request
+            seconds = probe_clip(video, limits)["duration"] or limits.max_seconds
+        except ClipError as error:
+            raise visitor_error(f"Bad video: {error}", "Unusable video") from None
+        frames = math.ceil(min(seconds, limits.max_seconds) * limits.fps)
+        return await jobs.run(request, "video reconstruction", video_heads,
+                              (ClipError, PreprocessError, EmptyMaskError), args=(video, face, options),
+                              progress=progress, duration=gpu_seconds(video_frames=frames))
 
     with gr.Tab("Video", elem_id="video-tab") as tab:
         gr.Markdown(f"A short clip (up to {limits.max_seconds:g} s) → **one 3D head per frame**, the same face "
@@ -372,7 +403,7 @@ def build_video_tab(holder: ModelHolder, jobs: JobRunner) -> gr.Tab:
                     face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
                                                        info="when the video shows several: 0 = the largest, 1 = "
                                                             "the next, … (in the first frame with faces)"),
-                                             "face_index", "a whole number from 0 to 99")
+                                             "face_index", "a whole number from 0 to 99", whole=(0, 99))
                     remove_background = gr.Checkbox(True, label="Remove background")
                     use_whole_image = gr.Checkbox(False, label="Use the whole frames when no face is found")
             with gr.Column(scale=3, min_width=320):
@@ -402,6 +433,29 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
     current portrait and options (``options``: remove_background, auto_crop, use_whole_image, face_index).
     Endpoint ``/decoder_layers``."""
 
+    @gpu_task
+    def layer_heads(job, image: str, flags: dict):
+        from PIL import Image
+
+        from perchead.geometry.gaussians import save_ply
+
+        layers = holder.get().decoder_layers(image, size=LAYER_VIEW_SIZE, progress=job.reporter(), **flags)
+        start = time.perf_counter()
+        strip = job.folder / "decoder_layers.png"
+        Image.fromarray(layers.strip()).save(strip)
+        gallery, files = [], [str(strip)]
+        for k, (column, caption) in enumerate(zip(layers.columns(), layers.column_captions()), start=1):
+            job.check()
+            Image.fromarray(column).save(job.folder / f"layer_{k}.png")
+            gallery.append((str(job.folder / f"layer_{k}.png"), caption))
+            save_ply(layers.gaussians[k - 1][0], job.folder / f"layer_{k}.ply")
+            files.append(str(job.folder / f"layer_{k}.ply"))
+        timings = {**layers.timings, "export": time.perf_counter() - start}
+        line = (f"**{layers.n_layers} decoder layers in {layers.timings['total']:.1f} s** (files in "
+                f"{timings['export']:.1f} s) · top: {layers.view_captions[0]}, bottom: {layers.view_captions[1]}")
+        summary = "\n".join([line, *(f"- {note}" for note in layers.notes)])
+        return str(strip), gallery, files, {k: round(v, 3) for k, v in timings.items()}, summary
+
     async def decoder_layers(image: str | None, remove_background: bool = True, auto_crop: bool = True,
                              use_whole_image: bool = False, face_index: int = 0, request: gr.Request = None,
                              progress: gr.Progress = gr.Progress()):
@@ -423,10 +477,7 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             timings: seconds per stage.
             summary: the timings in words and remarks.
         """
-        from PIL import Image
-
-        from perchead.geometry.gaussians import save_ply
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.photo.load import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
@@ -434,25 +485,8 @@ def build_inside_panel(holder: ModelHolder, jobs: JobRunner, portrait: gr.Image,
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
         flags["face_index"] = check_count(face_index, "face_index", 0, 99)
 
-        def work(job):
-            layers = holder.get().decoder_layers(image, size=LAYER_VIEW_SIZE, progress=job.reporter(progress), **flags)
-            start = time.perf_counter()
-            strip = job.folder / "decoder_layers.png"
-            Image.fromarray(layers.strip()).save(strip)
-            gallery, files = [], [str(strip)]
-            for k, (column, caption) in enumerate(zip(layers.columns(), layers.column_captions()), start=1):
-                job.check()
-                Image.fromarray(column).save(job.folder / f"layer_{k}.png")
-                gallery.append((str(job.folder / f"layer_{k}.png"), caption))
-                save_ply(layers.gaussians[k - 1][0], job.folder / f"layer_{k}.ply")
-                files.append(str(job.folder / f"layer_{k}.ply"))
-            timings = {**layers.timings, "export": time.perf_counter() - start}
-            line = (f"**{layers.n_layers} decoder layers in {layers.timings['total']:.1f} s** (files in "
-                    f"{timings['export']:.1f} s) · top: {layers.view_captions[0]}, bottom: {layers.view_captions[1]}")
-            summary = "\n".join([line, *(f"- {note}" for note in layers.notes)])
-            return str(strip), gallery, files, {k: round(v, 3) for k, v in timings.items()}, summary
-
-        return await jobs.run(request, "decoder visualisation", work, (PreprocessError,))
+        return await jobs.run(request, "decoder visualisation", layer_heads, (PreprocessError, EmptyMaskError),
+                              args=(image, flags), progress=progress, duration=gpu_seconds())
 
     with gr.Accordion("Inside the model: what each decoder layer adds", open=False, elem_id="inside-panel"):
         gr.Markdown(INSIDE_INTRO)
@@ -475,6 +509,30 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
     one at a time, outputs under Gradio's cache folder)."""
     jobs = jobs or JobRunner(OutputStore(Path(get_upload_folder()) / "perchead"))
 
+    @gpu_task
+    def photo_head(job, image: str, options: dict, fit: int, frames: int, fit_config):
+        from perchead.export import write_outputs
+
+        pipeline = holder.get()
+        report = job.reporter()
+        model_input = str(job.folder / "model_input.png")
+        notice = [holder.notice] if holder.notice else []
+
+        def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
+            first.preprocessed[0].preview().save(model_input)
+            early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
+                                  view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
+            job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
+
+        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
+                       before_fit=show_before_fit, **options)
+        rec.preprocessed[0].preview().save(model_input)
+        out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
+                            timings=rec.timings, notes=notice + rec.notes,
+                            before_turntable=lambda part: job.publish(
+                                result(part, model_input, part.notes, "the turntable video is on its way…")))
+        return result(out, model_input, out.notes)
+
     async def reconstruct(image: str | None, remove_background: bool = True, auto_crop: bool = True,
                           use_whole_image: bool = False, turntable_frames: int = DEFAULT_FRAMES, face_index: int = 0,
                           fit_steps: int = DEFAULT_FIT_STEPS, real_person: bool = True, request: gr.Request = None,
@@ -495,7 +553,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                 learned from): the fit then uses ``FitConfig.preset("real")`` — the camera 17° higher (the
                 synthetic heads' landmark layout reads real faces that much too low), the face mesh's depth
                 profile, the latent stage's silhouette prior, a 256² photo and a quarter of the face's
-                Gaussians split (README, "The real-photo preset").
+                Gaussians split (docs/photo-fit.md, "The real-photo preset").
 
         Returns:
             ply: the Gaussians as a 3DGS .ply file (first output; +Y up, face toward +Z, metres).
@@ -507,9 +565,8 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
             timings: seconds per stage.
             summary: the timings in words and remarks (faces found, fallbacks, downscaling).
         """
-        from perchead.pipelines import write_outputs
-        from perchead.pipelines.fit import FitConfig
-        from perchead.pipelines.preprocess import PreprocessError
+        from perchead.fit.config import FitConfig
+        from perchead.photo.load import PreprocessError
 
         if not image:
             raise visitor_error("Please upload a portrait (or pick an example) first.", "No image")
@@ -520,29 +577,11 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
-        def work(job):
-            pipeline = holder.get()
-            report = job.reporter(progress)
-            model_input = str(job.folder / "model_input.png")
-            notice = [holder.notice] if holder.notice else []
-
-            def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
-                first.preprocessed[0].preview().save(model_input)
-                early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
-                                      view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
-                job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
-
-            rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
-                           before_fit=show_before_fit, **options)
-            rec.preprocessed[0].preview().save(model_input)
-            out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
-                                timings=rec.timings, notes=notice + rec.notes,
-                                before_turntable=lambda part: job.publish(
-                                    result(part, model_input, part.notes, "the turntable video is on its way…")))
-            return result(out, model_input, out.notes)
-
-        async for outputs in jobs.stream(request, "reconstruction", work, (PreprocessError,)):
-            yield outputs
+        async with aclosing(jobs.stream(request, "reconstruction", photo_head, (PreprocessError, EmptyMaskError),
+                                        args=(image, options, fit, frames, fit_config), progress=progress,
+                                        duration=gpu_seconds(fit_steps=fit, turntable_frames=frames))) as stream:
+            async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
+                yield outputs
 
     with gr.Blocks(title="PercHead — 3D head from one photo", delete_cache=(600, jobs.store.max_age_s)) as demo:
         gr.Markdown("# PercHead — a 3D head from one photo\nUpload a portrait or pick an example: the head is cut "
@@ -562,7 +601,7 @@ def build_demo(holder: ModelHolder, edit_holder: EditHolder | None = None, jobs:
                         face_index = guard_value(gr.Number(0, label="Face", precision=0, minimum=0, maximum=99,
                                                            info="when the photo shows several: 0 = the largest, "
                                                                 "1 = the next, …"),
-                                                 "face_index", "a whole number from 0 to 99")
+                                                 "face_index", "a whole number from 0 to 99", whole=(0, 99))
                         turntable_frames = frames_input()
                         fit_steps = guard_value(
                             gr.Slider(0, MAX_FIT_STEPS, value=DEFAULT_FIT_STEPS, step=10, label="Fit to the photo (steps)",
@@ -614,8 +653,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=os.environ.get("PERCHEAD_MODEL") or None,
                         help="Hub repo id or local folder (default: PERCHEAD_MODEL, else the bundled weights_card/)")
     parser.add_argument("--edit-model", default=os.environ.get("PERCHEAD_EDIT_MODEL") or str(BUNDLED),
-                        help="folder with the editing checkpoints edit/, style/ and parser/ (default: "
+                        help="Hub repo id or folder with the editing checkpoints edit/, style/ and parser/ (default: "
                              "PERCHEAD_EDIT_MODEL, else the bundled weights_card/); 'none' disables the Editing tab")
+    parser.add_argument("--revision", default=os.environ.get("PERCHEAD_REVISION") or None,
+                        help="Hub branch, tag or commit of --model and --edit-model (default: PERCHEAD_REVISION, "
+                             "else main)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to serve on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
@@ -628,12 +670,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    holder = ModelHolder(args.model, args.device).start()
-    edit_holder = load_edit_holder(args.edit_model, args.device)
-    demo = build_demo(holder, edit_holder)
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    holder = ModelHolder(args.model, args.device, args.revision).start()
+    edit_holder = load_edit_holder(args.edit_model, args.device, args.revision)
+    store = OutputStore(Path(get_upload_folder()) / "perchead", uploads=get_upload_folder())
+    demo = build_demo(holder, edit_holder, JobRunner(store))
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)  # model jobs: queue only
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-                show_error=False, css=CSS)
+                show_error=False, css=CSS, app_kwargs=guarded_app_kwargs(store))
 
 
 if __name__ == "__main__":

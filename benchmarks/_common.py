@@ -53,16 +53,18 @@ def report(results: dict, output: str | None) -> None:
 
 def config_overrides(cls, items: list[str] | None) -> dict:
     """``--set name=value`` items → field overrides of the dataclass ``cls`` (values read as Python literals,
-    a bare word as a string).
+    a bare word as a string); a config of groups (``cls.field_names()``, e.g. ``FitConfig``) names a field
+    ``group.field``.
 
     Raises:
         ValueError: an item without ``=`` or naming no field of ``cls``.
     """
+    names = cls.field_names() if hasattr(cls, "field_names") else list(cls.__dataclass_fields__)
     overrides = {}
     for item in items or []:
         name, sep, value = item.partition("=")
-        if not sep or name not in cls.__dataclass_fields__:
-            raise ValueError(f"--set expects {cls.__name__} field=value, got {item!r}")
+        if not sep or name not in names:
+            raise ValueError(f"--set expects {cls.__name__} field=value (one of {', '.join(names)}), got {item!r}")
         try:
             overrides[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

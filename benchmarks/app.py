@@ -41,8 +41,8 @@ def load(model: str | None):
 
 
 def bench_end_to_end(pipeline, photo: Path, runs: int, fit_steps: int = 0, preset: str = "fast") -> dict:
-    from perchead.pipelines.fit import FitConfig
-    from perchead.pipelines.outputs import write_outputs
+    from perchead.export.outputs import write_outputs
+    from perchead.fit.config import FitConfig
 
     times, stages = [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -66,14 +66,14 @@ def bench_end_to_end(pipeline, photo: Path, runs: int, fit_steps: int = 0, prese
 
 
 def bench_turntable(pipeline, photo: Path) -> dict:
-    from perchead.pipelines.video import TurntableConfig, make_turntable
+    from perchead.export.turntable import TurntableConfig, make_turntable
 
     gaussians = pipeline(photo).gaussians[0]
-    app_refine = pipeline.device.type == "cuda"  # what the app does (perchead.pipelines.outputs: refiner only on CUDA)
+    app_refine = pipeline.device.type == "cuda"  # what the app does (perchead.export.outputs: refiner only on CUDA)
     results = {"turntable_refiner_in_app": app_refine}
     with tempfile.TemporaryDirectory() as folder:
         for refine in (app_refine, not app_refine):
-            r = pipeline.model.config.render  # the app's framing (perchead.pipelines.outputs)
+            r = pipeline.model.config.render  # the app's framing (perchead.export.outputs)
             config = TurntableConfig(n_frames=60, size=512, refine=refine, radius=r.radius, fov_deg=r.fov_deg)
             stats = make_turntable(pipeline.model, gaussians, Path(folder) / "t.mp4", config)
             key = "turntable_60x512_s" if refine == app_refine else f"turntable_60x512_{'with' if refine else 'without'}_refiner_s"

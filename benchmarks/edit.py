@@ -3,7 +3,7 @@
 The PercHead paper's editing web app (supplement §8) needed 25 s to parse a photo into a segmentation
 map, 28 s for an image-styled edit and 10 s for a text-styled edit, on a GPU. This script times exactly the
 app's code path (``PercHeadEditPipeline.segment``; the pipeline on a painted map, then
-``perchead.pipelines.outputs.write_outputs``), median of a few runs after one warm-up:
+``perchead.export.outputs.write_outputs``), median of a few runs after one warm-up:
 
 1. photo → segmentation map (crop + mask, face parser);
 2. painted map + text prompt → 3D head + files (.ply, .splat, .glb) + the 7 novel views;
@@ -41,10 +41,10 @@ def load(folder: str):
 
     from perchead.models.config import PercHeadConfig
     from perchead.models.editor import PercHeadEditor
-    from perchead.pipelines.edit import PercHeadEditPipeline, missing_parts
-    from perchead.models.perchead import PercHead
     from perchead.models.face_parser import FaceParser, segformer_config
+    from perchead.models.perchead import PercHead
     from perchead.models.style_encoder import StyleEncoder
+    from perchead.pipelines.edit import PercHeadEditPipeline, missing_parts
 
     if not missing_parts(folder):
         return PercHeadEditPipeline.from_pretrained(folder), f"{folder} (edit, style, parser)"
@@ -88,7 +88,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from perchead.pipelines.outputs import write_outputs
+    from perchead.export.outputs import write_outputs
 
     start = time.perf_counter()
     pipeline, source = load(args.folder)

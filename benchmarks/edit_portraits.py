@@ -5,7 +5,7 @@
 
 ``--before`` / ``--after`` are folders with ``edit/``, ``style/`` and ``parser/`` (as
 :meth:`perchead.pipelines.edit.PercHeadEditPipeline.from_pretrained` reads). For each portrait that ships in
-a public package (tests/portraits.py fetches them) the ``--after`` pipeline turns the photo into a map
+a public package (perchead/data/portraits.py fetches them) the ``--after`` pipeline turns the photo into a map
 (its face landmarks and matte), and both editors build a head from that same map with every
 "<colour> hair" prompt. Printed per checkpoint and prompt: the front render's mean hair colour (inside
 the map's eroded hair region) and, for the chromatic colours, the hue error in degrees against the
@@ -30,7 +30,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import report  # noqa: E402
@@ -39,7 +38,7 @@ from perchead.data.figures import save_labelled_grid  # noqa: E402
 from perchead.data.synthetic import HAIR_COLORS  # noqa: E402
 from perchead.evaluation.editing import region_mean_color  # noqa: E402
 from perchead.geometry.segmentation import labels_to_color  # noqa: E402
-from perchead.pipelines.edit import PercHeadEditPipeline  # noqa: E402
+from perchead.pipelines.edit import PercHeadEditPipeline
 
 PORTRAITS = ("astronaut.png", "grace_hopper.jpg", "group.jpg", "tight_gray.png")
 DEFAULT_PROMPTS = ("blonde", "red", "blue", "green", "pink", "purple")
@@ -59,7 +58,7 @@ def hue_error(rgb, target) -> float:
 
 
 def main(argv=None):
-    import portraits
+    from perchead.data import portraits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="editing checkpoint folder (e.g. a copy of the previous weights_card)")

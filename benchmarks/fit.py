@@ -1,7 +1,8 @@
 """Photo-fit benchmark: seconds per fit (median of several runs) and quality with vs. without the fit.
 
     python benchmarks/fit.py speed [--model weights_card] [--runs 5] [--steps 40]
-    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search] [--set k=v ...]
+    python benchmarks/fit.py quality [--subjects 20] [--out docs/fit_heads.jsonl] [--pose oracle|search]
+        [--set group.field=value ...]
     python benchmarks/fit.py summary [--out docs/fit_heads.jsonl] [--json docs/fit_results.json]
 
 ``speed`` fits the first synthetic test head (the evaluation's novel-view input) ``--runs`` times and
@@ -14,12 +15,12 @@ prediction with and without the fit; each head is appended to a JSON-lines file 
 interrupted run resumes where it stopped. ``--pose oracle`` gives the fit the protocol's input camera (what
 the landmark pose gives for a photo), ``--pose search`` lets it find the yaw and pitch itself. The
 input-view PSNR is measured at the camera the fit returns (the given one when the refined rotation turns the
-head, ``FitConfig.rotate_head``, the default; else the refined camera).
-``--set name=value`` overrides a :class:`FitConfig` field (a Python literal or a bare word), for ablations.
+head, ``FitConfig.camera.rotate_head``, the default; else the refined camera).
+``--set group.field=value`` overrides a :class:`FitConfig` field (a Python literal or a bare word), for ablations.
 ``--size N`` renders the fit's photo and scores the novel views at N² (the model still gets its own
-input size; ``--set fit_size=...`` then decides the size the fit compares at). ``--face-mesh`` runs the
-face mesh on each input render and gives the fit its landmarks (for ``--set face_shape=True``;
-:mod:`perchead.pipelines.face_shape`). Every head also records the face's depth error in the input view:
+input size; ``--set photo.fit_size=...`` then decides the size the fit compares at). ``--face-mesh`` runs the
+face mesh on each input render and gives the fit its landmarks (for ``--set face.enabled=True``;
+:mod:`perchead.fit.face_shape`). Every head also records the face's depth error in the input view:
 mean |depth − true depth| over the true face pixels (skin, nose, eyes, brows, mouth, lips; alpha ≥ 0.95
 in both), after removing its mean (shape, not distance), in millimetres.
 """
@@ -47,19 +48,21 @@ from _common import config_overrides  # noqa: E402
 
 from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
 from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_pairs, novel_views  # noqa: E402
+from perchead.fit.config import FitConfig
+from perchead.fit.driver import fit_to_photo
+from perchead.fit.face_shape import expected_depth, mesh_landmarks
 from perchead.models.perchead import PercHead  # noqa: E402
 from perchead.models.similarity import psnr, ssim  # noqa: E402
-from perchead.pipelines.face_shape import expected_depth, mesh_landmarks  # noqa: E402
-from perchead.pipelines.fit import FitConfig, fit_to_photo  # noqa: E402
 
 FACE_CLASSES = ("skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
 
 
 def _config(args) -> FitConfig:
-    """The fast preset with ``--steps``, ``--camera-steps`` and ``--set name=value`` overrides."""
+    """The fast preset with ``--steps``, ``--camera-steps`` and ``--set group.field=value`` overrides."""
     overrides = config_overrides(FitConfig, args.set)
-    camera_steps = FitConfig().camera_steps if getattr(args, "camera_steps", None) is None else args.camera_steps
-    return FitConfig(**{"steps": args.steps, "camera_steps": min(camera_steps, args.steps), **overrides})
+    camera_steps = FitConfig().camera.steps if getattr(args, "camera_steps", None) is None else args.camera_steps
+    return FitConfig.preset("fast", {"gaussians.steps": args.steps, "camera.steps": min(camera_steps, args.steps),
+                                     **overrides})
 
 
 def _input(model, head, view, size=None):
@@ -116,7 +119,7 @@ def speed(args) -> dict:
     fit_to_photo(model, g, image, mask, camera=None, config=config)
     searched = time.perf_counter() - t
     result = {"model": args.model, "gaussians": g.num_gaussians, "image_size": image.shape[-1], "steps": args.steps,
-              "latent_steps": config.latent_steps,
+              "latent_steps": config.latent.steps,
               "threads": torch.get_num_threads(), "runs": args.runs, "median_s": statistics.median(times),
               "times_s": times, "median_cpu_s": statistics.median(cpu), "load_average": os.getloadavg(), "with_pose_search_s": searched}
     print(json.dumps(result, indent=2))
@@ -145,8 +148,8 @@ def quality(args) -> None:
         if i in done:
             continue
         head = make_head(seeds[i])
-        row: dict = {"subject": i, "steps": args.steps, "latent_steps": config.latent_steps, "pose": args.pose,
-                     "camera_steps": config.camera_steps}
+        row: dict = {"subject": i, "steps": args.steps, "latent_steps": config.latent.steps, "pose": args.pose,
+                     "camera_steps": config.camera.steps}
         # novel views
         inp, targets = novel_views(i, 8, 0)
         image, mask, icams = _input(model, head, inp)
@@ -228,7 +231,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["speed", "quality", "summary"])
     p.add_argument("--model", default="weights_card")
-    p.add_argument("--steps", type=int, default=FitConfig().steps)
+    p.add_argument("--steps", type=int, default=FitConfig().gaussians.steps)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--camera-steps", type=int, default=None, help="quality: camera refinement steps (default: FitConfig's)")
     p.add_argument("--profile", action="store_true")
@@ -241,7 +244,8 @@ def main(argv=None):
     p.add_argument("--face-mesh", action="store_true", help="give the fit the face mesh of each input render")
     p.add_argument("--out", default="docs/fit_heads.jsonl")
     p.add_argument("--json", default=None)
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
+    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
+                   help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
     args = p.parse_args(argv)
     {"speed": speed, "quality": quality, "summary": summary}[args.mode](args)
 

@@ -2,9 +2,9 @@
 
     pip install --target /tmp/dlibpkgs dlib-bin face_recognition_models    # the yardstick (never a loss)
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/fit_identity.py [--steps 40] [--json docs/fit_identity.json] \
-        [--figure docs/photo_fit.png] [--all-faces] [--preset real|fast] [--set name=value ...]
+        [--figure docs/photo_fit.png] [--all-faces] [--preset real|fast] [--set group.field=value ...]
 
-For each portrait that ships in a public package (tests/portraits.py fetches them), the bundled model
+For each portrait that ships in a public package (perchead/data/portraits.py fetches them), the bundled model
 reconstructs the head without and with the photo-fit; both heads are rendered at yaw 0°, ±20°, ±40°
 (elevation 0, 384²) and dlib's ResNet face descriptor (``face_recognition_models``) of each render is
 compared with the photo's: distance < 0.6 is dlib's "same person". The fit never sees this network. A
@@ -12,7 +12,7 @@ render where dlib's detectors find no face counts as not recognised. ``--all-fac
 the preprocessing finds in a photo (``face_index``; the group photo has six), each against dlib's
 descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
 beyond the largest. The figure shows the public-domain
-portraits (photo, then front, ¾, profile and back without and with the fit). ``--set name=value``
+portraits (photo, then front, ¾, profile and back without and with the fit). ``--set group.field=value``
 overrides a :class:`FitConfig` field of the fit (ablations; a setting chosen by its count here is no longer
 measured blind, and docs/photo-fit.md says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
 photo of a real person, or ``--preset fast`` (the pipeline's default).
@@ -34,14 +34,14 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import config_overrides  # noqa: E402
 
 from perchead.data.figures import save_labelled_grid  # noqa: E402
-from perchead.pipelines.fit import FitConfig  # noqa: E402
-from perchead.pipelines.preprocess import load_image, preprocess  # noqa: E402
+from perchead.fit.config import FitConfig
+from perchead.photo.load import load_image
+from perchead.photo.preprocess import preprocess
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
@@ -117,7 +117,7 @@ def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps
 
 
 def main(argv=None):
-    import portraits
+    from perchead.data import portraits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card")
@@ -128,11 +128,12 @@ def main(argv=None):
     p.add_argument("--preset", choices=["fast", "real"], default="real",
                    help="the fit's FitConfig preset: \"real\" as the app fits a photo of a real person (default), "
                         "\"fast\" the pipeline's default")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a FitConfig field (repeatable)")
+    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
+                   help="override a FitConfig field, e.g. latent.steps=0 (repeatable)")
     p.add_argument("--all-faces", action="store_true",
                    help="every face the preprocessing finds in each photo (the group photo's six), not the largest")
     args = p.parse_args(argv)
-    config = FitConfig.preset(args.preset, **config_overrides(FitConfig, args.set))
+    config = FitConfig.preset(args.preset, config_overrides(FitConfig, args.set))
     torch.set_num_threads(os.cpu_count() or 1)
     portraits.fetch()
     pipe = PercHeadPipeline.from_pretrained(args.model, device="cpu")

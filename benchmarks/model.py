@@ -47,10 +47,10 @@ def worker(preset: str) -> dict:
     """Builds one preset and measures it; runs in its own process so that peak RSS is per preset."""
     import torch
 
+    from perchead.geometry.images import over_white
     from perchead.models.config import PercHeadConfig
     from perchead.models.lift_encoder import count_foreground_patches
     from perchead.models.perchead import PercHead
-    from perchead.pipelines.preprocess import over_white
 
     cfg = PercHeadConfig.preset(preset)
     if cfg.encoder.dino is not None:

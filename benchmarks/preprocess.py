@@ -1,11 +1,11 @@
 """Preprocessing benchmark: detection rate, framing and yaw error on synthetic renders, time per photo.
 
     python benchmarks/preprocess.py              # measure (writes docs/preprocess_results.json)
-    python benchmarks/preprocess.py --calibrate  # re-derive perchead.pipelines.faces.FACE_POINTS_3D
-    python benchmarks/preprocess.py --fit-framing 3600 --framing-cache /tmp/framing
-        # re-fit perchead/pipelines/framing_model.json (≈ 35 min on 2 cores; the cache keeps the views)
     python benchmarks/preprocess.py --framing-floor 3600 --framing-cache /tmp/framing
         # what an exact face and silhouette would allow, beside the refinement (JSON key framing_floor)
+
+The framing regressor (perchead/photo/framing_model.json) and FACE_POINTS_3D are trained by
+:mod:`perchead.training.framing` (``python -m perchead.training.framing``, a step of ``python3 tasks.py weights``).
 
 Synthetic renders (test-split heads, never trained on) are made with known cameras: azimuth (yaw) in
 [-60°, 60°], elevation in [-20°, 20°], distance 0.7–1.6 m, then rolled by up to ±25° and shifted inside a
@@ -34,255 +34,18 @@ import torch  # noqa: E402
 
 from perchead.data.synthetic import make_head, render_head, split_seeds  # noqa: E402
 from perchead.geometry.cameras import orbit_cameras  # noqa: E402
-from perchead.pipelines import faces as F  # noqa: E402
-
-# Landmarks whose 3D positions are calibrated: eye corners, brows, nose bridge / tip / wings, mouth
-# corners and lip middles, chin, forehead and cheeks (face-surface points, no sliding jaw contour).
-CALIBRATED = (33, 133, 362, 263, 159, 145, 386, 374, 70, 105, 107, 336, 334, 300, 168, 6, 197, 4, 1, 2, 98, 327,
-              61, 291, 0, 17, 13, 14, 152, 199, 10, 151, 50, 280, 205, 425, 117, 346)
-
-
-def _triangulate(points: np.ndarray, projections: np.ndarray) -> tuple[np.ndarray, float]:
-    """Linear (DLT) triangulation of one point seen in V views. points ``[V, 2]``, projections ``[V, 3, 4]``."""
-    rows = []
-    for (u, v), P in zip(points, projections):
-        rows += [u * P[2] - P[0], v * P[2] - P[1]]
-    _, _, vt = np.linalg.svd(np.asarray(rows))
-    X = vt[-1]
-    X = X[:3] / X[3]
-    proj = projections @ np.append(X, 1.0)  # [V, 3]
-    err = np.sqrt((((proj[:, :2] / proj[:, 2:]) - points) ** 2).sum(1))
-    return X, float(np.median(err))
-
-
-def calibrate(n_heads: int, size: int = 320, az=(-40, -30, -20, -10, 0, 10, 20, 30, 40), el=(-15, 0, 15)) -> dict[int, tuple[float, float, float]]:
-    """Triangulates :data:`CALIBRATED` landmarks on ``n_heads`` test-split heads seen from every (az, el)."""
-    analyzer = F.FaceAnalyzer(F.find_models() or F.fetch_models())
-    grid = [(a, e) for e in el for a in az]
-    cams = orbit_cameras([a for a, _ in grid], [e for _, e in grid], size=size)
-    P = (cams.Ks @ cams.viewmats[:, :3, :]).numpy().astype(np.float64)  # [V, 3, 4]
-    per_head = []
-    for seed in list(split_seeds("test"))[:n_heads]:
-        rgb = render_head(make_head(seed), cams)["rgb"]  # [V, 3, S, S]
-        images = (rgb.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # [V, S, S, 3]
-        marks, used = [], []
-        for v, image in enumerate(images):
-            found = analyzer.detect(image)
-            if not found:
-                continue
-            face = analyzer.landmarks(image, found[0])
-            marks.append(face.landmarks[:, :2])
-            used.append(v)
-        if len(used) < 6:
-            continue
-        marks = np.stack(marks)  # [V', 468, 2]
-        points = {}
-        for index in CALIBRATED:
-            X, err = _triangulate(marks[:, index], P[used])
-            points[index] = (X, err)
-        per_head.append(points)
-        print(f"head {seed}: {len(used)}/{len(grid)} views", flush=True)
-    result = {}
-    for index in CALIBRATED:
-        xs = np.stack([h[index][0] for h in per_head])  # [H, 3]
-        errs = [h[index][1] for h in per_head]
-        result[index] = tuple(float(v) for v in np.median(xs, 0))
-        print(f"{index:4d}: {np.round(result[index], 4)} spread {np.round(xs.std(0), 4)} reproj {np.median(errs):.2f}px")
-    return result
-
-
-def _synthetic_view(head_seed: int, rng: np.random.Generator, size: int, yaw=(-60, 60), pitch=(-20, 20), radius=(0.7, 1.6),
-                    roll=25.0, shift=0.12, anchors: bool = False):
-    """One render of a head from a random known camera over a random colour, rolled and shifted (the
-    benchmark's recipe): (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict). With ``anchors``
-    the truth also holds ``anchors``: the image pixels of :func:`head_anchors`. ``[A, 2]``"""
-    import cv2
-
-    az, el = rng.uniform(*yaw), rng.uniform(*pitch)
-    distance, turn = rng.uniform(*radius), rng.uniform(-roll, roll)
-    offset = rng.uniform(-shift, shift, 2) * size
-    background = rng.uniform(0.15, 0.85, 3)
-    cameras = orbit_cameras([az], [el], radius=distance, size=size)
-    out = render_head(make_head(int(head_seed)), cameras)
-    rgb, alpha = out["rgb"][0].permute(1, 2, 0).numpy(), out["alpha"][0, 0].numpy()  # [S, S, 3], [S, S]
-    rgb = rgb - (1 - alpha[..., None]) + (1 - alpha[..., None]) * background  # over a coloured background
-    M = cv2.getRotationMatrix2D((size / 2, size / 2), turn, 1.0)  # + = counter-clockwise on screen
-    M[:, 2] += offset
-    rgb = cv2.warpAffine(rgb.astype(np.float32), M, (size, size), borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=tuple(float(b) for b in background))
-    alpha = cv2.warpAffine(alpha.astype(np.float32), M, (size, size))
-    truth = {"seed": int(head_seed), "yaw": az, "pitch": el, "roll": turn, "centre": np.array([size / 2, size / 2]) + offset,
-             "side": size * 0.7 / distance}
-    if anchors:
-        from perchead.geometry.cameras import project_points
-
-        uv, _ = project_points(torch.tensor(head_anchors(int(head_seed)), dtype=torch.float32), cameras.viewmats, cameras.Ks)
-        truth["anchors"] = uv[0].numpy().astype(np.float64) @ M[:, :2].T + M[:, 2]  # [A, 2]
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), (np.clip(alpha, 0, 1) * 255).round().astype(np.uint8), truth
-
-
-ANCHORS = ("right eye", "left eye", "nose bridge", "nose tip", "mouth", "chin", "right ear", "left ear", "crown", "brow")
-
-
-def head_anchors(seed: int) -> np.ndarray:
-    """Exact head-space points of a synthetic head (:data:`ANCHORS`, the subject's sides; the crown is the
-    skull's top, under any hair), from its generator's own geometry, turned by its small pose. ``[A, 3]``"""
-    from perchead.data import synthetic as syn
-
-    a = syn._sample_attributes(np.random.default_rng(seed))  # make_head draws these first, from the same seed
-    s = syn._face_solids(a)
-    face = lambda x, y: s.head.point(np.array([[x, y, 0.09]]))[0]  # noqa: E731
-    eye_l, eye_r = (eye.centre + np.array([0, 0, s.eye_r]) for eye in s.eyes)  # front of the eyeballs (+x = left)
-    mouth_y = -0.064 - 0.1 * (a["nose_length"] - 0.05)  # as synthetic._face_decals draws the lips
-    ear_x = a["head_half_width"] - 0.004
-    points = np.array([eye_r, eye_l, face(0, -0.002), s.nose.point(np.array([[0, -0.5, 0.85]]))[0], face(0, mouth_y),
-                       s.head.point(np.array([[0, -0.8, 0.6]]))[0], [-ear_x, -0.018, -0.012], [ear_x, -0.018, -0.012],
-                       [0, a["crown_height"], 0], face(0, 0.02)])  # [A, 3]
-    pose = syn._rot_y(a["head_yaw"]) @ syn._rot_x(a["head_pitch"])  # as make_head's step 9
-    pivot = np.array([0.0, -0.1, -0.02])
-    w = syn._smoothstep(-0.16, -0.06, points[:, 1])[:, None]
-    return points * (1 - w) + ((points - pivot) @ pose.T + pivot) * w
-
-
-def framing_row(analyzer, image: np.ndarray, alpha: np.ndarray, truth: dict) -> dict | None:
-    """What the framing refinement sees of one view with a known camera, and the truth, in the pose's
-    enlarged upright crop (``framing.SIZE`` pixels); None when no face or no pose is found.
-
-    Keys: ``matte``, ``valid``, ``alpha`` (bit-packed ``[S, S]``: the selfie matte > 0.5, the photo's
-    extent, the render's alpha > 0.5), ``marks`` (face-mesh landmarks and depth, ``[468, 3]``), ``points``
-    (BlazeFace key points, ``[6, 2]``), ``anchors`` (exact :data:`ANCHORS`, ``[A, 2]``), ``pose`` (yaw,
-    pitch, roll in degrees, reprojection error in crop pixels) and ``truth`` (yaw, pitch, roll, centre x,
-    centre y, side, in degrees and crop pixels)."""
-    from perchead.pipelines import framing
-    from perchead.pipelines.preprocess import PreprocessConfig, crop_square, pose_to_crop, to_crop_pixels
-
-    found = analyzer.detect(image)
-    if not found:
-        return None
-    face = found[0] if found[0].landmarks is not None else analyzer.landmarks(image, found[0])
-    try:
-        pose = F.estimate_pose(face.landmarks, image.shape[1], image.shape[0])
-    except RuntimeError:
-        return None
-    box, roll = pose_to_crop(pose, PreprocessConfig())
-    side, S = box[2] - box[0], framing.SIZE
-    cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, side * framing.ENLARGE / 2
-    big = (cx - half, cy - half, cx + half, cy + half)
-    valid = crop_square(np.full(image.shape[:2], 255, np.uint8), big, S, 0, roll) > 127  # [S, S]
-    matte = analyzer.segment(crop_square(image, big, S, 255, roll)) * valid  # [S, S]
-    to_crop = lambda p: to_crop_pixels(np.asarray(p, np.float64).reshape(-1, 2), big, S, roll)  # noqa: E731
-    marks = np.concatenate([to_crop(face.landmarks[:, :2]), face.landmarks[:, 2:3] * S / (2 * half)], 1)  # [468, 3]
-    centre = to_crop(truth["centre"])[0]
-    return {"matte": np.packbits(matte > 0.5), "valid": np.packbits(valid),
-            "alpha": np.packbits(crop_square(alpha, big, S, 0, roll) > 127), "marks": marks.astype(np.float32),
-            "points": to_crop(face.keypoints).astype(np.float32), "anchors": to_crop(truth["anchors"]).astype(np.float32),
-            "pose": np.array([pose.yaw_deg, pose.pitch_deg, pose.roll_deg, pose.reprojection_px * S / (2 * half)]),
-            "truth": np.array([truth["yaw"], truth["pitch"], truth["roll"], centre[0], centre[1], truth["side"] * S / (2 * half)])}
-
-
-FRAMING_FIT = {"hidden": 96, "steps": 1500}  # chosen on held-out train-split heads (50,000–50,799)
-FRAMING_SHARD = 600  # heads per random stream of the framing data (each seeded by its first head)
-
-
-def framing_rows(heads: range, views: int = 1, size: int = 512, fitting: bool = True, seed: int = 1000) -> dict[str, np.ndarray]:
-    """:func:`framing_row` of renders of train-split ``heads`` (indices into the split), stacked.
-
-    ``fitting``: cameras a little wider than the benchmark's (yaw ±66°, pitch ±22°, 0.65–1.7 m, roll ±28°)
-    and every view also mirrored; else the benchmark's ranges, unmirrored (held-out heads for checking).
-    Each block of :data:`FRAMING_SHARD` heads draws its cameras from its own stream (``seed`` + its first
-    head's index), so blocks can be made apart (in parallel) and joined."""
-    analyzer = F.FaceAnalyzer(F.find_models() or F.fetch_models())
-    ranges = dict(yaw=(-66, 66), pitch=(-22, 22), radius=(0.65, 1.7), roll=28.0) if fitting else {}
-    seeds, rows = list(split_seeds("train")), []
-    for n, index in enumerate(heads):
-        if n % FRAMING_SHARD == 0:
-            rng = np.random.default_rng(seed + index)
-        for _ in range(views):
-            image, alpha, truth = _synthetic_view(seeds[index], rng, size, anchors=True, **ranges)
-            pairs = [(image, alpha, truth)]
-            if fitting:  # the mirrored view: opposite yaw and roll, the subject's sides swapped
-                anchors = truth["anchors"][[1, 0, 2, 3, 4, 5, 7, 6, 8, 9]] * np.array([-1, 1]) + np.array([size, 0])
-                pairs.append((np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(alpha[:, ::-1]),
-                              dict(truth, yaw=-truth["yaw"], roll=-truth["roll"], anchors=anchors,
-                                   centre=np.array([size - truth["centre"][0], truth["centre"][1]]))))
-            for im, al, tr in pairs:
-                row = framing_row(analyzer, im, al, tr)
-                if row is not None:
-                    rows.append(row | {"head": index})
-        if n % 100 == 0:
-            print(f"framing data: {n}/{len(heads)} heads, {len(rows)} views", flush=True)
-    return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-
-
-def _unpack(bits: np.ndarray) -> np.ndarray:
-    from perchead.pipelines.framing import SIZE
-
-    return np.unpackbits(bits)[: SIZE * SIZE].reshape(SIZE, SIZE).astype(bool)
-
-
-def framing_features(rows: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`perchead.pipelines.framing.features` of every row: (features ``[N, F]``, NaN where the
-    refinement does not apply; mirrored ``[N]``; applies ``[N]``)."""
-    from perchead.pipelines import framing
-
-    X, mirrored, ok = np.full((len(rows["pose"]), framing.FEATURES), np.nan), rows["pose"][:, 0] < 0, np.zeros(len(rows["pose"]), bool)
-    for i, (yaw, pitch, _, reprojection) in enumerate(rows["pose"]):
-        out = framing.features(_unpack(rows["matte"][i]).astype(np.float32), rows["marks"][i].astype(np.float64),
-                               rows["points"][i].astype(np.float64), _unpack(rows["valid"][i]), yaw, pitch, reprojection)
-        if out is not None:
-            X[i], mirrored[i], ok[i] = out[0], out[1], True
-    return X, mirrored, ok
-
-
-def framing_targets(rows: dict) -> np.ndarray:
-    """The corrections that would make each row's framing exact, unmirrored: crop centre shift (x, y) and
-    log crop side in the pose's crop (fractions of its side), yaw error in degrees. ``[N, 4]``"""
-    from perchead.pipelines import framing
-
-    t, unit = rows["truth"], framing.SIZE / framing.ENLARGE
-    return np.stack([(t[:, 3] - framing.SIZE / 2) / unit, (t[:, 4] - framing.SIZE / 2) / unit, np.log(t[:, 5] / unit),
-                     t[:, 0] - rows["pose"][:, 0]], 1)
-
-
-def framing_errors(rows: dict, corrections: np.ndarray) -> np.ndarray:
-    """Centre error, scale error (fractions of the true crop side) and yaw error (degrees) of each row
-    after ``corrections`` (``[N, 4]``, unmirrored, as :func:`framing_targets`). ``[N, 3]``"""
-    from perchead.pipelines import framing
-
-    t, unit = rows["truth"], framing.SIZE / framing.ENLARGE
-    centre = framing.SIZE / 2 + unit * corrections[:, :2]
-    side = unit * np.exp(corrections[:, 2])
-    return np.stack([np.hypot(*(centre - t[:, 3:5]).T) / t[:, 5], np.abs(side / t[:, 5] - 1),
-                     np.abs(rows["pose"][:, 0] + corrections[:, 3] - t[:, 0])], 1)
-
-
-def framing_data(n_heads: int, start: int = 0, views: int = 1, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Features and mirrored targets of the views of ``n_heads`` train-split heads (:func:`framing_rows`,
-    fitting cameras) where the refinement applies. ``[N, F]``, ``[N, 4]``. ``cache``: an ``.npz`` of the
-    rows, read when it exists, else written."""
-    rows = _cached_rows(cache, lambda: framing_rows(range(start, start + n_heads), views))
-    X, mirrored, ok = framing_features(rows)
-    Y = framing_targets(rows)
-    Y[mirrored] *= np.array([-1, 1, 1, -1])
-    return X[ok], Y[ok]
-
-
-def _cached_rows(cache: Path | None, make) -> dict[str, np.ndarray]:
-    if cache is not None and Path(cache).is_file():
-        with np.load(cache) as data:
-            return dict(data)
-    rows = make()
-    if cache is not None:
-        np.savez_compressed(cache, **rows)
-    return rows
+from perchead.training.framing import (  # noqa: E402
+    cached_rows, fit_framing, framing_errors, framing_features, framing_rows, framing_targets, synthetic_view,
+    unpack_bits,
+)
 
 
 def _oracle_features(rows: dict) -> np.ndarray:
     """What a perfect landmark detector and matte would give: the exact :data:`ANCHORS` (but the skull's
     centre) in the pose's crop, the log lengths eyes → mouth, between the eyes, eyes → chin and eyes →
-    crown, the exact silhouette (the render's alpha) measured as :func:`perchead.pipelines.framing.features`
+    crown, the exact silhouette (the render's alpha) measured as :func:`perchead.photo.framing.features`
     does, the true yaw and pitch, and the pose's roll error. NaN where the silhouette is cut. ``[N, F']``"""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
     S, unit = framing.SIZE, framing.SIZE / framing.ENLARGE
     out = []
@@ -295,8 +58,8 @@ def _oracle_features(rows: dict) -> np.ndarray:
                       np.linalg.norm(a[8] - mid), abs(a[4, 1] - mid[1]) + 1e-3])]
         marks = np.repeat(exact[2:3], 468, 0)  # the mesh indices framing.features reads, at the exact points
         marks[[33, 133]], marks[[263, 362]], marks[[61, 291]], marks[152], marks[1] = exact[0], exact[1], exact[4], exact[5], exact[3]
-        measured = framing.features(_unpack(rows["alpha"][i]).astype(np.float32), marks, exact[[0, 1, 3, 4, 6, 7]],
-                                    _unpack(rows["valid"][i]), rows["truth"][i, 0] or 1e-3, rows["truth"][i, 1], 0.0)
+        measured = framing.features(unpack_bits(rows["alpha"][i]).astype(np.float32), marks, exact[[0, 1, 3, 4, 6, 7]],
+                                    unpack_bits(rows["valid"][i]), rows["truth"][i, 0] or 1e-3, rows["truth"][i, 1], 0.0)
         if measured is None:
             out.append(np.full(len(f) + 14, np.nan))
             continue
@@ -314,10 +77,10 @@ def framing_floor(n_heads: int, held_out: int = 400, cache: Path | None = None) 
     the true yaw and pitch (:func:`_oracle_features`), fitted on ``n_heads`` train-split heads (mirrored)
     and measured on ``held_out`` other train-split heads (from index 50,000) seen from the benchmark's
     cameras, beside the landmark pose alone and the refinement itself on the same views."""
-    from perchead.pipelines import framing
+    from perchead.photo import framing
 
-    fit = _cached_rows(cache and Path(f"{cache}.fit.npz"), lambda: framing_rows(range(n_heads)))
-    test = _cached_rows(cache and Path(f"{cache}.test.npz"), lambda: framing_rows(range(50_000, 50_000 + held_out), fitting=False))
+    fit = cached_rows(cache and Path(f"{cache}.fit.npz"), lambda: framing_rows(range(n_heads)))
+    test = cached_rows(cache and Path(f"{cache}.test.npz"), lambda: framing_rows(range(50_000, 50_000 + held_out), fitting=False))
     Xf, Xt = _oracle_features(fit), _oracle_features(test)
     okf, okt = ~np.isnan(Xf).any(1), ~np.isnan(Xt).any(1)
     oracle = fit_framing(Xf[okf], framing_targets(fit)[okf], hidden=64, steps=1200, members=3)
@@ -347,49 +110,22 @@ def framing_floor(n_heads: int, held_out: int = 400, cache: Path | None = None) 
     return out
 
 
-def fit_framing(X: np.ndarray, Y: np.ndarray, hidden: int = 32, steps: int = 600, seed: int = 0, members: int = 1) -> dict:
-    """Fits the framing regressor (one tanh layer; Huber loss on standardised targets; Adam with weight
-    decay) and returns it as :func:`perchead.pipelines.framing.load_model` reads it (lists of floats).
-    ``members`` nets fitted from seeds ``seed, seed + 1, …`` are averaged: one net whose hidden layer holds
-    all of theirs. The outputs are clipped at run time to the 0.5–99.5 % range of the targets."""
-    mean, std = X.mean(0), X.std(0) + 1e-6
-    out_scale = Y.std(0) + 1e-6
-    x = torch.tensor(np.clip((X - mean) / std, -4, 4), dtype=torch.float32)
-    y = torch.tensor(Y / out_scale, dtype=torch.float32)
-    w1, b1, w2, b2 = [], [], [], []
-    for member in range(members):
-        torch.manual_seed(seed + member)
-        net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, Y.shape[1]))
-        opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-3)
-        for _ in range(steps):
-            loss = torch.nn.functional.huber_loss(net(x), y, delta=1.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        w1.append(net[0].weight.detach().numpy().T)
-        b1.append(net[0].bias.detach().numpy())
-        w2.append(net[2].weight.detach().numpy().T / members)
-        b2.append(net[2].bias.detach().numpy() / members)
-    r = lambda a, d=6: np.round(np.asarray(a, np.float64), d).tolist()  # noqa: E731
-    return {"mean": r(mean), "std": r(std), "w1": r(np.concatenate(w1, 1)), "b1": r(np.concatenate(b1)),
-            "w2": r(np.concatenate(w2, 0)), "b2": r(np.sum(b2, 0)), "out_scale": r(out_scale),
-            "low": r(np.percentile(Y, 0.5, 0)), "high": r(np.percentile(Y, 99.5, 0)),
-            "outputs": ["dx", "dy", "log_scale", "dyaw_deg"], "samples": int(len(X)), "hidden": hidden * members}
-
-
 def synthetic_cases(n: int, size: int = 512, seed: int = 0, start: int = 0):
     """Yields (image ``[S, S, 3]`` uint8, alpha ``[S, S]`` uint8, truth dict) for ``n`` test-split heads
     from index ``start``."""
     rng = np.random.default_rng(seed)
     for head_seed in list(split_seeds("test"))[start : start + n]:
-        yield _synthetic_view(head_seed, rng, size)
+        yield synthetic_view(head_seed, rng, size)
 
 
 def evaluate_synthetic(n: int, size: int = 512, start: int = 0, seed: int = 0, haar: bool = True, per_case: bool = True) -> dict:
     """Old (Haar + GrabCut) vs new (MediaPipe) path on ``n`` synthetic renders with known cameras (test-split
     heads from index ``start``, cameras drawn from ``seed``; ``haar=False`` leaves the old path out;
     ``per_case=False`` returns the summaries only)."""
-    from perchead.pipelines.preprocess import PreprocessConfig, PreprocessError, crop_square, preprocess
+    from perchead.photo.config import PreprocessConfig
+    from perchead.photo.crop import crop_square
+    from perchead.photo.load import PreprocessError
+    from perchead.photo.preprocess import preprocess
 
     config = PreprocessConfig(size=256)
     paths = {"haar": {"detector": "haar"}, "mediapipe_landmarks": {"detector": "mediapipe", "refine_framing": False},
@@ -455,13 +191,12 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def portrait_variants() -> dict[str, np.ndarray]:
-    """Real portraits (tests/portraits.py) and harder variants of them: grayscale, tight crop, rolled,
+    """Real portraits (perchead/data/portraits.py) and harder variants of them: grayscale, tight crop, rolled,
     mirrored, a small face, a group photo."""
     import cv2
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    import portraits
+    from perchead.data import portraits
 
     folder = portraits.fetch()
     load = lambda name: np.asarray(Image.open(folder / name).convert("RGB"))  # noqa: E731
@@ -481,7 +216,8 @@ def portrait_variants() -> dict[str, np.ndarray]:
 
 
 def evaluate_portraits() -> dict:
-    from perchead.pipelines.preprocess import PreprocessError, preprocess
+    from perchead.photo.load import PreprocessError
+    from perchead.photo.preprocess import preprocess
 
     table = {}
     for name, image in portrait_variants().items():
@@ -503,7 +239,7 @@ def time_per_photo(repeats: int = 15) -> dict:
     of ``repeats`` runs (the fastest is the better guide when other jobs share the cores)."""
     import cv2
 
-    from perchead.pipelines.preprocess import preprocess
+    from perchead.photo.preprocess import preprocess
 
     variants = portrait_variants()
     photos = {"astronaut": variants["astronaut"], "grace_hopper": cv2.resize(variants["grace_hopper"], (512, 512))}
@@ -532,9 +268,11 @@ def figure(path: Path, tile: int = 128) -> None:
     import cv2
     from PIL import Image, ImageDraw
 
+    from perchead.geometry.images import to_uint8
     from perchead.geometry.segmentation import labels_to_color
     from perchead.models.face_parser import FaceParser
-    from perchead.pipelines.preprocess import PreprocessError, preprocess, to_uint8
+    from perchead.photo.load import PreprocessError
+    from perchead.photo.preprocess import preprocess
 
     parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
     variants = portrait_variants()
@@ -583,7 +321,8 @@ def evaluate_label_maps(n: int = 24, size: int = 256) -> dict:
     """mIoU of 19-class maps on synthetic test renders (training framing, |yaw| ≤ 45°, |pitch| ≤ 15°):
     the face parser alone, landmarks + matte + colour, and landmarks + matte refined by the parser."""
     from perchead.models.face_parser import FaceParser
-    from perchead.pipelines.preprocess import crop_square, preprocess
+    from perchead.photo.crop import crop_square
+    from perchead.photo.preprocess import preprocess
 
     parser = FaceParser.from_pretrained(str(ROOT / "weights_card" / "parser"))
     confusion = {k: np.zeros((19, 19), np.int64) for k in ("parser", "landmarks", "landmarks+parser")}
@@ -614,37 +353,20 @@ def evaluate_label_maps(n: int = 24, size: int = 256) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calibrate", action="store_true", help="re-derive FACE_POINTS_3D and print it")
     parser.add_argument("--figure", action="store_true", help="only write docs/preprocessing.png")
     parser.add_argument("--timing", action="store_true", help="only re-measure the time per photo (updates the JSON)")
-    parser.add_argument("--fit-framing", type=int, default=0, metavar="HEADS",
-                        help="fit perchead/pipelines/framing_model.json on this many train-split heads (×2 mirrored)")
     parser.add_argument("--framing-floor", type=int, default=0, metavar="HEADS",
                         help="only measure the framing an exact face and silhouette would allow (fitted on this many "
                              "train-split heads; updates the JSON)")
     parser.add_argument("--framing-cache", default=None, metavar="PATH",
                         help="keep the framing views' measurements in PATH(.fit/.test).npz and reuse them")
-    parser.add_argument("--heads", type=int, default=16, help="test-split heads (calibration; ×3 views measured)")
+    parser.add_argument("--heads", type=int, default=16, help="test-split heads (×3 views measured)")
     parser.add_argument("--more-cases", type=int, default=240,
                         help="further test-split renders measured with the MediaPipe paths only (a steadier median)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "preprocess_results.json"), help="results JSON")
     args = parser.parse_args(argv)
-    if args.calibrate:
-        points = calibrate(args.heads)
-        print("FACE_POINTS_3D = {")
-        for index, xyz in points.items():
-            print(f"    {index}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}),")
-        print("}")
-        return
     torch.set_num_threads(2)
     out = Path(args.output)
-    if args.fit_framing:
-        X, Y = framing_data(args.fit_framing, cache=args.framing_cache and Path(f"{args.framing_cache}.fit.npz"))
-        model = fit_framing(X, Y, **FRAMING_FIT)
-        path = ROOT / "perchead" / "pipelines" / "framing_model.json"
-        path.write_text(json.dumps(model) + "\n")
-        print(f"wrote {path} ({len(X)} samples)")
-        return
     if args.figure:
         figure(ROOT / "docs" / "preprocessing.png")
         return

@@ -4,7 +4,7 @@
         [--figure docs/real_portraits.png] [--json real_portraits.json]
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/real_portraits.py … --likeness   # + dlib (see fit_identity.py)
 
-For each portrait that ships in a public package (tests/portraits.py fetches them), both checkpoints
+For each portrait that ships in a public package (perchead/data/portraits.py fetches them), both checkpoints
 reconstruct the head from the same preprocessed input (crop + matte). Printed per portrait and
 checkpoint: the mean saturation and brightness of the rendered front view inside its silhouette against
 the input's (a model that turns photos into a uniform cartoon palette moves these), the silhouette IoU
@@ -29,7 +29,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import report  # noqa: E402
@@ -50,7 +49,7 @@ def colour_stats(rgb: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
 
 
 def main(argv=None):
-    import portraits
+    from perchead.data import portraits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="checkpoint folder (e.g. a copy of the previous weights_card)")

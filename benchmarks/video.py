@@ -35,9 +35,9 @@ from _common import report  # noqa: E402
 
 from perchead.data.clips import render_clip  # noqa: E402
 from perchead.data.synthetic import make_head, split_seeds  # noqa: E402
+from perchead.export.turntable import write_mp4
 from perchead.geometry.gaussians import load_ply  # noqa: E402
 from perchead.pipelines.sequence import SequenceConfig, SequencePipeline  # noqa: E402
-from perchead.pipelines.video import write_mp4  # noqa: E402
 
 FPS = 10
 SIZE = (640, 480)

@@ -19,7 +19,7 @@ def _seed():
 @pytest.fixture(scope="module")
 def analyzer():
     """The MediaPipe face analyzer installed by tasks.py (skips with the reason when its files are absent)."""
-    from perchead.pipelines import faces
+    from perchead.photo import faces
 
     found = faces.load_analyzer(fetch=False)
     if found is None:

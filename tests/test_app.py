@@ -49,9 +49,11 @@ def wait_for_page(url: str, process: subprocess.Popen, timeout: float = 90.0) ->
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def start_app(args: list[str], tmp: Path):
+def start_app(args: list[str], tmp: Path, env: dict | None = None):
+    """Starts app.py with ``args`` (offline unless ``env`` says otherwise); returns (process, url, startup seconds)."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp / "gradio"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(tmp / "gradio"), **(env or {})}
     env.pop("GRADIO_SERVER_NAME", None)
     log = open(tmp / f"app-{port}.log", "w+")
     process = subprocess.Popen(
@@ -95,9 +97,9 @@ def tiny_model(tmp_path_factory):
 def fitted_count(n: int, preset: str = "real") -> int:
     """Gaussians in a head the app returns: the photo-fit (on by default; the real-photo preset unless "Photo
     of a real person" is unticked) splits a share of them into four."""
-    from perchead.pipelines.fit import FitConfig
+    from perchead.fit.config import FitConfig
 
-    return n + 3 * int(FitConfig.preset(preset).split_share * n)
+    return n + 3 * int(FitConfig.preset(preset).gaussians.split_share * n)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +246,7 @@ def test_real_person_fits_with_the_real_photo_preset_and_is_checked(client, serv
     from gradio_client.exceptions import AppError
 
     from perchead.geometry.gaussians import load_ply
-    from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+    from perchead.photo.faces import REAL_FACE_PITCH_DEG
 
     raised = f"pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions"
     ply, *_, notes = client.predict(handle_file(str(EXAMPLE)), True, True, False, 0, 0, 2, api_name="/reconstruct")

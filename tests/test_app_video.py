@@ -45,7 +45,7 @@ def client(server):
 def clip(server) -> Path:
     from perchead.data.clips import render_clip
     from perchead.data.synthetic import make_head, split_seeds
-    from perchead.pipelines.video import write_mp4
+    from perchead.export.turntable import write_mp4
 
     path = server["tmp"] / "moving.mp4"
     write_mp4(render_clip([make_head(split_seeds("test")[0])], moving_head(FPS * SECONDS)), path, fps=FPS)
@@ -92,7 +92,7 @@ def test_clip_gives_a_side_by_side_video_and_a_zip_of_heads(client, clip):
 def test_bad_videos_get_a_short_message_and_the_server_keeps_serving(client, server, clip, kind, message):
     from gradio_client.exceptions import AppError
 
-    from perchead.pipelines.video import write_mp4
+    from perchead.export.turntable import write_mp4
 
     path = server["tmp"] / f"bad_{kind}.mp4"
     if kind == "text":

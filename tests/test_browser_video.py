@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def video_app(tmp_path_factory):
     from perchead.data.clips import render_clip
     from perchead.data.synthetic import make_head, split_seeds
-    from perchead.pipelines.video import write_mp4
+    from perchead.export.turntable import write_mp4
 
     tmp = tmp_path_factory.mktemp("browser_video_app")
     clip = tmp / "moving_head.mp4"

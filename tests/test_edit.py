@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from perchead.pipelines.edit import Edit, PercHeadEditPipeline, missing_parts
-from perchead.pipelines.preprocess import PreprocessError
+from perchead.photo.load import PreprocessError
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "head0_front.png"  # RGBA render of a held-out synthetic head (alpha = mask)
@@ -209,7 +209,7 @@ def test_bad_style_image(pipe, tmp_path):
 
 def test_edit_then_write_outputs_gives_the_reconstruction_outputs(pipe, edit_folder, tmp_path):
     from perchead.geometry.gaussians import load_ply
-    from perchead.pipelines.outputs import write_outputs
+    from perchead.export.outputs import write_outputs
 
     result = pipe(head_map(64), style_text="short black hair")
     out = write_outputs(pipe.editor, result.gaussians, tmp_path, turntable_frames=4, turntable_size=64,
@@ -260,7 +260,8 @@ def test_labels_from_color_reads_palette_maps_and_refuses_foreign_colours(pipe, 
 
 
 def test_disentanglement_probes(pipe, edit_folder):
-    from perchead.pipelines.edit import class_mean_color, label_iou, render_and_parse
+    from perchead.evaluation.editing import render_and_parse
+    from perchead.evaluation.metrics import class_mean_color, label_iou
 
     result = pipe(head_map(64), style_text="red hair")
     rgb, labels = render_and_parse(pipe, result.gaussians, [0.0, 90.0], 0.0)

@@ -48,7 +48,7 @@ def test_silhouette_iou_identical_disjoint_partial():
 
 
 def test_label_iou_of_identical_and_disjoint_maps():
-    from perchead.pipelines.edit import label_iou
+    from perchead.evaluation.metrics import label_iou
 
     a = torch.zeros(8, 8, dtype=torch.long)
     a[:4] = 13

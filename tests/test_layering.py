@@ -1,5 +1,6 @@
-"""The package's imports point one way: app → pipelines → models → render → geometry; data, then training and
-evaluation, sit above what they use. Parses every module of ``perchead/`` (no import is executed)."""
+"""The package's imports point one way: app → pipelines → fit / export → photo → models → render → geometry;
+data, then training and evaluation, sit above what they use; and no two modules import each other, directly or
+round a longer circle. Parses every module of ``perchead/`` (no import is executed)."""
 
 import ast
 from pathlib import Path
@@ -9,13 +10,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "perchead"
 # Each part of the package (its first name under perchead) and its layer, bottom first. A module may import
 # its own part and parts of LOWER layers only: parts that share a layer never import each other.
 LAYERS = {
-    "geometry": 0,  # Gaussians, cameras, template, segmentation palette
+    "geometry": 0,  # Gaussians, cameras, template, segmentation palette, shared image helpers
+    "progress": 0,  # the progress callback every long stage takes
     "render": 1,  # render() and its kernels
     "models": 2,  # networks and checkpoints
-    "pipelines": 3,  # photo or tensors in, typed result and files out
-    "data": 4,  # synthetic heads, multi-view folders, figures of them
-    "training": 5,
-    "evaluation": 5,
+    "photo": 3,  # a photo → model input: loading, crop, face networks, framing, matting, label map
+    "fit": 4,  # the photo-fit: config, stages, face shape
+    "export": 4,  # files, views and the turntable of a head
+    "pipelines": 5,  # photo or tensors in, typed result out: reconstruct, edit, sequence
+    "data": 6,  # synthetic heads, multi-view folders, figures of them
+    "training": 7,
+    "evaluation": 7,
 }
 
 
@@ -33,8 +38,9 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(names)
 
 
-def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
-    """Every perchead module a file imports (top-level, inside functions and under TYPE_CHECKING alike)."""
+def imported_modules(path: Path, root: Path = PACKAGE, names: bool = False) -> list[tuple[int, str]]:
+    """Every perchead module a file imports (top-level, inside functions and under TYPE_CHECKING alike); with
+    ``names``, ``from perchead.x import y`` gives ``perchead.x.y`` (a module or a name in one)."""
     module = module_name(path, root)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     out = []
@@ -51,6 +57,8 @@ def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
                 continue
             if name == "perchead":  # "from perchead import render": the names are modules
                 out += [(node.lineno, f"perchead.{alias.name}") for alias in node.names]
+            elif names:
+                out += [(node.lineno, f"{name}.{alias.name}") for alias in node.names]
             else:
                 out.append((node.lineno, name))
     return out
@@ -89,3 +97,62 @@ def test_the_checker_sees_upward_and_sideways_imports(tmp_path):
     (root / "training" / "bad.py").write_text("from ..evaluation import metrics\nfrom perchead.render import render\n")
     assert violations(root) == ["perchead/models/bad.py:2 (models) imports perchead.training.train (training)",
                                 "perchead/training/bad.py:1 (training) imports perchead.evaluation (evaluation)"]
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module → the perchead modules it imports (top-level and inside functions alike; ``from perchead.x import
+    y`` counts as an import of ``perchead.x.y`` when that is a module, else of ``perchead.x``)."""
+    modules = {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for _, target in imported_modules(path, root, names=True):
+            while target not in modules and "." in target:  # "perchead.x.name" → "perchead.x"
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != module:
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def import_circles(root: Path = PACKAGE) -> list[list[str]]:
+    """Every import circle between modules, each as the modules round it (``[a, b, a]``), found by a depth-first
+    search of :func:`import_graph`; a package's ``__init__`` importing its own modules is part of the graph."""
+    graph = import_graph(root)
+    circles, state, stack = [], {}, []  # state: 1 = on the current path, 2 = done
+
+    def visit(module: str):
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                circles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return circles
+
+
+def test_no_import_circles():
+    circles = import_circles()
+    assert not circles, "modules that import each other:\n" + "\n".join(" → ".join(c) for c in circles)
+
+
+def test_the_checker_sees_import_circles(tmp_path):
+    root = tmp_path / "perchead"
+    (root / "photo").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "photo" / "__init__.py").write_text("")
+    (root / "photo" / "crop.py").write_text("def f():\n    from perchead.photo.framing import refine\n")
+    (root / "photo" / "framing.py").write_text("from perchead.photo import matting\n")
+    (root / "photo" / "matting.py").write_text("from .crop import f\n")
+    (root / "photo" / "load.py").write_text("from perchead.photo.crop import f\n")  # into the circle, not part of it
+    assert import_circles(root) == [["perchead.photo.crop", "perchead.photo.framing", "perchead.photo.matting",
+                                     "perchead.photo.crop"]]
+    (root / "photo" / "matting.py").write_text("import numpy\n")
+    assert import_circles(root) == []

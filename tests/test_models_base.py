@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from perchead.models.base import CONFIG_NAME, WEIGHTS_NAME, checkpoint_model_type, hub_offline, resolve_checkpoint
+from perchead.models.base import CONFIG_NAME, WEIGHTS_NAME, checkpoint_model_type, resolve_checkpoint
+from perchead.models.hub import hub_offline
 from perchead.models.config import PercHeadConfig
 from perchead.models.edit_encoder import EditConfig
 from perchead.models.editor import PercHeadEditor

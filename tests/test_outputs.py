@@ -1,4 +1,4 @@
-"""Tests for perchead.pipelines.outputs: one writer for every head, and the copy for web splat viewers."""
+"""Tests for perchead.export.outputs: one writer for every head, and the copy for web splat viewers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from perchead.geometry.gaussians import Gaussians, load_ply, load_splat
 from perchead.models.config import PercHeadConfig
 from perchead.models.perchead import PercHead
-from perchead.pipelines.outputs import VIEWER_AZIMUTH_RAD, VIEWER_SCALE, to_web_viewer, write_outputs
+from perchead.export.files import VIEWER_AZIMUTH_RAD, VIEWER_SCALE, to_web_viewer
+from perchead.export.outputs import write_outputs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for perchead.pipelines.preprocess: every image mode, EXIF, framing, masks and every bad input."""
+"""Tests for perchead.photo.preprocess: every image mode, EXIF, framing, masks and every bad input."""
 
 from __future__ import annotations
 
@@ -13,16 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from perchead.pipelines.preprocess import (
-    PreprocessConfig,
-    PreprocessError,
-    check_file,
-    detect_face,
-    face_to_crop,
-    load_image,
-    preprocess,
-    silhouette_head_box,
-)
+from perchead.photo.config import PreprocessConfig
+from perchead.photo.crop import detect_face, face_to_crop, silhouette_head_box
+from perchead.photo.load import PreprocessError, check_file, load_image
+from perchead.photo.preprocess import preprocess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,5 +1,6 @@
 """The README stays a front door: short, the Space's front matter first, CI's test command, a table of the docs
-pages; every relative link in README.md and docs/*.md resolves; docs/architecture.md names every package folder."""
+pages; every relative link in README.md and docs/*.md resolves; docs/architecture.md names every package folder,
+module and data file, names nothing that is not there, and shows tests/test_layering.py's layers."""
 
 import re
 from pathlib import Path
@@ -99,11 +100,64 @@ def test_link_checker_catches_a_broken_link(tmp_path):
                                     "page.md: other.md#title (no such heading)"]
 
 
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def section(text: str, heading: str) -> str:
+    """The text of a page's ``## heading`` section, up to the next ``## `` heading."""
+    parts = text.split(f"\n## {heading}\n", 1)
+    assert len(parts) == 2, f"docs/architecture.md has no '## {heading}' section"
+    return parts[1].split("\n## ", 1)[0]
+
+
+def first_column(rows: str) -> set[str]:
+    """Every backticked name in the first column of a section's table rows."""
+    return {p for row in rows.splitlines() if row.startswith("| `")
+            for p in re.findall(r"`([^`]+)`", row.split("|")[1])}
+
+
 def test_architecture_page_names_every_package_folder():
-    text = (ROOT / "docs" / "architecture.md").read_text()
-    rows = text.split("\n## Folders\n", 1)[1].split("\n## ", 1)[0]
-    named = {p.rstrip("/") for row in rows.splitlines() if row.startswith("| `")
-             for p in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    named = {p.rstrip("/") for p in first_column(section(ARCHITECTURE.read_text(), "Folders"))}
     folders = {p.relative_to(ROOT).as_posix() for p in (ROOT / "perchead").iterdir()
                if p.is_dir() and any(p.glob("*.py"))}
     assert folders and sorted(folders - named) == [], "package folders missing from docs/architecture.md"
+
+
+def package_files(root: Path = ROOT) -> set[str]:
+    """Every module and data file of the package (``__init__.py`` files and caches aside), relative to the root."""
+    files = [*(root / "perchead").rglob("*.py"), *(root / "perchead").rglob("*.json")]
+    return {p.relative_to(root).as_posix() for p in files if p.name != "__init__.py" and "__pycache__" not in p.parts}
+
+
+def missing_and_unknown(text: str, root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """The package files a page does not name, and the paths it names (``perchead/…``, or a Folders row's first
+    column) that do not exist."""
+    named = set(re.findall(r"`(perchead/[^`\s]*)`", text)) | first_column(section(text, "Folders"))
+    missing = sorted(package_files(root) - named)
+    unknown = sorted(p for p in named if not (root / p).exists())
+    return missing, unknown
+
+
+def test_architecture_page_names_every_module_and_only_what_exists():
+    missing, unknown = missing_and_unknown(ARCHITECTURE.read_text())
+    assert missing == [], "package files missing from docs/architecture.md"
+    assert unknown == [], "docs/architecture.md names paths that do not exist"
+
+
+def test_the_architecture_check_sees_a_stale_or_missing_row(tmp_path):
+    (tmp_path / "perchead" / "photo").mkdir(parents=True)
+    for name in ("__init__.py", "photo/__init__.py", "photo/crop.py", "photo/load.py", "photo/model.json"):
+        (tmp_path / "perchead" / name).write_text("")
+    page = ("# A\n\n## Folders\n\n| folder | what |\n|---|---|\n"
+            "| `perchead/photo/` | photos |\n| `perchead/gone/` | old |\n\n## Files\n\n"
+            "| `perchead/photo/crop.py` | crop |\n| `perchead/photo/faces.py` | moved away |\n")
+    assert missing_and_unknown(page, tmp_path) == (["perchead/photo/load.py", "perchead/photo/model.json"],
+                                                   ["perchead/gone/", "perchead/photo/faces.py"])
+
+
+def test_architecture_page_shows_the_layers_of_test_layering():
+    from test_layering import LAYERS  # tests/ is on sys.path under pytest
+
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|$", section(ARCHITECTURE.read_text(), "Layers"), flags=re.M)
+    shown = {name: int(layer) for layer, names in rows for name in re.findall(r"`([^`]+)`", names)}
+    assert shown == LAYERS, "docs/architecture.md's Layers table differs from LAYERS in tests/test_layering.py"

@@ -66,7 +66,8 @@ def test_from_pretrained_folder(pipe, tmp_path):
 
 
 def test_photo_is_preprocessed_inside(pipe):
-    from perchead.pipelines.preprocess import PreprocessConfig, preprocess
+    from perchead.photo.config import PreprocessConfig
+    from perchead.photo.preprocess import preprocess
 
     rec = pipe(str(PHOTO), remove_background=True)
     assert rec.gaussians.batch_size == 1 and len(rec.preprocessed) == 1
@@ -115,7 +116,7 @@ def test_decoder_layers_one_column_per_layer_the_last_is_the_model(pipe):
 
 
 def test_decoder_layers_of_the_bundled_model_on_a_photo():
-    from perchead.pipelines.preprocess import PreprocessError
+    from perchead.photo.load import PreprocessError
 
     trained = PercHeadPipeline.from_pretrained(str(PHOTO.parents[1] / "weights_card"), device="cpu")
     layers = trained.decoder_layers(str(PHOTO))

@@ -21,7 +21,7 @@ from perchead.pipelines.reconstruct import PercHeadPipeline
 from perchead.pipelines.sequence import (
     ClipError, SequenceConfig, SequencePipeline, probe_clip, read_clip, smooth_crops, track_face,
 )  # fmt: skip
-from perchead.pipelines.video import write_mp4
+from perchead.export.turntable import write_mp4
 
 FPS, SECONDS = 10, 2
 
@@ -128,7 +128,7 @@ def test_smooth_crops_keeps_steady_motion_and_fills_gaps():
 
 # ----------------------------------------------------------------------------------------------- tracking
 def test_tracking_follows_the_same_face_when_another_grows_larger(analyzer):
-    from perchead.pipelines.preprocess import PreprocessConfig
+    from perchead.photo.config import PreprocessConfig
 
     T = 12
     poses = np.zeros((2, T, 5), np.float32)

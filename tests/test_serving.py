@@ -115,3 +115,42 @@ def test_check_count_refuses_fractions_and_out_of_range(value, message):
     with pytest.raises(gr.Error, match=message):
         check_count(value, "turntable_frames", 0, 120)
     assert check_count(60.0, "x", 0, 120) == 60 and isinstance(check_count(60.0, "x", 0, 120), int)
+
+
+@pytest.mark.parametrize("zero_gpu", [False, True])
+def test_the_model_loads_in_the_calling_thread_only_on_zero_gpu(monkeypatch, zero_gpu):
+    """On ZeroGPU the model must reach ``cuda`` in the thread that imported ``spaces`` (before ``launch()``);
+    elsewhere it loads in the background so the page is up at once."""
+    import threading
+
+    import spaces
+
+    from serving import ModelHolder
+
+    monkeypatch.setattr(spaces.config.Config, "zero_gpu", zero_gpu)
+    caller, loaded_in = threading.current_thread(), []
+
+    class Probe(ModelHolder):
+        def load(self):
+            loaded_in.append(threading.current_thread())
+            return object(), "probe", ""
+
+    holder = Probe(None).start()
+    assert holder.ready() and holder.description == "probe"
+    assert (loaded_in[0] is caller) == zero_gpu
+
+
+def test_a_folder_that_vanishes_mid_scan_is_skipped_not_an_error(tmp_path):
+    """Gradio deletes its temp folders at any time: measuring one that just went away must not fail a request."""
+    from serving import _entry_row
+
+    (tmp_path / "gone").mkdir()
+    fill(tmp_path / "gone", 10)
+    (tmp_path / "kept").mkdir()
+    fill(tmp_path / "kept", 7)
+    entries = {entry.name: entry for entry in os.scandir(tmp_path)}
+    for path in (tmp_path / "gone").iterdir():
+        path.unlink()
+    (tmp_path / "gone").rmdir()
+    assert _entry_row(entries["gone"]) is None
+    assert _entry_row(entries["kept"])[1:] == (tmp_path / "kept", 7)

@@ -280,7 +280,10 @@ def test_weights_recipe_commands_parse_and_chain():
     tasks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tasks)
     done: set[str] = set()
-    for folder, args, target in tasks.WEIGHTS_RECIPE:
+    for (folder, args, target), result in zip(tasks.WEIGHTS_RECIPE, tasks.RECIPE_RESULTS):
+        if args[:2] == ["-m", "perchead.training.framing"]:  # the photo framing's files, shipped in the package
+            assert args[args.index("--output") + 1] == folder and (root / target / result).is_file()
+            continue
         assert args[:2] == ["-m", "perchead.training.train"]
         rest = args[2:]
         for flag in ("--init-from", "--style"):
@@ -290,8 +293,9 @@ def test_weights_recipe_commands_parse_and_chain():
         assert config.output == folder and not resume
         done.add(folder)
     targets = [target for _, _, target in tasks.WEIGHTS_RECIPE]
-    assert targets[-1] == "" and {"style", "parser", "edit"} <= set(targets)  # the last base stage is bundled
+    assert targets[-1] == "weights_card/"  # the last base stage is bundled
+    assert {"weights_card/style", "weights_card/parser", "weights_card/edit", "perchead/photo"} <= set(targets)
     page = (root / "docs" / "training.md").read_text().replace("\\\n", " ")
     shown = [shlex.split(line)[1:] for line in page.splitlines()
              if line.startswith(".venv/bin/python -m perchead.training.train ")]
-    assert shown == [args for _, args, _ in tasks.WEIGHTS_RECIPE]
+    assert shown == [args for _, args, _ in tasks.WEIGHTS_RECIPE if args[:2] == ["-m", "perchead.training.train"]]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from perchead.data.synthetic import make_head, render_head, split_seeds
-from perchead.pipelines.preprocess import to_uint8
+from perchead.geometry.images import to_uint8
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
 CONTACT_VIEWS = (("front", 0.0, 0.0), ("side", 90.0, 0.0), ("back", 180.0, 0.0), ("top", 0.0, 75.0))

@@ -4,7 +4,7 @@ The paper mixes real single-view portraits (FFHQ) into training for visual diver
 image the input view is the only supervision. Those photos are unposed, so every image gets the
 *canonical front camera* — the model's input framing, an orbit camera at azimuth 0, elevation 0,
 radius 0.7 m, 30° field of view — i.e. we assume the portrait was cropped and aligned to that framing
-(as FFHQ's alignment roughly does; run :mod:`perchead.pipelines.preprocess` on raw photos first).
+(as FFHQ's alignment roughly does; run :mod:`perchead.photo.preprocess` on raw photos first).
 
 Folder layout::
 
@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from perchead.geometry.cameras import orbit_cameras
-from perchead.pipelines.preprocess import over_white
+from perchead.geometry.images import over_white
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

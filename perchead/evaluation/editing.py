@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from perchead.pipelines.edit import class_mean_color, label_iou
 from perchead.data.figures import save_labelled_grid
+from perchead.evaluation.metrics import class_mean_color, label_iou
 from perchead.evaluation.reconstruction import write_results
+from perchead.geometry.gaussians import Gaussians
 from perchead.geometry.segmentation import BACKGROUND, mask_iou, resize_labels
 
 if TYPE_CHECKING:
@@ -393,7 +394,7 @@ def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure
     1. **Geometry kept across styles** (same map, every pair of different styles, all views stacked):
        ``silhouette_iou`` — IoU of the render silhouettes (alpha > 0.5): GEOMETRY ONLY, independent of the
        parser; ``depth_mm`` — mean |Δ expected depth| in mm where both silhouettes cover (geometry only);
-       ``parsed_iou`` — :func:`~perchead.pipelines.edit.label_iou` (mean over the 18 non-background classes)
+       ``parsed_iou`` — :func:`~perchead.evaluation.metrics.label_iou` (mean over the 18 non-background classes)
        of the face parser's label maps of the renders: class layout, but it also depends on the parser.
        References: ``across_maps`` = the same numbers for the SAME style on DIFFERENT maps (what IoU looks like
        when the geometry really changes); ``input_fidelity`` = front render vs. the input map.
@@ -402,7 +403,7 @@ def evaluate_edit(pipeline: PercHeadEditPipeline, config: EditEvalConfig, figure
        :attr:`EditEvalConfig.erode` px and cut to the render's silhouette — it needs no parser, and the map is
        exact ground truth, so a parser that misreads an unusual colour cannot bias it (our choice as the most
        robust; it assumes the geometry is kept, which metric 1 checks). Secondary (``parsed``):
-       :func:`~perchead.pipelines.edit.class_mean_color` on the parsed renders of all views. Reported:
+       :func:`~perchead.evaluation.metrics.class_mean_color` on the parsed renders of all views. Reported:
        ``same_style_across_maps`` (same style, different maps), ``different_styles_across_maps`` (different
        styles, different maps) and ``different_styles_same_map``; disentangled styles give
        ``different_styles_across_maps`` > ``same_style_across_maps`` (``ratio`` > 1).
@@ -634,6 +635,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = evaluate_edit(pipeline, config, figure_path=args.figure, progress=not args.no_progress)
     write_results(results, args.model, args.output, markdown_summary(results))
     return results
+
+
+# --------------------------------------------------------------------------------- disentanglement probes
+@torch.no_grad()
+def render_and_parse(pipeline: PercHeadEditPipeline, gaussians: Gaussians, azimuths_deg, elevations_deg=0.0,
+                     size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Renders a head from several views and parses each render with the pipeline's face parser.
+
+    The editing model's Gaussians carry no classes, so the geometry of an edit is compared through the
+    parsed label maps of its renders (the same map with different styles must keep its geometry).
+
+    Args:
+        pipeline: supplies the editor (renderer + refiner, framing) and the face parser.
+        gaussians: one head (unbatched or a batch of one).
+        azimuths_deg, elevations_deg: the views (see :func:`perchead.geometry.cameras.orbit_cameras`).
+        size: render side (default: the model size).
+
+    Returns:
+        (rgb ``[V, 3, H, W]`` in [0, 1] over white, labels ``[V, H, W]`` long; outside the alpha is background).
+    """
+    cameras = pipeline.editor.default_cameras(azimuths_deg, elevations_deg, size=size or pipeline.image_size)
+    out = pipeline.editor.render_views(gaussians.to(pipeline.device), cameras)
+    rgb, alpha = out.rgb[0].float().clamp(0, 1), out.alpha[0].float()  # [V, 3, H, W], [V, 1, H, W]
+    labels = pipeline.parser.parse(rgb, mask=alpha)  # [V, H, W]
+    return rgb.cpu(), labels.long().cpu()
 
 
 if __name__ == "__main__":

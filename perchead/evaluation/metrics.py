@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from perchead.geometry.segmentation import NUM_CLASSES, mask_iou
 from perchead.models.similarity import psnr
 
 
@@ -137,3 +138,37 @@ def error_regions(pred: Tensor, pred_alpha: Tensor, target: Tensor, target_alpha
     outline = (masks["missed"] | masks["spill"])[:, None]  # [B, 1, H, W]
     out["psnr_true_silhouette"] = psnr(torch.where(outline, target.float(), pred.float()), target.float())
     return out
+
+
+def label_iou(a: Tensor, b: Tensor, classes=None) -> float:
+    """Mean IoU over classes of two label maps (views stacked), ignoring classes absent from both.
+
+    Args:
+        a, b: ``[..., H, W]`` long class ids of the same shape.
+        classes: class ids to score (default: every class but background).
+
+    Returns:
+        mean IoU in [0, 1] (1.0 when no scored class appears in either map).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"label maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ious = [mask_iou(a == c, b == c) for c in (classes if classes is not None else range(1, NUM_CLASSES))]
+    ious = [iou for iou in ious if iou is not None]
+    return float(sum(ious) / len(ious)) if ious else 1.0
+
+
+def class_mean_color(rgb: Tensor, labels: Tensor, class_id: int) -> Tensor | None:
+    """Mean colour of the pixels of one class (e.g. hair = 13) across views.
+
+    Args:
+        rgb: ``[V, 3, H, W]`` in [0, 1].
+        labels: ``[V, H, W]`` class ids.
+        class_id: the class.
+
+    Returns:
+        ``[3]`` mean RGB, or None when no pixel has that class.
+    """
+    mask = labels == class_id  # [V, H, W]
+    if not mask.any():
+        return None
+    return rgb.permute(1, 0, 2, 3)[:, mask].mean(dim=1)  # [3]

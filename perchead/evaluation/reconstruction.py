@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from perchead.data.augment import InputAugmentConfig, augment_inputs
 from perchead.data.figures import contact_sheet
-from perchead.geometry.cameras import Cameras
 from perchead.evaluation.metrics import finite_mean, network_metrics
+from perchead.geometry.cameras import Cameras
 from perchead.models.similarity import psnr, ssim
 
 METHODS = ("ours", "template", "billboard", "card_two_sided", "card_one_sided")
@@ -55,7 +55,7 @@ class EvalConfig:
         eval_size: size of rendered / ground-truth target views (None = the model's render_size).
         extreme_elevation: |elevation| of the top↔bottom extreme pair in degrees (ours: 60).
         seed: seed of the random input / target view draws.
-        fit_steps: photo-fit steps (:mod:`perchead.pipelines.fit`) for an extra row ``ours_fit``: our head
+        fit_steps: photo-fit steps (:mod:`perchead.fit`) for an extra row ``ours_fit``: our head
             refined against its input picture from the protocol's input camera (0 = no such row).
         photo_like_inputs: robustness protocol (ours): every input view goes through
             :func:`perchead.data.augment.augment_inputs` (lighting, colour, blur, noise, JPEG, matte and crop
@@ -72,7 +72,7 @@ class EvalConfig:
     photo_like_inputs: bool = False
 
     def __post_init__(self) -> None:
-        from perchead.pipelines.fit import check_steps
+        from perchead.fit.config import check_steps
 
         check_steps(self.fit_steps)
         if self.subjects < 1:
@@ -226,8 +226,9 @@ def _predict(method: str, models: dict[str, nn.Module], image: Tensor, mask: Ten
     device = next(model.parameters()).device
     gaussians = model(image.to(device), mask.to(device))
     if method == "ours_fit":
+        from perchead.fit.config import with_steps
+        from perchead.fit.driver import fit_to_photo
         from perchead.geometry.gaussians import Gaussians
-        from perchead.pipelines.fit import fit_to_photo, with_steps
 
         with torch.enable_grad():
             gaussians = Gaussians.stack([

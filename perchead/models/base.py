@@ -25,17 +25,13 @@ from perchead.geometry.template import Template, build_template
 from perchead.models.config import PercHeadConfig
 from perchead.models.decoder import Decoder3D
 from perchead.models.gaussian_head import GaussianHead
+from perchead.models.hub import BASE_PARTS, fetch_parts
 from perchead.models.lift_encoder import Tokens2D
 from perchead.models.refiner import Refiner
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WHITE = 1.0  # background of every render
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` asks huggingface_hub not to use the network (its own truthy values)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_checkpoint(
@@ -48,23 +44,16 @@ def resolve_checkpoint(
 ) -> tuple[Path, Path]:
     """Local paths of a checkpoint's ``config.json`` and ``model.safetensors`` (downloaded from the Hub if needed).
 
-    Raises:
-        FileNotFoundError: a local folder lacks one of the two files.
-        huggingface_hub errors: see :meth:`CheckpointMixin.from_pretrained`.
-    """
-    path = Path(repo_id_or_folder)
-    if path.is_dir():
-        files = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"checkpoint folder {path} has no {f.name}")
-        return files
-    from huggingface_hub import hf_hub_download
+    The checkpoint is the one at the top of a folder or Hub repo (see :func:`perchead.models.hub.fetch_parts`:
+    one ``snapshot_download`` of the index, config and weights; the weights' header is checked).
 
-    kwargs = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
-    config_path = hf_hub_download(str(repo_id_or_folder), CONFIG_NAME, **kwargs)
-    weights_path = hf_hub_download(str(repo_id_or_folder), WEIGHTS_NAME, **kwargs)
-    return Path(config_path), Path(weights_path)
+    Raises:
+        FileNotFoundError: no such folder, repo, revision or file, or not cached while offline (one line).
+        ValueError: pickle-only or corrupt weights; neither a folder nor a repo id.
+    """
+    root = fetch_parts(repo_id_or_folder, BASE_PARTS, revision, token=token, cache_dir=cache_dir,
+                       local_files_only=local_files_only)
+    return root / CONFIG_NAME, root / WEIGHTS_NAME
 
 
 def checkpoint_model_type(path: str | os.PathLike) -> str:
@@ -145,19 +134,17 @@ class CheckpointMixin:
             repo_id_or_folder: a folder with ``config.json`` + ``model.safetensors``, or a Hub repo id
                 (``"user/name"``).
             revision: Hub branch, tag or commit (ignored for folders).
-            cache_dir, local_files_only, token: passed to ``huggingface_hub.hf_hub_download``.
+            cache_dir, local_files_only, token: passed to ``huggingface_hub.snapshot_download``.
             map_location: device the weights are loaded onto.
 
         Returns:
             The model in eval mode.
 
         Raises:
-            huggingface_hub.errors.LocalEntryNotFoundError: offline (``HF_HUB_OFFLINE=1`` or no network)
-                and the files are not in the local cache.
-            huggingface_hub.errors.RepositoryNotFoundError: online and the repo does not exist (or is private).
-            huggingface_hub.errors.HFValidationError: the string is neither an existing folder nor a valid
-                repo id (a ``ValueError``).
-            ValueError: the config or the weights do not describe this kind of model.
+            FileNotFoundError: no such folder, Hub repo, revision or file; offline (``HF_HUB_OFFLINE=1`` or no
+                network) and not in the local cache. One line naming the repo or folder and the file.
+            ValueError: pickle-only or corrupt weights; the string is neither a folder nor a repo id; the
+                config or the weights do not describe this kind of model.
         """
         config_path, weights_path = resolve_checkpoint(
             repo_id_or_folder, revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perchead.geometry.segmentation import BACKGROUND, CLASSES, NUM_CLASSES
-from perchead.models.base import hub_offline
+from perchead.models.hub import hub_offline
 from perchead.models.config import model_preset
 from perchead.models.layers import IMAGENET_MEAN, IMAGENET_STD
 
@@ -164,8 +164,8 @@ class FaceParser(nn.Module):
         looks_like_path = local or str(id_or_folder).startswith((".", "/", "~")) or str(id_or_folder).count("/") > 1
         if looks_like_path and not local:
             raise FileNotFoundError(f"face-parser folder {str(id_or_folder)!r} does not exist; train one with "
-                                    f"`python -m perchead.training.parser --output {id_or_folder}` or pass a Hub id "
-                                    f"such as {HUB_FACE_PARSER!r}")
+                                    f"`python -m perchead.training.train --task parser --output {id_or_folder}` "
+                                    f"or pass a Hub id such as {HUB_FACE_PARSER!r}")
         try:
             model = SegformerForSemanticSegmentation.from_pretrained(str(id_or_folder), revision=revision,
                                                                      use_safetensors=True)
@@ -176,7 +176,7 @@ class FaceParser(nn.Module):
                 + (" (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline and not local else "")
                 + f": {error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}. "
                 f"Offline, use the bundled parser folder {DEFAULT_PARSER_FOLDER!r} "
-                "(reproduce it with `python -m perchead.training.parser`)") from error
+                "(reproduce it with `python -m perchead.training.train --task parser`)") from error
         size, mean, std = cls._preprocessing(str(id_or_folder), revision, model.config)
         return cls(model.to(device), size, mean, std)
 

@@ -66,6 +66,10 @@ def foreground_patches(mask: Tensor, patch_size: int, threshold: float = 0.5) ->
     return (pooled > threshold).flatten(1)  # [B, h·w]
 
 
+class EmptyMaskError(ValueError):
+    """An image's mask leaves no foreground patch for the encoder (a bad input, not a bug)."""
+
+
 def pack_indices(foreground: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Gather indices that put each image's foreground patches first (raster order), padded to K = max count.
 
@@ -82,7 +86,9 @@ def pack_indices(foreground: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     counts = foreground.sum(dim=1)  # [B]
     if (counts == 0).any():
         empty = (counts == 0).nonzero().flatten().tolist()
-        raise ValueError(f"mask has no foreground patch in batch element(s) {empty}; check the mask")
+        where = f" in batch element(s) {empty}" if foreground.shape[0] > 1 else ""
+        raise EmptyMaskError(f"the head mask has no foreground patch{where}: nothing of the head is left after "
+                             "background removal and cropping; try with background removal off, or another image")
     B, L = foreground.shape
     K = int(counts.max())
     positions = torch.arange(L, device=foreground.device).expand(B, L)  # [B, L]

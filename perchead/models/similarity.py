@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perchead.models.base import hub_offline
+from perchead.models.hub import hub_offline
 from perchead.models.layers import IMAGENET_MEAN, IMAGENET_STD
 
 SSIM_WINDOW = 11  # from Wang et al. 2004

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perchead.models.base import WEIGHTS_NAME, hub_offline
+from perchead.models.base import WEIGHTS_NAME
+from perchead.models.hub import hub_offline
 from perchead.models.config import model_preset
 
 DEFAULT_STYLE_FOLDER = "weights_card/style"  # the bundled offline style model (perchead.training.style)
@@ -150,15 +151,16 @@ class StyleEncoder(nn.Module):
         if path.is_dir():
             if not (path / STYLE_CONFIG_NAME).is_file():
                 raise FileNotFoundError(f"style model folder {name!r} has no {STYLE_CONFIG_NAME}; write one with "
-                                        f"`python -m perchead.training.style --output {name}`")
+                                        f"`python -m perchead.training.train --task style --output {name}`")
             model_id, tag = f"local-dir:{path}", None
         elif name.startswith("hf-hub:"):
             model_id, tag = name, None
         elif name.startswith((".", "/", "~")) or name.count("/") > 1 or (
                 name.count("/") == 1 and Path(name.split("/")[0]).is_dir()):  # e.g. a missing "weights_card/style"
             raise FileNotFoundError(f"style model folder {name!r} does not exist; train one with "
-                                    f"`python -m perchead.training.style --output {name}` or pass an open_clip model such as "
-                                    f"'ViT-B-32:openai' or 'hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'")
+                                    f"`python -m perchead.training.train --task style --output {name}` or pass an "
+                                    f"open_clip model such as 'ViT-B-32:openai' or "
+                                    f"'hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'")
         elif name.count("/") == 1:  # "org/repo" without the schema: an open_clip Hub repo
             model_id, tag = f"hf-hub:{name}", None
         else:
@@ -182,7 +184,8 @@ class StyleEncoder(nn.Module):
                 f"cannot load the CLIP style model {name!r}" + (f" (pretrained {tag!r})" if tag else "")
                 + (" (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline and not path.is_dir() else "")
                 + f": {error.__class__.__name__}: {first[:300]}. Offline, use the bundled style folder "
-                f"{DEFAULT_STYLE_FOLDER!r} (reproduce it with `python -m perchead.training.style`)") from error
+                f"{DEFAULT_STYLE_FOLDER!r} (reproduce it with "
+                "`python -m perchead.training.train --task style`)") from error
         model_cfg = None
         if path.is_dir():
             model_cfg = json.loads((path / STYLE_CONFIG_NAME).read_text())["model_cfg"]

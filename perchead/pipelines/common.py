@@ -1,10 +1,10 @@
-"""What both pipelines share: the device, autocast, per-stage timing, progress, and the Gaussian-head tail."""
+"""What both pipelines share: the device, autocast, per-stage timing and the Gaussian-head tail."""
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -14,12 +14,6 @@ from perchead.geometry.gaussians import Gaussians
 
 if TYPE_CHECKING:
     from perchead.render import RenderOutput
-
-Progress = Callable[[float, str], None]  # (fraction in [0, 1], stage description); may raise to stop the work
-
-
-def no_progress(fraction: float, stage: str) -> None:
-    """The default :data:`Progress`: reports nothing."""
 
 
 def default_device() -> torch.device:

@@ -13,8 +13,9 @@ Example::
     edit = pipe(labels, style_text="blonde")
     edit.gaussians[0], edit.timings                               # always batched, like Reconstruction
 
-:func:`render_and_parse`, :func:`label_iou` and :func:`class_mean_color` are the probes of the
-disentanglement measures (same map + another style keeps the geometry; a hair-colour prompt moves the hair).
+The probes of the disentanglement measures (same map + another style keeps the geometry; a hair-colour prompt
+moves the hair) are :func:`perchead.evaluation.editing.render_and_parse` and
+:func:`perchead.evaluation.metrics.label_iou` / :func:`~perchead.evaluation.metrics.class_mean_color`.
 """
 
 from __future__ import annotations
@@ -30,19 +31,20 @@ import torch
 from torch import Tensor
 
 from perchead.geometry.cameras import Cameras
+from perchead.geometry.gaussians import Gaussians
+from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, resize_labels
 from perchead.models.base import WEIGHTS_NAME
 from perchead.models.editor import PercHeadEditor
-from perchead.geometry.gaussians import Gaussians
-from perchead.pipelines.common import (
-    Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
-)  # fmt: skip
-from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
-from perchead.geometry.segmentation import BACKGROUND, NUM_CLASSES, mask_iou, resize_labels
+from perchead.photo.config import PreprocessConfig
+from perchead.photo.load import ImageSource
+from perchead.photo.preprocess import Preprocessed, preprocess
+from perchead.pipelines.common import StageTimer, default_device, gaussians_and_views, inference_autocast
+from perchead.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from perchead.models.face_parser import FaceParser
-    from perchead.render import RenderOutput
     from perchead.models.style_encoder import StyleEncoder
+    from perchead.render import RenderOutput
 
 # Sub-folders of an editing checkpoint folder (the bundled layout is weights_card/{edit,style,parser}):
 # name → the config file that must exist beside the weights.
@@ -103,7 +105,7 @@ def missing_parts(folder: str | os.PathLike) -> dict[str, str]:
 def train_command(part: str) -> str:
     """The command of the bundled recipe that trains one part (``edit``, ``style``, ``parser``)."""
     stages = json.loads(RECIPE.read_text())["stages"]
-    return "python " + " ".join(next(stage["args"] for stage in stages if stage["card"] == part))
+    return "python " + " ".join(next(stage["args"] for stage in stages if stage.get("card") == part))
 
 
 class PercHeadEditPipeline:
@@ -129,26 +131,40 @@ class PercHeadEditPipeline:
         parser.model.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "PercHeadEditPipeline":
-        """Loads ``folder/edit`` (editor), ``folder/style`` (style encoder) and ``folder/parser`` (face parser).
+    def from_pretrained(cls, repo_id_or_folder: str | os.PathLike, device: str | torch.device | None = None, *,
+                        revision: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False) -> "PercHeadEditPipeline":
+        """Loads ``edit/`` (editor), ``style/`` (style encoder) and ``parser/`` (face parser) of a checkpoint root.
 
         Args:
-            folder: e.g. ``weights_card`` (the bundled layout ``weights_card/{edit,style,parser}``).
+            repo_id_or_folder: a folder such as ``weights_card`` (the layout ``{edit,style,parser}/``), or a
+                Hub model repo id holding the same layout (one ``snapshot_download`` of the parts' JSON and
+                safetensors files, cached, offline under ``HF_HUB_OFFLINE=1``). The same repo can hold the base
+                model at its top.
             device: where to run.
+            revision: Hub branch, tag or commit (ignored for folders).
+            token: Hub token (default: the saved one / ``HF_TOKEN``).
+            cache_dir: Hub cache (default: huggingface_hub's).
+            local_files_only: never ask the Hub.
 
         Raises:
-            FileNotFoundError: a part is missing; the message names the folder and the command that trains it.
-            ValueError: the parts do not fit together (style embedding size).
+            FileNotFoundError: a part or file is missing (a local folder's message names the command that
+                trains it), or the repo, revision or cache entry is.
+            ValueError: pickle-only or corrupt weights; the parts do not fit together (style embedding size).
         """
         from perchead.models.face_parser import FaceParser
+        from perchead.models.hub import EDIT_PARTS, fetch_parts
         from perchead.models.style_encoder import StyleEncoder
 
-        missing = missing_parts(folder)
-        if missing:
-            raise FileNotFoundError(f"editing checkpoint {str(folder)!r} is incomplete: missing "
-                                    + "; ".join(missing.values()))
+        if Path(repo_id_or_folder).is_dir():
+            missing = missing_parts(repo_id_or_folder)
+            if missing:
+                raise FileNotFoundError(f"editing checkpoint {str(repo_id_or_folder)!r} is incomplete: missing "
+                                        + "; ".join(missing.values()))
+        root = fetch_parts(repo_id_or_folder, EDIT_PARTS, revision, token=token, cache_dir=cache_dir,
+                           local_files_only=local_files_only)
         device = torch.device(device) if device is not None else default_device()
-        root = Path(folder)
         editor = PercHeadEditor.from_pretrained(root / "edit")
         style_encoder = StyleEncoder.from_pretrained(str(root / "style"), device=device)
         parser = FaceParser.from_pretrained(str(root / "parser"), device=device)
@@ -177,7 +193,7 @@ class PercHeadEditPipeline:
         agrees better with the true map, mIoU 0.61 against 0.32).
 
         Args:
-            photo: path, bytes, PIL image or uint8 array (see :func:`perchead.pipelines.preprocess.preprocess`).
+            photo: path, bytes, PIL image or uint8 array (see :func:`perchead.photo.preprocess.preprocess`).
             remove_background: mask the background (alpha, else the matting network or GrabCut) first.
             auto_crop: find the head and crop to the model's framing.
             use_whole_image: when no face is found, use the whole image instead of failing.
@@ -190,7 +206,7 @@ class PercHeadEditPipeline:
 
         Raises:
             ValueError: an unknown ``source``.
-            perchead.pipelines.preprocess.PreprocessError: an unusable photo (message says why).
+            perchead.photo.load.PreprocessError: an unusable photo (message says why).
         """
         if source not in MAP_SOURCES:
             raise ValueError(f"unknown map source {source!r}; choose one of {', '.join(MAP_SOURCES)}")
@@ -363,7 +379,7 @@ class PercHeadEditPipeline:
 
         Raises:
             ValueError: bad or empty maps, both or neither style input, a prompt that is too long.
-            perchead.pipelines.preprocess.PreprocessError: an unusable style image.
+            perchead.photo.load.PreprocessError: an unusable style image.
         """
         source = self.check_style(style_text, style_image)
         notes = self.prompt_notes(str(style_text).strip()) if source == "text" else []
@@ -401,60 +417,3 @@ class PercHeadEditPipeline:
                     views=views, style_input=style_input, timings=timer.total(), notes=notes)
 
 
-# --------------------------------------------------------------------------------- disentanglement probes
-@torch.no_grad()
-def render_and_parse(pipeline: PercHeadEditPipeline, gaussians: Gaussians, azimuths_deg, elevations_deg=0.0,
-                     size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Renders a head from several views and parses each render with the pipeline's face parser.
-
-    The editing model's Gaussians carry no classes, so the geometry of an edit is compared through the
-    parsed label maps of its renders (the same map with different styles must keep its geometry).
-
-    Args:
-        pipeline: supplies the editor (renderer + refiner, framing) and the face parser.
-        gaussians: one head (unbatched or a batch of one).
-        azimuths_deg, elevations_deg: the views (see :func:`perchead.geometry.cameras.orbit_cameras`).
-        size: render side (default: the model size).
-
-    Returns:
-        (rgb ``[V, 3, H, W]`` in [0, 1] over white, labels ``[V, H, W]`` long; outside the alpha is background).
-    """
-    cameras = pipeline.editor.default_cameras(azimuths_deg, elevations_deg, size=size or pipeline.image_size)
-    out = pipeline.editor.render_views(gaussians.to(pipeline.device), cameras)
-    rgb, alpha = out.rgb[0].float().clamp(0, 1), out.alpha[0].float()  # [V, 3, H, W], [V, 1, H, W]
-    labels = pipeline.parser.parse(rgb, mask=alpha)  # [V, H, W]
-    return rgb.cpu(), labels.long().cpu()
-
-
-def label_iou(a: Tensor, b: Tensor, classes=None) -> float:
-    """Mean IoU over classes of two label maps (views stacked), ignoring classes absent from both.
-
-    Args:
-        a, b: ``[..., H, W]`` long class ids of the same shape.
-        classes: class ids to score (default: every class but background).
-
-    Returns:
-        mean IoU in [0, 1] (1.0 when no scored class appears in either map).
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"label maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ious = [mask_iou(a == c, b == c) for c in (classes if classes is not None else range(1, NUM_CLASSES))]
-    ious = [iou for iou in ious if iou is not None]
-    return float(sum(ious) / len(ious)) if ious else 1.0
-
-
-def class_mean_color(rgb: Tensor, labels: Tensor, class_id: int) -> Tensor | None:
-    """Mean colour of the pixels of one class (e.g. hair = 13) across views.
-
-    Args:
-        rgb: ``[V, 3, H, W]`` in [0, 1].
-        labels: ``[V, H, W]`` class ids.
-        class_id: the class.
-
-    Returns:
-        ``[3]`` mean RGB, or None when no pixel has that class.
-    """
-    mask = labels == class_id  # [V, H, W]
-    if not mask.any():
-        return None
-    return rgb.permute(1, 0, 2, 3)[:, mask].mean(dim=1)  # [3]

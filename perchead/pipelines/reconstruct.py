@@ -6,11 +6,13 @@ Example::
     rec = pipe("examples/head0_front.png", cameras=pipe.model.default_cameras([0, 90, 180, 270]))
     rec.gaussians[0], rec.views.rgb[0], rec.timings               # always batched: [B, N, …], [B, V, …]
 
-``perchead.pipelines.outputs.write_outputs`` turns a head into files, novel views and a turntable.
+``perchead.export.outputs.write_outputs`` turns a head into files, novel views and a turntable.
 :meth:`PercHeadPipeline.decoder_layers` shows what each 3D decoder layer adds (supplement §7).
 """
 
 from __future__ import annotations
+
+import os
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -23,11 +25,13 @@ from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
 from perchead.models.lift_encoder import Tokens2D
 from perchead.models.perchead import PercHead
-from perchead.pipelines.common import (
-    Progress, StageTimer, default_device, gaussians_and_views, inference_autocast, no_progress,
-)  # fmt: skip
-from perchead.pipelines.fit import FitConfig, check_steps, fit_to_photo, with_steps
-from perchead.pipelines.preprocess import ImageSource, PreprocessConfig, Preprocessed, preprocess
+from perchead.pipelines.common import StageTimer, default_device, gaussians_and_views, inference_autocast
+from perchead.progress import Progress, no_progress
+from perchead.fit.config import FitConfig, check_steps, with_steps
+from perchead.fit.driver import fit_to_photo
+from perchead.photo.config import PreprocessConfig
+from perchead.photo.load import ImageSource
+from perchead.photo.preprocess import Preprocessed, preprocess
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,7 +100,7 @@ class DecoderLayers:
 
     def columns(self, b: int = 0) -> list[np.ndarray]:
         """Head ``b``'s columns as pictures, the views stacked top to bottom. L × ``[V·H, W, 3]`` uint8"""
-        from perchead.pipelines.preprocess import to_uint8
+        from perchead.geometry.images import to_uint8
 
         return [to_uint8(self.rgb[b, k].transpose(0, 1).flatten(1, 2)) for k in range(self.n_layers)]
 
@@ -121,10 +125,28 @@ class PercHeadPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, repo_id_or_folder: str, revision: str | None = None, device: str | torch.device | None = None, **kwargs
+        cls, repo_id_or_folder: str | os.PathLike, revision: str | None = None,
+        device: str | torch.device | None = None, *, token: str | bool | None = None, **kwargs
     ) -> "PercHeadPipeline":
-        """Loads a checkpoint (folder or Hub repo id; see :meth:`PercHead.from_pretrained` for the exceptions)."""
-        return cls(PercHead.from_pretrained(repo_id_or_folder, revision=revision, **kwargs), device=device)
+        """Loads the base model at the top of a checkpoint folder or Hub repo.
+
+        Args:
+            repo_id_or_folder: a folder with ``config.json`` + ``model.safetensors`` (e.g. ``weights_card``) or
+                a Hub model repo id (``"org/name"``; one ``snapshot_download`` of the root's JSON and
+                safetensors files, cached, offline under ``HF_HUB_OFFLINE=1``).
+            revision: Hub branch, tag or commit.
+            device: where to run (default: CUDA if available, else CPU).
+            token: Hub token (default: the saved one / ``HF_TOKEN``).
+            **kwargs: ``cache_dir``, ``local_files_only``, ``map_location`` (see :meth:`PercHead.from_pretrained`).
+
+        Returns:
+            the pipeline.
+
+        Raises:
+            FileNotFoundError, ValueError: see :meth:`PercHead.from_pretrained` (one line each).
+        """
+        model = PercHead.from_pretrained(repo_id_or_folder, revision=revision, token=token, **kwargs)
+        return cls(model, device=device)
 
     @property
     def image_size(self) -> int:
@@ -187,7 +209,7 @@ class PercHeadPipeline:
 
         Args:
             image: a photo (path, bytes, PIL image or uint8 array: cropped and cut out by
-                :func:`perchead.pipelines.preprocess.preprocess`), or prepared tensors ``[3, H, W]`` / ``[B, 3, H, W]`` in
+                :func:`perchead.photo.preprocess.preprocess`), or prepared tensors ``[3, H, W]`` / ``[B, 3, H, W]`` in
                 [0, 1] over white (resized to the model size) together with ``mask``.
             mask: the foreground mask of prepared tensors (same H, W); must be None for a photo.
             cameras: views to render (e.g. ``pipe.model.default_cameras([0, 90])``); None renders nothing.
@@ -195,22 +217,22 @@ class PercHeadPipeline:
             cross_attn_until: decoder visualisation (supplement §7); None = the normal model.
             progress: called with (fraction, stage) before each stage and each fit step; may raise to stop
                 the work.
-            fit_steps: photo-fit steps (:mod:`perchead.pipelines.fit`) after the Gaussian head: each head is
+            fit_steps: photo-fit steps (:mod:`perchead.fit`) after the Gaussian head: each head is
                 refined against its own input, its Gaussians for ``fit_steps`` steps after the fit's latent
-                stage (``fit.latent_steps``); 0 = no fit at all, the latent stage included. The input camera
+                stage (``fit.latent.steps``); 0 = no fit at all, the latent stage included. The input camera
                 is the photo's head pose (from landmarks) when known, else a render-and-compare search.
-            fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``steps`` are
+            fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``gaussians.steps`` are
                 replaced by ``fit_steps``.
             before_fit: called with the feed-forward result (no views) before the fit starts, e.g. to show
                 the head while it is being fitted.
-            **preprocess_options: fields of :class:`perchead.pipelines.preprocess.PreprocessConfig` for a photo
+            **preprocess_options: fields of :class:`perchead.photo.config.PreprocessConfig` for a photo
                 (``remove_background``, ``auto_crop``, ``use_whole_image``, …).
 
         Returns:
             :class:`Reconstruction`.
 
         Raises:
-            perchead.pipelines.preprocess.PreprocessError: a photo that cannot be used (the message says why).
+            perchead.photo.load.PreprocessError: a photo that cannot be used (the message says why).
             ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors, a
                 negative or absurd ``fit_steps``, a ``fit`` that is not a FitConfig.
         """
@@ -218,8 +240,8 @@ class PercHeadPipeline:
         if fit is not None and not isinstance(fit, FitConfig):
             raise ValueError(f"fit must be a FitConfig or None, got {type(fit).__name__}")
         fit = with_steps(fit, fit_steps)
-        if fit_steps and fit.photo_size is not None and not isinstance(image, Tensor):
-            preprocess_options = {**preprocess_options, "fine_size": fit.photo_size}  # the fit's finer cut
+        if fit_steps and fit.photo.crop_size is not None and not isinstance(image, Tensor):
+            preprocess_options = {**preprocess_options, "fine_size": fit.photo.crop_size}  # the fit's finer cut
         timer = StageTimer(self.device)
         # 1. a photo → crop + mask with the training framing; tensors → checked and resized
         progress(0.0, "preprocessing (crop + background removal)")
@@ -280,7 +302,7 @@ class PercHeadPipeline:
             :class:`DecoderLayers`; its last column is the normal model's head.
 
         Raises:
-            perchead.pipelines.preprocess.PreprocessError: a photo that cannot be used.
+            perchead.photo.load.PreprocessError: a photo that cannot be used.
             ValueError: tensors of the wrong shape or type, a mask with a photo, options with tensors.
         """
         timer = StageTimer(self.device)
@@ -341,7 +363,7 @@ class PercHeadPipeline:
              config: FitConfig, progress: Progress, tokens2d: Tokens2D) -> tuple[Gaussians, list[str]]:
         """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads), its latent stage
         starting from the encoder's tokens ``tokens2d`` of the batch; a photo is compared at its finer cut
-        (``Preprocessed.fine``, ``config.photo_size``) where it has one, and a photo cropped by its own
+        (``Preprocessed.fine``, ``config.photo.crop_size``) where it has one, and a photo cropped by its own
         alpha channel without a landmark pose is searched with views cropped by the same rule
         (``Preprocessed.framing``).
         Returns (heads, notes)."""
@@ -351,21 +373,21 @@ class PercHeadPipeline:
             camera = landmarks = inside = framing = None
             photo, photo_mask = image[b : b + 1], mask[b : b + 1]  # [1, 3, S, S], [1, 1, S, S]
             fine = prepared[b].fine if prepared is not None else None
-            if fine is not None:  # the crop at FitConfig.photo_size, finer than the model input
+            if fine is not None:  # the crop at FitConfig.photo.crop_size, finer than the model input
                 photo, photo_mask = fine.image.to(image), fine.mask.to(mask)  # [1, 3, P, P], [1, 1, P, P]
             if prepared is not None:
                 inside = (fine or prepared[b]).inside_photo()
                 inside = F.interpolate(inside, size=photo.shape[-2:], mode="area")  # [1, 1, P, P]
                 r = self.model.config.render
                 camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg,
-                                                  pitch_offset_deg=config.landmark_pitch_offset_deg)
+                                                  pitch_offset_deg=config.pose.landmark_pitch_offset_deg)
                 if camera is None:  # searched: cropped as the photo was, when its alpha channel framed it
                     framing = prepared[b].framing
                 if camera is not None:
-                    shift = config.landmark_pitch_offset_deg
+                    shift = config.pose.landmark_pitch_offset_deg
                     notes.append("photo-fit: head pose from the face landmarks"
                                  + (f" (pitch {shift:+.0f}° for a real face's proportions)" if shift else ""))
-            if config.face_shape:
+            if config.face.enabled:
                 landmarks = self._face_mesh(image[b : b + 1], prepared[b] if prepared is not None else None)
                 if landmarks is None:
                     notes.append("photo-fit: no face mesh on the model input, face shape skipped")
@@ -385,7 +407,7 @@ class PercHeadPipeline:
         """The face mesh (x, y, relative depth z) on the model input itself, started from the preprocessing's
         landmarks when it has them (else a face detection); None without the face networks or a face.
         ``[468, 3]`` in the model input's pixels."""
-        from perchead.pipelines.face_shape import mesh_landmarks
+        from perchead.fit.face_shape import mesh_landmarks
 
         hint = None
         if prepared is not None and prepared.landmarks is not None:

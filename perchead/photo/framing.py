@@ -1,6 +1,6 @@
 """Framing refinement: the head pose's crop corrected by the head's silhouette.
 
-The landmark pose (:func:`perchead.pipelines.faces.estimate_pose`) frames a photo from 38 face-mesh
+The landmark pose (:func:`perchead.photo.faces.estimate_pose`) frames a photo from 38 face-mesh
 landmarks alone. On the synthetic heads the model was trained on, that framing is off by a few percent
 because the face mesh (trained on real faces) places the landmarks of these stylised faces loosely, and
 because at large yaw the visible face is a small, foreshortened part of the head. The matte's
@@ -10,7 +10,7 @@ landmarks miss: where the back of the head is, how large the whole head is.
 :func:`refine` measures the silhouette in an upright crop 1.4 × the pose's crop, around the pose's head
 centre (one more run of the selfie network, ≈ 6 ms), and a small calibrated regressor (one hidden layer
 of 96 tanh units, 63 inputs, 4 outputs; ``framing_model.json``, fitted on renders of 3,600 train-split
-synthetic heads with known cameras by ``benchmarks/preprocess.py --fit-framing``) turns those
+synthetic heads with known cameras by ``python -m perchead.training.framing``) turns those
 measurements, the landmark pose and the face mesh's proportions (heights below the eyes, depths) into
 corrections of the crop centre, the crop side and the yaw.
 Views are mirrored to a non-negative yaw first, so the correction is exactly left/right symmetric. The
@@ -180,20 +180,20 @@ def predict(model: dict, feats: np.ndarray, mirrored: bool) -> Correction:
 
 
 def refine(analyzer, rgb: np.ndarray, face, pose, config) -> tuple[object, Correction] | None:
-    """The pose corrected by the head's silhouette: a new :class:`perchead.pipelines.faces.HeadPose` whose
+    """The pose corrected by the head's silhouette: a new :class:`perchead.photo.faces.HeadPose` whose
     ``centre``, ``pixels_per_metre`` and ``yaw_deg`` give the refined framing (its rotation and translation
     stay the landmark fit's), and the correction applied; None when the refinement does not apply.
 
     Args:
-        analyzer: :class:`perchead.pipelines.faces.FaceAnalyzer` (its selfie network).
+        analyzer: :class:`perchead.photo.faces.FaceAnalyzer` (its selfie network).
         rgb: the working image. ``[H, W, 3]`` uint8
-        face: the :class:`perchead.pipelines.faces.Face` used (landmarks and key points, image pixels).
+        face: the :class:`perchead.photo.faces.Face` used (landmarks and key points, image pixels).
         pose: its landmark pose.
-        config: :class:`perchead.pipelines.preprocess.PreprocessConfig` (framing).
+        config: :class:`perchead.photo.config.PreprocessConfig` (framing).
     """
     from dataclasses import replace
 
-    from perchead.pipelines.preprocess import crop_square, pose_to_crop, to_crop_pixels
+    from perchead.photo.crop import crop_square, pose_to_crop, to_crop_pixels
 
     model = load_model()
     if model is None or face.landmarks is None:

@@ -19,8 +19,8 @@ profile, seen from the input camera:
    (ears, hair, the back of the head); every Gaussian moves along its own ray from the camera centre,
    so the input view's picture stays where it was and only the other views change.
 
-The deformation is fixed before the fit (:func:`perchead.pipelines.fit.fit_to_photo` with
-``FitConfig.face_shape``): the self-distillation prior then keeps the deformed face.
+The deformation is fixed before the fit (:func:`perchead.fit.driver.fit_to_photo` with
+``FitConfig.face.enabled``): the self-distillation prior then keeps the deformed face.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from perchead.fit.config import FitConfig
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians
 
@@ -62,13 +63,13 @@ def mesh_landmarks(image: Tensor, hint: np.ndarray | None = None, analyzer=None)
         image: the model input over white. ``[1, 3, S, S]`` or ``[3, S, S]`` in [0, 1]
         hint: landmarks already found on this image (x, y in its pixels, e.g. ``Preprocessed.landmarks``):
             the mesh then starts from them instead of a face detection. ``[468, 2+]``
-        analyzer: a :class:`perchead.pipelines.faces.FaceAnalyzer` (default: the shared one).
+        analyzer: a :class:`perchead.photo.faces.FaceAnalyzer` (default: the shared one).
 
     Returns:
         ``[468, 3]`` float32 in the image's pixels (z in pixels, smaller = nearer), or None when the face
         networks are unavailable or find no face.
     """
-    from perchead.pipelines.faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, NOSE_TIP, Face, load_analyzer
+    from perchead.photo.faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, NOSE_TIP, Face, load_analyzer
 
     analyzer = analyzer or load_analyzer()
     if analyzer is None:
@@ -114,7 +115,7 @@ def hidden_landmarks(landmarks: Tensor, radius: float = 0.06, gap: float = 0.15)
     """Landmarks the face itself hides (the far cheek of a turned head): another landmark lies within
     ``radius`` in the image and more than ``gap`` nearer the camera, both as fractions of the 3D distance
     between the outer eye corners (about 9 cm). ``[468, 3]`` → ``[468]`` bool"""
-    from perchead.pipelines.faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+    from perchead.photo.faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
     unit = (landmarks[LEFT_EYE_OUTER] - landmarks[RIGHT_EYE_OUTER]).norm().clamp_min(1e-6)
     close = torch.cdist(landmarks[:, :2], landmarks[:, :2]) < radius * unit  # [468, 468]
@@ -207,3 +208,15 @@ def deform_face(gaussians: Gaussians, landmarks: np.ndarray | Tensor, camera: Ca
     means[near] = (new_cam - t) @ R  # back to the world
     points = (cam_points - t) @ R  # [L, 3]
     return replace(g, means=means), FaceShapeInfo(int(ok.sum()), points.cpu(), change.cpu(), moved.cpu())
+
+
+def apply_face_shape(g0: Gaussians, landmarks, camera: Cameras, scale: float, config: FitConfig) -> tuple[Gaussians, str]:
+    """The face-shape step (:func:`perchead.fit.face_shape.deform_face`) with landmarks given at
+    ``1 / scale`` of the fit's image size. Returns (the head, a note)."""
+    lm = torch.as_tensor(landmarks, dtype=torch.float32) * scale  # [468, 3] x, y, z in the fit's pixels
+    g, info = deform_face(g0, lm, camera, weight=config.face.weight, depth_scale=config.face.depth_scale,
+                          sigma=config.face.sigma, max_depth=config.face.max_depth)
+    if not info.used:
+        return g0, "photo-fit: face shape skipped (too few landmarks on the head)"
+    return g, "photo-fit: face shape from {} landmarks (depth change up to {:.1f} mm)".format(
+        info.used, 1000 * float(info.change.abs().max()))

@@ -1,4 +1,4 @@
-"""Property test of perchead.pipelines.preprocess.crop_resize against a plain bilinear reference crop.
+"""Property test of perchead.photo.crop.crop_resize against a plain bilinear reference crop.
 
 Random boxes (fractional, negative, partly or wholly outside the image) and sizes 16–512, on a smooth
 image so that area averaging (when shrinking) and point sampling agree away from the image's border.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perchead.pipelines.preprocess import crop_resize
+from perchead.photo.crop import crop_resize
 
 
 def smooth_image(height: int, width: int, channels: int, seed: int) -> np.ndarray:

