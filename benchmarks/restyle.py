@@ -3,7 +3,7 @@
     PYTHONPATH=/tmp/dlibpkgs python benchmarks/restyle.py [--faces 13] [--synthetic 5] \
         [--figure docs/restyle.jpg] [--json out.json]
 
-Real portraits (tests/portraits.py; every face of the group photo, 13 in all; dlib as the yardstick, see
+Real portraits (perchead/data/portraits.py; every face of the group photo, 13 in all; dlib as the yardstick, see
 benchmarks/fit_identity.py): each face is reconstructed with the app's photo-fit (40 steps, preset
 ``real``), its photo map made (:meth:`PercHeadEditPipeline.map_of`), its Gaussians labelled, then edited with
 five "<colour> hair" prompts two ways: **restyled** (:class:`~perchead.pipelines.restyle.Restyler`, the
@@ -48,7 +48,6 @@ import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import report  # noqa: E402
@@ -61,8 +60,9 @@ from perchead.geometry.regions import FACE_CLASSES, longer_hair  # noqa: E402
 from perchead.data.figures import save_labelled_grid  # noqa: E402
 from perchead.geometry.segmentation import CLASSES, NUM_CLASSES, labels_to_color, mask_iou, resize_labels  # noqa: E402
 from perchead.pipelines.edit import PercHeadEditPipeline  # noqa: E402
-from perchead.pipelines.fit import FitConfig  # noqa: E402
-from perchead.pipelines.preprocess import load_image, preprocess  # noqa: E402
+from perchead.fit.config import FitConfig  # noqa: E402
+from perchead.photo.load import load_image  # noqa: E402
+from perchead.photo.preprocess import preprocess  # noqa: E402
 from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 from perchead.pipelines.restyle import Restyler, at_size, label_colors  # noqa: E402
 
@@ -112,7 +112,7 @@ def share(dists) -> float:
 
 
 def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> dict:
-    import portraits
+    from perchead.data import portraits
 
     yard = Yardstick()
     config = FitConfig.preset("real")
@@ -268,7 +268,7 @@ def synthetic(rp, ep, restyler, heads: int) -> dict:
 
 
 def main(argv=None):
-    import portraits
+    from perchead.data import portraits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights_card")

@@ -14,7 +14,7 @@ from perchead.geometry.regions import (
     C, REGION_SETS, assemble, decide_labels, family_labels, longer_hair, smooth_votes, template_neighbours, region_classes, similarity_transform, split_parents,
     vote_labels,
 )
-from perchead.pipelines.fit import split_gaussians
+from perchead.fit.gaussians import split_gaussians
 
 HAIR, SKIN, NECK, CLOTH = C["hair"], C["skin"], C["neck"], C["cloth"]
 

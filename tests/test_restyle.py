@@ -9,7 +9,7 @@ import torch
 from perchead.geometry.regions import REGION_SETS
 from perchead.geometry.segmentation import PALETTE
 from perchead.pipelines.edit import PercHeadEditPipeline
-from perchead.pipelines.fit import split_gaussians
+from perchead.fit.gaussians import split_gaussians
 from perchead.pipelines.restyle import RestyleConfig, Restyled, Restyler, label_colors
 from test_edit import head_map, make_edit_folder  # tests/ is on sys.path under pytest
 

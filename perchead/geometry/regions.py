@@ -61,7 +61,7 @@ def split_parents(gaussians: Gaussians, n_template: int) -> Tensor:
     """The template Gaussian each Gaussian of a (photo-fitted) head grew from.
 
     The first ``n_template`` Gaussians are the template's, in order. The fit's split
-    (:func:`perchead.pipelines.fit.split_gaussians`) puts a parent's four children at ``c ± a ± b`` (the first
+    (:func:`perchead.fit.gaussians.split_gaussians`) puts a parent's four children at ``c ± a ± b`` (the first
     in the parent's place, three appended in three runs over the same k parents), each with the parent's
     rotation (the fit moves positions by a few millimetres and does not change rotations). So the parent of
     the appended run's m-th Gaussian is the template Gaussian at ``child₁ + child₂ − child₃`` of the three runs

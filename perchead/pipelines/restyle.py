@@ -41,8 +41,9 @@ from perchead.geometry.regions import (
 )  # fmt: skip
 from perchead.geometry.segmentation import PALETTE, resize_labels
 from perchead.geometry.template import template_labels
-from perchead.pipelines.common import Progress, StageTimer, no_progress
+from perchead.pipelines.common import StageTimer
 from perchead.pipelines.edit import Edit, PercHeadEditPipeline
+from perchead.progress import Progress, no_progress
 
 
 @dataclass
