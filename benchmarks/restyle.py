@@ -141,7 +141,7 @@ def real_faces(rp, ep, restyler, limit: int, size: int, figure_rows: list) -> di
             prep = rec.preprocessed[0]
             labels = ep.map_of(prep)  # [S, S] the photo's map
             camera = prep.input_camera(radius=r.radius, fov_deg=r.fov_deg,
-                                       pitch_offset_deg=config.landmark_pitch_offset_deg)
+                                       pitch_offset_deg=config.pose.landmark_pitch_offset_deg)
             t0 = time.perf_counter()
             person = restyler.regions(rec.gaussians[0], labels, camera)
             entry = {"regions_s": time.perf_counter() - t0, "pose": camera is not None}
