@@ -90,6 +90,18 @@ def _face_depth_mm(head, g, cams) -> float:
     return 1000 * float((diff - diff.mean()).abs().mean())
 
 
+def _far_front_sources(model, sources, cams) -> list[float]:
+    """The mean share of each colour source (photo, mirror, prediction) over the front of the head (template
+    normal within 60° of straight ahead) on the side away from the input camera (``cams``, one view)."""
+    from perchead.geometry.cameras import camera_centers
+
+    T = model.template.normals.shape[0]
+    normals, vertices = model.template.normals.float(), model.template.vertices.float()
+    side = float(camera_centers(cams.viewmats)[0, 0]) or 1.0
+    far_front = (normals[:, 2] > 0.5) & (vertices[:, 0] * side < 0)  # [T]
+    return sources[:T][far_front].mean(dim=0).tolist()
+
+
 @torch.no_grad()
 def _views(model, g, cams, size):
     return model.render_at(g, cams.viewmats, cams.Ks, size, size).rgb[0].float().clamp(0, 1)  # [V, 3, S, S]
@@ -164,6 +176,8 @@ def quality(args) -> None:
                           config=config, landmarks=landmarks)
         row["fit_s"] = time.perf_counter() - t
         row["face_mesh"] = landmarks is not None
+        if fr.sources is not None:
+            row["far_front_sources"] = _far_front_sources(model, fr.sources, icams)
         for tag, head_g in (("without", g), ("with", fr.gaussians)):
             row[f"face_depth_mm_{tag}"] = _face_depth_mm(head, head_g, icams)
         for tag, head_g, cam in (("without", g, icams), ("with", fr.gaussians, fr.camera)):
@@ -208,6 +222,10 @@ def summary(args) -> dict:
               "extreme_subjects": sum("extreme_psnr_with" in r for r in rows)}
     for key in ("novel_psnr", "novel_ssim", "input_psnr", "extreme_psnr", "extreme_ssim", "face_depth_mm"):
         result[key] = {tag: mean(f"{key}_{tag}") for tag in ("without", "with")}
+    far = [r["far_front_sources"] for r in rows if "far_front_sources" in r]
+    if far:
+        result["far_front_colour_sources"] = dict(zip(("photo", "mirror", "prediction"),
+                                                      (statistics.mean(f[k] for f in far) for k in range(3))))
     lr = [(r["extreme_psnr_without"][:2], r["extreme_psnr_with"][:2]) for r in rows if "extreme_psnr_with" in r]
     if lr:
         result["extreme_left_right_psnr"] = {"without": statistics.mean(v for a, _ in lr for v in a),

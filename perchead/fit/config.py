@@ -224,6 +224,17 @@ class GaussianStageConfig:
             for the detail the predicted Gaussians are too large to show (eyes, mouth; the bundled model's face
             Gaussians lie 3 mm apart and are 6 mm wide). The fitted head then has ``3 × share × N`` more
             Gaussians.
+        unseen_colors: after the stage, what the photo did not see takes no colour from it: each Gaussian keeps
+            its fitted colour as far as the input camera saw it (a depth test against the head's depth rendered
+            from there, times a ramp from ``grazing_cos`` to ``facing_cos`` of how squarely it faces the camera:
+            :func:`perchead.fit.views.seen_share`), the rest from its left–right
+            mirror as far as that was seen (matched in local mean colour), else from the stage's starting head
+            (:func:`perchead.fit.priors.unseen_colors`).
+        grazing_cos: the cosine between a Gaussian's normal and the ray to the input camera at or below which the
+            photo's pixels count as not seeing it (grazing rays).
+        facing_cos: the cosine at or above which they see it wholly (> ``grazing_cos``).
+        depth_tolerance: how far behind the surface rendered from the input camera a Gaussian still counts as
+            seen (wholly up to this, not at all from twice this), metres.
     """
 
     GROUP = "gaussians"
@@ -237,9 +248,20 @@ class GaussianStageConfig:
     max_offset: float = 0.004
     max_log_scale: float = math.log(1.5)
     split_share: float = 0.125
+    unseen_colors: bool = True
+    grazing_cos: float = 0.25
+    facing_cos: float = 0.5
+    depth_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
+        _check_range(self, "grazing_cos", -1, 1)
+        _check_range(self, "facing_cos", -1, 1)
+        if not (math.isfinite(self.depth_tolerance) and self.depth_tolerance > 0):
+            raise ValueError(f"FitConfig.gaussians.depth_tolerance must be > 0, got {self.depth_tolerance}")
+        if not self.facing_cos > self.grazing_cos:
+            raise ValueError(f"FitConfig.gaussians.facing_cos must exceed gaussians.grazing_cos, got "
+                             f"{self.facing_cos} and {self.grazing_cos}")
         _check_non_negative(self, ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "max_offset", "max_log_scale",
                                    "lr_final", "split_share"))
         _check_range(self, "split_share", 0, 1)

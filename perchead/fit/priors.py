@@ -135,3 +135,42 @@ class Priors:
             anchor = (away[:, None] * dcol.abs()).mean() + (away * (g.opacities - opacity0).abs()).mean()
             loss = loss + priors.w_anchor * anchor
         return loss
+
+
+SOURCES = ("photo", "mirror", "prediction")  # where each Gaussian's colour comes from, in unseen_colors' order
+
+
+def unseen_colors(colors: Tensor, start: Tensor, seen: Tensor, mirror: Tensor, parent: Tensor) -> tuple[Tensor, Tensor]:
+    """Colours for what the photo did not see: each Gaussian keeps its fitted colour as far as the photo saw it
+    (``seen``); the rest comes from its left–right mirror, as far as the photo saw that one, and otherwise from
+    the stage's starting head (the network's prediction).
+
+    A mirrored colour is matched in local mean colour: the mirror's fitted colour plus the difference between the
+    starting head's mean colours of the two 16-Gaussian patches, so that the lighting the network predicts for
+    each side (which differs left and right) stays while the photo's detail and tone cross over.
+
+    Args:
+        colors: the fitted colours. ``[N, 3]``
+        start: the stage's starting colours. ``[N, 3]``
+        seen: how far the photo saw each Gaussian (:func:`~perchead.fit.views.seen_share`). ``[N]`` in [0, 1]
+        mirror: each template Gaussian's mirror (:func:`mirror_index`). ``[T]`` long, T a multiple of 16
+        parent: the template Gaussian each Gaussian was split from (itself for the first T). ``[N]`` long
+
+    Returns:
+        (colours ``[N, 3]``, the share of each source per Gaussian ``[N, 3]``: photo, mirror, prediction as in
+        :data:`SOURCES`, summing to 1).
+    """
+    T = len(mirror)
+    if T % PATCH or parent.shape != seen.shape or colors.shape != start.shape or len(colors) != len(seen):
+        raise ValueError(f"unseen_colors: mismatched shapes: colors {tuple(colors.shape)}, start "
+                         f"{tuple(start.shape)}, seen {tuple(seen.shape)}, mirror {tuple(mirror.shape)}, "
+                         f"parent {tuple(parent.shape)}")
+    partner = mirror[parent]  # [N] a template Gaussian
+    patch_mean = start[:T].view(-1, PATCH, 3).mean(dim=1)  # [P, 3]
+    shift = patch_mean[parent // PATCH] - patch_mean[partner // PATCH]  # [N, 3]
+    mirrored = (colors[partner] + shift).clamp(0, 1)  # [N, 3]
+    photo = seen  # [N]
+    from_mirror = (1 - seen) * seen[partner]  # [N]
+    from_start = (1 - seen) * (1 - seen[partner])  # [N]
+    out = photo[:, None] * colors + from_mirror[:, None] * mirrored + from_start[:, None] * start  # [N, 3]
+    return out, torch.stack([photo, from_mirror, from_start], dim=-1)

@@ -1,10 +1,12 @@
 """What the fit's stages share: rendering a head into given views, the ring of distillation views around the
-input camera, and how squarely a camera sees each Gaussian."""
+input camera, how squarely a camera sees each Gaussian, and whether the camera sees it past the Gaussians in
+front (:func:`unoccluded`, :func:`seen_share`)."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -39,3 +41,66 @@ def facing(normals: Tensor, means: Tensor, viewmats: Tensor) -> Tensor:
     to the camera. ``[N, 3]``, ``[N, 3]``, ``[1, 4, 4]`` → ``[N]`` in [−1, 1]"""
     eye = camera_centers(viewmats)[0]  # [3]
     return (normals * F.normalize(eye - means, dim=-1)).sum(-1)
+
+
+
+def unoccluded(model, g: Gaussians, viewmats: Tensor, Ks: Tensor, size: int, depth_tolerance: float) -> Tensor:
+    """Whether one camera sees each Gaussian past the others, by a depth test: the head's depth rendered from the
+    camera (the renderer's alpha-weighted depth over its alpha) is read at each Gaussian's projected centre and
+    compared with the Gaussian's own depth; 1 up to ``depth_tolerance`` behind the rendered surface, falling to 0
+    at twice that, 0 off the image or where the render is mostly transparent. (The splats of one surface overlap
+    so much that each is mostly covered by its neighbours: its own transmittance says little about whether its
+    surface is seen.)
+
+    Args:
+        model: renders (``model.render_at``).
+        g: ``[N, …]``.
+        viewmats: one camera. ``[1, 4, 4]``
+        Ks: its intrinsics at ``size``. ``[1, 3, 3]``
+        size: the depth render's side, pixels.
+        depth_tolerance: metres behind the rendered surface still counted as on it (> 0).
+
+    Returns:
+        ``[N]`` in [0, 1].
+    """
+    with torch.no_grad():
+        g = g.detach().float()
+        out = model.render_at(g, viewmats, Ks, size, size, refine=False, return_depth=True)
+        alpha = out.alpha[0, 0]  # [1, s, s]
+        depth = out.depth[0, 0] / alpha.clamp_min(1e-6)  # [1, s, s] expected camera z
+        cam = g.means @ viewmats[0, :3, :3].T.to(g.means) + viewmats[0, :3, 3].to(g.means)  # [N, 3] camera space
+        z = cam[:, 2].clamp_min(1e-6)  # [N]
+        K = Ks[0].to(g.means)
+        pix = torch.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], dim=-1)  # [N, 2]
+        grid = (pix / size * 2 - 1)[None, :, None]  # [1, N, 1, 2] in [-1, 1] (align_corners=False)
+        sample = F.grid_sample(torch.cat([depth, alpha])[None], grid, align_corners=False)[0, :, :, 0]  # [2, N]
+        behind = cam[:, 2] - sample[0]  # [N] metres behind the rendered surface
+        seen = (2 - behind / depth_tolerance).clamp(0, 1)  # [N]
+        inside = (grid.abs() <= 1).all(-1)[0, :, 0] & (sample[1] > 0.5) & (cam[:, 2] > 0)  # [N]
+        return seen * inside
+
+
+def seen_share(model, g: Gaussians, normals: Tensor, viewmats: Tensor, Ks: Tensor, size: int, grazing_cos: float,
+               facing_cos: float, depth_tolerance: float) -> Tensor:
+    """How far the photo's pixels can be trusted for each Gaussian's colour: whether the input camera sees it past
+    the others (:func:`unoccluded`) times a ramp of how squarely the camera sees it (0 at or below
+    ``grazing_cos``, the cosine between its normal and the ray, 1 at or above ``facing_cos``), so that a pixel
+    along a grazing ray, which smears over many Gaussians of the surface, does not colour them.
+
+    Args:
+        model: renders.
+        g: ``[N, …]``.
+        normals: each Gaussian's (template) normal, in ``g``'s frame. ``[N, 3]``
+        viewmats: the input camera. ``[1, 4, 4]``
+        Ks: its intrinsics at ``size``. ``[1, 3, 3]``
+        size: the depth render's side, pixels.
+        grazing_cos: the cosine below which a Gaussian counts as unseen.
+        facing_cos: the cosine above which it counts as wholly seen (> ``grazing_cos``).
+        depth_tolerance: :func:`unoccluded`'s.
+
+    Returns:
+        ``[N]`` in [0, 1].
+    """
+    cos = facing(normals, g.means, viewmats)  # [N]
+    ramp = ((cos - grazing_cos) / max(facing_cos - grazing_cos, 1e-6)).clamp(0, 1)  # [N]
+    return unoccluded(model, g, viewmats, Ks, size, depth_tolerance) * ramp
