@@ -51,6 +51,7 @@ from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_
 from perchead.fit.config import FitConfig
 from perchead.fit.driver import fit_to_photo
 from perchead.fit.face_shape import expected_depth, mesh_landmarks
+from perchead.fit.priors import far_front_shares
 from perchead.models.perchead import PercHead  # noqa: E402
 from perchead.models.similarity import psnr, ssim  # noqa: E402
 
@@ -88,18 +89,6 @@ def _face_depth_mm(head, g, cams) -> float:
         return float("nan")
     diff = (d - d_true)[face]
     return 1000 * float((diff - diff.mean()).abs().mean())
-
-
-def _far_front_sources(model, sources, cams) -> list[float]:
-    """The mean share of each colour source (photo, mirror, prediction) over the front of the head (template
-    normal within 60° of straight ahead) on the side away from the input camera (``cams``, one view)."""
-    from perchead.geometry.cameras import camera_centers
-
-    T = model.template.normals.shape[0]
-    normals, vertices = model.template.normals.float(), model.template.vertices.float()
-    side = float(camera_centers(cams.viewmats)[0, 0]) or 1.0
-    far_front = (normals[:, 2] > 0.5) & (vertices[:, 0] * side < 0)  # [T]
-    return sources[:T][far_front].mean(dim=0).tolist()
 
 
 @torch.no_grad()
@@ -177,7 +166,8 @@ def quality(args) -> None:
         row["fit_s"] = time.perf_counter() - t
         row["face_mesh"] = landmarks is not None
         if fr.sources is not None:
-            row["far_front_sources"] = _far_front_sources(model, fr.sources, icams)
+            row["far_front_sources"] = far_front_shares(fr.sources, model.template.normals.float(),
+                                                        model.template.vertices.float(), icams.viewmats)
         for tag, head_g in (("without", g), ("with", fr.gaussians)):
             row[f"face_depth_mm_{tag}"] = _face_depth_mm(head, head_g, icams)
         for tag, head_g, cam in (("without", g, icams), ("with", fr.gaussians, fr.camera)):

@@ -14,7 +14,7 @@ from perchead.fit.gaussians import lr_factor, split_gaussians
 from perchead.fit.head_transform import head_transform
 from perchead.fit.pose import adjust_camera, search_pose
 from perchead.fit.priors import SOURCES, mirror_index, unseen_colors
-from perchead.fit.views import facing, seen_share, unoccluded
+from perchead.fit.views import facing, seen_share, visibility
 from perchead.geometry.gaussians import Gaussians
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
@@ -449,15 +449,23 @@ def test_the_depth_test_hides_what_lies_behind_the_surface(model):
     # an opaque blob, one 5 cm straight behind it, one 4 mm behind it, one beside it, one outside the image
     g = _blobs([[0.0, 0.0, 0.05], [0.0, 0.0, 0.0], [0.0, 0.0, 0.046], [0.05, 0.0, 0.05], [3.0, 0.0, 0.0]],
                [0.99, 0.99, 0.99, 0.99, 0.99])
-    seen = unoccluded(model, g, cam.viewmats, cam.Ks, 64, depth_tolerance=0.01)
+    seen, shown = visibility(model, g, cam.viewmats, cam.Ks, 64, depth_tolerance=0.01)
     assert seen[0] > 0.95 and seen[3] > 0.95  # in front
     assert seen[2] > 0.95  # within the tolerance of the surface
     assert seen[1] < 0.05 and seen[4] == 0  # behind the surface, off the image
+    # the renderer's transmittance: the front blobs wholly shown, those behind the opaque one only at its fading edge
+    assert shown[0] > 0.9 and shown[3] > 0.9 and shown[1] < 0.4 and shown[4] == 0
+    half = _blobs([[0.0, 0.0, 0.05], [0.0, 0.0, 0.0]], [0.5, 0.99])  # through a half-transparent blob
+    _, shown = visibility(model, half, cam.viewmats, cam.Ks, 64, depth_tolerance=0.01)
+    assert 0.4 < shown[1] < 0.85 and shown[0] > 0.9
     # the same blob straight ahead but turned edge-on to the camera: the grazing ramp removes it
     normals = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     share = seen_share(model, g, normals, cam.viewmats, cam.Ks, 64, grazing_cos=0.25, facing_cos=0.5,
-                       depth_tolerance=0.01)
+                       depth_tolerance=0.01, shown_full=2.0)
     assert share[0] > 0.95 and share[3] < 0.05  # facing the camera vs a grazing ray
+    share = seen_share(model, g, normals, cam.viewmats, cam.Ks, 64, grazing_cos=0.25, facing_cos=0.5,
+                       depth_tolerance=0.01, shown_full=0.5)
+    assert share[3] > 0.95  # wholly shown by the picture: seen, grazing or not
     assert facing(normals, g.means, cam.viewmats)[3].abs() < 0.25
 
 
@@ -480,14 +488,19 @@ def test_unseen_colors_take_the_seen_mirror_matched_in_mean_else_the_start():
     assert sources[16:32, SOURCES.index("mirror")].min() == 1 and sources[32:48, SOURCES.index("prediction")].min() == 1
     with pytest.raises(ValueError, match="shapes"):
         unseen_colors(fitted, start, seen[:-1], mirror, parent)
+    # matched per Gaussian: the mirror's change from its start on the Gaussian's own start
+    colors, _ = unseen_colors(fitted, start, seen, mirror, parent, match="gaussian")
+    assert torch.allclose(colors[16:32], (start[16:32] + fitted[:16] - start[:16]).clamp(0, 1), atol=1e-6)
 
 
 def test_the_fit_leaves_the_unseen_back_of_the_head_its_start_colours(model, photo):
     image, mask, g, cam, _ = photo
-    on = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"camera.steps": 0}))
+    # the depth test alone (the tiny model's random head lets the camera see through to the back a little)
+    on = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"camera.steps": 0, "gaussians.shown_full": 2.0}))
     off = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"camera.steps": 0,
                                                                        "gaussians.unseen_colors": False}))
     assert off.sources is None and on.sources.shape == (g.num_gaussians, 3)
+    assert any("far side from the photo" in n for n in on.notes) and not any("far side" in n for n in off.notes)
     assert torch.allclose(on.sources.sum(-1), torch.ones(g.num_gaussians))
     normals = model.template.normals
     mirror = mirror_index(model.template.vertices)
@@ -503,6 +516,8 @@ def test_the_fit_leaves_the_unseen_back_of_the_head_its_start_colours(model, pho
         tiny({"gaussians.grazing_cos": 0.6, "gaussians.facing_cos": 0.5})
     with pytest.raises(ValueError, match="depth_tolerance"):
         tiny({"gaussians.depth_tolerance": 0.0})
+    with pytest.raises(ValueError, match="mirror_match"):
+        tiny({"gaussians.mirror_match": "nearest"})
 
 
 @pytest.mark.parametrize("steps", [-1, MAX_FIT_STEPS + 1, 2.5, True, "10"])

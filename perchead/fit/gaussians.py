@@ -13,7 +13,7 @@ from torch import Tensor
 from perchead.fit.config import FitConfig
 from perchead.fit.head_transform import HeadTransform
 from perchead.fit.pose import adjust_camera
-from perchead.fit.priors import Priors, unseen_colors
+from perchead.fit.priors import Priors, far_front_shares, unseen_colors
 from perchead.fit.views import facing, render, seen_share
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians, quaternion_to_matrix
@@ -203,9 +203,13 @@ def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConf
         if stage.unseen_colors and n:
             # what the photo did not see keeps no colour from it: the mirror's where that was seen, else the start's
             seen = seen_share(model, g, normals, viewmats, Ks, S, stage.grazing_cos, stage.facing_cos,
-                              stage.depth_tolerance)  # [N]
-            colors, sources = unseen_colors(g.colors, color0, seen, priors.mirror, parent)
+                              stage.depth_tolerance, stage.shown_full)  # [N]
+            colors, sources = unseen_colors(g.colors, color0, seen, priors.mirror, parent, stage.mirror_match)
             g = replace(g, colors=colors)
+            shares = far_front_shares(sources, model.template.normals.float().to(device),
+                                      model.template.vertices.float().to(device), viewmats)
+            notes.append("photo-fit: colours of the face's far side from the photo {:.0%}, the mirrored side {:.0%}, "
+                         "the prediction {:.0%}".format(*shares))
         if config.camera.rotate_head:
             g = _turned(g, camera, viewmats)
             viewmats = camera.viewmats
