@@ -257,8 +257,8 @@ class GaussianStageConfig:
     grazing_cos: float = 0.25
     facing_cos: float = 0.5
     depth_tolerance: float = 0.01
-    shown_full: float = 0.5
-    mirror_match: str = "patch"
+    shown_full: float = 0.2
+    mirror_match: str = "gaussian"
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
