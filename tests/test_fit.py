@@ -178,7 +178,7 @@ def test_the_background_does_not_paint_the_head(model, photo):
     image, _, g, cam, _ = photo
     white, empty = torch.ones_like(image), torch.zeros_like(image[:, :1])
     config = tiny({"gaussians.steps": 6, "priors.w_distill": 0.0, "head.enabled": False, "camera.rotate_head": False,
-                   "camera.steps": 0})
+                   "camera.steps": 0, "gaussians.unseen_colors": False})  # the photo term's colours alone
     fits = {share: fit_to_photo(model, g, white, empty, camera=cam,
                                 config=config.with_overrides({"photo.outside_matte_color": share}))
             .gaussians for share in (1.0, 0.3, 0.0)}
@@ -770,7 +770,7 @@ def test_settings_are_named_by_group_and_field():
     assert config.latent.steps == 3 and config.face.enabled and config.gaussians.steps == 8  # the preset's own
     assert config.with_overrides({"gaussians.steps": 5}).gaussians.steps == 5 and config.gaussians.steps == 8
     names = FitConfig.field_names()
-    assert len(names) == len(set(names)) == 50 and "photo.crop_size" in names and "priors.seed" in names
+    assert len(names) == len(set(names)) == 56 and "photo.crop_size" in names and "priors.seed" in names
     for bad in ("steps", "latent", "latent.nope", "nope.steps", "latent.steps.x"):
         with pytest.raises(ValueError, match="unknown FitConfig field"):
             FitConfig().with_overrides({bad: 1})
