@@ -11,7 +11,9 @@ compared with the photo's: distance < 0.6 is dlib's "same person". The fit never
 render where dlib's detectors find no face counts as not recognised. ``--all-faces`` measures every face
 the preprocessing finds in a photo (``face_index``; the group photo has six), each against dlib's
 descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
-beyond the largest. The figure shows the public-domain
+beyond the largest. For photos of one person (:data:`SAME_PERSON`) each reconstruction's renders are also
+compared with the OTHER photos' descriptors (``cross_photo``: a test that copying the input's pixels cannot
+pass); ``recognised_per_angle`` counts the recognised renders per angle. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set group.field=value``
 overrides a :class:`FitConfig` field of the fit (ablations; a setting chosen by its count here is no longer
 measured blind, and docs/photo-fit.md says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
