@@ -51,6 +51,7 @@ from perchead.evaluation.reconstruction import _cameras, _ground_truth, extreme_
 from perchead.fit.config import FitConfig
 from perchead.fit.driver import fit_to_photo
 from perchead.fit.face_shape import expected_depth, mesh_landmarks
+from perchead.fit.priors import far_front_shares
 from perchead.models.perchead import PercHead  # noqa: E402
 from perchead.models.similarity import psnr, ssim  # noqa: E402
 
@@ -164,6 +165,9 @@ def quality(args) -> None:
                           config=config, landmarks=landmarks)
         row["fit_s"] = time.perf_counter() - t
         row["face_mesh"] = landmarks is not None
+        if fr.sources is not None:
+            row["far_front_sources"] = far_front_shares(fr.sources, model.template.normals.float(),
+                                                        model.template.vertices.float(), icams.viewmats)
         for tag, head_g in (("without", g), ("with", fr.gaussians)):
             row[f"face_depth_mm_{tag}"] = _face_depth_mm(head, head_g, icams)
         for tag, head_g, cam in (("without", g, icams), ("with", fr.gaussians, fr.camera)):
@@ -208,6 +212,10 @@ def summary(args) -> dict:
               "extreme_subjects": sum("extreme_psnr_with" in r for r in rows)}
     for key in ("novel_psnr", "novel_ssim", "input_psnr", "extreme_psnr", "extreme_ssim", "face_depth_mm"):
         result[key] = {tag: mean(f"{key}_{tag}") for tag in ("without", "with")}
+    far = [r["far_front_sources"] for r in rows if "far_front_sources" in r]
+    if far:
+        result["far_front_colour_sources"] = dict(zip(("photo", "mirror", "prediction"),
+                                                      (statistics.mean(f[k] for f in far) for k in range(3))))
     lr = [(r["extreme_psnr_without"][:2], r["extreme_psnr_with"][:2]) for r in rows if "extreme_psnr_with" in r]
     if lr:
         result["extreme_left_right_psnr"] = {"without": statistics.mean(v for a, _ in lr for v in a),

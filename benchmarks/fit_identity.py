@@ -11,7 +11,9 @@ compared with the photo's: distance < 0.6 is dlib's "same person". The fit never
 render where dlib's detectors find no face counts as not recognised. ``--all-faces`` measures every face
 the preprocessing finds in a photo (``face_index``; the group photo has six), each against dlib's
 descriptor of the largest face dlib finds with its centre inside that face's box, keyed ``photo#k``
-beyond the largest. The figure shows the public-domain
+beyond the largest. For photos of one person (:data:`SAME_PERSON`) each reconstruction's renders are also
+compared with the OTHER photos' descriptors (``cross_photo``: a test that copying the input's pixels cannot
+pass); ``recognised_per_angle`` counts the recognised renders per angle. The figure shows the public-domain
 portraits (photo, then front, ¾, profile and back without and with the fit). ``--set group.field=value``
 overrides a :class:`FitConfig` field of the fit (ablations; a setting chosen by its count here is no longer
 measured blind, and docs/photo-fit.md says which were); the fit uses ``FitConfig.preset("real")`` as the app does for a
@@ -47,6 +49,7 @@ from perchead.pipelines.reconstruct import PercHeadPipeline  # noqa: E402
 ANGLES = (0.0, 20.0, -20.0, 40.0, -40.0)
 FIGURE_VIEWS = (("front", 0.0), ("3/4", 45.0), ("profile", 90.0), ("back", 180.0))
 THRESHOLD = 0.6  # dlib's same-person distance
+SAME_PERSON = (("obama.jpg", "obama2.jpg", "obama3.jpg"),)  # photos of one person: each render vs the OTHER photos
 
 
 class Yardstick:
@@ -93,15 +96,13 @@ def measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, steps
     ref = yard.descriptor(photo, box)
     if ref is None:
         return {"error": "dlib finds no face in the photo" + (" inside the chosen face's box" if box else "")}
-    entry = {}
+    entry = {"_reference": ref}
     for tag, fit_steps in (("without", 0), ("with", steps)):
         rec = pipe(str(path), fit_steps=fit_steps, fit=config, **options)
         with torch.no_grad():
             views = pipe.model.render_views(rec.gaussians, cams).rgb[0]  # [5, 3, s, s]
-        dists = []
-        for view in views:
-            d = yard.descriptor(to_uint8(view))
-            dists.append(None if d is None else float(np.linalg.norm(d - ref)))
+        entry.setdefault("_descriptors", {})[tag] = descriptors = [yard.descriptor(to_uint8(v)) for v in views]
+        dists = [None if d is None else float(np.linalg.norm(d - ref)) for d in descriptors]
         entry[tag] = {f"{a:+.0f}": d for a, d in zip(ANGLES, dists)}
         entry[f"{tag}_recognised"] = sum(d is not None and d < THRESHOLD for d in dists) / len(dists)
         entry[f"{tag}_fit_s"] = rec.timings.get("fit", 0.0)
@@ -140,7 +141,7 @@ def main(argv=None):
     yard = Yardstick()
     cams = pipe.model.default_cameras(list(ANGLES), size=args.size)
     fig_cams = pipe.model.default_cameras([a for _, a in FIGURE_VIEWS], size=pipe.model.config.render.render_size)
-    results, rows = {}, []
+    results, rows, entries = {}, [], {}
     for name in portraits.NAMES:
         path = portraits.path(name)
         if path is None:
@@ -155,10 +156,17 @@ def main(argv=None):
             entry = measure(pipe, yard, path, photo, options, box, cams, fig_cams, config, args.steps,
                             figure=name in portraits.PUBLIC_DOMAIN and face == 0)
             results[key] = {k: v for k, v in entry.items() if not k.startswith("_")}
+            entries[key] = entry
             if "_figure" in entry:
                 rows.append(torch.cat([entry["_input"].float()] + list(entry["_figure"]["without"])
                                       + list(entry["_figure"]["with"]), dim=-1))  # [3, S, 9S]
             print(key, json.dumps(results[key]), flush=True)
+    results["cross_photo"] = cross_photo(entries)
+    results["recognised_per_angle"] = {tag: {f"{a:+.0f}": sum(
+        r.get(tag, {}).get(f"{a:+.0f}") is not None and r[tag][f"{a:+.0f}"] < THRESHOLD
+        for k, r in results.items() if k in entries) for a in ANGLES} for tag in ("without", "with")}
+    print("cross_photo", json.dumps(results["cross_photo"]), "\nrecognised_per_angle",
+          json.dumps(results["recognised_per_angle"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.figure and rows:
@@ -166,6 +174,29 @@ def main(argv=None):
         labels = ["photo (input)"] + [f"{v} no fit" for v, _ in FIGURE_VIEWS] + [f"{v} fit" for v, _ in FIGURE_VIEWS]
         save_labelled_grid(torch.cat(rows, dim=-2), labels, S, args.figure)
     return results
+
+
+def cross_photo(entries: dict) -> dict:
+    """Each reconstruction of a photo in :data:`SAME_PERSON` against dlib's descriptor of every OTHER photo of that
+    person (which copying the input's pixels cannot pass): per fit and angle, renders recognised of those compared
+    (a render without a face counts as not recognised), and the mean distance over the renders with a face."""
+    out = {}
+    for tag in ("without", "with"):
+        per_angle = {}
+        for k, angle in enumerate(ANGLES):
+            dists = []
+            for group in SAME_PERSON:
+                for name in group:
+                    if "_descriptors" not in entries.get(name, {}):
+                        continue
+                    d = entries[name]["_descriptors"][tag][k]
+                    dists += [None if d is None else float(np.linalg.norm(d - entries[other]["_reference"]))
+                              for other in group if other != name and "_reference" in entries.get(other, {})]
+            found = [d for d in dists if d is not None]
+            per_angle[f"{angle:+.0f}"] = {"recognised": sum(d < THRESHOLD for d in found), "compared": len(dists),
+                                          "mean_distance": float(np.mean(found)) if found else None}
+        out[tag] = per_angle
+    return out
 
 
 if __name__ == "__main__":

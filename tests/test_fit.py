@@ -13,8 +13,10 @@ from perchead.fit.driver import fit_to_photo
 from perchead.fit.gaussians import lr_factor, split_gaussians
 from perchead.fit.head_transform import head_transform
 from perchead.fit.pose import adjust_camera, search_pose
-from perchead.fit.priors import mirror_index
+from perchead.fit.priors import SOURCES, mirror_index, unseen_colors
 from perchead.fit.projection import project_photo_colors
+from perchead.fit.views import facing, seen_share, visibility
+from perchead.geometry.gaussians import Gaussians
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +179,7 @@ def test_the_background_does_not_paint_the_head(model, photo):
     image, _, g, cam, _ = photo
     white, empty = torch.ones_like(image), torch.zeros_like(image[:, :1])
     config = tiny({"gaussians.steps": 6, "priors.w_distill": 0.0, "head.enabled": False, "camera.rotate_head": False,
-                   "camera.steps": 0})
+                   "camera.steps": 0, "gaussians.unseen_colors": False})  # the photo term's colours alone
     fits = {share: fit_to_photo(model, g, white, empty, camera=cam,
                                 config=config.with_overrides({"photo.outside_matte_color": share}))
             .gaussians for share in (1.0, 0.3, 0.0)}
@@ -437,6 +439,88 @@ def test_mirror_index_pairs_left_and_right(model):
     assert err.median() < 0.01
 
 
+def _blobs(means, opacities):
+    n = len(means)
+    return Gaussians(means=torch.tensor(means), quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]] * n),
+                     scales=torch.full((n, 3), 0.01), opacities=torch.tensor(opacities), colors=torch.rand(n, 3))
+
+
+def test_the_depth_test_hides_what_lies_behind_the_surface(model):
+    cam = model.default_cameras([0.0], [0.0], size=64)  # looks along -z from +z
+    # an opaque blob, one 5 cm straight behind it, one 4 mm behind it, one beside it, one outside the image
+    g = _blobs([[0.0, 0.0, 0.05], [0.0, 0.0, 0.0], [0.0, 0.0, 0.046], [0.05, 0.0, 0.05], [3.0, 0.0, 0.0]],
+               [0.99, 0.99, 0.99, 0.99, 0.99])
+    seen, shown = visibility(model, g, cam.viewmats, cam.Ks, 64, depth_tolerance=0.01)
+    assert seen[0] > 0.95 and seen[3] > 0.95  # in front
+    assert seen[2] > 0.95  # within the tolerance of the surface
+    assert seen[1] < 0.05 and seen[4] == 0  # behind the surface, off the image
+    # the renderer's transmittance: the front blobs wholly shown, those behind the opaque one only at its fading edge
+    assert shown[0] > 0.9 and shown[3] > 0.9 and shown[1] < 0.4 and shown[4] == 0
+    half = _blobs([[0.0, 0.0, 0.05], [0.0, 0.0, 0.0]], [0.5, 0.99])  # through a half-transparent blob
+    _, shown = visibility(model, half, cam.viewmats, cam.Ks, 64, depth_tolerance=0.01)
+    assert 0.4 < shown[1] < 0.85 and shown[0] > 0.9
+    # the same blob straight ahead but turned edge-on to the camera: the grazing ramp removes it
+    normals = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    share = seen_share(model, g, normals, cam.viewmats, cam.Ks, 64, grazing_cos=0.25, facing_cos=0.5,
+                       depth_tolerance=0.01, shown_full=2.0)
+    assert share[0] > 0.95 and share[3] < 0.05  # facing the camera vs a grazing ray
+    share = seen_share(model, g, normals, cam.viewmats, cam.Ks, 64, grazing_cos=0.25, facing_cos=0.5,
+                       depth_tolerance=0.01, shown_full=0.5)
+    assert share[3] > 0.95  # wholly shown by the picture: seen, grazing or not
+    assert facing(normals, g.means, cam.viewmats)[3].abs() < 0.25
+
+
+def test_unseen_colors_take_the_seen_mirror_matched_in_mean_else_the_start():
+    torch.manual_seed(0)
+    mirror = torch.cat([torch.arange(16, 32), torch.arange(0, 16), torch.arange(32, 48)])  # patches 0 ↔ 1; 2 itself
+    fitted, start = torch.rand(48, 3) * 0.5 + 0.25, torch.rand(48, 3) * 0.5 + 0.25
+    start[16:32] += 0.1  # the start is lighter on patch 1's side
+    seen = torch.cat([torch.ones(16), torch.zeros(16), torch.zeros(16)])
+    parent = torch.cat([torch.arange(48), torch.tensor([3, 20])])  # two split children: of 3 (seen), of 20 (unseen)
+    seen = torch.cat([seen, torch.tensor([1.0, 0.0])])
+    fitted, start = torch.cat([fitted, fitted[[3, 20]]]), torch.cat([start, start[[3, 20]]])
+    colors, sources = unseen_colors(fitted, start, seen, mirror, parent)
+    assert torch.allclose(colors[:16], fitted[:16])  # seen: the photo's
+    shift = start[16:32].mean(0) - start[:16].mean(0)  # the local mean difference the prediction holds
+    assert torch.allclose(colors[16:32], (fitted[:16] + shift).clamp(0, 1), atol=1e-6)  # unseen, mirror seen
+    assert torch.allclose(colors[32:48], start[32:48])  # neither seen: the start
+    assert torch.allclose(colors[48], fitted[48]) and torch.allclose(colors[49], colors[20], atol=1e-6)
+    assert torch.allclose(sources.sum(-1), torch.ones(50))
+    assert sources[16:32, SOURCES.index("mirror")].min() == 1 and sources[32:48, SOURCES.index("prediction")].min() == 1
+    with pytest.raises(ValueError, match="shapes"):
+        unseen_colors(fitted, start, seen[:-1], mirror, parent)
+    # matched per Gaussian: the mirror's change from its start on the Gaussian's own start
+    colors, _ = unseen_colors(fitted, start, seen, mirror, parent, match="gaussian")
+    assert torch.allclose(colors[16:32], (start[16:32] + fitted[:16] - start[:16]).clamp(0, 1), atol=1e-6)
+
+
+def test_the_fit_leaves_the_unseen_back_of_the_head_its_start_colours(model, photo):
+    image, mask, g, cam, _ = photo
+    # the depth test alone (the tiny model's random head lets the camera see through to the back a little)
+    on = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"camera.steps": 0, "gaussians.shown_full": 2.0}))
+    off = fit_to_photo(model, g, image, mask, camera=cam, config=tiny({"camera.steps": 0,
+                                                                       "gaussians.unseen_colors": False}))
+    assert off.sources is None and on.sources.shape == (g.num_gaussians, 3)
+    assert any("far side from the photo" in n for n in on.notes) and not any("far side" in n for n in off.notes)
+    assert torch.allclose(on.sources.sum(-1), torch.ones(g.num_gaussians))
+    normals = model.template.normals
+    mirror = mirror_index(model.template.vertices)
+    cos = facing(normals, g.means, cam.viewmats)  # [N]
+    back = (cos < -0.3) & (cos[mirror] < -0.3)  # neither it nor its mirror faces the camera
+    assert back.sum() > 10
+    start = torch.sigmoid(torch.logit(g.colors.clamp(1e-4, 1 - 1e-4)))
+    assert torch.allclose(on.gaussians.colors[back], start[back], atol=1e-5)
+    seen = on.sources[:, SOURCES.index("photo")] > 0.99
+    assert seen.sum() > 10  # what the photo saw keeps the fitted colour
+    assert torch.allclose(on.gaussians.colors[seen], off.gaussians.colors[seen], atol=0.02)
+    with pytest.raises(ValueError, match="facing_cos"):
+        tiny({"gaussians.grazing_cos": 0.6, "gaussians.facing_cos": 0.5})
+    with pytest.raises(ValueError, match="depth_tolerance"):
+        tiny({"gaussians.depth_tolerance": 0.0})
+    with pytest.raises(ValueError, match="mirror_match"):
+        tiny({"gaussians.mirror_match": "nearest"})
+
+
 @pytest.mark.parametrize("steps", [-1, MAX_FIT_STEPS + 1, 2.5, True, "10"])
 def test_bad_step_counts_are_refused(steps):
     with pytest.raises(ValueError, match="fit steps"):
@@ -692,7 +776,7 @@ def test_settings_are_named_by_group_and_field():
     assert config.latent.steps == 3 and config.face.enabled and config.gaussians.steps == 8  # the preset's own
     assert config.with_overrides({"gaussians.steps": 5}).gaussians.steps == 5 and config.gaussians.steps == 8
     names = FitConfig.field_names()
-    assert len(names) == len(set(names)) == 50 and "photo.crop_size" in names and "priors.seed" in names
+    assert len(names) == len(set(names)) == 56 and "photo.crop_size" in names and "priors.seed" in names
     for bad in ("steps", "latent", "latent.nope", "nope.steps", "latent.steps.x"):
         with pytest.raises(ValueError, match="unknown FitConfig field"):
             FitConfig().with_overrides({bad: 1})

@@ -224,6 +224,22 @@ class GaussianStageConfig:
             for the detail the predicted Gaussians are too large to show (eyes, mouth; the bundled model's face
             Gaussians lie 3 mm apart and are 6 mm wide). The fitted head then has ``3 × share × N`` more
             Gaussians.
+        unseen_colors: after the stage, what the photo did not see takes no colour from it: each Gaussian keeps
+            its fitted colour as far as the input camera saw it (a depth test against the head's depth rendered
+            from there, times a ramp from ``grazing_cos`` to ``facing_cos`` of how squarely it faces the camera,
+            or its transmittance there: :func:`perchead.fit.views.seen_share`), the rest from its left–right
+            mirror as far as that was seen (matched in local mean colour), else from the stage's starting head
+            (:func:`perchead.fit.priors.unseen_colors`).
+        grazing_cos: the cosine between a Gaussian's normal and the ray to the input camera at or below which the
+            photo's pixels count as not seeing it (grazing rays).
+        facing_cos: the cosine at or above which they see it wholly (> ``grazing_cos``).
+        depth_tolerance: how far behind the surface rendered from the input camera a Gaussian still counts as
+            seen (wholly up to this, not at all from twice this), metres.
+        shown_full: the share of a Gaussian the input view shows past the others (its transmittance) from which
+            it counts as wholly seen whatever the depth test says (above 1: the depth test alone).
+        mirror_match: how a mirrored colour is matched to its side: ``"patch"`` (the mirror's colour plus the
+            difference of the starting head's mean colours of the two 16-Gaussian patches) or ``"gaussian"``
+            (the mirror's change from its start added to the Gaussian's own start).
     """
 
     GROUP = "gaussians"
@@ -237,9 +253,26 @@ class GaussianStageConfig:
     max_offset: float = 0.004
     max_log_scale: float = math.log(1.5)
     split_share: float = 0.125
+    unseen_colors: bool = True
+    grazing_cos: float = 0.25
+    facing_cos: float = 0.5
+    depth_tolerance: float = 0.01
+    shown_full: float = 0.2
+    mirror_match: str = "gaussian"
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
+        _check_range(self, "grazing_cos", -1, 1)
+        _check_range(self, "facing_cos", -1, 1)
+        if not (math.isfinite(self.depth_tolerance) and self.depth_tolerance > 0):
+            raise ValueError(f"FitConfig.gaussians.depth_tolerance must be > 0, got {self.depth_tolerance}")
+        if not (math.isfinite(self.shown_full) and self.shown_full > 0):
+            raise ValueError(f"FitConfig.gaussians.shown_full must be > 0, got {self.shown_full}")
+        if self.mirror_match not in ("patch", "gaussian"):
+            raise ValueError(f"FitConfig.gaussians.mirror_match must be 'patch' or 'gaussian', got {self.mirror_match!r}")
+        if not self.facing_cos > self.grazing_cos:
+            raise ValueError(f"FitConfig.gaussians.facing_cos must exceed gaussians.grazing_cos, got "
+                             f"{self.facing_cos} and {self.grazing_cos}")
         _check_non_negative(self, ("lr_color", "lr_opacity", "lr_offset", "lr_scale", "max_offset", "max_log_scale",
                                    "lr_final", "split_share"))
         _check_range(self, "split_share", 0, 1)

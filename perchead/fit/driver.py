@@ -77,6 +77,8 @@ class FitResult:
         photo_loss: (first, last) masked L1 of the input-view render against the photo, without priors
             (first: the given head's, before any step).
         notes: remarks for the user (pose source, camera change).
+        sources: where each Gaussian's colour came from (photo, mirror, prediction shares,
+            ``gaussians.unseen_colors``), or None. ``[N, 3]``
     """
 
     gaussians: Gaussians
@@ -84,6 +86,7 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     photo_loss: tuple[float, float] = (float("nan"), float("nan"))
     notes: list[str] = field(default_factory=list)
+    sources: Tensor | None = None
 
 
 @contextmanager
@@ -213,7 +216,7 @@ def _fit(model, gaussians: Gaussians, image: Tensor, mask: Tensor, camera: Camer
             last_photo = float(terms.photo_l1(*render(model, stage.gaussians, stage.camera.viewmats, stage.camera.Ks,
                                                       S, refine=config.photo.through_refiner)))
     return FitResult(gaussians=stage.gaussians, camera=stage.camera, losses=losses,
-                     photo_loss=(first_photo, last_photo), notes=notes)
+                     photo_loss=(first_photo, last_photo), notes=notes, sources=stage.sources)
 
 
 def _checked(gaussians: Gaussians, image: Tensor, mask: Tensor, inside: Tensor | None,

@@ -14,8 +14,8 @@ from torch import Tensor
 from perchead.fit.config import FitConfig
 from perchead.fit.head_transform import HeadTransform
 from perchead.fit.pose import adjust_camera
-from perchead.fit.priors import Priors
-from perchead.fit.views import facing, render
+from perchead.fit.priors import Priors, far_front_shares, unseen_colors
+from perchead.fit.views import facing, render, seen_share
 from perchead.geometry.cameras import Cameras
 from perchead.geometry.gaussians import Gaussians, quaternion_to_matrix
 from perchead.progress import Progress
@@ -77,6 +77,8 @@ class GaussianStage:
         losses: the total loss per step (before each update).
         first_photo: the photo term at the first step (NaN without steps).
         notes: remarks for the user (the camera change).
+        sources: where each Gaussian's colour came from (``gaussians.unseen_colors``): the share of the photo,
+            the mirror and the starting head, :data:`perchead.fit.priors.SOURCES`; None when off. ``[N', 3]``
     """
 
     gaussians: Gaussians
@@ -84,20 +86,23 @@ class GaussianStage:
     losses: list[float] = field(default_factory=list)
     first_photo: float = float("nan")
     notes: list[str] = field(default_factory=list)
+    sources: Tensor | None = None
 
 
-def split_facing(model, g0: Gaussians, camera: Cameras, config: FitConfig) -> tuple[Gaussians, Tensor]:
+def split_facing(model, g0: Gaussians, camera: Cameras, config: FitConfig) -> tuple[Gaussians, Tensor, Tensor]:
     """Finer Gaussians where the photo sees the head most squarely (the face of a frontal photo): the
     ``gaussians.split_share`` of the template's Gaussians facing ``camera`` most squarely, each split in four
-    (:func:`split_gaussians`). Returns (the head ``[N', …]``, each Gaussian's template normal ``[N', 3]``)."""
+    (:func:`split_gaussians`). Returns (the head ``[N', …]``, each Gaussian's template normal ``[N', 3]``, the
+    template Gaussian it was split from ``[N']`` long)."""
     normals = model.template.normals.to(g0.means.device, torch.float32)  # [T, 3]
+    parent = torch.arange(normals.shape[0], device=g0.means.device)  # [T]
     k = int(config.gaussians.split_share * normals.shape[0])
     if k:
         with torch.no_grad():
             chosen = facing(normals, g0.means, camera.viewmats).topk(k).indices  # [k]
         g0, parent = split_gaussians(g0, chosen)
         normals = normals[parent]  # [N, 3]
-    return g0, normals
+    return g0, normals, parent
 
 
 def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConfig, progress: Progress,
@@ -127,7 +132,7 @@ def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConf
     """
     device = g0.means.device
     S = camera.width
-    g0, normals = split_facing(model, g0, camera, config)
+    g0, normals, parent = split_facing(model, g0, camera, config)
     # raw changes on top of the prediction (all zero = the prediction)
     N = g0.num_gaussians
     color_logit0 = torch.logit(g0.colors.clamp(1e-4, 1 - 1e-4))  # [N, 3]
@@ -203,6 +208,17 @@ def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConf
     with torch.no_grad():
         g = current().detach()
         viewmats, Ks = adjust_camera(camera, d_camera.detach(), config)
+        sources = None
+        if stage.unseen_colors and n:
+            # what the photo did not see keeps no colour from it: the mirror's where that was seen, else the start's
+            seen = seen_share(model, g, normals, viewmats, Ks, S, stage.grazing_cos, stage.facing_cos,
+                              stage.depth_tolerance, stage.shown_full)  # [N]
+            colors, sources = unseen_colors(g.colors, color0, seen, priors.mirror, parent, stage.mirror_match)
+            g = replace(g, colors=colors)
+            shares = far_front_shares(sources, model.template.normals.float().to(device),
+                                      model.template.vertices.float().to(device), viewmats)
+            notes.append("photo-fit: colours of the face's far side from the photo {:.0%}, the mirrored side {:.0%}, "
+                         "the prediction {:.0%}".format(*shares))
         if config.camera.rotate_head:
             g = _turned(g, camera, viewmats)
             viewmats = camera.viewmats
@@ -212,7 +228,7 @@ def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConf
             notes.append("photo-fit: {} yaw {:+.1f}°, pitch {:+.1f}°, roll {:+.1f}°".format(
                 what, *(b[:3] * config.camera.max_deg).tolist()))
     return GaussianStage(gaussians=g, camera=Cameras(viewmats.detach(), Ks.detach(), S, S), losses=losses,
-                         first_photo=first_photo, notes=notes)
+                         first_photo=first_photo, notes=notes, sources=sources)
 
 
 def _turned(g: Gaussians, camera: Cameras, viewmats: Tensor) -> Gaussians:

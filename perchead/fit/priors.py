@@ -12,7 +12,7 @@ from torch import Tensor
 from perchead.fit.config import FitConfig
 from perchead.fit.head_transform import HeadTransform
 from perchead.fit.views import distill_cameras, facing, render
-from perchead.geometry.cameras import Cameras
+from perchead.geometry.cameras import Cameras, camera_centers
 from perchead.geometry.gaussians import Gaussians
 
 PATCH = 16  # Gaussians per 3D patch (paper §3.3)
@@ -135,3 +135,69 @@ class Priors:
             anchor = (away[:, None] * dcol.abs()).mean() + (away * (g.opacities - opacity0).abs()).mean()
             loss = loss + priors.w_anchor * anchor
         return loss
+
+
+SOURCES = ("photo", "mirror", "prediction")  # where each Gaussian's colour comes from, in unseen_colors' order
+
+
+def unseen_colors(colors: Tensor, start: Tensor, seen: Tensor, mirror: Tensor, parent: Tensor,
+                  match: str = "patch") -> tuple[Tensor, Tensor]:
+    """Colours for what the photo did not see: each Gaussian keeps its fitted colour as far as the photo saw it
+    (``seen``); the rest comes from its left–right mirror, as far as the photo saw that one, and otherwise from
+    the stage's starting head (the network's prediction).
+
+    A mirrored colour is matched in local mean colour: the mirror's fitted colour plus the difference between the
+    starting head's mean colours of the two 16-Gaussian patches, so that the lighting the network predicts for
+    each side (which differs left and right) stays while the photo's detail and tone cross over. With ``match``
+    ``"gaussian"`` the difference is taken per Gaussian instead: the mirror's change from its start is added to
+    the Gaussian's own start (the starting head's own detail stays).
+
+    Args:
+        colors: the fitted colours. ``[N, 3]``
+        start: the stage's starting colours. ``[N, 3]``
+        seen: how far the photo saw each Gaussian (:func:`~perchead.fit.views.seen_share`). ``[N]`` in [0, 1]
+        mirror: each template Gaussian's mirror (:func:`mirror_index`). ``[T]`` long, T a multiple of 16
+        parent: the template Gaussian each Gaussian was split from (itself for the first T). ``[N]`` long
+        match: ``"patch"`` or ``"gaussian"``, see above.
+
+    Returns:
+        (colours ``[N, 3]``, the share of each source per Gaussian ``[N, 3]``: photo, mirror, prediction as in
+        :data:`SOURCES`, summing to 1).
+    """
+    T = len(mirror)
+    if T % PATCH or parent.shape != seen.shape or colors.shape != start.shape or len(colors) != len(seen):
+        raise ValueError(f"unseen_colors: mismatched shapes: colors {tuple(colors.shape)}, start "
+                         f"{tuple(start.shape)}, seen {tuple(seen.shape)}, mirror {tuple(mirror.shape)}, "
+                         f"parent {tuple(parent.shape)}")
+    if match not in ("patch", "gaussian"):
+        raise ValueError(f"unseen_colors: match must be 'patch' or 'gaussian', got {match!r}")
+    partner = mirror[parent]  # [N] a template Gaussian
+    if match == "patch":
+        patch_mean = start[:T].view(-1, PATCH, 3).mean(dim=1)  # [P, 3]
+        shift = patch_mean[parent // PATCH] - patch_mean[partner // PATCH]  # [N, 3]
+    else:
+        shift = start - start[partner]  # [N, 3]
+    mirrored = (colors[partner] + shift).clamp(0, 1)  # [N, 3]
+    photo = seen  # [N]
+    from_mirror = (1 - seen) * seen[partner]  # [N]
+    from_start = (1 - seen) * (1 - seen[partner])  # [N]
+    out = photo[:, None] * colors + from_mirror[:, None] * mirrored + from_start[:, None] * start  # [N, 3]
+    return out, torch.stack([photo, from_mirror, from_start], dim=-1)
+
+
+def far_front_shares(sources: Tensor, normals: Tensor, vertices: Tensor, viewmats: Tensor) -> list[float]:
+    """The mean share of each colour source (:data:`SOURCES`) over the far side of the face: the template's
+    Gaussians whose normal lies within 60° of straight ahead (+z), on the side of x = 0 away from the camera.
+
+    Args:
+        sources: :func:`unseen_colors`' shares; the template's T Gaussians first. ``[N, 3]``
+        normals: the template's normals. ``[T, 3]``
+        vertices: the template's vertices. ``[T, 3]``
+        viewmats: the input camera. ``[1, 4, 4]``
+
+    Returns:
+        [photo, mirror, prediction] shares, summing to 1.
+    """
+    side = float(camera_centers(viewmats)[0, 0]) or 1.0  # a camera straight ahead: the left (−x) side
+    far = (normals[:, 2] > 0.5) & (vertices[:, 0].to(normals) * side < 0)  # [T]
+    return sources[: len(normals)][far.to(sources.device)].mean(dim=0).tolist()
