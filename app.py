@@ -110,9 +110,10 @@ class Endpoints:
         frames = check_count(turntable_frames, "turntable_frames", 0, MAX_FRAMES)
         fit_config = FitConfig.preset("real" if check_flag(real_person, "real_person") else "fast")
 
-        async with aclosing(self.jobs.stream(request, "reconstruction", self.photo_head, (PreprocessError, EmptyMaskError),
-                                             args=(image, options, fit, frames, fit_config), progress=progress,
-                                             duration=gpu_seconds(fit_steps=fit, turntable_frames=frames))) as stream:
+        stream = self.jobs.stream(request, "reconstruction", self.photo_head, (PreprocessError, EmptyMaskError),
+                                  args=(image, options, fit, frames, fit_config), progress=progress,
+                                  duration=gpu_seconds(fit_steps=fit, turntable_frames=frames))
+        async with aclosing(stream):
             async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
                 yield outputs
 
@@ -143,8 +144,9 @@ class Endpoints:
             ("remove_background", remove_background), ("auto_crop", auto_crop), ("use_whole_image", use_whole_image))}
         flags["face_index"] = check_count(face_index, "face_index", 0, 99)
 
-        return await self.jobs.run(request, "decoder visualisation", self.layer_heads, (PreprocessError, EmptyMaskError),
-                                   args=(image, flags), progress=progress, duration=gpu_seconds())
+        return await self.jobs.run(request, "decoder visualisation", self.layer_heads,
+                                   (PreprocessError, EmptyMaskError), args=(image, flags), progress=progress,
+                                   duration=gpu_seconds())
 
     async def reconstruct_video(self, video: str | None, face_index: int = 0, remove_background: bool = True,
                                 use_whole_image: bool = False, request: gr.Request = None,
@@ -246,9 +248,10 @@ class Endpoints:
         except ValueError as error:
             raise visitor_error(str(error), "No style") from None
 
-        async with aclosing(self.jobs.stream(request, "editing", self.edit_map, (PreprocessError, ValueError),
-                                             args=(segmentation_map, style_prompt, style_image, snap, frames),
-                                             progress=progress, duration=gpu_seconds(turntable_frames=frames))) as stream:
+        stream = self.jobs.stream(request, "editing", self.edit_map, (PreprocessError, ValueError),
+                                  args=(segmentation_map, style_prompt, style_image, snap, frames), progress=progress,
+                                  duration=gpu_seconds(turntable_frames=frames))
+        async with aclosing(stream):
             async for outputs in stream:  # Gradio closing this handler (stop pressed) closes the stream: the job stops
                 yield outputs
 
