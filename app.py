@@ -3,7 +3,8 @@
 This file is the Space's API and the frame of its page, read top to bottom: the endpoints (``Endpoints``, one
 method per API route, each calling one pipeline per task: ``PercHeadPipeline`` for /reconstruct and
 /decoder_layers, ``SequencePipeline`` for /reconstruct_video, ``PercHeadEditPipeline`` for /segment and /edit,
-``write_outputs`` for the files), then ``build_demo``, which lays out the page from one builder per tab
+``write_outputs`` for the files, each job's work a method registered with ``serving.gpu_task`` so that it can
+run in a ZeroGPU worker), then ``build_demo``, which lays out the page from one builder per tab
 (``layout.py``), then ``main``. Beside it: ``results.py`` turns a pipeline's result into the endpoint's outputs,
 ``serving.py`` loads the models and runs each job safely (see docs/app.md, "Limits and safety").
 
