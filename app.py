@@ -48,6 +48,7 @@ from serving import (
 MAX_FILE_SIZE = "32mb"  # uploads above this are refused by the server
 QUEUE_SIZE = 32  # requests waiting at once; more are refused with "queue is full"
 LAYER_VIEW_SIZE = 256  # side of each view in the decoder-layer strip
+FIT_SHOW_EVERY = 10  # the head being fitted is shown every this many steps
 
 
 # ---------------------------------------------------------------------------------------------- endpoints
@@ -178,9 +179,10 @@ class Endpoints:
         except ClipError as error:
             raise visitor_error(f"Bad video: {error}", "Unusable video") from None
         frames = math.ceil(min(seconds, CLIP_LIMITS.max_seconds) * CLIP_LIMITS.fps)
+        fit_steps = CLIP_LIMITS.fit_first_steps + CLIP_LIMITS.fit_next_steps * (frames - 1)
         return await self.jobs.run(request, "video reconstruction", self.video_heads,
                                    (ClipError, PreprocessError, EmptyMaskError), args=(video, face, options),
-                                   progress=progress, duration=gpu_seconds(video_frames=frames))
+                                   progress=progress, duration=gpu_seconds(fit_steps=fit_steps, video_frames=frames))
 
     async def segment(self, photo: str | None, remove_background: bool = True, auto_crop: bool = True,
                       use_whole_image: bool = False, map_source: str = "auto", request: gr.Request = None):
@@ -266,14 +268,19 @@ class Endpoints:
         model_input = str(job.folder / "model_input.png")
         notice = [self.holder.notice] if self.holder.notice else []
 
-        def show_before_fit(first):  # the feed-forward head at once; the fitted one replaces it
-            first.preprocessed[0].preview().save(model_input)
-            early = write_outputs(pipeline.model, first.gaussians, job.folder / "before_fit", turntable_frames=0,
-                                  view_size=0, formats=("ply",), timings=first.timings, notes=notice + first.notes)
+        shown = [0]  # heads shown while fitting: the photo's colours on the predicted head, then the fit's
+
+        def show_during_fit(part):  # each in its own folder: the page may still be reading the last one
+            if not shown[0]:
+                part.preprocessed[0].preview().save(model_input)
+            shown[0] += 1
+            early = write_outputs(pipeline.model, part.gaussians, job.folder / f"fitting_{shown[0]}",
+                                  turntable_frames=0, view_size=0, formats=("ply",), timings=part.timings,
+                                  notes=notice + part.notes)
             job.publish(result(early, model_input, early.notes, "fitting the head to the photo…"))
 
-        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config,
-                       before_fit=show_before_fit, **options)
+        rec = pipeline(image, progress=report, fit_steps=fit, fit=fit_config, before_fit=show_during_fit,
+                       during_fit=show_during_fit, during_fit_every=FIT_SHOW_EVERY, **options)
         rec.preprocessed[0].preview().save(model_input)
         out = write_outputs(pipeline.model, rec.gaussians, job.folder, turntable_frames=frames, progress=report,
                             timings=rec.timings, notes=notice + rec.notes,

@@ -2,7 +2,8 @@
 
 Starts the app with the bundled checkpoints, then, per run: upload an example, click Reconstruct, and time
 click → the head in the splat viewer (the viewer's canvas exists once it has the head's file; the
-turntable is still being rendered then) and click → the turntable video playing. Target for the head: ≤ 2 s
+first head the app sends for a photo is already the person, the photo's colours on the predicted head,
+and the turntable is still being rendered then) and click → the turntable video playing. Target for the head: ≤ 2 s
 on 2 CPU cores. With ``--screenshots DIR`` it also saves both tabs after a run, at desktop (1366×900) and
 phone (390×844) size, as JPEG (docs/results.md shows them).
 

@@ -6,9 +6,13 @@
 2. **Temporal stability** (paper Fig. 4: consistent geometry across frames): one synthetic head held still
    while the camera jitters a little (σ = 1° in yaw and pitch, 2 px in position, 1 % in scale): the mean
    distance a Gaussian moves between consecutive frames, with the crop smoothed (the default) and without;
-   against the same measure between *different* heads (each frame a different test head, held still),
+   against the same measure between *different* heads (each frame a different test head, held still, not
+   fitted: a warm start would carry one identity into the next),
    the change a real change of identity makes; and on the moving, turning head of the speed clip, where
    the crop's frame-to-frame jerk (second difference) is the detector's noise.
+
+Both with the default photo-fit (the first frame fitted, each next one warm-started from the previous fit)
+and without it (``*_unfitted``: the network's heads, as the paper).
 
     python benchmarks/video.py                       # bundled weights_card/, 10 s
     python benchmarks/video.py --seconds 4 --heads 6 --output video.json
@@ -88,6 +92,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pipe = SequencePipeline.from_pretrained(args.model, device="cpu")
     smooth_off = SequencePipeline(pipe.pipeline, SequenceConfig(smooth_s=0.0))
+    unfitted = SequencePipeline(pipe.pipeline, SequenceConfig(fit_first_steps=0))
     head = make_head(split_seeds("test")[0])
     results = {"model": args.model, "threads": torch.get_num_threads(), "frame": list(SIZE),
                "model_input": pipe.pipeline.image_size, "panel": pipe.config.panel_size}
@@ -103,11 +108,14 @@ def main() -> None:
         poses[0, :, 4] = SCALE
         moving = render_clip([head], poses, SIZE)
         out = run(pipe, moving, folder, "moving")
-        results["speed"] = {
-            "frames": out.frames, "seconds": round(out.timings["total"], 2),
-            "frames_per_second": round(out.frames / out.timings["total"], 2),
-            "seconds_per_frame": {k: round(v / out.frames, 4) for k, v in out.timings.items() if k != "total"},
-        }  # fmt: skip
+        plain = run(unfitted, moving, folder, "moving_unfitted")
+        for name, seq in (("speed", out), ("speed_unfitted", plain)):
+            results[name] = {
+                "frames": seq.frames, "seconds": round(seq.timings["total"], 2),
+                "frames_per_second": round(seq.frames / seq.timings["total"], 2),
+                "seconds_per_frame": {k: round(v / seq.frames, 4) for k, v in seq.timings.items() if k != "total"},
+            }  # fmt: skip
+        results["fit"] = {"first_frame_steps": pipe.config.fit_first_steps, "next_frame_steps": pipe.config.fit_next_steps}
         if args.figure:
             save_frames(out.video, args.figure)
         # 2. stability: one head held still, the camera jittering
@@ -120,21 +128,23 @@ def main() -> None:
         still[0, :, 4] = SCALE * (1 + rng.normal(0, 0.01, S))
         frames = render_clip([head], still, SIZE)
         stability = {}
-        for name, runner in (("smoothed", pipe), ("not_smoothed", smooth_off)):
+        for name, runner in (("smoothed", pipe), ("not_smoothed", smooth_off), ("smoothed_unfitted", unfitted)):
             seq = run(runner, frames, folder, f"still_{name}")
             jitter = np.abs(np.diff(seq.crops[:, :2], axis=0)).mean()
             stability[name] = {"gaussian_change_mm": round(consecutive_change_mm(means_per_frame(seq.heads)), 3),
                                "crop_centre_change_px": round(float(jitter), 2)}
         # the moving, turning head: the detector's noise on a smooth path, which smoothing removes
-        for name, runner in (("moving_smoothed", pipe), ("moving_not_smoothed", smooth_off)):
-            seq = out if name == "moving_smoothed" else run(runner, moving, folder, name)
+        for name, runner in (("moving_smoothed", pipe), ("moving_not_smoothed", smooth_off),
+                             ("moving_smoothed_unfitted", unfitted)):
+            seq = {"moving_smoothed": out, "moving_smoothed_unfitted": plain}.get(name) or run(runner, moving, folder, name)
             stability[name] = {"gaussian_change_mm": round(consecutive_change_mm(means_per_frame(seq.heads)), 3),
                                "crop_centre_jerk_px": round(float(np.abs(np.diff(seq.crops[:, :2], n=2, axis=0)).mean()), 2)}
         # different heads, each held still: what a change of identity moves
         heads = [make_head(split_seeds("test")[i]) for i in range(args.heads)]
         front = np.array([[[0.0, 5.0, 320.0, 240.0, SCALE]]], np.float32)  # [1, 1, 5]
         frames = np.concatenate([render_clip([h], front, SIZE) for h in heads])
-        seq = run(smooth_off, frames, folder, "different_heads")
+        different = SequencePipeline(pipe.pipeline, SequenceConfig(smooth_s=0.0, fit_first_steps=0))  # no warm start
+        seq = run(different, frames, folder, "different_heads")
         stability["different_heads"] = {"gaussian_change_mm": round(consecutive_change_mm(means_per_frame(seq.heads)), 3)}
         stability["ratio_still_smoothed_to_different"] = round(
             stability["smoothed"]["gaussian_change_mm"] / stability["different_heads"]["gaussian_change_mm"], 3)

@@ -14,6 +14,7 @@ from perchead.fit.gaussians import lr_factor, split_gaussians
 from perchead.fit.head_transform import head_transform
 from perchead.fit.pose import adjust_camera, search_pose
 from perchead.fit.priors import mirror_index
+from perchead.fit.projection import project_photo_colors
 from perchead.pipelines.reconstruct import PercHeadPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -471,7 +472,12 @@ def test_pipeline_fit_steps(pipe, photo):
                before_fit=first.append)
     plain = pipe(image, mask)
     assert len(first) == 1 and "fit" not in first[0].timings and first[0].views is None  # shown while fitting
-    torch.testing.assert_close(first[0].gaussians.colors, plain.gaussians.colors)  # the feed-forward head
+    # the feed-forward head wearing the photo's colours where the frontal model framing sees it
+    front = pipe.model.default_cameras([0.0], size=image.shape[-1])
+    colored, _ = project_photo_colors(pipe.model, plain.gaussians, *pipe.prepare(image, mask), front)
+    torch.testing.assert_close(first[0].gaussians.colors[0], colored.colors)
+    torch.testing.assert_close(first[0].gaussians.means, plain.gaussians.means)
+    assert not torch.equal(first[0].gaussians.colors, plain.gaussians.colors)
     assert "fit" in rec.timings and rec.timings["fit"] >= 0
     assert rec.gaussians.batch_size == 1 and rec.views.rgb.shape == (1, 2, 3, 32, 32)
     assert not torch.equal(rec.gaussians.colors, plain.gaussians.colors)  # the views come from the fitted head
@@ -692,3 +698,71 @@ def test_settings_are_named_by_group_and_field():
             FitConfig().with_overrides({bad: 1})
     with pytest.raises(ValueError, match="FitConfig.latent"):
         FitConfig(latent=FitConfig().gaussians)  # a group of the wrong kind
+
+
+# ------------------------------------------------------------------------------------------ the first look
+def test_projection_takes_the_photos_colours_where_the_camera_sees(model, photo):
+    """The photo's colours on the Gaussians the input camera sees squarely and in front: its render from that
+    camera comes much closer to the photo; the back of the head and the shape keep the prediction's."""
+    from perchead.fit.views import facing, render
+
+    _, _, g, cam, _ = photo
+    S = model.config.render.image_size
+    lo, hi = g.means.min(0).values, g.means.max(0).values
+    person = type(g)(means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities,
+                     colors=(g.means - lo) / (hi - lo))  # [N, 3] colours that vary smoothly over the head
+    with torch.no_grad():
+        seen = model.render_at(person, cam.viewmats, cam.Ks, S, S, refine=False)
+    image, mask = seen.rgb[0], seen.alpha[0]  # [1, 3, S, S], [1, 1, S, S]
+    colored, share = project_photo_colors(model, g, image, mask, cam)
+    assert share.shape == (g.num_gaussians,) and 0 <= float(share.min()) and float(share.max()) <= 1
+    torch.testing.assert_close(colored.means, g.means)
+    away = facing(model.template.normals, g.means, cam.viewmats) < -0.1  # [N] facing away from the camera
+    assert away.any() and float(share[away].abs().max()) == 0.0
+    torch.testing.assert_close(colored.colors[away], g.colors[away])
+
+    def photo_l1(head):
+        rgb, _ = render(model, head, cam.viewmats, cam.Ks, S, refine=False)
+        return float(((rgb - image).abs() * mask).mean())
+
+    assert photo_l1(colored) < 0.6 * photo_l1(g)
+    # a camera of another size is scaled to the image: the same colours
+    big = type(cam)(cam.viewmats, cam.Ks * torch.tensor([[2.0], [2.0], [1.0]]), 2 * S, 2 * S)
+    torch.testing.assert_close(project_photo_colors(model, g, image, mask, big)[0].colors, colored.colors)
+
+
+def test_projection_refuses_what_it_cannot_colour(model, photo):
+    image, mask, g, cam, _ = photo
+    with pytest.raises(ValueError, match="one head"):
+        project_photo_colors(model, type(g).stack([g, g]), image, mask, cam)
+    with pytest.raises(ValueError, match="template"):
+        project_photo_colors(model, g[: g.num_gaussians // 2], image, mask, cam)
+    with pytest.raises(ValueError, match="mask"):
+        project_photo_colors(model, g, image, mask[..., :5], cam)
+    with pytest.raises(ValueError, match="one view"):
+        project_photo_colors(model, g, image, mask, model.default_cameras([0.0, 90.0]))
+
+
+def test_the_head_being_fitted_is_handed_out_every_few_steps(model, photo):
+    """``on_head``: after the latent stage, then before every ``head_every``-th Gaussian step; each head is
+    detached and closer to the photo than the one before; the returned head is what the steps reach."""
+    image, mask, g, cam, _ = photo
+    heads = []
+    config = tiny({"gaussians.steps": 7, "latent.steps": 2, "photo.through_refiner": False})
+    result = fit_to_photo(model, g, image, mask, camera=cam, config=config, on_head=heads.append, head_every=3)
+    assert len(heads) == 3  # the latent stage's head, then before steps 4 and 7
+    assert all(not h.means.requires_grad and not h.is_batched for h in heads)
+    assert not torch.equal(heads[1].colors, heads[2].colors)
+    plain = fit_to_photo(model, g, image, mask, camera=cam, config=config)
+    torch.testing.assert_close(result.gaussians.colors, plain.gaussians.colors)  # watching changes nothing
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="head_every"):
+            fit_to_photo(model, g, image, mask, camera=cam, config=config, on_head=heads.append, head_every=bad)
+
+
+def test_pipeline_streams_the_head_while_fitting(pipe, photo):
+    image, mask, _, _, _ = photo
+    shown = []
+    rec = pipe(image, mask, fit_steps=5, fit=tiny(), during_fit=shown.append, during_fit_every=2)
+    assert len(shown) == 2 and all(part.gaussians.batch_size == 1 and part.views is None for part in shown)
+    assert shown[-1].gaussians.num_gaussians == rec.gaussians.num_gaussians  # the fit's (split) head

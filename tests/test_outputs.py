@@ -10,7 +10,7 @@ import torch
 from perchead.geometry.gaussians import Gaussians, load_ply, load_splat
 from perchead.models.config import PercHeadConfig
 from perchead.models.perchead import PercHead
-from perchead.export.files import VIEWER_AZIMUTH_RAD, VIEWER_SCALE, to_web_viewer
+from perchead.export.files import VIEWER_AZIMUTH_RAD, VIEWER_ELEVATION_RAD, VIEWER_SCALE, to_web_viewer
 from perchead.export.outputs import write_outputs
 
 
@@ -20,16 +20,19 @@ def model():
     return PercHead(PercHeadConfig.preset("tiny")).eval()
 
 
-def test_web_viewer_copy_is_upright_faces_the_start_camera_and_is_enlarged():
+def test_web_viewer_copy_is_upright_faces_the_start_camera_at_eye_level_and_is_enlarged():
     # three marker Gaussians: the crown (+Y), the nose tip (+Z) and the head's left (+X), canonical frame
     points = torch.tensor([[0.0, 0.1, 0.0], [0.0, 0.0, 0.1], [0.1, 0.0, 0.0]])
     g = Gaussians(means=points, quats=torch.tensor([[1.0, 0, 0, 0]] * 3), scales=torch.full((3, 3), 0.01),
                   opacities=torch.full((3,), 0.5), colors=torch.full((3, 3), 0.5))
     crown, nose, left = to_web_viewer(g).means
-    assert crown[1] < 0 and abs(crown[1]) == pytest.approx(0.1 * VIEWER_SCALE)  # up is −Y in gsplat.js
-    # gsplat.js's orbit camera starts at (sin α, −, −cos α)·r: the nose must point to it (horizontally)
-    camera = torch.tensor([math.sin(VIEWER_AZIMUTH_RAD), 0.0, -math.cos(VIEWER_AZIMUTH_RAD)])
+    assert crown[1] < 0 and crown.norm() == pytest.approx(0.1 * VIEWER_SCALE)  # up is −Y in gsplat.js
+    # gsplat.js's orbit camera starts at (sin α cos β, −sin β, −cos α cos β)·r: the nose points straight at it
+    # (the face seen at eye level, not from above), and the crown is square to the view (upright on screen)
+    a, b = VIEWER_AZIMUTH_RAD, VIEWER_ELEVATION_RAD
+    camera = torch.tensor([math.sin(a) * math.cos(b), -math.sin(b), -math.cos(a) * math.cos(b)])
     torch.testing.assert_close(nose / nose.norm(), camera)
+    assert float(crown @ camera) == pytest.approx(0.0, abs=1e-6)
     assert torch.cross(camera, left / left.norm(), dim=0)[1] < 0  # no mirror: the left stays on the viewer's right
 
 

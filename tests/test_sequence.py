@@ -30,7 +30,8 @@ FPS, SECONDS = 10, 2
 def seq():
     torch.manual_seed(0)
     pipe = PercHeadPipeline(PercHead(PercHeadConfig.preset("tiny")), device="cpu")
-    return SequencePipeline(pipe, SequenceConfig(batch_size=4, panel_size=64))
+    return SequencePipeline(pipe, SequenceConfig(batch_size=4, panel_size=64, fit_preset="tiny", fit_first_steps=4,
+                                                 fit_next_steps=2))
 
 
 def moving_head(T: int, seed: int = 0, jitter_px: float = 3.0) -> np.ndarray:
@@ -93,7 +94,41 @@ def test_clip_gives_one_head_per_frame_a_video_and_a_zip(seq, clip, analyzer, tm
     fractions = [fraction for fraction, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(f"frame {T}/{T}" in stage for _, stage in seen) and any("finding the face" in s for _, s in seen)
-    assert {"decode", "track", "cut_out", "reconstruct", "render", "write", "total"} <= set(out.timings)
+    assert {"decode", "track", "cut_out", "reconstruct", "fit", "render", "write", "total"} <= set(out.timings)
+
+
+def test_heads_are_fitted_from_the_first_frame_on_and_the_summary_says_so(seq, clip, analyzer, tmp_path):
+    """The first frame's head is fitted from the network's; every next one starts from the previous fit, so
+    its Gaussians are the previous ones, moved a little; without a fit the heads are the network's, and the
+    notes say which."""
+    from perchead.geometry.gaussians import load_ply
+
+    def heads(out, folder):
+        with zipfile.ZipFile(out.heads) as archive:
+            return [load_ply(archive.extract(name, folder)) for name in archive.namelist()]
+
+    fitted = seq(clip, tmp_path / "fitted")
+    plain_seq = SequencePipeline(seq.pipeline, SequenceConfig(batch_size=4, panel_size=64, fit_first_steps=0))
+    plain = plain_seq(clip, tmp_path / "plain")
+    assert fitted.fitted and not plain.fitted
+    assert any("fitted to the frames: the first frame's head for 4 steps" in n and "previous frame's fitted head for 2"
+               in n for n in fitted.notes), fitted.notes
+    assert any("not fitted to the frames" in n for n in plain.notes) and "fit" not in plain.timings
+    ours, theirs = heads(fitted, tmp_path / "a"), heads(plain, tmp_path / "b")
+    assert all(h.num_gaussians == theirs[0].num_gaussians for h in ours)  # one Gaussian per template point
+    assert float((ours[0].colors - theirs[0].colors).abs().mean()) > 1e-3  # the first head is fitted
+    change = [float((b.colors - a.colors).abs().mean()) for a, b in zip(ours, ours[1:])]
+    assert all(c > 0 for c in change)  # every frame is fitted to its own picture …
+    assert np.mean(change) < float((ours[-1].colors - theirs[-1].colors).abs().mean())  # … from the last one
+    config = SequenceConfig(fit_first_steps=0)
+    assert config.fit_configs() is None
+    first, following = SequenceConfig(fit_first_steps=30, fit_next_steps=3).fit_configs()
+    assert (first.gaussians.steps, first.gaussians.split_share) == (30, 0.0) and first.latent.steps > 0
+    assert (following.gaussians.steps, following.latent.steps, following.pose.search, following.camera.steps,
+            following.head.enabled) == (3, 0, False, 0, False)
+    for bad in ({"fit_first_steps": -1}, {"fit_next_steps": 1.5}, {"fit_preset": "nope"}):
+        with pytest.raises(ValueError):
+            SequenceConfig(**bad)
 
 
 def test_smoothing_reduces_the_crop_jitter(seq, clip, analyzer, tmp_path):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,8 @@ def fit_to_photo(
     inside: Tensor | None = None,
     tokens=None,
     framing: Framing | None = None,
+    on_head: Callable[[Gaussians], None] | None = None,
+    head_every: int = 10,
 ) -> FitResult:
     """Refines one predicted head so its render from the input camera matches the photo.
 
@@ -138,23 +141,30 @@ def fit_to_photo(
         framing: how the photo's crop was chosen from its matte, for a searched camera (``camera`` None):
             each candidate view is cropped the same way (:func:`framed_like_the_photo`). None = the model's
             own framing.
+        on_head: called with the head as it is now (detached, ``[N', …]``, as the input view sees it) after
+            the latent stage and every ``head_every`` steps of the Gaussian stage (not after the last: that
+            head is returned), e.g. to show the head improving while it is fitted; may raise to cancel.
+        head_every: steps between two calls of ``on_head``.
 
     Returns:
         :class:`FitResult` (detached Gaussians ``[N, …]``).
 
     Raises:
-        ValueError: a batch of heads, or images / masks / ``inside`` maps / cameras of the wrong shape.
+        ValueError: a batch of heads, images / masks / ``inside`` maps / cameras of the wrong shape, or a
+            ``head_every`` below 1.
     """
+    if isinstance(head_every, bool) or not isinstance(head_every, int) or head_every < 1:
+        raise ValueError(f"head_every must be a whole number of steps ≥ 1, got {head_every!r}")
     config = config or FitConfig()
     gaussians, image, mask, inside = _checked(gaussians, image, mask, inside, camera)
     with _frozen(model):
         return _fit(model, gaussians, image, mask, camera, config, progress, progress_range, landmarks, inside,
-                    tokens, framing)
+                    tokens, framing, on_head, head_every)
 
 
 def _fit(model, gaussians: Gaussians, image: Tensor, mask: Tensor, camera: Cameras | None, config: FitConfig,
          progress: Progress, progress_range: tuple[float, float], landmarks, inside: Tensor, tokens,
-         framing: Framing | None) -> FitResult:
+         framing: Framing | None, on_head: Callable[[Gaussians], None] | None, head_every: int) -> FitResult:
     """:func:`fit_to_photo` with checked inputs and the model frozen: the method's stages in order."""
     device = gaussians.means.device
     image = image.to(device, torch.float32)
@@ -186,12 +196,14 @@ def _fit(model, gaussians: Gaussians, image: Tensor, mask: Tensor, camera: Camer
                                                        config.photo.through_refiner)))
         g0, losses = latent_stage(model, *model_input, camera, terms.photo_l1, terms.silhouette_l1, config, progress,
                                   (lo, split), tokens)
+        if on_head is not None and config.gaussians.steps:
+            on_head(g0.detach())
     # 3. the face shape: the face mesh's depth profile
     if config.face.enabled and landmarks is not None:
         g0, note = apply_face_shape(g0, landmarks, camera, S / input_size, config)
         notes.append(note)
     # 4. the Gaussian stage: finer Gaussians, the head transform, the camera and every Gaussian under the priors
-    stage = gaussian_stage(model, g0, camera, terms, config, progress, (split, hi))
+    stage = gaussian_stage(model, g0, camera, terms, config, progress, (split, hi), on_head, head_every)
     losses += stage.losses
     if not config.latent.steps:
         first_photo = stage.first_photo

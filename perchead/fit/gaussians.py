@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -100,7 +101,8 @@ def split_facing(model, g0: Gaussians, camera: Cameras, config: FitConfig) -> tu
 
 
 def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConfig, progress: Progress,
-                   span: tuple[float, float]) -> GaussianStage:
+                   span: tuple[float, float], on_head: Callable[[Gaussians], None] | None = None,
+                   head_every: int = 10) -> GaussianStage:
     """Fits bounded changes of every Gaussian of ``g0`` (split first: :func:`split_facing`), the head transform
     and the input camera to the photo for ``gaussians.steps`` steps, under the priors.
 
@@ -116,6 +118,9 @@ def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConf
         config: the fit's settings.
         progress: called once per step with a fraction in ``span``; may raise to cancel.
         span: the fractions of the first and last step.
+        on_head: called with the head before every ``head_every``-th step (not the first: the caller has
+            shown the start; detached, turned as the input view sees it with ``camera.rotate_head``).
+        head_every: steps between two calls of ``on_head``.
 
     Returns:
         :class:`GaussianStage`.
@@ -175,6 +180,10 @@ def gaussian_stage(model, g0: Gaussians, camera: Cameras, terms, config: FitConf
         d_scale.requires_grad_(geometry)
         g = current()
         viewmats, Ks = adjust_camera(camera, d_camera if refine_cam else d_camera.detach(), config)
+        if on_head is not None and step and step % head_every == 0:
+            with torch.no_grad():
+                shown = g.detach()
+                on_head(_turned(shown, camera, viewmats.detach()) if config.camera.rotate_head else shown)
         if config.camera.rotate_head:  # the same view of the head, but the head turns (every other view sees it)
             rgb, alpha = render(model, _turned(g, camera, viewmats), camera.viewmats, Ks, S,
                                 refine=config.photo.through_refiner)

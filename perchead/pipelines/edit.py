@@ -212,6 +212,19 @@ class PercHeadEditPipeline:
             raise ValueError(f"unknown map source {source!r}; choose one of {', '.join(MAP_SOURCES)}")
         prep = preprocess(photo, self.preprocess_config(remove_background=remove_background, auto_crop=auto_crop,
                                                         use_whole_image=use_whole_image))
+        labels = self.map_of(prep, source)  # [S, S]
+        return (labels, prep) if return_preprocessed else labels
+
+    @torch.no_grad()
+    def map_of(self, prep: Preprocessed, source: str = "auto") -> Tensor:
+        """The class map of an already preprocessed photo (e.g. a reconstruction's crop), as :meth:`segment`
+        makes it; a note on which map ran is added to ``prep.notes``.
+
+        Returns:
+            labels ``[S, S]`` long (background outside the mask).
+        """
+        if source not in MAP_SOURCES:
+            raise ValueError(f"unknown map source {source!r}; choose one of {', '.join(MAP_SOURCES)}")
         labels = prep.label_map() if source != "parser" else None  # [S, S] or None
         if labels is not None:
             labels = torch.where(prep.mask[0, 0] >= 0.5, labels, torch.zeros_like(labels))
@@ -223,8 +236,7 @@ class PercHeadEditPipeline:
             else:
                 prep.notes.append("map from the face parser (trained on synthetic heads)")
             labels = self.parser.parse(prep.image[0], mask=prep.mask[0])  # [S, S]
-        labels = labels.long().cpu()
-        return (labels, prep) if return_preprocessed else labels
+        return labels.long().cpu()
 
     def labels_from_color(self, image: Any, snap: bool = False, max_side: int = MAX_MAP_SIDE,
                           return_notes: bool = False) -> Tensor | tuple[Tensor, list[str]]:

@@ -203,6 +203,8 @@ class PercHeadPipeline:
         fit_steps: int = 0,
         fit: FitConfig | None = None,
         before_fit: Callable[[Reconstruction], None] | None = None,
+        during_fit: Callable[[Reconstruction], None] | None = None,
+        during_fit_every: int = 10,
         **preprocess_options,
     ) -> Reconstruction:
         """Reconstructs the head in a photo, or the heads in a batch of prepared images.
@@ -223,8 +225,12 @@ class PercHeadPipeline:
                 is the photo's head pose (from landmarks) when known, else a render-and-compare search.
             fit: the fit's other settings (default: ``FitConfig.preset("fast")``); its ``gaussians.steps`` are
                 replaced by ``fit_steps``.
-            before_fit: called with the feed-forward result (no views) before the fit starts, e.g. to show
-                the head while it is being fitted.
+            before_fit: called before the fit starts with the feed-forward head wearing the photo's colours
+                where the input camera sees it (:func:`perchead.fit.projection.project_photo_colors`: no
+                optimisation, milliseconds; no views), e.g. to show the person at once while the head is fitted.
+            during_fit: called with the head being fitted (a batch of one, no views) after the fit's latent
+                stage and every ``during_fit_every`` steps of its Gaussian stage, e.g. to show it improving.
+            during_fit_every: steps between two calls of ``during_fit``.
             **preprocess_options: fields of :class:`perchead.photo.config.PreprocessConfig` for a photo
                 (``remove_background``, ``auto_crop``, ``use_whole_image``, …).
 
@@ -258,11 +264,20 @@ class PercHeadPipeline:
         # 4.–5. Gaussian head (float32), optional renders + refiner
         if fit_steps:
             gaussians, _ = gaussians_and_views(self.model, tokens3d, None, refine, timer)
+            prep_notes = [note for prep in prepared or [] for note in prep.notes]
             if before_fit is not None:
-                before_fit(Reconstruction(gaussians=gaussians, preprocessed=prepared, timings=dict(timer.timings),
-                                          notes=[note for prep in prepared or [] for note in prep.notes]))
-            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d)
-            timer("fit")
+                colored = self._photo_colored(gaussians, image, mask, prepared, fit)
+                timer("project")
+                before_fit(Reconstruction(gaussians=colored, preprocessed=prepared, timings=dict(timer.timings),
+                                          notes=prep_notes))
+            on_head = None
+            if during_fit is not None:
+                def on_head(head: Gaussians) -> None:
+                    during_fit(Reconstruction(gaussians=head[None], preprocessed=prepared,
+                                              timings=dict(timer.timings), notes=prep_notes))
+            gaussians, fit_notes = self._fit(gaussians, image, mask, prepared, fit, progress, tokens2d, on_head,
+                                             during_fit_every)
+            timer("fit")  # with any before_fit / during_fit callbacks' time
             views = None
             if cameras is not None:
                 views = self.model.render_views(gaussians, cameras, refine=refine)
@@ -359,13 +374,40 @@ class PercHeadPipeline:
         image, mask = self.prepare(image, mask)
         return image, mask, prepared
 
+    def _input_camera(self, prepared: Preprocessed | None, config: FitConfig) -> Cameras | None:
+        """The photo's input camera from its landmark pose (with the fit's pitch offset), or None."""
+        if prepared is None:
+            return None
+        r = self.model.config.render
+        return prepared.input_camera(radius=r.radius, fov_deg=r.fov_deg,
+                                     pitch_offset_deg=config.pose.landmark_pitch_offset_deg)
+
+    def _photo_colored(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
+                       config: FitConfig) -> Gaussians:
+        """Each feed-forward head with its photo's colours where its input camera (the landmark pose, else
+        the frontal model framing) sees it: the first look at the person, before the fit. ``[B, N, …]``"""
+        from perchead.fit.projection import project_photo_colors
+        from perchead.geometry.cameras import orbit_cameras
+
+        r = self.model.config.render
+        heads = []
+        for b in range(gaussians.batch_size):
+            camera = self._input_camera(prepared[b] if prepared is not None else None, config)
+            if camera is None:
+                camera = orbit_cameras([0.0], [0.0], radius=r.radius, fov_deg=r.fov_deg, size=image.shape[-1])
+            heads.append(project_photo_colors(self.model, gaussians[b], image[b : b + 1], mask[b : b + 1],
+                                              camera)[0])
+        return Gaussians.stack(heads)
+
     def _fit(self, gaussians: Gaussians, image: Tensor, mask: Tensor, prepared: list[Preprocessed] | None,
-             config: FitConfig, progress: Progress, tokens2d: Tokens2D) -> tuple[Gaussians, list[str]]:
+             config: FitConfig, progress: Progress, tokens2d: Tokens2D,
+             on_head: Callable[[Gaussians], None] | None = None,
+             head_every: int = 10) -> tuple[Gaussians, list[str]]:
         """Photo-fit of each head to its own input (progress 0.1 → 0.3 over all heads), its latent stage
         starting from the encoder's tokens ``tokens2d`` of the batch; a photo is compared at its finer cut
         (``Preprocessed.fine``, ``config.photo.crop_size``) where it has one, and a photo cropped by its own
         alpha channel without a landmark pose is searched with views cropped by the same rule
-        (``Preprocessed.framing``).
+        (``Preprocessed.framing``); ``on_head`` / ``head_every`` as for :func:`fit_to_photo`.
         Returns (heads, notes)."""
         B = gaussians.batch_size
         heads, notes = [], []
@@ -378,9 +420,7 @@ class PercHeadPipeline:
             if prepared is not None:
                 inside = (fine or prepared[b]).inside_photo()
                 inside = F.interpolate(inside, size=photo.shape[-2:], mode="area")  # [1, 1, P, P]
-                r = self.model.config.render
-                camera = prepared[b].input_camera(radius=r.radius, fov_deg=r.fov_deg,
-                                                  pitch_offset_deg=config.pose.landmark_pitch_offset_deg)
+                camera = self._input_camera(prepared[b], config)
                 if camera is None:  # searched: cropped as the photo was, when its alpha channel framed it
                     framing = prepared[b].framing
                 if camera is not None:
@@ -397,7 +437,8 @@ class PercHeadPipeline:
             with torch.enable_grad():
                 result = fit_to_photo(self.model, gaussians[b], photo, photo_mask, camera=camera,
                                       config=config, progress=progress, progress_range=span, landmarks=landmarks,
-                                      inside=inside, tokens=tokens2d.item(b), framing=framing)
+                                      inside=inside, tokens=tokens2d.item(b), framing=framing,
+                                      on_head=on_head, head_every=head_every)
             heads.append(result.gaussians)
             notes += result.notes
         return Gaussians.stack(heads), notes

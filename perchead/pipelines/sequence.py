@@ -26,8 +26,16 @@ Example::
     seq = SequencePipeline.from_pretrained("weights_card")
     out = seq("talking.mp4", "outputs/talking")          # out.video, out.heads (zip of .ply), out.timings
 
-The photo-fit (:mod:`perchead.fit`) is not run: a few seconds per frame on a CPU, and fitting
-each frame alone would undo the consistency that smoothing buys.
+The network's head alone is an averaged likeness, so the heads are then fitted to the frames
+(:mod:`perchead.fit`, ``fit_first_steps`` / ``fit_next_steps``): the first frame's head fully (its latent
+stage and ``fit_first_steps`` Gaussian steps, a few seconds on a CPU), and every next frame starting from
+the previous frame's fitted head, for only ``fit_next_steps`` steps. Each frame is seen from its own head
+pose (from the face-mesh landmarks, as a photo's, smoothed over time like the crop), so a head that turns
+in the clip is compared from the turned view rather than painted over. Fitting each frame from scratch would
+cost the full fit per frame and undo the consistency that smoothing buys; warm-started, a frame changes only
+where its photo differs from the last (the mouth, the eyes, the turn of the head). What the frames never
+show (the back, the sides turned away) keeps the first frame's fit. ``fit_first_steps = 0`` gives the
+network's heads, unfitted, as the paper does.
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from perchead.geometry.gaussians import save_ply
+from perchead.fit.config import FitConfig, check_steps, with_steps
+from perchead.fit.driver import fit_to_photo
+from perchead.geometry.cameras import Cameras
+from perchead.geometry.gaussians import Gaussians, save_ply
 from perchead.progress import Progress, no_progress
 from perchead.geometry.images import to_uint8
 from perchead.photo.config import PreprocessConfig
@@ -81,6 +92,14 @@ class SequenceConfig:
         elevation_deg: the render camera's elevation.
         refine: run the CNN refiner on the renders; None = only on CUDA (as the turntable).
         crf: x264 quality of the side-by-side video (lower = better, larger).
+        fit_first_steps: photo-fit steps of the first frame's head (after the fit's latent stage); 0 = no
+            fit at all: the network's heads, as in the paper.
+        fit_next_steps: photo-fit steps of every next frame, starting from the previous frame's fitted head
+            (no latent stage, no new split, the previous input camera, no camera or head-outline change: only
+            the Gaussians move, so the crop's jitter does not shake the head); 0 = the first frame's fitted
+            head for every frame.
+        fit_preset: the :class:`~perchead.fit.config.FitConfig` preset of those fits (its finer split of the
+            face is left out: the warm-started frames need one Gaussian per template point).
     """
 
     fps: float = 10.0
@@ -97,8 +116,14 @@ class SequenceConfig:
     elevation_deg: float = 5.0
     refine: bool | None = None
     crf: int = 20
+    fit_first_steps: int = 40
+    fit_next_steps: int = 5
+    fit_preset: str = "fast"
 
     def __post_init__(self) -> None:
+        check_steps(self.fit_first_steps)
+        check_steps(self.fit_next_steps)
+        FitConfig.preset(self.fit_preset)  # raises for an unknown name
         if not (0 < self.fps <= 60):
             raise ValueError(f"fps must lie in (0, 60], got {self.fps}")
         if not (0 < self.max_seconds <= 600):
@@ -107,6 +132,16 @@ class SequenceConfig:
             raise ValueError("batch_size must be ≥ 1, panel_size ≥ 16 and max_side ≥ min_side")
         if self.smooth_s < 0:
             raise ValueError(f"smooth_s must be 0 or more, got {self.smooth_s}")
+
+    def fit_configs(self) -> tuple[FitConfig, FitConfig] | None:
+        """(the first frame's fit, every next frame's warm-started fit), or None without a fit."""
+        if not self.fit_first_steps:
+            return None
+        first = with_steps(FitConfig.preset(self.fit_preset, {"gaussians.split_share": 0.0}), self.fit_first_steps)
+        # the next frames keep the first frame's camera, head outline and turn: a few steps of the Gaussians
+        following = with_steps(first.with_overrides({"latent.steps": 0, "pose.search": False, "camera.steps": 0,
+                                                     "head.enabled": False}), self.fit_next_steps)
+        return first, following
 
     @property
     def max_frames(self) -> int:
@@ -145,8 +180,9 @@ class HeadSequence:
         raw_crops: per-frame crop from the tracked face, NaN where it was not found. ``[T, 4]`` (cx, cy, side, roll°)
         crops: the smoothed crops that were used. ``[T, 4]``
         face_boxes: the tracked face's box per frame, None where it was not found.
-        timings: seconds per stage (``decode``, ``track``, ``cut_out``, ``reconstruct``, ``render``,
-            ``write``) and ``total``.
+        timings: seconds per stage (``decode``, ``track``, ``cut_out``, ``reconstruct``, ``fit`` when fitted,
+            ``render``, ``write``) and ``total``.
+        fitted: whether the heads were fitted to the frames (``SequenceConfig.fit_first_steps``).
         notes: remarks for the user.
     """
 
@@ -159,6 +195,7 @@ class HeadSequence:
     face_boxes: list[Box | None]
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    fitted: bool = False
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -447,7 +484,9 @@ class SequencePipeline:
             raise ClipError(f"no face was found in any frame of the video{which}; use a clip showing a face, or "
                             "enable 'use the whole image'")
         stage("track")
-        # 4.–5. cut out, reconstruct in batches, render, write as they come
+        fits, previous = config.fit_configs(), None
+        views = self._input_views(fits, landmarks, frames.shape[2], frames.shape[1], prep_config, clip.fps)
+        # 4.–5. cut out, reconstruct in batches, (fit,) render, write as they come
         refine = pipe.device.type == "cuda" if config.refine is None else config.refine
         azimuths = config.orbit_deg * np.sin(2 * np.pi * np.arange(T) / clip.fps / config.orbit_period_s)  # [T]
         cameras = pipe.model.default_cameras(azimuths.tolist(), config.elevation_deg, size=config.panel_size)
@@ -455,6 +494,7 @@ class SequencePipeline:
         mask_sources: set[str] = set()
 
         def side_by_side():
+            nonlocal previous
             with zipfile.ZipFile(heads_path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
                 for first in range(0, T, config.batch_size):
                     batch = range(first, min(T, first + config.batch_size))
@@ -469,8 +509,20 @@ class SequencePipeline:
                         mask_sources.add(source)
                     stage("cut_out")
                     inputs = torch.cat(images)  # [B, 3, S, S]
-                    gaussians = pipe(inputs, torch.cat(masks)).gaussians  # [B, N, …]
-                    stage("reconstruct")
+                    if fits is None or previous is None:  # warm-started frames need no prediction
+                        gaussians = pipe(inputs, torch.cat(masks)).gaussians  # [B, N, …]
+                        stage("reconstruct")
+                    heads = []
+                    for b, t in enumerate(batch):
+                        if fits is not None:
+                            progress(0.3 + 0.7 * first / T, f"frame {t + 1}/{T}: fitting the head to the frame")
+                            predicted = gaussians[b] if previous is None else None  # only the first is used
+                            previous = self._fit(fits, previous, predicted, images[b], masks[b], views[t])
+                            heads.append(previous.gaussians)
+                            stage("fit")
+                        else:
+                            heads.append(gaussians[b])
+                    gaussians = Gaussians.stack(heads)  # [B, N, …]
                     for b, t in enumerate(batch):
                         rgb = pipe.model.render_views(gaussians[b : b + 1], cameras[t : t + 1], refine=refine).rgb
                         right = to_uint8(rgb[0, 0])  # [P, P, 3]
@@ -491,9 +543,57 @@ class SequencePipeline:
             notes.append("the heads were cut out with GrabCut (the matting network is unavailable)")
         if not refine:
             notes.append("the renders skip the final sharpening step to stay quick on a CPU")
+        if fits is None:
+            notes.append("the heads are the network's prediction for each frame, not fitted to the frames: an "
+                         "averaged likeness")
+        else:
+            notes.append(f"the heads are fitted to the frames: the first frame's head for {config.fit_first_steps} "
+                         f"steps, every next frame starting from the previous frame's fitted head for "
+                         f"{config.fit_next_steps} steps; the sides and back that no frame shows are the network's "
+                         "guess")
         progress(1.0, "done")
         timings["total"] = time.perf_counter() - start
-        return HeadSequence(video_path, heads_path, written, clip.fps, raw, crops, boxes, timings, notes)
+        return HeadSequence(video_path, heads_path, written, clip.fps, raw, crops, boxes, timings, notes,
+                            fitted=fits is not None)
+
+    def _input_views(self, fits, landmarks: list, width: int, height: int, prep_config: PreprocessConfig,
+                     fps: float) -> list[Cameras | None]:
+        """Each frame's input camera for the fit: the head pose from its face-mesh landmarks (as a photo's),
+        smoothed over time like the crop (frames without landmarks take their neighbours'); all None without a
+        fit or without any landmarks (the first frame's camera is then searched and kept)."""
+        from perchead.geometry.cameras import orbit_cameras
+        from perchead.photo import faces as face_module
+
+        T = len(landmarks)
+        if fits is None:
+            return [None] * T
+        angles = np.full((T, 4), np.nan)  # (yaw, pitch, 1, 0): smoothed as a crop is
+        for t, points in enumerate(landmarks):
+            if points is not None:
+                try:
+                    pose = face_module.estimate_pose(points, width, height, prep_config.photo_fov_deg)
+                except RuntimeError:
+                    continue
+                angles[t] = (pose.yaw_deg, pose.pitch_deg, 1.0, 0.0)
+        if not np.isfinite(angles[:, 0]).any():
+            return [None] * T
+        angles = smooth_crops(angles, round(self.config.smooth_s * fps / 2))  # [T, 4]
+        r, offset = self.pipeline.model.config.render, fits[0].pose.landmark_pitch_offset_deg
+        return [orbit_cameras([float(yaw)], [max(-89.0, min(89.0, float(pitch) + offset))], radius=r.radius,
+                              fov_deg=r.fov_deg, size=self.pipeline.image_size) for yaw, pitch, _, _ in angles]
+
+    def _fit(self, fits: tuple[FitConfig, FitConfig], previous, predicted: Gaussians | None, image: torch.Tensor,
+             mask: torch.Tensor, camera: Cameras | None):
+        """One frame's photo-fit: the first frame's from the network's head ``[N, …]``, every next one
+        warm-started from ``previous`` (a :class:`~perchead.fit.driver.FitResult`). ``image`` ``[1, 3, S, S]``,
+        ``mask`` ``[1, 1, S, S]``; ``camera``: the frame's head pose (None: searched for the first frame, the
+        previous one's after). Returns the FitResult."""
+        first, following = fits
+        with torch.enable_grad():
+            if previous is None:
+                return fit_to_photo(self.pipeline.model, predicted, image, mask, camera=camera, config=first)
+            return fit_to_photo(self.pipeline.model, previous.gaussians, image, mask,
+                                camera=camera if camera is not None else previous.camera, config=following)
 
 
 def _centre_side(box: Box) -> tuple[float, float, float]:
