@@ -207,13 +207,14 @@ def test_app_with_spaces_installed_runs_and_stops_jobs_in_process_and_in_a_forke
     from spaces.zero.wrappers import generator_function_wrapper
 
     import app
+    from layout import EXAMPLES
     from serving import ModelHolder
 
     assert not Config.zero_gpu
     assert spaces.GPU(duration=5)(serving._gpu_job) is serving._gpu_job and serving.gpu_job is serving._gpu_job
     holder = ModelHolder(None, "cpu").start()
     assert holder.ready(), holder.error
-    photo = handle_file(str(app.EXAMPLES / "head0_front.png"))
+    photo = handle_file(str(EXAMPLES / "head0_front.png"))
     asked = zerogpu[1]  # a fresh wrapper forks a fresh worker: it must know the app's tasks, registered below
     for gpu in (None, generator_function_wrapper(serving._gpu_job, serving._gpu_seconds, None)):
         before = len(asked)
