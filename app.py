@@ -387,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     edit_holder = load_edit_holder(args.edit_model, args.device, args.revision)
     store = OutputStore(Path(get_upload_folder()) / "perchead", uploads=get_upload_folder())
     demo = build_demo(holder, edit_holder, JobRunner(store))
+    store.kept = lambda: {file for block in demo.blocks.values() for file in getattr(block, "keep_in_cache", ())}
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE, api_open=False)  # model jobs: queue only
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
                 show_error=False, css=CSS, app_kwargs=guarded_app_kwargs(store))

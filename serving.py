@@ -167,6 +167,7 @@ def guard_editor_blobs(editor, max_layers: int = EDITOR_MAX_LAYERS, max_pixels: 
     from PIL import Image
 
     gradio_accept = editor.accept_blobs
+    lock = threading.Lock()
 
     def declared_pixels(blob: bytes) -> int:
         with Image.open(io.BytesIO(blob)) as image:  # reads the header only
@@ -196,19 +197,20 @@ def guard_editor_blobs(editor, max_layers: int = EDITOR_MAX_LAYERS, max_pixels: 
         if pixels > max_pixels:
             raise refuse(f"the image declares more than {max_pixels / 1e6:.0f} megapixels")
         storage = editor.blob_storage
-        pending = storage.get(key)
-        if pending is not None:
-            parts = [pending.background, pending.composite, *pending.layers]
-            if sum(declared_pixels(part) for part in parts if part) + pixels > max_pixels:
-                raise refuse(f"the images of one value declare more than {max_pixels / 1e6:.0f} megapixels")
 
         def held() -> int:
             return sum(len(p) for v in storage.values() for p in (v.background, v.composite, *v.layers) if p)
 
-        while storage and held() + len(blob) > max_bytes:
-            storage.pop(next(iter(storage)))  # the oldest pending value (its job will say the map is missing)
         try:
-            return gradio_accept(data)
+            with lock:  # the page sends a value's parts at once, on several threads: one at a time here
+                pending = storage.get(key)
+                if pending is not None:
+                    parts = [pending.background, pending.composite, *pending.layers]
+                    if sum(declared_pixels(part) for part in parts if part) + pixels > max_pixels:
+                        raise refuse(f"the images of one value declare more than {max_pixels / 1e6:.0f} megapixels")
+                while storage and held() + len(blob) > max_bytes:
+                    storage.pop(next(iter(storage)))  # the oldest pending value (its job will say the map is missing)
+                return gradio_accept(data)
         finally:
             if len(blob) > 1024**2:
                 _release_memory()  # request copies of a large blob would otherwise stay in the heap
@@ -531,6 +533,8 @@ class OutputStore:
         self._sessions: dict[str, set[Path]] = {}  # session id → its job folders
         self._busy: set[Path] = set()  # folders of jobs that are running (never pruned)
         self._orphans: set[Path] = set()  # folders of ended sessions whose job was still running
+        self._pending = 0  # bytes of admitted uploads whose bodies may still be arriving
+        self.kept: Callable[[], set[str]] = set  # files Gradio keeps for good (examples): never evicted
         removed = self.prune()  # half-written folders of a process that was killed mid-job go at start-up
         if removed:
             log.info("removed %d bytes of job folders left by an earlier run", removed)
@@ -566,8 +570,10 @@ class OutputStore:
         folder = self._inside(folder)
         with self._lock:
             self._busy.discard(folder)
-            for folders in self._sessions.values():
-                folders.discard(folder)
+            for session in [key for key, folders in self._sessions.items() if folder in folders]:
+                self._sessions[session].discard(folder)
+                if not self._sessions[session]:
+                    del self._sessions[session]  # API clients never end their sessions: no empty entries
         shutil.rmtree(folder, ignore_errors=True)
 
     def end_session(self, session: str | None) -> int:
@@ -639,13 +645,25 @@ class OutputStore:
                 row = _entry_row(entry)
                 if row is not None:
                     rows.append(row)
-            total = outputs + sum(row[2] for row in rows) + size
+            total = outputs + sum(row[2] for row in rows) + self._pending + size
+            kept = {Path(os.path.realpath(file)) for file in self.kept()}
+            kept |= {file.parent for file in kept}  # Gradio caches a file as <upload folder>/<hash>/<name>
             for mtime, path, bytes_ in sorted(rows):
+                if path in kept:
+                    continue
                 if now - mtime > self.max_age_s or (total > self.max_bytes and now - mtime > UPLOAD_GRACE_S):
                     if path.parent == self.uploads:  # only ever a direct child of the upload folder
                         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                         total -= bytes_
-            return total <= self.max_bytes
+            if total > self.max_bytes:
+                return False
+            self._pending += size  # held until the upload has ended (:meth:`upload_done`)
+            return True
+
+    def upload_done(self, size: int) -> None:
+        """An upload admitted by :meth:`admit_upload` has ended (its file is on disk, or it failed)."""
+        with self._upload_lock:
+            self._pending = max(0, self._pending - size)
 
 
 def _entry_row(entry: os.DirEntry, skip: str | None = None) -> tuple[float, Path, int] | None:
@@ -734,10 +752,14 @@ class RequestGuard:
         if int(length) > limit:
             log.info("request refused: %s body of %s bytes", route, length)
             return await _reply(send, 413, f"The request body is over {limit // 1024} KiB.")
-        if route == "upload" and self.store is not None:
+        if route == "upload" and self.store is not None and multipart:
             if not await asyncio.to_thread(self.store.admit_upload, int(length)):
                 log.info("upload refused: the disk limit for uploads and outputs is reached")
                 return await _reply(send, 507, "The server's space for uploads is full; please try again in a minute.")
+            try:  # uploads arriving at the same time each hold their room until they end
+                return await self.app(scope, _limited(receive, limit), send)
+            finally:
+                self.store.upload_done(int(length))
         if route in FILE_ROUTES and multipart:
             return await self.app(scope, _limited(receive, limit), send)
         body, more = b"", True

@@ -154,3 +154,39 @@ def test_a_folder_that_vanishes_mid_scan_is_skipped_not_an_error(tmp_path):
     (tmp_path / "gone").rmdir()
     assert _entry_row(entries["gone"]) is None
     assert _entry_row(entries["kept"])[1:] == (tmp_path / "kept", 7)
+
+
+def test_uploads_admitted_together_hold_their_room_until_they_end(tmp_path):
+    """Uploads whose headers arrive before their bodies must not all see the same free room."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    store = OutputStore(uploads / "perchead", max_bytes=1000, uploads=uploads)
+    assert store.admit_upload(600)
+    assert not store.admit_upload(600)  # the first one's body is still arriving
+    store.upload_done(600)
+    assert store.admit_upload(600)
+
+
+def test_files_gradio_keeps_for_good_are_never_evicted(tmp_path):
+    """Examples are cached once at start-up into the upload folder and must outlive the age limit."""
+    uploads = tmp_path / "uploads"
+    (uploads / "examplehash").mkdir(parents=True)
+    (uploads / "examplehash" / "photo.jpg").write_bytes(b"x" * 10)
+    (uploads / "oldupload").mkdir()
+    (uploads / "oldupload" / "a.png").write_bytes(b"x" * 10)
+    old = time.time() - 7200
+    for path in (uploads / "examplehash", uploads / "oldupload"):
+        os.utime(path, (old, old))
+    store = OutputStore(uploads / "perchead", max_age_s=3600, uploads=uploads)
+    store.kept = lambda: {str(uploads / "examplehash" / "photo.jpg")}
+    assert store.admit_upload(10)
+    assert (uploads / "examplehash" / "photo.jpg").is_file()
+    assert not (uploads / "oldupload").exists()
+
+
+def test_a_session_whose_folders_are_gone_leaves_no_entry(tmp_path):
+    store = OutputStore(tmp_path / "out")
+    folder = store.new_folder("api-client-1")
+    store.release(folder)
+    store.remove(folder)
+    assert store._sessions == {}
